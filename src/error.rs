@@ -1,0 +1,59 @@
+//! One error type for the library. Every failure a user can cause (a bad file, a
+//! missing tensor, a wrong shape) is a variant with enough context to fix it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: unsupported model_type {found:?}; expected one of: bert, roberta, xlm-roberta")]
+    UnknownModelType { path: PathBuf, found: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: missing tensor {name:?} (also tried {tried:?})")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        tried: Vec<String>,
+    },
+    #[error("{path}: tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor {name:?} has dtype {found}, expected F32, F16 or BF16")]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+    #[error("{path}: invalid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("model {id:?} is not a local folder and is not in the local Hugging Face cache ({cache}); this machine is offline, so download it elsewhere or point --model at a folder with config.json, model.safetensors and tokenizer.json")]
+    ModelNotFound { id: String, cache: PathBuf },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

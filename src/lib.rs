@@ -1,0 +1,12 @@
+//! ptuning: P-Tuning v2 (deep prompt tuning) for frozen transformer encoders.
+//!
+//! - [`engine`]: fused CPU kernels, forward and activation-gradient backward.
+//! - [`model`]: config, frozen weights, encoder, prefix and heads.
+//! - [`training`]: optimizer and the training step.
+//! - [`cli`]: the `ptuning` command line; `main.rs` only calls [`cli::main`].
+
+pub mod engine;
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Resolving a --model argument to a local HF model folder.

@@ -1,0 +1,1 @@
+//! The HF tokenizer of a model folder.
