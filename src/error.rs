@@ -13,7 +13,9 @@ pub enum Error {
     },
     #[error("{path}: invalid JSON: {message}")]
     Json { path: PathBuf, message: String },
-    #[error("{path}: unsupported model_type {found:?}; expected one of: bert, roberta, xlm-roberta")]
+    #[error(
+        "{path}: unsupported model_type {found:?}; expected one of: bert, roberta, xlm-roberta"
+    )]
     UnknownModelType { path: PathBuf, found: String },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
@@ -36,6 +38,16 @@ pub enum Error {
         name: String,
         found: String,
     },
+    #[error("{path}: tensor {name:?} has dtype {found}, expected {expected}")]
+    UnexpectedDtype {
+        path: PathBuf,
+        name: String,
+        found: String,
+        expected: String,
+    },
+    /// A file a model folder needs is absent; `message` says which and why.
+    #[error("{path}: {message}")]
+    MissingFile { path: PathBuf, message: String },
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("{path}: tokenizer: {message}")]
