@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod dropout;
+pub mod embedding;
 pub mod gelu;
 pub mod gemm;
 pub mod layernorm;
