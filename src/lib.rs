@@ -5,8 +5,12 @@
 //! - [`training`]: optimizer and the training step.
 //! - [`cli`]: the `ptuning` command line; `main.rs` only calls [`cli::main`].
 
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod rng;
+pub mod tasks;
+pub mod training;
 
 pub use error::{Error, Result};

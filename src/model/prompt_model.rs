@@ -1,0 +1,166 @@
+//! A frozen backbone with a deep prompt and a classification head: the model
+//! P-Tuning v2 trains. The backbone sits behind an Arc so that many prompts can
+//! share one copy of it.
+
+use std::sync::Arc;
+
+use crate::engine::cpu::loss::{cross_entropy, mse};
+use crate::error::{Error, Result};
+use crate::model::batch::Batch;
+use crate::model::bert::BertModel;
+use crate::model::encoder::{Activations, DropoutConfig};
+use crate::model::heads::{ClassificationHead, POOLED_DROPOUT_STREAM};
+use crate::model::param::Param;
+use crate::model::prefix::{PrefixEncoder, PREFIX_DROPOUT_STREAM};
+
+pub struct PromptModel {
+    pub backbone: Arc<BertModel>,
+    pub prefix: PrefixEncoder,
+    pub head: ClassificationHead,
+}
+
+/// What the loss compares the head's outputs with.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// A class per sequence; logits [B, C].
+    Classes(&'a [usize]),
+    /// The batch holds `choices` consecutive sequences per example, one score
+    /// each; `labels` has the right choice per example.
+    Choices { choices: usize, labels: &'a [usize] },
+    /// A real value per sequence (regression, C = 1).
+    Scores(&'a [f32]),
+}
+
+impl Targets<'_> {
+    /// Checks counts and ranges against a batch of `rows` sequences and a head
+    /// of `outputs` outputs, so the losses can index freely.
+    fn validate(&self, rows: usize, outputs: usize) -> Result<()> {
+        let (count, expected, classes) = match *self {
+            Targets::Classes(l) => (l.len(), rows, Some((l, outputs))),
+            Targets::Choices { choices, labels } => {
+                if outputs != 1 || choices == 0 || rows % choices != 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "multiple choice needs a 1-output head and a batch of whole examples ({rows} sequences, {choices} choices)"
+                    )));
+                }
+                (labels.len(), rows / choices, Some((labels, choices)))
+            }
+            Targets::Scores(s) => {
+                if outputs != 1 {
+                    return Err(Error::InvalidArgument(format!(
+                        "regression needs a 1-output head, not {outputs}"
+                    )));
+                }
+                (s.len(), rows, None)
+            }
+        };
+        if count != expected {
+            return Err(Error::InvalidArgument(format!(
+                "{count} targets for {expected} examples"
+            )));
+        }
+        if let Some((labels, classes)) = classes {
+            if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+                return Err(Error::InvalidArgument(format!(
+                    "label {bad} is outside the {classes} classes"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result of one forward and backward: gradients are in the parameters.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    pub loss: f32,
+    /// [B, C]
+    pub logits: Vec<f32>,
+}
+
+impl PromptModel {
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut params = self.prefix.params_mut();
+        params.extend(self.head.params_mut());
+        params
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.params_mut().into_iter().for_each(Param::zero_grad);
+    }
+
+    /// Logits [B, C] in inference mode: no dropout, nothing kept.
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let prefix = self.prefix.forward();
+        let prompt = self.prefix.expand(&prefix.past, batch.batch, None);
+        let hidden = self.backbone.forward(batch, Some(&prompt))?;
+        let head = self.head.forward(
+            self.backbone.pooler.as_ref(),
+            &hidden,
+            batch.batch,
+            batch.seq,
+            None,
+        );
+        Ok(head.logits)
+    }
+
+    /// Forward, loss and backward: the gradients of the prefix and of the head
+    /// are accumulated into their parameters.
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        targets: Targets<'_>,
+        dropout: &DropoutConfig,
+        acts: &mut Activations,
+    ) -> Result<StepOutput> {
+        targets.validate(batch.batch, self.head.num_labels())?;
+        let prefix_dropout = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
+        let pooled_dropout = dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM);
+
+        let prefix = self.prefix.forward();
+        let prompt = self
+            .prefix
+            .expand(&prefix.past, batch.batch, prefix_dropout.as_ref());
+        let backbone = Arc::clone(&self.backbone);
+        backbone.forward_train(batch, &prompt, dropout, acts)?;
+        let pooler = backbone.pooler.as_ref();
+        let head = self.head.forward(
+            pooler,
+            &acts.hidden,
+            batch.batch,
+            batch.seq,
+            pooled_dropout.as_ref(),
+        );
+
+        let mut d_logits = vec![0.0; head.logits.len()];
+        let loss = match targets {
+            Targets::Classes(labels) => {
+                cross_entropy(&head.logits, labels, self.head.num_labels(), &mut d_logits)
+            }
+            // [B*N, 1] scores are [B, N] logits over the choices.
+            Targets::Choices { choices, labels } => {
+                cross_entropy(&head.logits, labels, choices, &mut d_logits)
+            }
+            Targets::Scores(values) => mse(&head.logits, values, &mut d_logits),
+        };
+        let mut d_hidden = vec![0.0; acts.hidden.len()];
+        self.head.backward(
+            pooler,
+            &head,
+            &d_logits,
+            batch.batch,
+            batch.seq,
+            pooled_dropout.as_ref(),
+            &mut d_hidden,
+        );
+        let mut d_kv = backbone.backward(batch, &prompt, dropout, acts, &mut d_hidden);
+        let d_past = self
+            .prefix
+            .reduce(&mut d_kv, batch.batch, prefix_dropout.as_ref());
+        self.prefix.backward(&prefix, &d_past);
+        Ok(StepOutput {
+            loss,
+            logits: head.logits,
+        })
+    }
+}

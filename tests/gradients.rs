@@ -1,0 +1,288 @@
+//! Properties of the training step that hold whatever the reference says:
+//! the prefix gradient matches finite differences of the loss, a step without
+//! dropout is deterministic, dropout follows its seed, and folding the
+//! reparameterization keeps the logits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ptuning::model::batch::Batch;
+use ptuning::model::bert::BertModel;
+use ptuning::model::encoder::{Activations, DropoutConfig};
+use ptuning::model::heads::ClassificationHead;
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prompt_model::{PromptModel, Targets};
+
+fn tiny_model(projection: bool, layers: Vec<usize>) -> PromptModel {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let backbone = Arc::new(BertModel::load(&dir).unwrap());
+    let c = backbone.config.clone();
+    let prefix = PrefixEncoder::new(
+        PrefixConfig {
+            len: 3,
+            projection,
+            hidden_size: 8,
+            layers,
+        },
+        c.hidden_size,
+        c.num_hidden_layers,
+        11,
+    )
+    .unwrap();
+    let mut head = ClassificationHead::new(c.hidden_size, 3, 12);
+    // A non-zero bias and larger weights so that every path carries gradient.
+    head.weight.value.iter_mut().for_each(|w| *w *= 20.0);
+    head.bias.value = vec![0.1, -0.2, 0.3];
+    PromptModel {
+        backbone,
+        prefix,
+        head,
+    }
+}
+
+fn tiny_batch() -> (Batch, Vec<usize>) {
+    let seqs = vec![
+        (vec![2, 17, 33, 52, 7, 3], vec![0, 0, 0, 1, 1, 1]),
+        (vec![2, 40, 9, 3], vec![0, 0, 0, 0]),
+        (vec![2, 5, 3], vec![0, 0, 1]),
+    ];
+    (Batch::pad(&seqs, 0).unwrap(), vec![0, 2, 1])
+}
+
+fn loss(model: &mut PromptModel, batch: &Batch, labels: &[usize]) -> f64 {
+    loss_of(model, batch, Targets::Classes(labels))
+}
+
+fn loss_of(model: &mut PromptModel, batch: &Batch, targets: Targets<'_>) -> f64 {
+    let mut acts = Activations::default();
+    model.zero_grad();
+    model
+        .forward_backward(batch, targets, &DropoutConfig::OFF, &mut acts)
+        .unwrap()
+        .loss as f64
+}
+
+/// Central differences of the loss against the analytical gradient of entries
+/// sampled from every trainable tensor (prefix, its MLP, the head).
+fn check_finite_differences(mut model: PromptModel, batch: &Batch, targets: Targets<'_>) {
+    loss_of(&mut model, batch, targets);
+    let grads: Vec<Vec<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();
+    let h = 1e-2f32;
+    for (pi, grad) in grads.iter().enumerate() {
+        let max = grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+        assert!(max > 0.0, "parameter {pi} has an all-zero gradient");
+        // 12 entries spread over the tensor.
+        let step = (grad.len() / 12).max(1);
+        for idx in (0..grad.len()).step_by(step) {
+            let orig = model.params_mut()[pi].value[idx];
+            model.params_mut()[pi].value[idx] = orig + h;
+            let up = loss_of(&mut model, batch, targets);
+            model.params_mut()[pi].value[idx] = orig - h;
+            let down = loss_of(&mut model, batch, targets);
+            model.params_mut()[pi].value[idx] = orig;
+            let numeric = ((up - down) / (2.0 * h as f64)) as f32;
+            let err = (numeric - grad[idx]).abs();
+            assert!(
+                err <= 2e-2 * max + 1e-4,
+                "param {pi} entry {idx}: analytical {} vs numerical {numeric} (max |g| {max})",
+                grad[idx]
+            );
+        }
+    }
+}
+
+/// The tiny model with a 1-output head (multiple choice, regression).
+fn tiny_scorer() -> PromptModel {
+    let mut model = tiny_model(false, vec![0, 1, 2]);
+    let mut head = ClassificationHead::new(32, 1, 13);
+    head.weight.value.iter_mut().for_each(|w| *w *= 20.0);
+    model.head = head;
+    model
+}
+
+#[test]
+fn plain_prefix_gradient_matches_finite_differences() {
+    let (batch, labels) = tiny_batch();
+    let model = tiny_model(false, vec![0, 1, 2]);
+    check_finite_differences(model, &batch, Targets::Classes(&labels));
+}
+
+#[test]
+fn reparameterized_prefix_gradient_matches_finite_differences() {
+    let (batch, labels) = tiny_batch();
+    let model = tiny_model(true, vec![1, 2]);
+    check_finite_differences(model, &batch, Targets::Classes(&labels));
+}
+
+#[test]
+fn multiple_choice_gradient_matches_finite_differences() {
+    // 2 examples × 2 choices: sequences (0, 1) and (2, 3).
+    let seqs = vec![
+        (vec![2, 17, 33, 3, 52, 3], vec![0, 0, 0, 0, 1, 1]),
+        (vec![2, 17, 33, 3, 9, 3], vec![0, 0, 0, 0, 1, 1]),
+        (vec![2, 40, 3, 7, 3], vec![0, 0, 0, 1, 1]),
+        (vec![2, 40, 3, 11, 3], vec![0, 0, 0, 1, 1]),
+    ];
+    let batch = Batch::pad(&seqs, 0).unwrap();
+    let targets = Targets::Choices {
+        choices: 2,
+        labels: &[1, 0],
+    };
+    check_finite_differences(tiny_scorer(), &batch, targets);
+}
+
+#[test]
+fn regression_gradient_matches_finite_differences() {
+    let (batch, _) = tiny_batch();
+    check_finite_differences(tiny_scorer(), &batch, Targets::Scores(&[0.5, -1.0, 2.0]));
+}
+
+#[test]
+fn a_step_without_dropout_is_deterministic() {
+    let (batch, labels) = tiny_batch();
+    let mut a = tiny_model(false, vec![0, 1, 2]);
+    let mut b = tiny_model(false, vec![0, 1, 2]);
+    let mut acts = Activations::default();
+    let la = a
+        .forward_backward(
+            &batch,
+            Targets::Classes(&labels),
+            &DropoutConfig::OFF,
+            &mut acts,
+        )
+        .unwrap();
+    // Reused activations must not leak into the next step.
+    let lb = b
+        .forward_backward(
+            &batch,
+            Targets::Classes(&labels),
+            &DropoutConfig::OFF,
+            &mut acts,
+        )
+        .unwrap();
+    assert_eq!(la.loss.to_bits(), lb.loss.to_bits());
+    assert_eq!(la.logits, lb.logits);
+    assert_eq!(a.prefix.embedding.grad, b.prefix.embedding.grad);
+    // Inference gives the same logits as the training forward without dropout.
+    let logits = a.predict(&batch).unwrap();
+    let d = logits
+        .iter()
+        .zip(&la.logits)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(d < 1e-6, "inference and training logits differ by {d}");
+}
+
+#[test]
+fn dropout_follows_its_seed() {
+    let (batch, labels) = tiny_batch();
+    let mut model = tiny_model(false, vec![0, 1, 2]);
+    let mut acts = Activations::default();
+    let mut run = |seed| {
+        let dropout = DropoutConfig {
+            hidden: 0.1,
+            attention: 0.1,
+            seed,
+        };
+        model.zero_grad();
+        let out = model
+            .forward_backward(&batch, Targets::Classes(&labels), &dropout, &mut acts)
+            .unwrap();
+        (out.loss, model.prefix.embedding.grad.clone())
+    };
+    let (l1, g1) = run(5);
+    let (l2, g2) = run(5);
+    let (l3, _) = run(6);
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    assert_eq!(g1, g2);
+    assert_ne!(l1, l3, "a different seed should drop different units");
+    let off = loss(&mut tiny_model(false, vec![0, 1, 2]), &batch, &labels) as f32;
+    assert_ne!(l1, off, "dropout 0.1 should change the loss");
+}
+
+#[test]
+fn folding_the_reparameterization_keeps_the_logits() {
+    let (batch, _) = tiny_batch();
+    let mut model = tiny_model(true, vec![1, 2]);
+    let before = model.predict(&batch).unwrap();
+    model.prefix = model.prefix.fold();
+    assert!(model.prefix.trans.is_none());
+    assert_eq!(model.prefix.embedding.shape, vec![3, 2 * 2 * 32]);
+    let after = model.predict(&batch).unwrap();
+    let d = before
+        .iter()
+        .zip(&after)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(d < 1e-6, "folded logits differ by {d}");
+}
+
+#[test]
+fn a_prefix_only_on_top_layers_leaves_lower_layers_untouched() {
+    // Without a prefix at layers 0 and 1, their outputs equal the plain
+    // backbone's at the same (shifted) positions; only layer 2 differs.
+    let (batch, _) = tiny_batch();
+    let model = tiny_model(false, vec![2]);
+    let prefix = model.prefix.forward();
+    let prompt = model.prefix.expand(&prefix.past, batch.batch, None);
+    let mut with = Vec::new();
+    model
+        .backbone
+        .forward_observed(&batch, Some(&prompt), |_, h| with.push(h.to_vec()))
+        .unwrap();
+    let empty = ptuning::model::prefix::DeepPrompt {
+        len: 3,
+        layers: vec![],
+        kv: vec![],
+    };
+    let mut without = Vec::new();
+    model
+        .backbone
+        .forward_observed(&batch, Some(&empty), |_, h| without.push(h.to_vec()))
+        .unwrap();
+    assert_eq!(with[..3], without[..3]);
+    assert_ne!(with[3], without[3]);
+}
+
+#[test]
+fn bad_batches_are_clear_errors() {
+    let model = tiny_model(false, vec![0, 1, 2]);
+    let too_long = vec![(vec![2u32; 62], vec![0u32; 62])];
+    let err = model
+        .predict(&Batch::pad(&too_long, 0).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_position_embeddings"), "{err}");
+    let bad_id = vec![(vec![2u32, 5000], vec![0u32, 0])];
+    let err = model
+        .predict(&Batch::pad(&bad_id, 0).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("token id 5000"), "{err}");
+    let mut m = tiny_model(false, vec![0]);
+    let (batch, _) = tiny_batch();
+    let err = m
+        .forward_backward(
+            &batch,
+            Targets::Classes(&[0, 1, 7]),
+            &DropoutConfig::OFF,
+            &mut Activations::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("label 7"), "{err}");
+    let err = m
+        .forward_backward(
+            &batch,
+            Targets::Choices {
+                choices: 2,
+                labels: &[0],
+            },
+            &DropoutConfig::OFF,
+            &mut Activations::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1-output head"), "{err}");
+    assert!(Batch::pad(&[], 0).is_err());
+}
