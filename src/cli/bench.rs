@@ -1,0 +1,181 @@
+//! `ptuning bench`: the speed and memory figures of the engine on full-length
+//! sequences, comparable with bench/torch_peer.py on the same shapes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::model::batch::Batch;
+use crate::model::bert::BertModel;
+use crate::model::encoder::{Activations, DropoutConfig};
+use crate::model::heads::ClassificationHead;
+use crate::model::hub::resolve_model;
+use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder};
+use crate::model::prompt_model::{PromptModel, Targets};
+use crate::rng::Rng;
+use crate::training::adamw::{AdamW, AdamWConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model folder or hub id.
+    #[arg(long, default_value = crate::model::hub::DEFAULT_MODEL)]
+    model: String,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 16)]
+    prefix_len: usize,
+    /// Layers with a prefix: all, a range 0-5, a list, or top:k.
+    #[arg(long, default_value = "all")]
+    prefix_layers: String,
+    /// Reparameterize the prefix through an MLP.
+    #[arg(long)]
+    prefix_projection: bool,
+    #[arg(long, default_value_t = 512)]
+    prefix_hidden_size: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resident set size now and at its peak (VmRSS, VmHWM), in MB.
+pub fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn median_ms(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.iters == 0 || args.batch == 0 || args.seq < 2 {
+        return Err(Error::InvalidArgument(
+            "--iters and --batch must be positive and --seq at least 2".into(),
+        ));
+    }
+    let dir = resolve_model(&args.model)?;
+    let backbone = Arc::new(BertModel::load(&dir)?);
+    let config = backbone.config.clone();
+    let prefix = PrefixEncoder::new(
+        PrefixConfig {
+            len: args.prefix_len,
+            projection: args.prefix_projection,
+            hidden_size: args.prefix_hidden_size,
+            layers: parse_layers(&args.prefix_layers, config.num_hidden_layers)?,
+        },
+        config.hidden_size,
+        config.num_hidden_layers,
+        1,
+    )?;
+    let head = ClassificationHead::new(config.hidden_size, 2, 2);
+    let mut model = PromptModel {
+        backbone,
+        prefix,
+        head,
+    };
+    let (rss_after_load, _) = rss_mb();
+
+    // Full-length random sequences: [CLS] ... [SEP] shapes do not matter for speed.
+    let mut rng = Rng::new(0);
+    let sequences: Vec<(Vec<u32>, Vec<u32>)> = (0..args.batch)
+        .map(|_| {
+            let ids = (0..args.seq)
+                .map(|_| (1000 + rng.below(config.vocab_size - 1000)) as u32)
+                .collect();
+            (ids, vec![0; args.seq])
+        })
+        .collect();
+    let batch = Batch::pad(&sequences, config.pad_token_id as u32)?;
+    let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
+
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut acts = Activations::default();
+    let mut train = Vec::new();
+    for i in 0..args.warmup + args.iters {
+        let dropout = DropoutConfig {
+            hidden: config.hidden_dropout_prob,
+            attention: config.attention_probs_dropout_prob,
+            seed: i as u64,
+        };
+        let start = Instant::now();
+        model.zero_grad();
+        model.forward_backward(&batch, Targets::Classes(&labels), &dropout, &mut acts)?;
+        opt.step(&mut model.params_mut(), opt.config.lr);
+        if i >= args.warmup {
+            train.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    drop(acts);
+    let mut infer = Vec::new();
+    for i in 0..args.warmup + args.iters {
+        let start = Instant::now();
+        let logits = model.predict(&batch)?;
+        std::hint::black_box(logits);
+        if i >= args.warmup {
+            infer.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (_, peak) = rss_mb();
+    let train_ms = median_ms(train);
+    let infer_ms = median_ms(infer);
+    let threads = rayon::current_num_threads();
+    if args.json {
+        let out = serde_json::json!({
+            "impl": "ptuning",
+            "threads": threads,
+            "batch": args.batch,
+            "seq": args.seq,
+            "prefix_len": args.prefix_len,
+            "train_step_ms": train_ms,
+            "infer_ms": infer_ms,
+            "rss_after_load_mb": rss_after_load,
+            "peak_rss_mb": peak,
+            "working_mb": peak - rss_after_load,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "model {} ({} layers, hidden {}), batch {} x seq {}, prefix {}, {} threads",
+            dir.display(),
+            config.num_hidden_layers,
+            config.hidden_size,
+            args.batch,
+            args.seq,
+            args.prefix_len,
+            threads
+        );
+        println!(
+            "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",
+            args.iters
+        );
+        println!("inference forward           {infer_ms:>9.1} ms");
+        println!("RSS after load              {rss_after_load:>9.1} MB");
+        println!(
+            "peak RSS                    {peak:>9.1} MB (working {:.1} MB)",
+            peak - rss_after_load
+        );
+    }
+    Ok(())
+}
