@@ -54,6 +54,8 @@ pub enum Error {
     Tokenizer { path: PathBuf, message: String },
     #[error("model {id:?} is not a local folder and is not in the local Hugging Face cache ({cache}); this machine is offline, so download it elsewhere or point --model at a folder with config.json, model.safetensors and tokenizer.json")]
     ModelNotFound { id: String, cache: PathBuf },
+    #[error("training stopped: {0}")]
+    Training(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

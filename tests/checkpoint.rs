@@ -4,17 +4,17 @@
 use std::path::Path;
 
 use ptuning::model::heads::ClassificationHead;
+use ptuning::model::heads::HeadKind;
 use ptuning::model::param::Param;
 use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
 use ptuning::model::weights::{save_tensors, WeightFile};
-use ptuning::model::heads::HeadKind;
 use ptuning::rng::Rng;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
 use ptuning::training::checkpoint::{
     check_backbone, created_by, load_checkpoint, recover_checkpoint_dir, save_checkpoint,
-    weights_hash, BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo,
-    TrainerState, ADAPTER_CONFIG, ADAPTER_HEAD_BIAS, ADAPTER_HEAD_WEIGHT, ADAPTER_WEIGHTS,
-    FORMAT_VERSION, PROMPT_EMBEDDINGS, RUN_INFO, TRAINER_STATE, TRAINING_STATE,
+    weights_hash, BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, TrainerState,
+    ADAPTER_CONFIG, ADAPTER_HEAD_BIAS, ADAPTER_HEAD_WEIGHT, ADAPTER_WEIGHTS, FORMAT_VERSION,
+    PROMPT_EMBEDDINGS, RUN_INFO, TRAINER_STATE, TRAINING_STATE,
 };
 use ptuning::training::curve::{render_training_curve, write_training_curve, EpochPoint};
 use ptuning::training::run_files::{

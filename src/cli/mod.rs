@@ -2,7 +2,9 @@
 //! parses arguments, sets up logging and threads, and reports errors.
 
 mod bench;
-mod demo;
+mod eval;
+mod predict;
+mod train;
 
 use std::process::ExitCode;
 
@@ -26,8 +28,12 @@ struct Cli {
 enum Command {
     /// Median time of a training step and of an inference forward, and memory.
     Bench(bench::BenchArgs),
-    /// A short end-to-end demonstration: a deep prompt trained on SuperGLUE CB.
-    Demo(demo::DemoArgs),
+    /// Train a deep prompt and a head on a task; writes a run folder.
+    Train(Box<train::TrainArgs>),
+    /// Metrics of a trained adapter on a labelled split.
+    Eval(eval::EvalArgs),
+    /// Predictions of a trained adapter, one JSON line per example.
+    Predict(predict::PredictArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -50,7 +56,9 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,7 +38,7 @@ impl Targets<'_> {
         let (count, expected, classes) = match *self {
             Targets::Classes(l) => (l.len(), rows, Some((l, outputs))),
             Targets::Choices { choices, labels } => {
-                if outputs != 1 || choices == 0 || rows % choices != 0 {
+                if outputs != 1 || choices == 0 || !rows.is_multiple_of(choices) {
                     return Err(Error::InvalidArgument(format!(
                         "multiple choice needs a 1-output head and a batch of whole examples ({rows} sequences, {choices} choices)"
                     )));

@@ -37,6 +37,7 @@ use std::str::FromStr;
 use crate::{Error, Result};
 
 pub mod custom;
+pub mod features;
 mod formats;
 pub mod glue;
 pub mod metrics;

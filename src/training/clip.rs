@@ -36,6 +36,9 @@ mod tests {
         assert!((a.grad[0] - 0.6).abs() < 1e-5 && (b.grad[0] - 0.8).abs() < 1e-5);
         let norm = clip_grad_norm(&mut [&mut a, &mut b], 10.0);
         assert!((norm - 1.0).abs() < 1e-4);
-        assert!((a.grad[0] - 0.6).abs() < 1e-5, "under the limit nothing changes");
+        assert!(
+            (a.grad[0] - 0.6).abs() < 1e-5,
+            "under the limit nothing changes"
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! run folder's files.
 
 pub mod adamw;
+pub mod adapter;
 pub mod checkpoint;
 pub mod clip;
 pub mod curve;
+pub mod evaluate;
 pub mod run_files;
 pub mod schedule;
+pub mod trainer;

@@ -7,9 +7,14 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {
     /// lr·s/w during warmup, then lr·(total − s)/(total − w), reaching 0 at total.
-    Linear { warmup_steps: u64, total_steps: u64 },
+    Linear {
+        warmup_steps: u64,
+        total_steps: u64,
+    },
     /// lr·gammaᵉ in epoch e (0-based).
-    Exponential { gamma: f32 },
+    Exponential {
+        gamma: f32,
+    },
     Constant,
 }
 
@@ -60,7 +65,9 @@ mod tests {
             total_steps: 10,
         };
         let lrs: Vec<f32> = (0..11).map(|i| s.lr(1.0, i, 0)).collect();
-        let expected = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        let expected = [
+            0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
+        ];
         for (a, b) in lrs.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{lrs:?}");
         }

@@ -1,0 +1,65 @@
+//! A trained adapter ready for inference: a checkpoint folder (best/ or last/)
+//! joined with the backbone it was trained on, checked by weights hash.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::prompt_model::PromptModel;
+use crate::tasks::Task;
+use crate::training::checkpoint::{check_backbone, load_checkpoint, RunInfo};
+use crate::training::trainer::{task_for, Backbone, TrainConfig};
+
+pub struct Adapter {
+    pub model: PromptModel,
+    pub info: RunInfo,
+    pub backbone: Backbone,
+    pub task: Box<dyn Task>,
+    pub config: TrainConfig,
+}
+
+impl Adapter {
+    /// Loads `run_dir` (a checkpoint folder; a run folder means its best/, or
+    /// last/ when it has no best/). The backbone is the one named in the
+    /// adapter unless `model` overrides it; either way its weights must hash
+    /// to the adapter's.
+    pub fn load(run_dir: &Path, model: Option<&str>) -> Result<Self> {
+        let dir = if run_dir.join("ptuning.json").exists() {
+            run_dir.to_path_buf()
+        } else if run_dir.join("best/ptuning.json").exists() {
+            run_dir.join("best")
+        } else if run_dir.join("last/ptuning.json").exists() {
+            run_dir.join("last")
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a checkpoint folder (no ptuning.json, nor best/ or last/ holding one)",
+                run_dir.display()
+            )));
+        };
+        let ckpt = load_checkpoint(&dir)?;
+        let name = model
+            .unwrap_or(&ckpt.info.backbone.name_or_path)
+            .to_string();
+        let backbone = Backbone::load(&name)?;
+        check_backbone(&ckpt.info, &name, &backbone.hash)?;
+        let config: TrainConfig = serde_json::from_value(ckpt.info.hyperparameters.clone())
+            .map_err(|e| Error::Json {
+                path: dir.join("ptuning.json"),
+                message: format!("hyperparameters: {e}"),
+            })?;
+        let labels = (!ckpt.info.label_names.is_empty()).then(|| ckpt.info.label_names.clone());
+        let task = task_for(&config, labels)?;
+        let model = PromptModel {
+            backbone: Arc::clone(&backbone.model),
+            prefix: ckpt.prefix,
+            head: ckpt.head,
+        };
+        Ok(Adapter {
+            model,
+            info: ckpt.info,
+            backbone,
+            task,
+            config,
+        })
+    }
+}

@@ -1,0 +1,710 @@
+//! The training loop of P-Tuning v2: epochs over shuffled, dynamically padded
+//! batches; AdamW with clipping and a schedule; evaluation on dev after each
+//! epoch; `best/` by the task's main metric, `last/` with everything needed to
+//! resume exactly; early stopping by patience.
+//!
+//! Reproducibility: the shuffle of epoch e and the dropout masks of step s are
+//! pure functions of (seed, e) and (seed, s), so a resumed run continues with
+//! the very batches and masks the uninterrupted run would have used.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::bert::BertModel;
+use crate::model::encoder::{Activations, DropoutConfig};
+use crate::model::heads::{ClassificationHead, HeadKind};
+use crate::model::hub::resolve_model;
+use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder};
+use crate::model::prompt_model::{PromptModel, Targets};
+use crate::model::tokenizer::Tokenizer;
+use crate::rng::Rng;
+use crate::tasks::features::{collate, featurize, BatchTargets, Feature};
+use crate::tasks::{task_by_name, Example, Split, Task, TaskKind, TaskOptions};
+use crate::training::adamw::{AdamW, AdamWConfig};
+use crate::training::checkpoint::{
+    created_by, load_checkpoint, save_checkpoint, weights_hash, BackboneInfo, CheckpointRef,
+    PrefixInfo, RunInfo, TokenizerInfo, TrainerState, FORMAT_VERSION,
+};
+use crate::training::clip::clip_grad_norm;
+use crate::training::curve::{write_training_curve, EpochPoint};
+use crate::training::evaluate::evaluate;
+use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
+use crate::training::schedule::Schedule;
+
+/// Every setting of a run. Flags and `--config run.toml` fill it (flags win);
+/// it is stored in each checkpoint's ptuning.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub task: String,
+    /// The task's data folder (train/dev files), or for custom tasks the folder
+    /// holding train.{csv,tsv,jsonl}.
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// Model folder or hub id.
+    pub model: String,
+    pub prefix_len: usize,
+    pub prefix_projection: bool,
+    pub prefix_hidden_size: usize,
+    pub prefix_layers: String,
+    pub lr: f32,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub epochs: usize,
+    /// Dropout of the prefix and of the backbone's hidden states
+    /// (hidden_dropout_prob); attention dropout keeps the model's own value.
+    pub dropout: f32,
+    pub max_seq_len: usize,
+    pub seed: u64,
+    pub weight_decay: f32,
+    pub warmup_ratio: f32,
+    pub max_grad_norm: f32,
+    /// Stop after this many epochs without a better dev metric.
+    pub patience: Option<usize>,
+    /// linear (per step, to 0), exp (×gamma per epoch) or constant.
+    pub scheduler: String,
+    pub gamma: f32,
+    /// Hold out this fraction of train as dev (for model selection).
+    pub dev_from_train: Option<f32>,
+    /// custom/classification: the text columns and the label column.
+    pub text_fields: Vec<String>,
+    pub label_field: Option<String>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            task: String::new(),
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            model: crate::model::hub::DEFAULT_MODEL.into(),
+            prefix_len: 16,
+            prefix_projection: false,
+            prefix_hidden_size: 512,
+            prefix_layers: "all".into(),
+            lr: 1e-2,
+            batch_size: 16,
+            eval_batch_size: 32,
+            epochs: 10,
+            dropout: 0.1,
+            max_seq_len: 128,
+            seed: 42,
+            weight_decay: 0.0,
+            warmup_ratio: 0.0,
+            max_grad_norm: 1.0,
+            patience: None,
+            scheduler: "linear".into(),
+            gamma: 0.95,
+            dev_from_train: None,
+            text_fields: Vec::new(),
+            label_field: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a run.toml; unknown keys are errors (a typo must not be ignored).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.task.is_empty() {
+            return bad("--task is required (e.g. superglue/cb)".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return bad("--out is required: the run folder".into());
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("--batch-size must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("--lr {} must be a positive number", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("--dropout {} must be in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(format!(
+                "--warmup-ratio {} must be in [0, 1)",
+                self.warmup_ratio
+            ));
+        }
+        if self.max_seq_len < 4 {
+            return bad(format!("--max-seq-len {} is too short", self.max_seq_len));
+        }
+        if let Some(f) = self.dev_from_train {
+            if !(f > 0.0 && f < 1.0) {
+                return bad(format!("--dev-from-train {f} must be in (0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the loop talks to the user.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainOptions {
+    pub resume: bool,
+    pub quiet: bool,
+    /// End this session after this epoch (last/ saved; the run can be resumed).
+    /// The schedule still spans all epochs, so pausing changes nothing.
+    pub stop_after_epoch: Option<usize>,
+}
+
+/// A stream of the run's seed: distinct, reproducible values per (tag, n).
+fn derive_seed(seed: u64, tag: u64, n: u64) -> u64 {
+    Rng::new(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))
+        .next_u64()
+}
+
+const SHUFFLE: u64 = 1;
+const DROPOUT: u64 = 2;
+const HOLDOUT: u64 = 3;
+
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// The head's kind and output count for a task.
+fn head_of(task: &dyn Task) -> (HeadKind, usize) {
+    match task.kind() {
+        TaskKind::Classification => (HeadKind::Classification, task.label_names().len()),
+        TaskKind::MultipleChoice { .. } => (HeadKind::MultipleChoice, 1),
+        TaskKind::Regression => (HeadKind::Regression, 1),
+    }
+}
+
+/// The borrowed targets of a collated batch.
+fn targets_of<'a>(kind: TaskKind, targets: &'a BatchTargets) -> Targets<'a> {
+    match (kind, targets) {
+        (TaskKind::MultipleChoice { choices }, BatchTargets::Classes(labels)) => {
+            Targets::Choices { choices, labels }
+        }
+        (_, BatchTargets::Classes(labels)) => Targets::Classes(labels),
+        (_, BatchTargets::Scores(values)) => Targets::Scores(values),
+    }
+}
+
+/// The task object for a config (custom tasks need their columns).
+pub fn task_for(config: &TrainConfig, labels: Option<Vec<String>>) -> Result<Box<dyn Task>> {
+    task_by_name(
+        &config.task,
+        &TaskOptions {
+            text_fields: config.text_fields.clone(),
+            label_field: config.label_field.clone(),
+            labels,
+        },
+    )
+}
+
+/// Train and dev examples; dev is None when the task folder has no labelled
+/// dev split (WiC here) and no hold-out is asked for.
+fn read_data(
+    task: &dyn Task,
+    config: &TrainConfig,
+) -> Result<(Vec<Example>, Option<Vec<Example>>)> {
+    let train = task.read_split(&config.data, Split::Train)?;
+    if let Some(fraction) = config.dev_from_train {
+        let order = shuffled(train.len(), derive_seed(config.seed, HOLDOUT, 0));
+        let n_dev = ((train.len() as f32 * fraction).round() as usize).clamp(1, train.len() - 1);
+        let mut slots: Vec<Option<Example>> = train.into_iter().map(Some).collect();
+        let dev = order[..n_dev]
+            .iter()
+            .map(|&i| slots[i].take().unwrap())
+            .collect();
+        let rest = slots.into_iter().flatten().collect();
+        return Ok((rest, Some(dev)));
+    }
+    let dev_path = task.split_path(&config.data, Split::Dev);
+    if !dev_path.exists() {
+        return Ok((train, None));
+    }
+    let dev = task.read(&dev_path)?;
+    let labelled = dev.iter().all(|e| e.label.is_some());
+    Ok((train, labelled.then_some(dev)))
+}
+
+/// The backbone, its tokenizer and identity.
+pub struct Backbone {
+    pub model: Arc<BertModel>,
+    pub tokenizer: Tokenizer,
+    pub dir: PathBuf,
+    pub hash: String,
+}
+
+impl Backbone {
+    pub fn load(name: &str) -> Result<Self> {
+        let dir = resolve_model(name)?;
+        Ok(Backbone {
+            model: Arc::new(BertModel::load(&dir)?),
+            tokenizer: Tokenizer::from_dir(&dir)?,
+            hash: weights_hash(&dir)?,
+            dir,
+        })
+    }
+}
+
+/// Prints a line unless quiet.
+struct Reporter {
+    quiet: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Reporter {
+    fn new(quiet: bool) -> Self {
+        Reporter { quiet, bar: None }
+    }
+
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
+    }
+
+    /// A bar on a terminal; plain lines per epoch otherwise.
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: u64) {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new(steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+
+    fn step(&self, loss: f64, lr: f32, examples_per_s: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} {examples_per_s:.0} ex/s"
+            ));
+            bar.inc(1);
+        }
+    }
+
+    fn end_epoch(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Trains as configured; returns the summary also written to summary.json.
+pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::Value> {
+    let mut config = config.clone();
+    let out = config.out.clone();
+    let last_dir = out.join("last");
+    let best_dir = out.join("best");
+
+    // Resume: the stored settings win; only the length of the run may change.
+    let resumed = if options.resume {
+        let ckpt = load_checkpoint(&last_dir).map_err(|e| {
+            Error::InvalidArgument(format!("--resume: cannot load {}: {e}", last_dir.display()))
+        })?;
+        let mut stored: TrainConfig = serde_json::from_value(ckpt.info.hyperparameters.clone())
+            .map_err(|e| Error::Json {
+                path: last_dir.join("ptuning.json"),
+                message: format!("hyperparameters: {e}"),
+            })?;
+        stored.epochs = config.epochs;
+        stored.patience = config.patience;
+        stored.out = config.out.clone();
+        config = stored;
+        Some(ckpt)
+    } else {
+        if last_dir.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds a run; continue it with --resume or choose another --out",
+                out.display()
+            )));
+        }
+        None
+    };
+    config.validate()?;
+    let report_quiet = options.quiet;
+    let mut reporter = Reporter::new(report_quiet);
+
+    let backbone = Backbone::load(&config.model)?;
+    let bert = &backbone.model.config;
+    let pad_id = backbone.tokenizer.pad_id();
+
+    // Custom tasks take their label set from train; reading dev with the same
+    // task object then rejects labels train never had.
+    let stored_labels = resumed.as_ref().map(|c| c.info.label_names.clone());
+    let task = task_for(&config, stored_labels)?;
+    let (train_examples, dev_examples) = read_data(task.as_ref(), &config)?;
+    if train_examples.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the train split is empty",
+            config.data.display()
+        )));
+    }
+    let kind = task.kind();
+    let (head_kind, outputs) = head_of(task.as_ref());
+    let train_features = featurize(&backbone.tokenizer, &train_examples, config.max_seq_len)?;
+    let dev_features = dev_examples
+        .as_ref()
+        .map(|d| featurize(&backbone.tokenizer, d, config.max_seq_len))
+        .transpose()?;
+    reporter.line(&format!(
+        "{}: {} train examples ({} truncated to {} tokens), {}; backbone {} ({} layers, hidden {})",
+        task.name(),
+        train_examples.len(),
+        train_features.truncated,
+        config.max_seq_len,
+        match (&dev_examples, &dev_features) {
+            (Some(d), Some(f)) => format!("{} dev examples ({} truncated)", d.len(), f.truncated),
+            _ => "no labelled dev split: keeping last/ only".into(),
+        },
+        backbone.dir.display(),
+        bert.num_hidden_layers,
+        bert.hidden_size
+    ));
+
+    let layers = parse_layers(&config.prefix_layers, bert.num_hidden_layers)?;
+    let prefix_config = PrefixConfig {
+        len: config.prefix_len,
+        projection: config.prefix_projection,
+        hidden_size: config.prefix_hidden_size,
+        layers,
+    };
+    let info = RunInfo {
+        format_version: FORMAT_VERSION,
+        task: task.name().to_string(),
+        head: head_kind,
+        label_names: match kind {
+            TaskKind::Classification => task.label_names(),
+            _ => Vec::new(),
+        },
+        backbone: BackboneInfo {
+            name_or_path: config.model.clone(),
+            model_type: format!("{:?}", bert.model_type).to_lowercase(),
+            hidden_size: bert.hidden_size,
+            num_layers: bert.num_hidden_layers,
+            num_heads: bert.num_attention_heads,
+            weights_hash: backbone.hash.clone(),
+        },
+        tokenizer: TokenizerInfo {
+            max_seq_len: config.max_seq_len,
+            truncation: "longest_first".into(),
+        },
+        prefix: PrefixInfo::from(&prefix_config),
+        hyperparameters: serde_json::to_value(&config).expect("config serializes"),
+        created_by: created_by(),
+    };
+    let adamw = AdamWConfig {
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        ..AdamWConfig::default()
+    };
+    let (mut model, mut opt, mut state) = match resumed {
+        Some(ckpt) => {
+            if ckpt.info.backbone.weights_hash != backbone.hash {
+                return Err(Error::InvalidArgument(format!(
+                    "--resume: the run was trained on backbone {} (weights {}), not {} (weights {})",
+                    ckpt.info.backbone.name_or_path, ckpt.info.backbone.weights_hash, config.model, backbone.hash
+                )));
+            }
+            let (opt_state, trainer_state) = ckpt.training.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--resume: {} has no training state",
+                    last_dir.display()
+                ))
+            })?;
+            let model = PromptModel {
+                backbone: Arc::clone(&backbone.model),
+                prefix: ckpt.prefix,
+                head: ckpt.head,
+            };
+            (model, opt_state.into_adamw(adamw), trainer_state)
+        }
+        None => {
+            let prefix = PrefixEncoder::new(
+                prefix_config,
+                bert.hidden_size,
+                bert.num_hidden_layers,
+                derive_seed(config.seed, 10, 0),
+            )?;
+            let head =
+                ClassificationHead::new(bert.hidden_size, outputs, derive_seed(config.seed, 11, 0));
+            let model = PromptModel {
+                backbone: Arc::clone(&backbone.model),
+                prefix,
+                head,
+            };
+            let state = TrainerState {
+                seed: config.seed,
+                ..TrainerState::default()
+            };
+            (model, AdamW::new(adamw), state)
+        }
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let mut log = MetricsLog::open(&out)?;
+
+    let steps_per_epoch = train_features.features.len().div_ceil(config.batch_size) as u64;
+    let total_steps = steps_per_epoch * config.epochs as u64;
+    let warmup = (config.warmup_ratio as f64 * total_steps as f64).ceil() as u64;
+    let schedule = Schedule::parse(&config.scheduler, warmup, total_steps, config.gamma)?;
+    let dropout_p = config.dropout;
+    let attention_p = bert.attention_probs_dropout_prob;
+    let mut acts = Activations::default();
+    let start = Instant::now();
+    let mut trained_examples = 0usize;
+    let main_metric = task.main_metric();
+
+    for epoch in state.epoch_completed..config.epochs {
+        let epoch_start = Instant::now();
+        let order = shuffled(
+            train_features.features.len(),
+            derive_seed(config.seed, SHUFFLE, epoch as u64),
+        );
+        reporter.start_epoch(epoch + 1, config.epochs, steps_per_epoch);
+        let mut loss_sum = 0.0f64;
+        let mut lr = config.lr;
+        let mut seen = 0usize;
+        for chunk in order.chunks(config.batch_size) {
+            let refs: Vec<&Feature> = chunk.iter().map(|&i| &train_features.features[i]).collect();
+            let (batch, targets) = collate(&refs, pad_id)?;
+            let targets = targets.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{}: the train split has unlabelled examples",
+                    config.data.display()
+                ))
+            })?;
+            let dropout = DropoutConfig {
+                hidden: dropout_p,
+                attention: attention_p,
+                seed: derive_seed(config.seed, DROPOUT, state.global_step),
+            };
+            model.zero_grad();
+            let step =
+                model.forward_backward(&batch, targets_of(kind, &targets), &dropout, &mut acts)?;
+            if !step.loss.is_finite() {
+                reporter.end_epoch();
+                let kept = if last_dir.join("ptuning.json").exists() {
+                    format!("the last good checkpoint is {} (continue with --resume, perhaps with a lower --lr)", last_dir.display())
+                } else {
+                    "no checkpoint had been written yet; try a lower --lr".to_string()
+                };
+                return Err(Error::Training(format!(
+                    "the loss became {} at epoch {}, step {}; {kept}",
+                    step.loss,
+                    epoch + 1,
+                    state.global_step
+                )));
+            }
+            if config.max_grad_norm > 0.0 {
+                clip_grad_norm(&mut model.params_mut(), config.max_grad_norm);
+            }
+            lr = schedule.lr(config.lr, state.global_step, epoch);
+            opt.step(&mut model.params_mut(), lr);
+            state.global_step += 1;
+            loss_sum += step.loss as f64 * chunk.len() as f64;
+            seen += chunk.len();
+            trained_examples += chunk.len();
+            reporter.step(
+                loss_sum / seen as f64,
+                lr,
+                seen as f64 / epoch_start.elapsed().as_secs_f64(),
+            );
+        }
+        reporter.end_epoch();
+        let train_loss = loss_sum / seen.max(1) as f64;
+        state.epoch_completed = epoch + 1;
+        state.adamw_step = opt.step;
+        log.append(&MetricsEvent {
+            event: EventKind::Epoch,
+            epoch: epoch + 1,
+            step: state.global_step,
+            loss: Some(train_loss),
+            lr: Some(lr as f64),
+            metrics: Default::default(),
+        })?;
+
+        let mut line = format!(
+            "epoch {:>3}/{}  loss {train_loss:.4}  lr {lr:.2e}",
+            epoch + 1,
+            config.epochs
+        );
+        let mut history = serde_json::json!({"epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss, "lr": lr});
+        if let (Some(dev), Some(features)) = (&dev_examples, &dev_features) {
+            let metrics = evaluate(
+                &model,
+                task.as_ref(),
+                dev,
+                &features.features,
+                config.eval_batch_size,
+                pad_id,
+            )?;
+            log.append(&MetricsEvent {
+                event: EventKind::Eval,
+                epoch: epoch + 1,
+                step: state.global_step,
+                loss: None,
+                lr: None,
+                metrics: metrics.clone(),
+            })?;
+            let value = metrics.get(main_metric).copied().unwrap_or(f64::NAN);
+            // The first epoch reaching the highest value is the best one.
+            let improved = state.best_metric.is_none_or(|best| value > best);
+            if improved {
+                state.best_metric = Some(value);
+                state.best_epoch = Some(epoch + 1);
+                state.epochs_without_improvement = 0;
+                save_checkpoint(
+                    &best_dir,
+                    &CheckpointRef {
+                        info: &info,
+                        prefix: &model.prefix,
+                        head: &model.head,
+                        training: None,
+                    },
+                )?;
+            } else {
+                state.epochs_without_improvement += 1;
+            }
+            for (k, v) in &metrics {
+                line.push_str(&format!("  dev {k} {v:.4}"));
+            }
+            if improved {
+                line.push_str("  (best)");
+            }
+            history["dev"] = serde_json::to_value(&metrics).expect("metrics serialize");
+        }
+        state.history.push(history);
+        save_checkpoint(
+            &last_dir,
+            &CheckpointRef {
+                info: &info,
+                prefix: &model.prefix,
+                head: &model.head,
+                training: Some((&opt, &state)),
+            },
+        )?;
+        let points: Vec<EpochPoint> = state
+            .history
+            .iter()
+            .map(|h| EpochPoint {
+                epoch: h["epoch"].as_u64().unwrap_or(0) as usize,
+                train_loss: h["train_loss"].as_f64().unwrap_or(f64::NAN),
+                dev_metric: h["dev"][main_metric].as_f64(),
+                metric_name: main_metric.to_string(),
+            })
+            .collect();
+        write_training_curve(&out.join("training_curve.svg"), &points)?;
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        line.push_str(&format!(
+            "  {seconds:.1} s  {:.0} ex/s",
+            seen as f64 / seconds
+        ));
+        reporter.line(&line);
+        if options.stop_after_epoch == Some(epoch + 1) {
+            reporter.line(&format!(
+                "paused after epoch {}: continue with --resume",
+                epoch + 1
+            ));
+            break;
+        }
+        if let Some(patience) = config.patience {
+            if state.epochs_without_improvement >= patience {
+                reporter.line(&format!(
+                    "early stop: no better dev {main_metric} for {patience} epochs"
+                ));
+                break;
+            }
+        }
+    }
+
+    let seconds = start.elapsed().as_secs_f64();
+    let best_dev = state
+        .best_epoch
+        .and_then(|e| {
+            state
+                .history
+                .iter()
+                .find(|h| h["epoch"].as_u64() == Some(e as u64))
+        })
+        .map(|h| h["dev"].clone());
+    let summary = serde_json::json!({
+        "task": task.name(),
+        "run_dir": out,
+        "backbone": config.model,
+        "main_metric": main_metric,
+        "best_epoch": state.best_epoch,
+        "best_metric": state.best_metric,
+        "best_dev_metrics": best_dev,
+        "epochs_completed": state.epoch_completed,
+        "global_step": state.global_step,
+        "train_examples": train_examples.len(),
+        "train_truncated": train_features.truncated,
+        "dev_examples": dev_examples.as_ref().map(Vec::len),
+        "seconds_this_session": seconds,
+        "train_examples_per_s_this_session": trained_examples as f64 / seconds.max(1e-9),
+        "trainable_parameters": model.params_mut().iter().map(|p| p.value.len()).sum::<usize>(),
+        "history": state.history,
+    });
+    write_summary(&out, &summary)?;
+    if !report_quiet {
+        print_summary(&summary, main_metric);
+    }
+    Ok(summary)
+}
+
+/// The table printed at the end of a run.
+fn print_summary(summary: &serde_json::Value, main_metric: &str) {
+    println!();
+    println!(
+        "{:>6}  {:>10}  {:>10}",
+        "epoch",
+        "train loss",
+        format!("dev {main_metric}")
+    );
+    for h in summary["history"].as_array().into_iter().flatten() {
+        let dev = h["dev"][main_metric]
+            .as_f64()
+            .map_or("-".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "{:>6}  {:>10.4}  {:>10}",
+            h["epoch"].as_u64().unwrap_or(0),
+            h["train_loss"].as_f64().unwrap_or(f64::NAN),
+            dev
+        );
+    }
+    let run = summary["run_dir"].as_str().unwrap_or("");
+    match summary["best_epoch"].as_u64() {
+        Some(e) => println!(
+            "best dev {main_metric} {:.4} at epoch {e}; adapter in {run}/best, resumable state in {run}/last",
+            summary["best_metric"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None => println!("no dev evaluation; adapter and resumable state in {run}/last"),
+    }
+}
