@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use ptuning::engine::cpu::loss::IGNORE;
 use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
-use ptuning::model::heads::ClassificationHead;
+use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::{PromptModel, Targets};
 
@@ -285,4 +286,29 @@ fn bad_batches_are_clear_errors() {
         .to_string();
     assert!(err.contains("1-output head"), "{err}");
     assert!(Batch::pad(&[], 0).is_err());
+}
+
+#[test]
+fn token_classification_gradient_matches_finite_differences() {
+    let (batch, _) = tiny_batch();
+    let mut model = tiny_model(false, vec![0, 1, 2]);
+    model.head = ClassificationHead::for_kind(HeadKind::TokenClassification, 32, 4, 14);
+    model.head.weight.value.iter_mut().for_each(|w| *w *= 20.0);
+    // [B*T] = 3 × 6 tags; specials and padding ignored.
+    let i = IGNORE;
+    let tags = [i, 1, 0, 3, 2, i, i, 2, 0, i, i, i, i, 1, i, i, i, i];
+    check_finite_differences(model, &batch, Targets::Tokens(&tags));
+}
+
+#[test]
+fn span_gradient_matches_finite_differences() {
+    let (batch, _) = tiny_batch();
+    let mut model = tiny_model(true, vec![1, 2]);
+    model.head = ClassificationHead::for_kind(HeadKind::QuestionAnswering, 32, 2, 15);
+    model.head.weight.value.iter_mut().for_each(|w| *w *= 20.0);
+    let targets = Targets::Spans {
+        start: &[1, 2, 0],
+        end: &[4, 2, 0],
+    };
+    check_finite_differences(model, &batch, targets);
 }

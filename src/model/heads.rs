@@ -1,7 +1,9 @@
-//! Task heads on top of the encoder. The classification head is the official
-//! P-Tuning v2 one: the backbone's frozen pooler on [CLS] (tanh(W·h + b)),
-//! dropout, then one trainable linear layer. A model without a pooler feeds the
-//! [CLS] hidden state to the linear layer directly.
+//! Task heads on top of the encoder, as the official P-Tuning v2 models have
+//! them: one trainable linear layer after dropout, on
+//! - the backbone's frozen pooler on [CLS] (tanh(W·h + b)) for sequence tasks
+//!   (a model without a pooler feeds the [CLS] hidden state directly), or
+//! - every token's hidden state for sequence labelling (C tags) and extractive
+//!   QA (2 outputs: start and end).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,20 @@ pub enum HeadKind {
     MultipleChoice,
     /// One real value.
     Regression,
+    /// C logits per token (NER, SRL); the first sub-token of a word is labelled.
+    TokenClassification,
+    /// Start and end logits per token (extractive QA).
+    QuestionAnswering,
+}
+
+impl HeadKind {
+    /// Whether the head reads every token rather than the pooled [CLS].
+    pub fn per_token(self) -> bool {
+        matches!(
+            self,
+            HeadKind::TokenClassification | HeadKind::QuestionAnswering
+        )
+    }
 }
 
 /// Dropout stream of the pooled output.
@@ -32,21 +48,33 @@ pub struct ClassificationHead {
     pub weight: Param,
     /// classifier.bias [C]
     pub bias: Param,
+    /// Reads every token's hidden state instead of the pooled [CLS].
+    pub per_token: bool,
 }
 
 /// What the head's backward needs from its forward.
 #[derive(Clone, Debug, Default)]
 pub struct HeadForward {
-    /// [B, H] pooled [CLS] (after tanh), before dropout.
+    /// [R, H]: R = B pooled [CLS] rows (after tanh), or R = B·T token rows;
+    /// before dropout.
     pub pooled: Vec<f32>,
-    /// [B, H] after dropout: the classifier's input.
+    /// [R, H] after dropout: the classifier's input.
     pub pooled_dropped: Vec<f32>,
-    /// [B, C]
+    /// [R, C]
     pub logits: Vec<f32>,
 }
 
 impl ClassificationHead {
-    /// HF's init: weight ~ N(0, 0.02²), bias 0.
+    /// A head of `kind` with `outputs` outputs (classes, tags; 1 for choices and
+    /// regression, 2 for QA). HF's init: weight ~ N(0, 0.02²), bias 0.
+    pub fn for_kind(kind: HeadKind, hidden: usize, outputs: usize, seed: u64) -> Self {
+        ClassificationHead {
+            per_token: kind.per_token(),
+            ..Self::new(hidden, outputs, seed)
+        }
+    }
+
+    /// A pooled-[CLS] head with `num_labels` outputs.
     pub fn new(hidden: usize, num_labels: usize, seed: u64) -> Self {
         let mut w = vec![0.0; num_labels * hidden];
         Rng::new(seed).fill_normal(&mut w, 0.02);
@@ -58,6 +86,7 @@ impl ClassificationHead {
                 vec![0.0; num_labels],
                 false,
             ),
+            per_token: false,
         }
     }
 
@@ -69,7 +98,7 @@ impl ClassificationHead {
         vec![&mut self.weight, &mut self.bias]
     }
 
-    /// hidden [B*T, H] → logits [B, C].
+    /// hidden [B*T, H] → logits [R, C], R = B (pooled) or B·T (per token).
     pub fn forward(
         &self,
         pooler: Option<&BertPooler>,
@@ -80,38 +109,21 @@ impl ClassificationHead {
     ) -> HeadForward {
         let h = self.weight.shape[1];
         let c = self.num_labels();
-        // [CLS] rows: the first token of each sequence.
-        let mut cls = vec![0.0; batch * h];
-        for (b, row) in cls.chunks_mut(h).enumerate() {
-            row.copy_from_slice(&hidden[b * seq * h..][..h]);
-        }
-        let pooled = match pooler {
-            Some(p) => {
-                let mut out = vec![0.0; batch * h];
-                linear_forward(
-                    &cls,
-                    &p.dense.weight,
-                    Some(&p.dense.bias),
-                    batch,
-                    h,
-                    h,
-                    &mut out,
-                );
-                out.iter_mut().for_each(|x| *x = x.tanh());
-                out
-            }
-            None => cls,
+        let (rows, pooled) = if self.per_token {
+            (batch * seq, hidden.to_vec())
+        } else {
+            (batch, pool(pooler, hidden, batch, seq, h))
         };
         let mut pooled_dropped = pooled.clone();
         if let Some(d) = dropout {
             d.apply(&mut pooled_dropped, 0);
         }
-        let mut logits = vec![0.0; batch * c];
+        let mut logits = vec![0.0; rows * c];
         linear_forward(
             &pooled_dropped,
             &self.weight.value,
             Some(&self.bias.value),
-            batch,
+            rows,
             c,
             h,
             &mut logits,
@@ -124,7 +136,7 @@ impl ClassificationHead {
     }
 
     /// Accumulates the classifier's gradients and writes d_hidden [B*T, H]
-    /// (zero except the [CLS] rows; overwritten).
+    /// (overwritten; for a pooled head zero except the [CLS] rows).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -138,20 +150,28 @@ impl ClassificationHead {
     ) {
         let h = self.weight.shape[1];
         let c = self.num_labels();
+        let rows = forward.pooled.len() / h;
         linear_backward_params(
             &forward.pooled_dropped,
             d_logits,
-            batch,
+            rows,
             c,
             h,
             &mut self.weight.grad,
             Some(&mut self.bias.grad),
         );
-        let mut d_pooled = vec![0.0; batch * h];
+        if self.per_token {
+            linear_backward_input(d_logits, &self.weight.value, rows, c, h, d_hidden, false);
+            if let Some(d) = dropout {
+                d.apply(d_hidden, 0);
+            }
+            return;
+        }
+        let mut d_pooled = vec![0.0; rows * h];
         linear_backward_input(
             d_logits,
             &self.weight.value,
-            batch,
+            rows,
             c,
             h,
             &mut d_pooled,
@@ -176,5 +196,36 @@ impl ClassificationHead {
         for (b, row) in d_cls.chunks(h).enumerate() {
             d_hidden[b * seq * h..][..h].copy_from_slice(row);
         }
+    }
+}
+
+/// The pooled [CLS] rows [B, H]: tanh(pooler(h_cls)), or h_cls without a pooler.
+fn pool(
+    pooler: Option<&BertPooler>,
+    hidden: &[f32],
+    batch: usize,
+    seq: usize,
+    h: usize,
+) -> Vec<f32> {
+    let mut cls = vec![0.0; batch * h];
+    for (b, row) in cls.chunks_mut(h).enumerate() {
+        row.copy_from_slice(&hidden[b * seq * h..][..h]);
+    }
+    match pooler {
+        Some(p) => {
+            let mut out = vec![0.0; batch * h];
+            linear_forward(
+                &cls,
+                &p.dense.weight,
+                Some(&p.dense.bias),
+                batch,
+                h,
+                h,
+                &mut out,
+            );
+            out.iter_mut().for_each(|x| *x = x.tanh());
+            out
+        }
+        None => cls,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::cpu::loss::{cross_entropy, mse};
+use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -29,13 +29,49 @@ pub enum Targets<'a> {
     Choices { choices: usize, labels: &'a [usize] },
     /// A real value per sequence (regression, C = 1).
     Scores(&'a [f32]),
+    /// A tag per token [B·T] (per-token head), `loss::IGNORE` where unlabelled.
+    Tokens(&'a [i64]),
+    /// Start and end token of the answer per sequence (QA head, 2 outputs).
+    Spans {
+        start: &'a [usize],
+        end: &'a [usize],
+    },
 }
 
 impl Targets<'_> {
-    /// Checks counts and ranges against a batch of `rows` sequences and a head
-    /// of `outputs` outputs, so the losses can index freely.
-    fn validate(&self, rows: usize, outputs: usize) -> Result<()> {
+    /// Checks counts and ranges against a batch of `rows` sequences of `seq`
+    /// tokens and a head of `outputs` outputs, so the losses can index freely.
+    fn validate(&self, rows: usize, seq: usize, outputs: usize) -> Result<()> {
         let (count, expected, classes) = match *self {
+            Targets::Tokens(tags) => {
+                if let Some(&bad) = tags
+                    .iter()
+                    .find(|&&t| t != IGNORE && !(0..outputs as i64).contains(&t))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "tag {bad} is outside the {outputs} tags"
+                    )));
+                }
+                (tags.len(), rows * seq, None)
+            }
+            Targets::Spans { start, end } => {
+                if outputs != 2 {
+                    return Err(Error::InvalidArgument(format!(
+                        "QA needs a 2-output head, not {outputs}"
+                    )));
+                }
+                if let Some(&bad) = start.iter().chain(end).find(|&&p| p >= seq) {
+                    return Err(Error::InvalidArgument(format!(
+                        "answer position {bad} is outside the {seq} tokens"
+                    )));
+                }
+                if start.len() != end.len() {
+                    return Err(Error::InvalidArgument(
+                        "as many answer starts as ends are needed".into(),
+                    ));
+                }
+                (start.len(), rows, None)
+            }
             Targets::Classes(l) => (l.len(), rows, Some((l, outputs))),
             Targets::Choices { choices, labels } => {
                 if outputs != 1 || choices == 0 || !rows.is_multiple_of(choices) {
@@ -113,7 +149,7 @@ impl PromptModel {
         dropout: &DropoutConfig,
         acts: &mut Activations,
     ) -> Result<StepOutput> {
-        targets.validate(batch.batch, self.head.num_labels())?;
+        targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
         let prefix_dropout = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
         let pooled_dropout = dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM);
 
@@ -142,6 +178,12 @@ impl PromptModel {
                 cross_entropy(&head.logits, labels, choices, &mut d_logits)
             }
             Targets::Scores(values) => mse(&head.logits, values, &mut d_logits),
+            Targets::Tokens(tags) => {
+                cross_entropy_masked(&head.logits, tags, self.head.num_labels(), &mut d_logits)
+            }
+            Targets::Spans { start, end } => {
+                span_loss(&head.logits, batch.seq, start, end, &mut d_logits)
+            }
         };
         let mut d_hidden = vec![0.0; acts.hidden.len()];
         self.head.backward(

@@ -768,7 +768,12 @@ fn read_head(
         [c] if *c > 0 => *c,
         _ => {
             let expected = match info.head {
-                HeadKind::Classification if !info.label_names.is_empty() => info.label_names.len(),
+                HeadKind::Classification | HeadKind::TokenClassification
+                    if !info.label_names.is_empty() =>
+                {
+                    info.label_names.len()
+                }
+                HeadKind::QuestionAnswering => 2,
                 _ => 1,
             };
             return Err(Error::ShapeMismatch {
@@ -779,8 +784,10 @@ fn read_head(
             });
         }
     };
-    if info.head == HeadKind::Classification
-        && !info.label_names.is_empty()
+    if matches!(
+        info.head,
+        HeadKind::Classification | HeadKind::TokenClassification
+    ) && !info.label_names.is_empty()
         && c != info.label_names.len()
     {
         return Err(Error::ShapeMismatch {
@@ -794,6 +801,7 @@ fn read_head(
     Ok(ClassificationHead {
         weight: Param::new("classifier.weight", &[c, hidden], weight, true),
         bias: Param::new("classifier.bias", &[c], bias, false),
+        per_token: info.head.per_token(),
     })
 }
 

@@ -192,3 +192,105 @@ mod mse_tests {
         assert_eq!(d, [1.0, 2.0]);
     }
 }
+
+/// The label torch's cross-entropy skips (`ignore_index`): special tokens,
+/// later sub-tokens of a word, padding.
+pub const IGNORE: i64 = -100;
+
+/// Mean cross-entropy over the rows of logits [N, C] whose label is not
+/// [`IGNORE`] (torch's CrossEntropyLoss with ignore_index): the mean is over
+/// labelled rows only, and ignored rows get a zero gradient. With no labelled
+/// row the loss is 0 (torch would give NaN).
+pub fn cross_entropy_masked(
+    logits: &[f32],
+    labels: &[i64],
+    classes: usize,
+    dlogits: &mut [f32],
+) -> f32 {
+    assert_eq!(
+        logits.len(),
+        labels.len() * classes,
+        "cross_entropy_masked: logits is not [N, C]"
+    );
+    dlogits.fill(0.0);
+    let rows: Vec<usize> = (0..labels.len()).filter(|&r| labels[r] != IGNORE).collect();
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let inv = 1.0 / rows.len() as f32;
+    let mut total = 0.0f64;
+    for &r in &rows {
+        let y = labels[r] as usize;
+        debug_assert!(y < classes, "cross_entropy_masked: label {y} out of range");
+        let z = &logits[r * classes..][..classes];
+        let dz = &mut dlogits[r * classes..][..classes];
+        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut s = 0.0f32;
+        for (d, &v) in dz.iter_mut().zip(z) {
+            *d = (v - m).exp();
+            s += *d;
+        }
+        total += (m + s.ln() - z[y]) as f64;
+        dz.iter_mut().for_each(|d| *d *= inv / s);
+        dz[y] -= inv;
+    }
+    (total / rows.len() as f64) as f32
+}
+
+/// Extractive QA: logits [B·T, 2] hold a start and an end logit per token.
+/// loss = (CE(start logits of each sequence, start) + CE(end ..., end)) / 2,
+/// each a mean over the batch, as HF's *ForQuestionAnswering computes it.
+pub fn span_loss(
+    logits: &[f32],
+    seq: usize,
+    start: &[usize],
+    end: &[usize],
+    dlogits: &mut [f32],
+) -> f32 {
+    let batch = start.len();
+    assert_eq!(
+        logits.len(),
+        batch * seq * 2,
+        "span_loss: logits is not [B*T, 2]"
+    );
+    let mut loss = 0.0;
+    for (column, targets) in [(0, start), (1, end)] {
+        // [B, T] view of one column, then the gradient back into it.
+        let z: Vec<f32> = logits.iter().skip(column).step_by(2).copied().collect();
+        let mut dz = vec![0.0; z.len()];
+        loss += 0.5 * cross_entropy(&z, targets, seq, &mut dz);
+        for (d, g) in dlogits.iter_mut().skip(column).step_by(2).zip(&dz) {
+            *d = 0.5 * g;
+        }
+    }
+    loss
+}
+
+#[cfg(test)]
+mod token_loss_tests {
+    use super::*;
+
+    #[test]
+    fn masked_rows_are_skipped_and_the_mean_is_over_labelled_rows() {
+        let logits = [1.0, 2.0, 0.5, 0.5, 3.0, -1.0];
+        let mut d_all = [0.0; 6];
+        let full = cross_entropy(&logits[..2], &[1], 2, &mut d_all[..2]);
+        let mut d = [9.0; 6];
+        let loss = cross_entropy_masked(&logits, &[1, IGNORE, IGNORE], 2, &mut d);
+        assert!((loss - full).abs() < 1e-7);
+        assert_eq!(&d[2..], &[0.0; 4]);
+        assert_eq!(d[..2], d_all[..2]);
+        assert_eq!(cross_entropy_masked(&logits, &[IGNORE; 3], 2, &mut d), 0.0);
+    }
+
+    #[test]
+    fn span_loss_averages_start_and_end() {
+        // B = 1, T = 2: start logits (0, 0), end logits (0, ln 3).
+        let logits = [0.0, 0.0, 0.0, 3f32.ln()];
+        let mut d = [0.0; 4];
+        let loss = span_loss(&logits, 2, &[0], &[1], &mut d);
+        let expected = 0.5 * (2f32.ln() + (4f32 / 3.0).ln());
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        assert!((d[0] + 0.25).abs() < 1e-6 && (d[2] - 0.25).abs() < 1e-6);
+    }
+}
