@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::model::prompt_model::PromptModel;
 use crate::tasks::Task;
 use crate::training::checkpoint::{check_backbone, load_checkpoint, RunInfo};
-use crate::training::trainer::{task_for, Backbone, TrainConfig};
+use crate::training::data::task_for;
+use crate::training::trainer::{Backbone, TrainConfig};
 
 pub struct Adapter {
     pub model: PromptModel,

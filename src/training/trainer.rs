@@ -17,14 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
-use crate::model::heads::{ClassificationHead, HeadKind};
+use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
 use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder};
-use crate::model::prompt_model::{PromptModel, Targets};
+use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
-use crate::rng::Rng;
-use crate::tasks::features::{collate, featurize, BatchTargets, Feature};
-use crate::tasks::{task_by_name, Example, Split, Task, TaskKind, TaskOptions};
 use crate::training::adamw::{AdamW, AdamWConfig};
 use crate::training::checkpoint::{
     created_by, load_checkpoint, save_checkpoint, weights_hash, BackboneInfo, CheckpointRef,
@@ -32,7 +29,9 @@ use crate::training::checkpoint::{
 };
 use crate::training::clip::clip_grad_norm;
 use crate::training::curve::{write_training_curve, EpochPoint};
-use crate::training::evaluate::evaluate;
+use crate::training::data::{
+    derive_seed, load_task_data, shuffled, DROPOUT, INIT_HEAD, INIT_PREFIX, SHUFFLE,
+};
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
 
@@ -165,84 +164,6 @@ pub struct TrainOptions {
     pub stop_after_epoch: Option<usize>,
 }
 
-/// A stream of the run's seed: distinct, reproducible values per (tag, n).
-fn derive_seed(seed: u64, tag: u64, n: u64) -> u64 {
-    Rng::new(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))
-        .next_u64()
-}
-
-const SHUFFLE: u64 = 1;
-const DROPOUT: u64 = 2;
-const HOLDOUT: u64 = 3;
-
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    order
-}
-
-/// The head's kind and output count for a task.
-fn head_of(task: &dyn Task) -> (HeadKind, usize) {
-    match task.kind() {
-        TaskKind::Classification => (HeadKind::Classification, task.label_names().len()),
-        TaskKind::MultipleChoice { .. } => (HeadKind::MultipleChoice, 1),
-        TaskKind::Regression => (HeadKind::Regression, 1),
-    }
-}
-
-/// The borrowed targets of a collated batch.
-fn targets_of<'a>(kind: TaskKind, targets: &'a BatchTargets) -> Targets<'a> {
-    match (kind, targets) {
-        (TaskKind::MultipleChoice { choices }, BatchTargets::Classes(labels)) => {
-            Targets::Choices { choices, labels }
-        }
-        (_, BatchTargets::Classes(labels)) => Targets::Classes(labels),
-        (_, BatchTargets::Scores(values)) => Targets::Scores(values),
-    }
-}
-
-/// The task object for a config (custom tasks need their columns).
-pub fn task_for(config: &TrainConfig, labels: Option<Vec<String>>) -> Result<Box<dyn Task>> {
-    task_by_name(
-        &config.task,
-        &TaskOptions {
-            text_fields: config.text_fields.clone(),
-            label_field: config.label_field.clone(),
-            labels,
-        },
-    )
-}
-
-/// Train and dev examples; dev is None when the task folder has no labelled
-/// dev split (WiC here) and no hold-out is asked for.
-fn read_data(
-    task: &dyn Task,
-    config: &TrainConfig,
-) -> Result<(Vec<Example>, Option<Vec<Example>>)> {
-    let train = task.read_split(&config.data, Split::Train)?;
-    if let Some(fraction) = config.dev_from_train {
-        let order = shuffled(train.len(), derive_seed(config.seed, HOLDOUT, 0));
-        let n_dev = ((train.len() as f32 * fraction).round() as usize).clamp(1, train.len() - 1);
-        let mut slots: Vec<Option<Example>> = train.into_iter().map(Some).collect();
-        let dev = order[..n_dev]
-            .iter()
-            .map(|&i| slots[i].take().unwrap())
-            .collect();
-        let rest = slots.into_iter().flatten().collect();
-        return Ok((rest, Some(dev)));
-    }
-    let dev_path = task.split_path(&config.data, Split::Dev);
-    if !dev_path.exists() {
-        return Ok((train, None));
-    }
-    let dev = task.read(&dev_path)?;
-    let labelled = dev.iter().all(|e| e.label.is_some());
-    Ok((train, labelled.then_some(dev)))
-}
-
 /// The backbone, its tokenizer and identity.
 pub struct Backbone {
     pub model: Arc<BertModel>,
@@ -354,36 +275,13 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     let backbone = Backbone::load(&config.model)?;
     let bert = &backbone.model.config;
-    let pad_id = backbone.tokenizer.pad_id();
 
-    // Custom tasks take their label set from train; reading dev with the same
-    // task object then rejects labels train never had.
     let stored_labels = resumed.as_ref().map(|c| c.info.label_names.clone());
-    let task = task_for(&config, stored_labels)?;
-    let (train_examples, dev_examples) = read_data(task.as_ref(), &config)?;
-    if train_examples.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: the train split is empty",
-            config.data.display()
-        )));
-    }
-    let kind = task.kind();
-    let (head_kind, outputs) = head_of(task.as_ref());
-    let train_features = featurize(&backbone.tokenizer, &train_examples, config.max_seq_len)?;
-    let dev_features = dev_examples
-        .as_ref()
-        .map(|d| featurize(&backbone.tokenizer, d, config.max_seq_len))
-        .transpose()?;
+    let data = load_task_data(&config, &backbone.tokenizer, stored_labels)?;
+    let head = data.head();
     reporter.line(&format!(
-        "{}: {} train examples ({} truncated to {} tokens), {}; backbone {} ({} layers, hidden {})",
-        task.name(),
-        train_examples.len(),
-        train_features.truncated,
-        config.max_seq_len,
-        match (&dev_examples, &dev_features) {
-            (Some(d), Some(f)) => format!("{} dev examples ({} truncated)", d.len(), f.truncated),
-            _ => "no labelled dev split: keeping last/ only".into(),
-        },
+        "{}; backbone {} ({} layers, hidden {})",
+        data.describe(),
         backbone.dir.display(),
         bert.num_hidden_layers,
         bert.hidden_size
@@ -398,12 +296,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     };
     let info = RunInfo {
         format_version: FORMAT_VERSION,
-        task: task.name().to_string(),
-        head: head_kind,
-        label_names: match kind {
-            TaskKind::Classification => task.label_names(),
-            _ => Vec::new(),
-        },
+        task: data.task_name().to_string(),
+        head: head.kind,
+        label_names: head.label_names.clone(),
         backbone: BackboneInfo {
             name_or_path: config.model.clone(),
             model_type: format!("{:?}", bert.model_type).to_lowercase(),
@@ -451,10 +346,14 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 prefix_config,
                 bert.hidden_size,
                 bert.num_hidden_layers,
-                derive_seed(config.seed, 10, 0),
+                derive_seed(config.seed, INIT_PREFIX, 0),
             )?;
-            let head =
-                ClassificationHead::new(bert.hidden_size, outputs, derive_seed(config.seed, 11, 0));
+            let head = ClassificationHead::for_kind(
+                head.kind,
+                bert.hidden_size,
+                head.outputs,
+                derive_seed(config.seed, INIT_HEAD, 0),
+            );
             let model = PromptModel {
                 backbone: Arc::clone(&backbone.model),
                 prefix,
@@ -470,7 +369,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out)?;
 
-    let steps_per_epoch = train_features.features.len().div_ceil(config.batch_size) as u64;
+    let steps_per_epoch = data.train_len().div_ceil(config.batch_size) as u64;
     let total_steps = steps_per_epoch * config.epochs as u64;
     let warmup = (config.warmup_ratio as f64 * total_steps as f64).ceil() as u64;
     let schedule = Schedule::parse(&config.scheduler, warmup, total_steps, config.gamma)?;
@@ -479,12 +378,13 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     let mut acts = Activations::default();
     let start = Instant::now();
     let mut trained_examples = 0usize;
-    let main_metric = task.main_metric();
+    let main_metric = data.main_metric().to_string();
+    let main_metric = main_metric.as_str();
 
     for epoch in state.epoch_completed..config.epochs {
         let epoch_start = Instant::now();
         let order = shuffled(
-            train_features.features.len(),
+            data.train_len(),
             derive_seed(config.seed, SHUFFLE, epoch as u64),
         );
         reporter.start_epoch(epoch + 1, config.epochs, steps_per_epoch);
@@ -492,22 +392,14 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         let mut lr = config.lr;
         let mut seen = 0usize;
         for chunk in order.chunks(config.batch_size) {
-            let refs: Vec<&Feature> = chunk.iter().map(|&i| &train_features.features[i]).collect();
-            let (batch, targets) = collate(&refs, pad_id)?;
-            let targets = targets.ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{}: the train split has unlabelled examples",
-                    config.data.display()
-                ))
-            })?;
+            let (batch, targets) = data.train_batch(chunk)?;
             let dropout = DropoutConfig {
                 hidden: dropout_p,
                 attention: attention_p,
                 seed: derive_seed(config.seed, DROPOUT, state.global_step),
             };
             model.zero_grad();
-            let step =
-                model.forward_backward(&batch, targets_of(kind, &targets), &dropout, &mut acts)?;
+            let step = model.forward_backward(&batch, targets.as_targets(), &dropout, &mut acts)?;
             if !step.loss.is_finite() {
                 reporter.end_epoch();
                 let kept = if last_dir.join("ptuning.json").exists() {
@@ -556,15 +448,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             config.epochs
         );
         let mut history = serde_json::json!({"epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss, "lr": lr});
-        if let (Some(dev), Some(features)) = (&dev_examples, &dev_features) {
-            let metrics = evaluate(
-                &model,
-                task.as_ref(),
-                dev,
-                &features.features,
-                config.eval_batch_size,
-                pad_id,
-            )?;
+        if data.has_dev() {
+            let metrics = data.evaluate_dev(&model, config.eval_batch_size)?;
             log.append(&MetricsEvent {
                 event: EventKind::Eval,
                 epoch: epoch + 1,
@@ -654,8 +539,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 .find(|h| h["epoch"].as_u64() == Some(e as u64))
         })
         .map(|h| h["dev"].clone());
-    let summary = serde_json::json!({
-        "task": task.name(),
+    let mut summary = serde_json::json!({
+        "task": data.task_name(),
         "run_dir": out,
         "backbone": config.model,
         "main_metric": main_metric,
@@ -664,14 +549,14 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         "best_dev_metrics": best_dev,
         "epochs_completed": state.epoch_completed,
         "global_step": state.global_step,
-        "train_examples": train_examples.len(),
-        "train_truncated": train_features.truncated,
-        "dev_examples": dev_examples.as_ref().map(Vec::len),
         "seconds_this_session": seconds,
         "train_examples_per_s_this_session": trained_examples as f64 / seconds.max(1e-9),
         "trainable_parameters": model.params_mut().iter().map(|p| p.value.len()).sum::<usize>(),
         "history": state.history,
     });
+    if let (Some(fields), Some(counts)) = (summary.as_object_mut(), data.summary().as_object()) {
+        fields.extend(counts.clone());
+    }
     write_summary(&out, &summary)?;
     if !report_quiet {
         print_summary(&summary, main_metric);
