@@ -41,7 +41,10 @@ pub mod features;
 mod formats;
 pub mod glue;
 pub mod metrics;
+pub mod seqeval;
+pub mod squad;
 pub mod superglue;
+pub mod tagging;
 
 /// A dataset split. `Dev` is the labeled evaluation split: `val.jsonl` in
 /// SuperGLUE, `dev.tsv` in GLUE (`dev_matched.tsv` for MNLI).
