@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ptuning::tasks::features::featurize;
 use ptuning::training::adapter::Adapter;
-use ptuning::training::evaluate::{evaluate, predict};
+use ptuning::training::data::Predictions;
 use ptuning::training::trainer::{train, TrainConfig, TrainOptions};
 
 fn root() -> PathBuf {
@@ -110,7 +109,7 @@ fn tiny_task(dir: &Path, with_dev: bool) -> TrainConfig {
         epochs: 2,
         batch_size: 4,
         prefix_len: 4,
-        max_seq_len: 32,
+        max_seq_len: Some(32),
         ..TrainConfig::default()
     }
 }
@@ -123,33 +122,124 @@ fn a_custom_task_trains_evaluates_and_predicts() {
     assert_eq!(summary["epochs_completed"], 2);
     let adapter = Adapter::load(&config.out.join("best"), None).unwrap();
     assert_eq!(adapter.info.label_names, vec!["neg", "pos"]);
-    let examples = adapter.task.read(&tmp.path().join("dev.csv")).unwrap();
-    let features = featurize(&adapter.backbone.tokenizer, &examples, 32).unwrap();
-    let metrics = evaluate(
-        &adapter.model,
-        adapter.task.as_ref(),
-        &examples,
-        &features.features,
-        8,
-        0,
-    )
-    .unwrap();
+    let data = adapter.data_for(&tmp.path().join("dev.csv")).unwrap();
+    let metrics = data.evaluate_dev(&adapter.model, 8).unwrap();
     let best = summary["best_dev_metrics"]["accuracy"].as_f64().unwrap();
     assert_eq!(
         metrics["accuracy"], best,
         "eval of best/ reproduces the dev metric of its epoch"
     );
-    let scored = predict(
-        &adapter.model,
-        adapter.task.kind(),
-        &features.features,
-        8,
-        0,
-    )
-    .unwrap();
-    for s in &scored {
-        let total: f32 = s.scores.iter().sum();
-        assert!((total - 1.0).abs() < 1e-5);
+    let Predictions::Lines(lines) = data.predict_dev(&adapter.model, 8).unwrap() else {
+        panic!("a classifier predicts lines");
+    };
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let scores: Vec<f64> = serde_json::from_value(line["scores"].clone()).unwrap();
+        assert!((scores.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        assert!(["neg", "pos"].contains(&line["label"].as_str().unwrap()));
+    }
+}
+
+/// A CoNLL-style file: word and tag columns.
+fn conll(sentences: &[&[(&str, &str)]]) -> String {
+    sentences
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|(w, t)| format!("{w} {t}\n"))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_tagger_trains_evaluates_and_tags_raw_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1: &[(&str, &str)] = &[("a", "B-PER"), ("b", "I-PER"), ("c", "O"), ("d", "B-LOC")];
+    let s2: &[(&str, &str)] = &[("d", "B-LOC"), ("c", "O"), ("a", "B-PER")];
+    std::fs::write(tmp.path().join("train.txt"), conll(&[s1, s2, s1, s2])).unwrap();
+    std::fs::write(tmp.path().join("dev.txt"), conll(&[s2, s1])).unwrap();
+    let config = TrainConfig {
+        task: "custom/conll".into(),
+        data: tmp.path().to_path_buf(),
+        out: tmp.path().join("run"),
+        model: root()
+            .join("tests/fixtures/tiny-bert")
+            .display()
+            .to_string(),
+        epochs: 2,
+        batch_size: 2,
+        prefix_len: 4,
+        lr: 5e-2,
+        ..TrainConfig::default()
+    };
+    let summary = train(&config, quiet()).unwrap();
+    let best = summary["best_dev_metrics"].clone();
+    for key in ["f1", "precision", "recall", "strict_f1", "accuracy"] {
+        assert!(best[key].is_number(), "{key} missing in {best}");
+    }
+    let adapter = Adapter::load(&config.out, None).unwrap();
+    assert_eq!(
+        adapter.info.label_names,
+        vec!["O", "B-LOC", "B-PER", "I-PER"]
+    );
+    let raw = tmp.path().join("raw.txt");
+    std::fs::write(&raw, "a b, c d\n").unwrap();
+    let data = adapter.data_for(&raw).unwrap();
+    let Predictions::Lines(lines) = data.predict_dev(&adapter.model, 4).unwrap() else {
+        panic!("a tagger predicts lines");
+    };
+    assert_eq!(
+        lines[0]["words"],
+        serde_json::json!(["a", "b", ",", "c", "d"])
+    );
+    assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 5);
+    for e in lines[0]["entities"].as_array().unwrap() {
+        let (start, end) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(&"a b, c d"[start..end], e["text"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn a_qa_model_trains_and_writes_official_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let squad = serde_json::json!({"version": "1.1", "data": [{"title": "t", "paragraphs": [
+        {"context": "a b c d e f", "qas": [
+            {"id": "q1", "question": "a b", "answers": [{"text": "d e", "answer_start": 6}]},
+            {"id": "q2", "question": "c", "answers": [{"text": "f", "answer_start": 10}]}]}]}]});
+    std::fs::write(tmp.path().join("train.json"), squad.to_string()).unwrap();
+    std::fs::write(tmp.path().join("dev.json"), squad.to_string()).unwrap();
+    let config = TrainConfig {
+        task: "qa/squad".into(),
+        data: tmp.path().to_path_buf(),
+        out: tmp.path().join("run"),
+        model: root()
+            .join("tests/fixtures/tiny-bert")
+            .display()
+            .to_string(),
+        epochs: 2,
+        batch_size: 2,
+        prefix_len: 4,
+        max_seq_len: Some(16),
+        doc_stride: 4,
+        ..TrainConfig::default()
+    };
+    let summary = train(&config, quiet()).unwrap();
+    assert!(summary["best_dev_metrics"]["exact_match"].is_number());
+    assert!(summary["train_windows"].as_u64().unwrap() >= 2);
+    let adapter = Adapter::load(&config.out, None).unwrap();
+    let data = adapter.data_for(&tmp.path().join("dev.json")).unwrap();
+    let Predictions::Document(doc) = data.predict_dev(&adapter.model, 4).unwrap() else {
+        panic!("QA predicts predictions.json");
+    };
+    let answers = doc.as_object().unwrap();
+    assert_eq!(answers.len(), 2);
+    for answer in answers.values() {
+        assert!("a b c d e f".contains(answer.as_str().unwrap()));
     }
 }
 

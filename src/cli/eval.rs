@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::error::Result;
-use crate::tasks::features::featurize;
 use crate::tasks::Split;
 use crate::training::adapter::Adapter;
-use crate::training::evaluate::evaluate;
+use crate::training::data::split_file;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -34,26 +33,12 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let adapter = Adapter::load(&args.run, args.model.as_deref())?;
     let path = if args.data.is_dir() {
-        adapter
-            .task
-            .split_path(&args.data, args.split.parse::<Split>()?)
+        split_file(&adapter.config, &args.data, args.split.parse::<Split>()?)?
     } else {
         args.data.clone()
     };
-    let examples = adapter.task.read(&path)?;
-    let features = featurize(
-        &adapter.backbone.tokenizer,
-        &examples,
-        adapter.info.tokenizer.max_seq_len,
-    )?;
-    let metrics = evaluate(
-        &adapter.model,
-        adapter.task.as_ref(),
-        &examples,
-        &features.features,
-        args.batch_size,
-        adapter.backbone.tokenizer.pad_id(),
-    )?;
+    let data = adapter.data_for(&path)?;
+    let metrics = data.evaluate_dev(&adapter.model, args.batch_size)?;
     if args.json {
         println!(
             "{}",
@@ -61,14 +46,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} on {} ({} examples, {} truncated)",
+            "{} on {}: {}",
             adapter.info.task,
             path.display(),
-            examples.len(),
-            features.truncated
+            data.describe()
         );
         for (k, v) in &metrics {
-            println!("{k:>16}  {v:.4}");
+            println!("{k:>20}  {v:.4}");
         }
     }
     Ok(())

@@ -68,6 +68,18 @@ pub struct TrainArgs {
     /// Hold out this fraction of train as the dev split.
     #[arg(long)]
     dev_from_train: Option<f32>,
+    /// QA: tokens shared by consecutive context windows.
+    #[arg(long)]
+    doc_stride: Option<usize>,
+    /// SQuAD v2: answer nothing when null score − best span score exceeds this.
+    #[arg(long)]
+    null_score_diff_threshold: Option<f32>,
+    /// custom/conll: 0-based column of the word.
+    #[arg(long)]
+    token_col: Option<usize>,
+    /// custom/conll: 0-based column of the tag (default: the last).
+    #[arg(long)]
+    tag_col: Option<usize>,
     /// custom/classification: text columns, e.g. sentence1,sentence2.
     #[arg(long, value_delimiter = ',')]
     text_fields: Option<Vec<String>>,
@@ -128,7 +140,13 @@ impl TrainArgs {
             dev_from_train,
             text_fields
         );
-        set!(label_field);
+        set!(
+            label_field,
+            doc_stride,
+            null_score_diff_threshold,
+            token_col,
+            tag_col
+        );
         Ok(c)
     }
 }

@@ -26,6 +26,7 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,

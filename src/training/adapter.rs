@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::prompt_model::PromptModel;
-use crate::tasks::Task;
 use crate::training::checkpoint::{check_backbone, load_checkpoint, RunInfo};
-use crate::training::data::task_for;
+use crate::training::data::{load_task_data, DevSource, TaskData};
 use crate::training::trainer::{Backbone, TrainConfig};
 
 pub struct Adapter {
     pub model: PromptModel,
     pub info: RunInfo,
     pub backbone: Backbone,
-    pub task: Box<dyn Task>,
+    /// The settings it was trained with (task, columns, lengths).
     pub config: TrainConfig,
 }
 
@@ -48,8 +47,6 @@ impl Adapter {
                 path: dir.join("ptuning.json"),
                 message: format!("hyperparameters: {e}"),
             })?;
-        let labels = (!ckpt.info.label_names.is_empty()).then(|| ckpt.info.label_names.clone());
-        let task = task_for(&config, labels)?;
         let model = PromptModel {
             backbone: Arc::clone(&backbone.model),
             prefix: ckpt.prefix,
@@ -59,8 +56,19 @@ impl Adapter {
             model,
             info: ckpt.info,
             backbone,
-            task,
             config,
         })
+    }
+
+    /// The examples of `path` (any split of the task's format; labels needed
+    /// only for evaluation), tokenized as in training.
+    pub fn data_for(&self, path: &Path) -> Result<Box<dyn TaskData>> {
+        let labels = (!self.info.label_names.is_empty()).then(|| self.info.label_names.clone());
+        load_task_data(
+            &self.config,
+            &self.backbone.tokenizer,
+            labels,
+            DevSource::File(path),
+        )
     }
 }

@@ -30,7 +30,8 @@ use crate::training::checkpoint::{
 use crate::training::clip::clip_grad_norm;
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
-    derive_seed, load_task_data, shuffled, DROPOUT, INIT_HEAD, INIT_PREFIX, SHUFFLE,
+    derive_seed, load_task_data, shuffled, DevSource, Family, DROPOUT, INIT_HEAD, INIT_PREFIX,
+    SHUFFLE,
 };
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
@@ -58,7 +59,12 @@ pub struct TrainConfig {
     /// Dropout of the prefix and of the backbone's hidden states
     /// (hidden_dropout_prob); attention dropout keeps the model's own value.
     pub dropout: f32,
-    pub max_seq_len: usize,
+    /// Tokens per sequence (or window); default 128, and 384 for QA.
+    pub max_seq_len: Option<usize>,
+    /// QA: tokens shared by consecutive context windows.
+    pub doc_stride: usize,
+    /// SQuAD v2: predict no answer when null score − best span score exceeds this.
+    pub null_score_diff_threshold: f32,
     pub seed: u64,
     pub weight_decay: f32,
     pub warmup_ratio: f32,
@@ -73,6 +79,9 @@ pub struct TrainConfig {
     /// custom/classification: the text columns and the label column.
     pub text_fields: Vec<String>,
     pub label_field: Option<String>,
+    /// custom/conll: 0-based columns of the word and of the tag (default: the last).
+    pub token_col: usize,
+    pub tag_col: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -91,7 +100,9 @@ impl Default for TrainConfig {
             eval_batch_size: 32,
             epochs: 10,
             dropout: 0.1,
-            max_seq_len: 128,
+            max_seq_len: None,
+            doc_stride: 128,
+            null_score_diff_threshold: 0.0,
             seed: 42,
             weight_decay: 0.0,
             warmup_ratio: 0.0,
@@ -102,6 +113,8 @@ impl Default for TrainConfig {
             dev_from_train: None,
             text_fields: Vec::new(),
             label_field: None,
+            token_col: 0,
+            tag_col: None,
         }
     }
 }
@@ -114,6 +127,12 @@ impl TrainConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+    }
+
+    /// --max-seq-len, or the task family's default.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+            .unwrap_or_else(|| Family::of(&self.task).default_max_seq_len())
     }
 
     fn validate(&self) -> Result<()> {
@@ -142,8 +161,15 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
-        if self.max_seq_len < 4 {
-            return bad(format!("--max-seq-len {} is too short", self.max_seq_len));
+        if self.max_seq_len() < 8 {
+            return bad(format!("--max-seq-len {} is too short", self.max_seq_len()));
+        }
+        if Family::of(&self.task) == Family::Qa && self.doc_stride >= self.max_seq_len() {
+            return bad(format!(
+                "--doc-stride {} must be below --max-seq-len {}",
+                self.doc_stride,
+                self.max_seq_len()
+            ));
         }
         if let Some(f) = self.dev_from_train {
             if !(f > 0.0 && f < 1.0) {
@@ -277,7 +303,12 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     let bert = &backbone.model.config;
 
     let stored_labels = resumed.as_ref().map(|c| c.info.label_names.clone());
-    let data = load_task_data(&config, &backbone.tokenizer, stored_labels)?;
+    let data = load_task_data(
+        &config,
+        &backbone.tokenizer,
+        stored_labels,
+        DevSource::Training,
+    )?;
     let head = data.head();
     reporter.line(&format!(
         "{}; backbone {} ({} layers, hidden {})",
@@ -308,7 +339,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             weights_hash: backbone.hash.clone(),
         },
         tokenizer: TokenizerInfo {
-            max_seq_len: config.max_seq_len,
+            max_seq_len: config.max_seq_len(),
             truncation: "longest_first".into(),
         },
         prefix: PrefixInfo::from(&prefix_config),

@@ -1,0 +1,210 @@
+//! Sequence tasks: classification, multiple choice and regression.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::model::batch::Batch;
+use crate::model::heads::HeadKind;
+use crate::model::prompt_model::PromptModel;
+use crate::model::tokenizer::Tokenizer;
+use crate::tasks::features::{collate, featurize, BatchTargets, Feature, Features};
+use crate::tasks::{Example, Prediction, Split, Task, TaskKind};
+use crate::training::evaluate::{evaluate, predict};
+use crate::training::trainer::TrainConfig;
+
+use super::{hold_out, task_for, DevSource, HeadSpec, Predictions, TaskData, TrainTargets};
+
+/// Classification, multiple choice and regression over whole sequences.
+pub struct SequenceData {
+    task: Box<dyn Task>,
+    train: Features,
+    dev: Option<(Vec<Example>, Features)>,
+    pad_id: u32,
+    max_seq_len: usize,
+}
+
+impl SequenceData {
+    pub fn load(
+        config: &TrainConfig,
+        tokenizer: &Tokenizer,
+        labels: Option<Vec<String>>,
+        source: DevSource<'_>,
+    ) -> Result<Self> {
+        // Custom tasks take their label set from train; reading dev with the
+        // same task object then rejects labels train never had.
+        let task = task_for(config, labels)?;
+        let max_len = config.max_seq_len();
+        let (train, dev) = match source {
+            DevSource::File(path) => (Vec::new(), Some(task.read(path)?)),
+            DevSource::Training => {
+                let train = task.read_split(&config.data, Split::Train)?;
+                if train.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: the train split is empty",
+                        config.data.display()
+                    )));
+                }
+                match config.dev_from_train {
+                    Some(fraction) => {
+                        let (rest, dev) = hold_out(train, fraction, config.seed);
+                        (rest, Some(dev))
+                    }
+                    None => {
+                        let path = task.split_path(&config.data, Split::Dev);
+                        let dev = if path.exists() {
+                            let dev = task.read(&path)?;
+                            dev.iter().all(|e| e.label.is_some()).then_some(dev)
+                        } else {
+                            None
+                        };
+                        (train, dev)
+                    }
+                }
+            }
+        };
+        let dev = match dev {
+            Some(d) => {
+                let f = featurize(tokenizer, &d, max_len)?;
+                Some((d, f))
+            }
+            None => None,
+        };
+        Ok(SequenceData {
+            train: featurize(tokenizer, &train, max_len)?,
+            task,
+            dev,
+            pad_id: tokenizer.pad_id(),
+            max_seq_len: max_len,
+        })
+    }
+
+    fn dev(&self) -> Result<&(Vec<Example>, Features)> {
+        self.dev
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no dev split to evaluate".into()))
+    }
+}
+
+impl TaskData for SequenceData {
+    fn task_name(&self) -> &str {
+        self.task.name()
+    }
+
+    fn head(&self) -> HeadSpec {
+        match self.task.kind() {
+            TaskKind::Classification => HeadSpec {
+                kind: HeadKind::Classification,
+                outputs: self.task.label_names().len(),
+                label_names: self.task.label_names(),
+            },
+            TaskKind::MultipleChoice { .. } => HeadSpec {
+                kind: HeadKind::MultipleChoice,
+                outputs: 1,
+                label_names: Vec::new(),
+            },
+            TaskKind::Regression => HeadSpec {
+                kind: HeadKind::Regression,
+                outputs: 1,
+                label_names: Vec::new(),
+            },
+        }
+    }
+
+    fn main_metric(&self) -> &str {
+        self.task.main_metric()
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.features.len()
+    }
+
+    fn train_batch(&self, indices: &[usize]) -> Result<(Batch, TrainTargets)> {
+        let refs: Vec<&Feature> = indices.iter().map(|&i| &self.train.features[i]).collect();
+        let (batch, targets) = collate(&refs, self.pad_id)?;
+        let targets = match (self.task.kind(), targets) {
+            (_, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the train split has unlabelled examples",
+                    self.task.name()
+                )))
+            }
+            (TaskKind::MultipleChoice { choices }, Some(BatchTargets::Classes(labels))) => {
+                TrainTargets::Choices { choices, labels }
+            }
+            (_, Some(BatchTargets::Classes(labels))) => TrainTargets::Classes(labels),
+            (_, Some(BatchTargets::Scores(values))) => TrainTargets::Scores(values),
+        };
+        Ok((batch, targets))
+    }
+
+    fn has_dev(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    fn evaluate_dev(
+        &self,
+        model: &PromptModel,
+        batch_size: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (examples, features) = self.dev()?;
+        evaluate(
+            model,
+            self.task.as_ref(),
+            examples,
+            &features.features,
+            batch_size,
+            self.pad_id,
+        )
+    }
+
+    fn predict_dev(&self, model: &PromptModel, batch_size: usize) -> Result<Predictions> {
+        let (examples, features) = self.dev()?;
+        let scored = predict(
+            model,
+            self.task.kind(),
+            &features.features,
+            batch_size,
+            self.pad_id,
+        )?;
+        let names = self.task.label_names();
+        let lines = examples
+            .iter()
+            .zip(&scored)
+            .map(|(example, s)| {
+                let label = match s.prediction {
+                    Prediction::Class(c) => match names.get(c) {
+                        Some(name) if self.task.kind() == TaskKind::Classification => {
+                            serde_json::json!(name)
+                        }
+                        _ => serde_json::json!(c),
+                    },
+                    Prediction::Score(v) => serde_json::json!(v),
+                };
+                serde_json::json!({"guid": example.guid, "label": label, "scores": s.scores})
+            })
+            .collect();
+        Ok(Predictions::Lines(lines))
+    }
+
+    fn describe(&self) -> String {
+        let dev = match &self.dev {
+            Some((d, f)) => format!("{} dev examples ({} truncated)", d.len(), f.truncated),
+            None => "no labelled dev split: keeping last/ only".into(),
+        };
+        format!(
+            "{}: {} train examples ({} truncated to {} tokens), {dev}",
+            self.task.name(),
+            self.train.features.len(),
+            self.train.truncated,
+            self.max_seq_len
+        )
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "train_examples": self.train.features.len(),
+            "train_truncated": self.train.truncated,
+            "dev_examples": self.dev.as_ref().map(|(d, _)| d.len()),
+        })
+    }
+}
