@@ -9,8 +9,12 @@
 
 use ptuning::engine::cpu::dropout::Dropout;
 use ptuning::engine::cpu::gelu::{bias_gelu_forward, gelu_backward};
-use ptuning::engine::cpu::gemm::{linear_backward_input, linear_backward_params, linear_forward, matmul};
-use ptuning::engine::cpu::layernorm::{bias_dropout_residual, layernorm_backward, layernorm_forward};
+use ptuning::engine::cpu::gemm::{
+    linear_backward_input, linear_backward_params, linear_forward, matmul,
+};
+use ptuning::engine::cpu::layernorm::{
+    bias_dropout_residual, layernorm_backward, layernorm_forward,
+};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -33,19 +37,26 @@ fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
 /// (busy jiffies of the whole machine, jiffies of this process), from /proc.
 fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal
     let busy = f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?;
     let me = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after_comm = &me[me.rfind(')')? + 2..];
-    let g: Vec<u64> = after_comm.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    // utime, stime are fields 14, 15 (1-based) = 11, 12 after the state field.
-    Some((busy, g.get(10)? + g.get(11)?))
+    let g: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 3.. of proc(5) (state first); utime and stime are fields 14 and 15.
+    let field = |i: usize| g.get(i - 3)?.parse::<u64>().ok();
+    Some((busy, field(14)? + field(15)?))
 }
 
 /// Median seconds of `f` over enough runs to fill ~0.5 s (at least 5), after
 /// warm-up. The machine is shared: a measurement during which other processes
-/// used more than 10% of a core is retried (up to 20 times, then marked `*`).
+/// used more than 10% of a core is retried (up to 6 times, then marked `*` on stderr).
 fn time<F: FnMut()>(mut f: F) -> f64 {
     for _ in 0..3 {
         f();
@@ -55,7 +66,7 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
     let once = t0.elapsed().as_secs_f64().max(1e-7);
     let runs = ((0.5 / once) as usize).clamp(5, 2000);
     let mut last = 0.0;
-    for attempt in 0..20 {
+    for attempt in 0..6 {
         let before = cpu_jiffies();
         let wall = Instant::now();
         let mut ts: Vec<f64> = (0..runs)
@@ -68,7 +79,9 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
         let wall = wall.elapsed().as_secs_f64();
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         last = ts[runs / 2];
-        let (Some(b), Some(a)) = (before, cpu_jiffies()) else { return last };
+        let (Some(b), Some(a)) = (before, cpu_jiffies()) else {
+            return last;
+        };
         let foreign = (a.0 - b.0).saturating_sub(a.1 - b.1) as f64 / 100.0; // seconds (USER_HZ = 100)
         if foreign <= 0.1 * wall + 0.02 {
             return last;
@@ -82,13 +95,33 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
     last
 }
 
+/// Time of an in-place kernel, restoring its buffer from `src` before every run
+/// (and subtracting the restore): repeated in place, gelu' < 1 or dropout's
+/// 1/(1-p) would drive the data into denormals or inf, which time differently.
+fn time_in_place(src: &[f32], buf: &mut [f32], mut kernel: impl FnMut(&mut [f32])) -> f64 {
+    let with = time(|| {
+        buf.copy_from_slice(black_box(src));
+        kernel(black_box(&mut *buf));
+    });
+    let copy = time(|| buf.copy_from_slice(black_box(src)));
+    (with - copy).max(0.0)
+}
+
 fn report_flops(name: &str, flops: f64, secs: f64) -> f64 {
-    println!("{name:<52} {:>9.3} ms {:>8.1} GFLOP/s", secs * 1e3, flops / secs / 1e9);
+    println!(
+        "{name:<52} {:>9.3} ms {:>8.1} GFLOP/s",
+        secs * 1e3,
+        flops / secs / 1e9
+    );
     secs
 }
 
 fn report_bytes(name: &str, bytes: f64, secs: f64) -> f64 {
-    println!("{name:<52} {:>9.3} ms {:>8.1} GB/s", secs * 1e3, bytes / secs / 1e9);
+    println!(
+        "{name:<52} {:>9.3} ms {:>8.1} GB/s",
+        secs * 1e3,
+        bytes / secs / 1e9
+    );
     secs
 }
 
@@ -101,7 +134,12 @@ fn main() {
 
     // --- GEMMs: forward and backward-input of every frozen linear layer ---
     // (name, N out, K in)
-    let layers = [("qkv   [2048,384]x[1152,384]T", 3 * H, H), ("attn-out [2048,384]x[384,384]T", H, H), ("ffn-up [2048,384]x[1536,384]T", I, H), ("ffn-down [2048,1536]x[384,1536]T", H, I)];
+    let layers = [
+        ("qkv   [2048,384]x[1152,384]T", 3 * H, H),
+        ("attn-out [2048,384]x[384,384]T", H, H),
+        ("ffn-up [2048,384]x[1536,384]T", I, H),
+        ("ffn-down [2048,1536]x[384,1536]T", H, I),
+    ];
     let mut gemm_total = 0.0;
     let mut gemm_flops = 0.0;
     println!("\n-- linear forward y = x·wᵀ + b, backward dx = dy·w");
@@ -132,8 +170,13 @@ fn main() {
         let dy = rand_vec(M * n, 6);
         let mut dw = vec![0.0f32; n * k];
         let mut db = vec![0.0f32; n];
-        let t = time(|| linear_backward_params(black_box(&x), &dy, M, n, k, &mut dw, Some(&mut db)));
-        report_flops("bwdw dyT[384,2048]x[2048,384] + db", 2.0 * (M * n * k) as f64, t);
+        let t =
+            time(|| linear_backward_params(black_box(&x), &dy, M, n, k, &mut dw, Some(&mut db)));
+        report_flops(
+            "bwdw dyT[384,2048]x[2048,384] + db",
+            2.0 * (M * n * k) as f64,
+            t,
+        );
     }
 
     // --- Element-wise / row kernels ---
@@ -152,11 +195,22 @@ fn main() {
         let t = time(|| layernorm_backward(black_box(&dy), &x, &g, &stats, &mut dx));
         report_bytes("layernorm bwd [2048,384]", f * (3 * M * H) as f64, t);
         let res = rand_vec(M * H, 11);
-        let d = Dropout { p: 0.1, seed: 1, stream: 2 };
-        let mut h = rand_vec(M * H, 12);
-        let t = time(|| bias_dropout_residual(black_box(&mut h), &b, Some(&d), &res));
-        report_bytes("bias+dropout+residual [2048,384] p=0.1", f * (3 * M * H) as f64, t);
-        let t = time(|| bias_dropout_residual(black_box(&mut h), &b, None, &res));
+        let d = Dropout {
+            p: 0.1,
+            seed: 1,
+            stream: 2,
+        };
+        let h0 = rand_vec(M * H, 12);
+        let mut h = h0.clone();
+        let t = time_in_place(&h0, &mut h, |h| {
+            bias_dropout_residual(h, &b, Some(&d), &res)
+        });
+        report_bytes(
+            "bias+dropout+residual [2048,384] p=0.1",
+            f * (3 * M * H) as f64,
+            t,
+        );
+        let t = time_in_place(&h0, &mut h, |h| bias_dropout_residual(h, &b, None, &res));
         report_bytes("bias+residual [2048,384] (eval)", f * (3 * M * H) as f64, t);
     }
     {
@@ -165,15 +219,25 @@ fn main() {
         let mut out = vec![0.0f32; M * I];
         let t = time(|| bias_gelu_forward(black_box(&mut pre), &b, &mut out));
         report_bytes("bias+gelu fwd [2048,1536]", f * (3 * M * I) as f64, t);
-        let mut g = rand_vec(M * I, 14);
-        let t = time(|| gelu_backward(black_box(&pre), &mut g));
+        let g0 = rand_vec(M * I, 14);
+        let mut g = g0.clone();
+        let t = time_in_place(&g0, &mut g, |g| gelu_backward(&pre, g));
         report_bytes("gelu bwd [2048,1536]", f * (3 * M * I) as f64, t);
     }
     {
-        let d = Dropout { p: 0.1, seed: 3, stream: 4 };
-        for &(name, len) in &[("dropout [2048,384]", M * H), ("dropout [2048,1536]", M * I), ("dropout attn probs [16,12,128,128]", 16 * 12 * 128 * 128)] {
-            let mut x = rand_vec(len, 15);
-            let t = time(|| d.apply(black_box(&mut x), 0));
+        let d = Dropout {
+            p: 0.1,
+            seed: 3,
+            stream: 4,
+        };
+        for &(name, len) in &[
+            ("dropout [2048,384]", M * H),
+            ("dropout [2048,1536]", M * I),
+            ("dropout attn probs [16,12,128,128]", 16 * 12 * 128 * 128),
+        ] {
+            let x0 = rand_vec(len, 15);
+            let mut x = x0.clone();
+            let t = time_in_place(&x0, &mut x, |x| d.apply(x, 0));
             report_bytes(name, f * (2 * len) as f64, t);
         }
     }
@@ -183,9 +247,12 @@ fn main() {
     }
 }
 
+/// A named closure to time.
+type Variant<'a> = (String, Box<dyn FnMut() + 'a>);
+
 /// Runs every variant `rounds` times, interleaved, and reports each one's best
 /// median: robust against other processes stealing a core for a while.
-fn compare(rounds: usize, flops: f64, variants: &mut [(String, Box<dyn FnMut() + '_>)]) {
+fn compare(rounds: usize, flops: f64, variants: &mut [Variant<'_>]) {
     let mut best = vec![f64::INFINITY; variants.len()];
     for _ in 0..rounds {
         for (b, (_, f)) in best.iter_mut().zip(variants.iter_mut()) {
@@ -200,33 +267,92 @@ fn compare(rounds: usize, flops: f64, variants: &mut [(String, Box<dyn FnMut() +
 /// y[M,N] = x[M,K]·w[N,K]ᵀ through raw gemm::gemm with explicit parallelism;
 /// `col_major_dst` computes yᵀ = w·xᵀ into a [N,M] buffer instead.
 #[allow(clippy::too_many_arguments)]
-fn raw_linear(m: usize, n: usize, k: usize, y: &mut [f32], x: &[f32], w: &[f32], par: gemm::Parallelism, col_major_dst: bool) {
+fn raw_linear(
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    par: gemm::Parallelism,
+    col_major_dst: bool,
+) {
     assert!(y.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
     // SAFETY: the views fit the slices (checked above); y does not alias x or w.
     unsafe {
         if col_major_dst {
-            gemm::gemm(n, m, k, y.as_mut_ptr(), 1, m as isize, false, w.as_ptr(), 1, k as isize, x.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par);
+            gemm::gemm(
+                n,
+                m,
+                k,
+                y.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                w.as_ptr(),
+                1,
+                k as isize,
+                x.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
         } else {
-            gemm::gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, false, x.as_ptr(), 1, k as isize, w.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par);
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
         }
     }
 }
 
 /// Row-blocked alternative: rayon over blocks of `mb` rows, each a
 /// single-threaded gemm (+ the bias while the block is hot in L2).
-fn row_blocked(mb: usize, n: usize, k: usize, y: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>) {
+fn row_blocked(
+    mb: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+) {
     use rayon::prelude::*;
-    y.par_chunks_mut(mb * n).zip(x.par_chunks(mb * k)).for_each(|(yb, xb)| {
-        let rows = xb.len() / k;
-        raw_linear(rows, n, k, yb, xb, w, gemm::Parallelism::None, false);
-        if let Some(b) = b {
-            for row in yb.chunks_exact_mut(n) {
-                for (v, &bb) in row.iter_mut().zip(b) {
-                    *v += bb;
+    y.par_chunks_mut(mb * n)
+        .zip(x.par_chunks(mb * k))
+        .for_each(|(yb, xb)| {
+            let rows = xb.len() / k;
+            raw_linear(rows, n, k, yb, xb, w, gemm::Parallelism::None, false);
+            if let Some(b) = b {
+                for row in yb.chunks_exact_mut(n) {
+                    for (v, &bb) in row.iter_mut().zip(b) {
+                        *v += bb;
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// The experiments behind the choices in gemm.rs.
@@ -239,13 +365,60 @@ fn explore_gemm() {
         let w = rand_vec(n * k, 2);
         let b = rand_vec(n, 3);
         let flops = 2.0 * (M * n * k) as f64;
-        let ys: Vec<std::cell::RefCell<Vec<f32>>> = (0..8).map(|_| std::cell::RefCell::new(vec![0.0f32; M * n])).collect();
+        let ys: Vec<std::cell::RefCell<Vec<f32>>> = (0..8)
+            .map(|_| std::cell::RefCell::new(vec![0.0f32; M * n]))
+            .collect();
         let (x, w, b) = (&x, &w, &b);
-        let mut variants: Vec<(String, Box<dyn FnMut() + '_>)> = vec![
-            ("  gemm None,     y = x·wT".into(), Box::new(|| raw_linear(M, n, k, &mut ys[0].borrow_mut(), x, w, Parallelism::None, false))),
-            ("  gemm Rayon(0), y = x·wT".into(), Box::new(|| raw_linear(M, n, k, &mut ys[1].borrow_mut(), x, w, Parallelism::Rayon(0), false))),
-            ("  gemm Rayon(0), yT = w·xT".into(), Box::new(|| raw_linear(M, n, k, &mut ys[2].borrow_mut(), x, w, Parallelism::Rayon(0), true))),
-            ("  linear_forward, bias added after".into(), Box::new(|| linear_forward(x, w, Some(b), M, n, k, &mut ys[3].borrow_mut()))),
+        let mut variants: Vec<Variant<'_>> = vec![
+            (
+                "  gemm None,     y = x·wT".into(),
+                Box::new(|| {
+                    raw_linear(
+                        M,
+                        n,
+                        k,
+                        &mut ys[0].borrow_mut(),
+                        x,
+                        w,
+                        Parallelism::None,
+                        false,
+                    )
+                }),
+            ),
+            (
+                "  gemm Rayon(0), y = x·wT".into(),
+                Box::new(|| {
+                    raw_linear(
+                        M,
+                        n,
+                        k,
+                        &mut ys[1].borrow_mut(),
+                        x,
+                        w,
+                        Parallelism::Rayon(0),
+                        false,
+                    )
+                }),
+            ),
+            (
+                "  gemm Rayon(0), yT = w·xT".into(),
+                Box::new(|| {
+                    raw_linear(
+                        M,
+                        n,
+                        k,
+                        &mut ys[2].borrow_mut(),
+                        x,
+                        w,
+                        Parallelism::Rayon(0),
+                        true,
+                    )
+                }),
+            ),
+            (
+                "  linear_forward, bias added after".into(),
+                Box::new(|| linear_forward(x, w, Some(b), M, n, k, &mut ys[3].borrow_mut())),
+            ),
             (
                 "  bias pre-filled, gemm accumulates".into(),
                 Box::new(|| {
@@ -256,15 +429,38 @@ fn explore_gemm() {
                     matmul(M, n, k, &mut y, n, 1, x, k, 1, w, 1, k, true, 1.0, true);
                 }),
             ),
-            ("  row blocks of 256, None each, + bias".into(), Box::new(|| row_blocked(256, n, k, &mut ys[5].borrow_mut(), x, w, Some(b)))),
-            ("  row blocks of 512, None each, + bias".into(), Box::new(|| row_blocked(512, n, k, &mut ys[6].borrow_mut(), x, w, Some(b)))),
-            ("  row blocks of 1024, None each, + bias".into(), Box::new(|| row_blocked(1024, n, k, &mut ys[7].borrow_mut(), x, w, Some(b)))),
+            (
+                "  row blocks of 256, None each, + bias".into(),
+                Box::new(|| row_blocked(256, n, k, &mut ys[5].borrow_mut(), x, w, Some(b))),
+            ),
+            (
+                "  row blocks of 512, None each, + bias".into(),
+                Box::new(|| row_blocked(512, n, k, &mut ys[6].borrow_mut(), x, w, Some(b))),
+            ),
+            (
+                "  row blocks of 1024, None each, + bias".into(),
+                Box::new(|| row_blocked(1024, n, k, &mut ys[7].borrow_mut(), x, w, Some(b))),
+            ),
         ];
         compare(3, flops, &mut variants);
     }
 
-    println!("\n-- explore: threshold, single thread vs gemm's rayon on small products (best of 3)");
-    for &(m, n, k) in &[(128, 128, 64), (128, 128, 128), (256, 128, 64), (256, 256, 64), (256, 192, 128), (384, 256, 64), (256, 256, 128), (512, 128, 128), (256, 256, 256), (512, 384, 128), (512, 512, 256)] {
+    println!(
+        "\n-- explore: threshold, single thread vs gemm's rayon on small products (best of 3)"
+    );
+    for &(m, n, k) in &[
+        (128, 128, 64),
+        (128, 128, 128),
+        (256, 128, 64),
+        (256, 256, 64),
+        (256, 192, 128),
+        (384, 256, 64),
+        (256, 256, 128),
+        (512, 128, 128),
+        (256, 256, 256),
+        (512, 384, 128),
+        (512, 512, 256),
+    ] {
         let a = rand_vec(m * k, 1);
         let b = rand_vec(k * n, 2);
         let mut c = vec![0.0f32; m * n];
@@ -272,11 +468,34 @@ fn explore_gemm() {
         let mut line = format!("{m}x{n}x{k} ({:.2} MFMA):", (m * n * k) as f64 / 1e6);
         let mut best = [f64::INFINITY; 2];
         for _ in 0..3 {
-            for (i, par) in [Parallelism::None, Parallelism::Rayon(0)].into_iter().enumerate() {
+            for (i, par) in [Parallelism::None, Parallelism::Rayon(0)]
+                .into_iter()
+                .enumerate()
+            {
                 let t = time(|| {
                     // SAFETY: a is [m,k], b is [k,n], c is [m,n], all row-major.
                     unsafe {
-                        gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, black_box(&a).as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, par);
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            black_box(&a).as_ptr(),
+                            1,
+                            k as isize,
+                            b.as_ptr(),
+                            1,
+                            n as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
                     }
                 });
                 best[i] = best[i].min(t);

@@ -122,11 +122,8 @@ multiversion! {
 impl Dropout {
     /// The precomputed mask of this site (see the module docs for the function).
     pub fn mask(&self) -> Mask {
-        debug_assert!(
-            self.p.is_nan() || (0.0..=1.0).contains(&self.p),
-            "dropout p = {}",
-            self.p
-        );
+        // p must lie in [0, 1] (NaN is not a probability).
+        debug_assert!((0.0..=1.0).contains(&self.p), "dropout p = {}", self.p);
         let key = self.seed ^ self.stream.wrapping_mul(STREAM_MUL);
         if self.p >= 1.0 {
             // (u>>40)·2⁻²⁴ < 1 ≤ p: nothing survives.

@@ -60,7 +60,7 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// erf(x) for f32, max abs error 3.7e-7 against f64 erf (with FMA; the tests
+/// erf(x) for f32, max abs error 4.0e-7 against f64 erf (with FMA; the tests
 /// check ≤ 1e-6 on a dense grid). Branch-free: erf(x) = x·P(x²)/Q(x²) on
 /// |x| ≤ 4 (erf(4) = 1 − 1.5e-8 rounds to 1.0f, so clamping is exact in f32).
 /// P (degree 6) and Q (degree 4, Q(0) = 1) are our own fit: a linearised
@@ -81,7 +81,7 @@ pub fn erf(x: f32) -> f32 {
     ];
     const Q: [f32; 5] = [
         1.0,
-        5.266_770_4e-1,
+        5.266_77e-1,
         1.225_569_8e-1,
         1.591_987_2e-2,
         1.144_603_7e-3,
@@ -176,7 +176,7 @@ multiversion! {
 pub fn bias_gelu_forward(pre: &mut [f32], bias: &[f32], out: &mut [f32]) {
     let n = bias.len();
     assert!(
-        n > 0 && pre.len() % n == 0,
+        n > 0 && pre.len().is_multiple_of(n),
         "bias_gelu_forward: pre is not [M, {n}]"
     );
     assert_eq!(out.len(), pre.len(), "bias_gelu_forward: out shape");
@@ -252,6 +252,7 @@ mod tests {
             let e = (erf(x) as f64 - erf_f64(x as f64)).abs();
             worst = worst.max(e);
         }
+        eprintln!("erf: max abs error {worst:e} (scalar path)");
         assert!(worst <= 1e-6, "max |erf error| = {worst:e}");
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(erf(10.0), 1.0);
@@ -312,6 +313,7 @@ mod tests {
             wf = wf.max((o as f64 - gelu_f64(x as f64)).abs());
             wb = wb.max((d as f64 - gelu_grad_f64(x as f64)).abs());
         }
+        eprintln!("gelu: max abs error {wf:e}, gelu': {wb:e} (SIMD path, |x| ≤ 8)");
         // |x| ≤ 8: |gelu error| ≤ ½·|x|·|erf error| + rounding.
         assert!(wf <= 4e-6, "max |gelu error| = {wf:e}");
         assert!(wb <= 2e-6, "max |gelu' error| = {wb:e}");

@@ -158,7 +158,7 @@ pub fn bias_dropout_residual(
 ) {
     let hd = bias.len();
     assert!(
-        hd > 0 && h.len() % hd == 0,
+        hd > 0 && h.len().is_multiple_of(hd),
         "bias_dropout_residual: h is not [M, {hd}]"
     );
     assert_eq!(
@@ -211,7 +211,7 @@ pub fn layernorm_forward(
 ) {
     let hd = gamma.len();
     assert!(
-        hd > 0 && x.len() % hd == 0,
+        hd > 0 && x.len().is_multiple_of(hd),
         "layernorm_forward: x is not [M, {hd}]"
     );
     assert_eq!(beta.len(), hd, "layernorm_forward: beta shape");
@@ -265,7 +265,7 @@ multiversion! {
 pub fn layernorm_backward(dy: &[f32], x: &[f32], gamma: &[f32], stats: &[f32], dx: &mut [f32]) {
     let hd = gamma.len();
     assert!(
-        hd > 0 && x.len() % hd == 0,
+        hd > 0 && x.len().is_multiple_of(hd),
         "layernorm_backward: x is not [M, {hd}]"
     );
     assert_eq!(dy.len(), x.len(), "layernorm_backward: dy shape");
@@ -450,9 +450,9 @@ mod tests {
             bias_dropout_residual(&mut p0, &bias, Some(&Dropout { p: 0.0, ..d }), &res);
             assert_eq!(plain, p0);
             for i in 0..m {
-                for j in 0..hd {
+                for (j, &b) in bias.iter().enumerate() {
                     let k = i * hd + j;
-                    let t = h0[k] + bias[j];
+                    let t = h0[k] + b;
                     let dropped = if d.keep(k as u64) { t * scale } else { 0.0 };
                     assert_eq!(h[k], dropped + res[k], "({i},{j})");
                     assert_eq!(plain[k], t + res[k]);
