@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod rng;
+pub mod serve;
 pub mod tasks;
 pub mod training;
 

@@ -3,7 +3,10 @@
 
 mod bench;
 mod eval;
+mod export;
+mod import;
 mod predict;
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -34,6 +37,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Predictions of a trained adapter, one JSON line per example.
     Predict(predict::PredictArgs),
+    /// Serve adapters over one backbone: HTTP API with mixed-task batching.
+    Serve(serve::ServeArgs),
+    /// Write an adapter in another format (PEFT prefix tuning).
+    Export(export::ExportArgs),
+    /// Turn a PEFT prefix-tuning adapter into a ptuning checkpoint folder.
+    Import(import::ImportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -59,6 +68,9 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,1129 @@
+//! `ptuning serve`: mixed-task batching against each adapter alone, the HTTP
+//! API in-process (tower oneshot) with every error it promises, admin load
+//! and unload, metrics, the 503 of a full queue, a seeded fuzz, and graceful
+//! shutdown over a real loopback socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use ptuning::model::batch::Batch;
+use ptuning::model::heads::{ClassificationHead, HeadKind};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prompt_model::PromptModel;
+use ptuning::rng::Rng;
+use ptuning::serve::batcher::{forward_mixed, plan, Row, Sequence};
+use ptuning::serve::registry::ServedAdapter;
+use ptuning::serve::{openapi, ServeConfig, Server};
+use ptuning::training::checkpoint::{
+    created_by, save_checkpoint, BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo,
+    FORMAT_VERSION,
+};
+use ptuning::training::trainer::Backbone;
+
+const TOKEN: &str = "s3cret-token";
+/// The adapters' max_seq_len (tiny-bert has 64 positions).
+const MAX_LEN: usize = 24;
+
+fn tiny_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+}
+
+fn backbone() -> Backbone {
+    Backbone::load(tiny_dir().to_str().unwrap()).unwrap()
+}
+
+#[derive(Clone)]
+struct Spec {
+    p: usize,
+    layers: Vec<usize>,
+    projection: bool,
+    kind: HeadKind,
+    labels: Vec<&'static str>,
+    seed: u64,
+}
+
+impl Spec {
+    fn classes(p: usize, labels: Vec<&'static str>, seed: u64) -> Self {
+        Spec {
+            p,
+            layers: vec![0, 1, 2],
+            projection: false,
+            kind: HeadKind::Classification,
+            labels,
+            seed,
+        }
+    }
+}
+
+/// A prefix and head with O(1) values, so that adapters differ clearly.
+fn build(spec: &Spec, hash: &str) -> (RunInfo, PrefixEncoder, ClassificationHead) {
+    let config = PrefixConfig {
+        len: spec.p,
+        projection: spec.projection,
+        hidden_size: 8,
+        layers: spec.layers.clone(),
+    };
+    let mut prefix = PrefixEncoder::new(config.clone(), 32, 3, spec.seed).unwrap();
+    let mut rng = Rng::new(spec.seed + 100);
+    for p in prefix.params_mut() {
+        rng.fill_normal(&mut p.value, 0.7);
+    }
+    let outputs = match spec.kind {
+        HeadKind::Classification => spec.labels.len(),
+        HeadKind::QuestionAnswering => 2,
+        HeadKind::TokenClassification => spec.labels.len(),
+        _ => 1,
+    };
+    let mut head = ClassificationHead::for_kind(spec.kind, 32, outputs, spec.seed + 1);
+    rng.fill_normal(&mut head.weight.value, 0.5);
+    rng.fill_normal(&mut head.bias.value, 0.1);
+    let info = RunInfo {
+        format_version: FORMAT_VERSION,
+        task: "custom/classification".into(),
+        head: spec.kind,
+        label_names: spec.labels.iter().map(|s| s.to_string()).collect(),
+        backbone: BackboneInfo {
+            name_or_path: tiny_dir().display().to_string(),
+            model_type: "bert".into(),
+            hidden_size: 32,
+            num_layers: 3,
+            num_heads: 4,
+            weights_hash: hash.into(),
+        },
+        tokenizer: TokenizerInfo {
+            max_seq_len: MAX_LEN,
+            truncation: "longest_first".into(),
+        },
+        prefix: PrefixInfo::from(&config),
+        hyperparameters: json!({"task": "custom/classification"}),
+        created_by: created_by(),
+    };
+    (info, prefix, head)
+}
+
+fn save(dir: &Path, spec: &Spec, hash: &str) {
+    let (info, prefix, head) = build(spec, hash);
+    save_checkpoint(
+        dir,
+        &CheckpointRef {
+            info: &info,
+            prefix: &prefix,
+            head: &head,
+            training: None,
+        },
+    )
+    .unwrap();
+}
+
+fn served(name: &str, spec: &Spec, b: &Backbone) -> ServedAdapter {
+    let (info, prefix, head) = build(spec, &b.hash);
+    ServedAdapter::from_parts(name, info, &prefix, head, &b.model.config).unwrap()
+}
+
+fn model(spec: &Spec, b: &Backbone) -> PromptModel {
+    let (_, prefix, head) = build(spec, &b.hash);
+    PromptModel {
+        backbone: Arc::clone(&b.model),
+        prefix,
+        head,
+    }
+}
+
+fn encode(b: &Backbone, text: &str, pair: Option<&str>) -> Sequence {
+    let e = b.tokenizer.encode(text, pair, MAX_LEN).unwrap();
+    (e.ids, e.type_ids)
+}
+
+/// 33 tokens with [CLS] and [SEP] (some words split into pieces), over MAX_LEN.
+const LONG: &str =
+    "the cat sat on the mat and the dog sat on the cat and it was a very bad day so she is not happy at all";
+
+const TEXTS: &[&str] = &[
+    "the cat sat on the mat",
+    "a good movie",
+    "this book was very bad and not happy",
+    "we run",
+    "she is walking in the park at night, and it is a big red day!",
+    "dog",
+    "they play",
+];
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn mixed_batch_matches_each_adapter_alone() {
+    let b = backbone();
+    let specs = [
+        Spec::classes(4, vec!["x", "y", "z"], 1),
+        Spec::classes(4, vec!["yes", "no"], 2),
+        Spec {
+            projection: true,
+            ..Spec::classes(4, vec!["p", "q"], 3)
+        },
+        Spec {
+            p: 3,
+            layers: vec![1, 2],
+            projection: false,
+            kind: HeadKind::Regression,
+            labels: vec![],
+            seed: 4,
+        },
+        Spec {
+            p: 5,
+            layers: vec![0, 1, 2],
+            projection: false,
+            kind: HeadKind::MultipleChoice,
+            labels: vec!["0", "1"],
+            seed: 5,
+        },
+    ];
+    let adapters: Vec<ServedAdapter> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| served(&format!("a{i}"), s, &b))
+        .collect();
+    let models: Vec<PromptModel> = specs.iter().map(|s| model(s, &b)).collect();
+    // Interleaved rows: adapter i % 5, text and pair varying, 23 rows.
+    let mut rows_spec = Vec::new();
+    for r in 0..23 {
+        let a = (r * 3 + r / 5) % adapters.len();
+        let text = TEXTS[r % TEXTS.len()];
+        let pair = (r % 4 == 1).then_some(TEXTS[(r + 2) % TEXTS.len()]);
+        rows_spec.push((a, encode(&b, text, pair)));
+    }
+    let rows: Vec<Row<'_>> = rows_spec
+        .iter()
+        .map(|(a, s)| Row {
+            adapter: &adapters[*a],
+            sequence: s,
+        })
+        .collect();
+    // Shapes: (4, all) x3, (3, [1,2]), (5, all) → 3 groups; max_batch 4 splits them.
+    let passes = plan(&rows, 4);
+    assert!(passes.iter().all(|p| p.len() <= 4));
+    for pass in &passes {
+        assert!(pass
+            .iter()
+            .all(|&i| rows[i].adapter.same_shape(rows[pass[0]].adapter)));
+    }
+    let mixed_groups = passes
+        .iter()
+        .filter(|p| {
+            p.iter()
+                .any(|&i| !std::ptr::eq(rows[i].adapter, rows[p[0]].adapter))
+        })
+        .count();
+    assert!(
+        mixed_groups > 0,
+        "the test must exercise passes mixing adapters"
+    );
+    for max_batch in [4, 32] {
+        let mixed = forward_mixed(&b.model, b.tokenizer.pad_id(), &rows, max_batch).unwrap();
+        let mut worst = 0.0f32;
+        for (r, (a, seq)) in rows_spec.iter().enumerate() {
+            let batch = Batch::pad(std::slice::from_ref(seq), b.tokenizer.pad_id()).unwrap();
+            let alone = models[*a].predict(&batch).unwrap();
+            worst = worst.max(max_diff(&mixed[r], &alone));
+        }
+        eprintln!("mixed vs alone, max_batch {max_batch}: worst |diff| {worst:e}");
+        assert!(worst <= 1e-5, "max_batch {max_batch}: worst {worst}");
+    }
+    // And each adapter's rows as one batch of their own through predict().
+    let mixed = forward_mixed(&b.model, b.tokenizer.pad_id(), &rows, 32).unwrap();
+    for (a, m) in models.iter().enumerate() {
+        let mine: Vec<usize> = (0..rows_spec.len())
+            .filter(|&r| rows_spec[r].0 == a)
+            .collect();
+        let seqs: Vec<Sequence> = mine.iter().map(|&r| rows_spec[r].1.clone()).collect();
+        let batch = Batch::pad(&seqs, b.tokenizer.pad_id()).unwrap();
+        let logits = m.predict(&batch).unwrap();
+        let c = logits.len() / mine.len();
+        for (k, &r) in mine.iter().enumerate() {
+            let d = max_diff(&mixed[r], &logits[k * c..(k + 1) * c]);
+            assert!(d <= 1e-5, "adapter {a} row {r}: {d}");
+        }
+    }
+}
+
+/// A server on tiny-bert with adapters on disk: "cls" (3 labels), "cls2"
+/// (2 labels, another prefix shape), "reg" (regression), "mc" (multiple
+/// choice), "tok" (a per-token head).
+struct Fixture {
+    server: Server,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    hash: String,
+}
+
+fn specs() -> Vec<(&'static str, Spec)> {
+    vec![
+        ("cls", Spec::classes(4, vec!["neg", "neu", "pos"], 11)),
+        (
+            "cls2",
+            Spec {
+                layers: vec![2],
+                ..Spec::classes(2, vec!["no", "yes"], 12)
+            },
+        ),
+        (
+            "reg",
+            Spec {
+                kind: HeadKind::Regression,
+                labels: vec![],
+                ..Spec::classes(4, vec![], 13)
+            },
+        ),
+        (
+            "mc",
+            Spec {
+                kind: HeadKind::MultipleChoice,
+                labels: vec!["0", "1"],
+                ..Spec::classes(4, vec![], 14)
+            },
+        ),
+        (
+            "tok",
+            Spec {
+                kind: HeadKind::TokenClassification,
+                labels: vec!["O", "B", "I"],
+                ..Spec::classes(4, vec![], 15)
+            },
+        ),
+    ]
+}
+
+fn fixture(config: ServeConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let b = backbone();
+    let hash = b.hash.clone();
+    let server = Server::new(b, tiny_dir().to_str().unwrap(), config);
+    for (name, spec) in specs() {
+        let path = root.join(name).join("best");
+        save(&path, &spec, &hash);
+        // Loaded through the run folder (best/ is found).
+        server.load_adapter(name, &root.join(name)).unwrap();
+    }
+    Fixture {
+        server,
+        _dir: dir,
+        root,
+        hash,
+    }
+}
+
+fn config() -> ServeConfig {
+    ServeConfig {
+        max_batch: 8,
+        max_wait: Duration::from_millis(1),
+        queue: 64,
+        max_inputs: 8,
+        max_body_bytes: 4096,
+        admin_token: Some(TOKEN.into()),
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", self.text))
+            .to_string()
+    }
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: impl Into<Body>,
+    token: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn predict(app: &Router, adapter: &str, body: &Value) -> Reply {
+    send(
+        app,
+        "POST",
+        &format!("/v1/adapters/{adapter}/predict"),
+        body.to_string(),
+        None,
+    )
+    .await
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_match_the_adapters() {
+    let f = fixture(config());
+    let app = f.server.router();
+    let b = backbone();
+    let all = specs();
+    let spec = |n: &str| all.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+
+    // Classification: texts and a pair.
+    let r = predict(
+        &app,
+        "cls",
+        &json!({"inputs": ["the cat sat", ["a good movie", "very bad"], "dog"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["adapter"], "cls");
+    let m = model(&spec("cls"), &b);
+    let inputs = [
+        ("the cat sat", None),
+        ("a good movie", Some("very bad")),
+        ("dog", None),
+    ];
+    for (i, (t, p)) in inputs.iter().enumerate() {
+        let batch = Batch::pad(&[encode(&b, t, *p)], 0).unwrap();
+        let want = softmax(&m.predict(&batch).unwrap());
+        let out = &v["outputs"][i];
+        let got = floats(&out["scores"]);
+        assert!(max_diff(&got, &want) < 1e-5, "{got:?} vs {want:?}");
+        let best = want
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(out["label"], ["neg", "neu", "pos"][best]);
+    }
+
+    // Regression: a value.
+    let r = predict(&app, "reg", &json!({"inputs": ["we run", "they play"]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let m = model(&spec("reg"), &b);
+    for (i, t) in ["we run", "they play"].iter().enumerate() {
+        let batch = Batch::pad(&[encode(&b, t, None)], 0).unwrap();
+        let want = m.predict(&batch).unwrap()[0];
+        let got = r.json()["outputs"][i]["value"].as_f64().unwrap() as f32;
+        assert!((got - want).abs() < 1e-5);
+    }
+
+    // Multiple choice: a softmax over each input's choices.
+    let r = predict(
+        &app,
+        "mc",
+        &json!({"inputs": [["the cat sat", ["the dog", "sat"]], ["a", "b", "c"]]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    let m = model(&spec("mc"), &b);
+    let seqs = vec![
+        encode(&b, "the cat sat", None),
+        encode(&b, "the dog", Some("sat")),
+    ];
+    let logits = m.predict(&Batch::pad(&seqs, 0).unwrap()).unwrap();
+    let want = softmax(&logits);
+    assert!(max_diff(&floats(&v["outputs"][0]["scores"]), &want) < 1e-5);
+    assert_eq!(v["outputs"][1]["scores"].as_array().unwrap().len(), 3);
+    let choice = v["outputs"][0]["choice"].as_u64().unwrap() as usize;
+    assert_eq!(choice, if logits[0] >= logits[1] { 0 } else { 1 }, "{v}");
+
+    // Concurrent requests for different adapters share forward passes.
+    let before = f.server.state.metrics.batches();
+    let mut handles = Vec::new();
+    for i in 0..24 {
+        let app = app.clone();
+        let name = ["cls", "cls2", "reg"][i % 3];
+        handles.push(tokio::spawn(async move {
+            predict(&app, name, &json!({"inputs": [TEXTS[i % TEXTS.len()]]})).await
+        }));
+    }
+    for h in handles {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    let passes = f.server.state.metrics.batches() - before;
+    assert!(passes <= 24, "{passes} forward passes for 24 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_a_clear_4xx() {
+    let f = fixture(config());
+    let app = f.server.router();
+    let cases: Vec<(&str, &str, String, StatusCode, &str)> = vec![
+        ("POST", "/v1/adapters/cls/predict", "{not json".into(), StatusCode::BAD_REQUEST, "invalid JSON"),
+        ("POST", "/v1/adapters/cls/predict", "".into(), StatusCode::BAD_REQUEST, "invalid JSON"),
+        ("POST", "/v1/adapters/cls/predict", "[1,2]".into(), StatusCode::BAD_REQUEST, "expected a JSON object"),
+        ("POST", "/v1/adapters/nope/predict", r#"{"inputs":["a"]}"#.into(), StatusCode::NOT_FOUND, "unknown adapter \"nope\""),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":[]}"#.into(), StatusCode::BAD_REQUEST, "empty inputs"),
+        ("POST", "/v1/adapters/cls/predict", r#"{}"#.into(), StatusCode::BAD_REQUEST, "\"inputs\" is required"),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":"a"}"#.into(), StatusCode::BAD_REQUEST, "must be an array"),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":["a"],"input":1}"#.into(), StatusCode::BAD_REQUEST, "unknown field \"input\""),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":["a"],"truncate":"yes"}"#.into(), StatusCode::BAD_REQUEST, "\"truncate\" must be true or false"),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":["a",5]}"#.into(), StatusCode::BAD_REQUEST, "inputs[1] must be a text or a pair"),
+        ("POST", "/v1/adapters/cls/predict", r#"{"inputs":[["a","b","c"]]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0] must be a text or a pair"),
+        ("POST", "/v1/adapters/mc/predict", r#"{"inputs":["a"]}"#.into(), StatusCode::BAD_REQUEST, "non-empty array of choices"),
+        ("POST", "/v1/adapters/mc/predict", r#"{"inputs":[["a","b","c","d","e"],["a","b","c","d"]]}"#.into(), StatusCode::BAD_REQUEST, "too many inputs: 9 choices"),
+        (
+            "POST",
+            "/v1/adapters/cls/predict",
+            json!({"inputs": vec!["a"; 9]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "too many inputs: 9 in one request, the limit is 8",
+        ),
+        (
+            "POST",
+            "/v1/adapters/cls/predict",
+            json!({"inputs": [format!("{}!", "x ".repeat(3000))]}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "over the limit",
+        ),
+        (
+            "POST",
+            "/v1/adapters/cls/predict",
+            json!({"inputs": ["ok", LONG]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "inputs[1] is too long: 33 tokens (special tokens included), the adapter's maximum is 24",
+        ),
+        ("POST", "/v1/adapters/tok/predict", r#"{"inputs":["a"]}"#.into(), StatusCode::BAD_REQUEST, "not supported by serve yet"),
+        ("GET", "/v1/adapters/cls/predict", "".into(), StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("GET", "/nowhere", "".into(), StatusCode::NOT_FOUND, "no such route"),
+    ];
+    for (method, uri, body, status, needle) in cases {
+        let r = send(&app, method, uri, body.clone(), None).await;
+        assert_eq!(r.status, status, "{method} {uri} {body:.80}: {}", r.text);
+        let e = r.error();
+        assert!(
+            e.contains(needle),
+            "{uri} {body:.80}: {e:?} lacks {needle:?}"
+        );
+    }
+    // The same long input passes with truncate.
+    let r = predict(&app, "cls", &json!({"inputs": [LONG], "truncate": true})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The server still answers after all that.
+    let r = predict(&app, "cls", &json!({"inputs": ["dog"]})).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_admin_load_unload() {
+    let f = fixture(config());
+    let app = f.server.router();
+    let r = send(&app, "GET", "/v1/adapters", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["backbone"]["weights_hash"], f.hash.as_str());
+    let names: Vec<&str> = v["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cls", "cls2", "mc", "reg", "tok"]);
+    let cls = &v["adapters"][0];
+    assert_eq!(cls["labels"], json!(["neg", "neu", "pos"]));
+    assert_eq!(cls["prefix_len"], 4);
+    assert_eq!(cls["task"], "custom/classification");
+    assert_eq!(cls["head"], "classification");
+    assert_eq!(cls["max_len"], MAX_LEN);
+    assert_eq!(v["adapters"][1]["prefix_layers"], json!([2]));
+
+    let extra = f.root.join("extra");
+    save(&extra, &Spec::classes(6, vec!["u", "v"], 21), &f.hash);
+    let body = json!({"name": "extra", "path": extra}).to_string();
+    // No token, bad token.
+    let r = send(&app, "POST", "/v1/adapters", body.clone(), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+    let r = send(&app, "POST", "/v1/adapters", body.clone(), Some("wrong")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error(), "bad admin token");
+    let r = send(&app, "DELETE", "/v1/adapters/cls", "", Some("s3cret-tokeN")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Load, use, conflict, unload.
+    let r = send(&app, "POST", "/v1/adapters", body.clone(), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json()["loaded"]["prefix_len"], 6);
+    let r = predict(&app, "extra", &json!({"inputs": ["the dog"]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(&app, "POST", "/v1/adapters", body.clone(), Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let r = send(&app, "DELETE", "/v1/adapters/extra", "", Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["unloaded"], "extra");
+    let r = predict(&app, "extra", &json!({"inputs": ["the dog"]})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&app, "DELETE", "/v1/adapters/extra", "", Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Bad loads: a name, a path, another backbone's adapter, a bad body.
+    let bad = [
+        (
+            json!({"name": "a b", "path": extra}).to_string(),
+            "must be 1 to 64 characters",
+        ),
+        (
+            json!({"name": "x", "path": f.root.join("missing")}).to_string(),
+            "not a checkpoint folder",
+        ),
+        (json!({"name": "x"}).to_string(), "\"path\" is required"),
+        (
+            json!({"name": "x", "path": 3}).to_string(),
+            "\"path\" must be a string",
+        ),
+        ("nope".to_string(), "invalid JSON"),
+    ];
+    for (body, needle) in bad {
+        let r = send(&app, "POST", "/v1/adapters", body.clone(), Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert!(r.error().contains(needle), "{body}: {}", r.text);
+    }
+    let other = f.root.join("other");
+    save(
+        &other,
+        &Spec::classes(4, vec!["u", "v"], 22),
+        "00000000deadbeef",
+    );
+    let r = send(
+        &app,
+        "POST",
+        "/v1/adapters",
+        json!({"name": "other", "path": other}).to_string(),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let e = r.error();
+    assert!(
+        e.contains("weights hash 00000000deadbeef") && e.contains(&f.hash),
+        "{e}"
+    );
+    // The same refusal at start-up (load_adapter).
+    let err = f
+        .server
+        .load_adapter("other", &other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("weights hash"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_disabled_without_a_token() {
+    let f = fixture(ServeConfig {
+        admin_token: None,
+        ..config()
+    });
+    let app = f.server.router();
+    let r = send(&app, "DELETE", "/v1/adapters/cls", "", Some("anything")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.error().contains("--admin-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_openapi() {
+    let f = fixture(config());
+    let app = f.server.router();
+    let r = send(&app, "GET", "/healthz", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    assert_eq!(r.json()["adapters"], 5);
+
+    predict(&app, "cls", &json!({"inputs": ["a", "b"]})).await;
+    predict(&app, "cls", &json!({"inputs": []})).await;
+    predict(&app, "ghost", &json!({"inputs": ["a"]})).await;
+    let r = send(&app, "GET", "/metrics", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let t = &r.text;
+    for needle in [
+        "ptuning_requests_total{adapter=\"cls\",status=\"200\"} 1\n",
+        "ptuning_requests_total{adapter=\"cls\",status=\"400\"} 1\n",
+        "ptuning_requests_total{adapter=\"_unknown\",status=\"404\"} 1\n",
+        "# TYPE ptuning_request_duration_seconds histogram\n",
+        "ptuning_request_duration_seconds_bucket{adapter=\"cls\",le=\"+Inf\"} 2\n",
+        "ptuning_request_duration_seconds_count{adapter=\"cls\"} 2\n",
+        "# TYPE ptuning_batch_size histogram\n",
+        "ptuning_batch_size_bucket{le=\"2\"} 1\n",
+        "ptuning_batch_size_count 1\n",
+        "# TYPE ptuning_queue_depth gauge\nptuning_queue_depth 0\n",
+        "ptuning_queue_capacity 64\n",
+        "ptuning_adapters_loaded 5\n",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+    // Every sample line is `name{labels} value` with a number.
+    for line in t.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+
+    let r = send(&app, "GET", "/openapi.json", "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let spec = r.json();
+    assert_eq!(spec, openapi::spec());
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/adapters/{name}/predict",
+        "/v1/adapters",
+        "/v1/adapters/{name}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path}");
+    }
+    // Every $ref resolves.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "$ref" {
+                        out.push(x.as_str().unwrap().to_string());
+                    } else {
+                        refs(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&spec, &mut all);
+    for r in all {
+        let ptr = r.trim_start_matches('#');
+        assert!(spec.pointer(ptr).is_some(), "dangling {r}");
+    }
+    // docs/openapi.json is this document.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let text = std::fs::read_to_string(&docs).unwrap();
+    let on_disk: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        on_disk, spec,
+        "docs/openapi.json is stale: regenerate it with `cargo test --release --test serve -- --ignored write_openapi_doc`"
+    );
+}
+
+/// Regenerates docs/openapi.json from the code.
+#[test]
+#[ignore]
+fn write_openapi_doc() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    std::fs::create_dir_all(docs.parent().unwrap()).unwrap();
+    let mut text = serde_json::to_string_pretty(&openapi::spec()).unwrap();
+    text.push('\n');
+    std::fs::write(docs, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_and_recovers() {
+    let f = fixture(ServeConfig {
+        queue: 1,
+        ..config()
+    });
+    let app = f.server.router();
+    let metrics = Arc::clone(&f.server.state.metrics);
+    // Held before its first forward pass, the worker takes one request and the
+    // queue holds one more: of 6 requests, 1 or 2 are accepted (1 when two
+    // arrive before the worker takes the first), the rest refused at once.
+    let pause = f.server.pause();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let app2 = app.clone();
+        handles.push(tokio::spawn(async move {
+            predict(&app2, "cls", &json!({"inputs": [TEXTS[i % 7]]})).await
+        }));
+    }
+    // Wait until every refusal has been answered: only the accepted remain.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = handles.iter().filter(|h| h.is_finished()).count();
+        if done >= 4 && metrics.in_flight() + done == 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        handles.iter().filter(|h| h.is_finished()).count() <= 5,
+        "accepted requests must wait for the paused worker"
+    );
+    drop(pause);
+    let (mut ok, mut refused) = (0, 0);
+    for h in handles {
+        let r = h.await.unwrap();
+        match r.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                assert_eq!(r.headers[header::RETRY_AFTER], "1");
+                assert!(r.error().contains("queue is full"), "{}", r.text);
+            }
+            s => panic!("{s}: {}", r.text),
+        }
+    }
+    assert!(
+        (1..=2).contains(&ok) && ok + refused == 6,
+        "{ok} ok, {refused} refused"
+    );
+    let r = send(&app, "GET", "/metrics", "", None).await;
+    assert!(r.text.contains(&format!(
+        "ptuning_requests_total{{adapter=\"cls\",status=\"503\"}} {refused}\n"
+    )));
+    assert!(r.text.contains("ptuning_requests_in_flight 0\n"));
+    let r = predict(&app, "cls", &json!({"inputs": ["ok"]})).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// Random and mutated bodies, URIs and methods: never a panic, never a 5xx
+/// but 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_never_crashes() {
+    let f = fixture(ServeConfig {
+        max_wait: Duration::ZERO,
+        queue: 4096,
+        ..config()
+    });
+    let app = f.server.router();
+    let mut rng = Rng::new(0x5eed);
+    let seeds: Vec<String> = vec![
+        r#"{"inputs":["the cat sat"]}"#.into(),
+        r#"{"inputs":[["a good movie","very bad"],"dog"],"truncate":true}"#.into(),
+        r#"{"inputs":[["a","b"],["c","d","e"]]}"#.into(),
+        r#"{"inputs":["x"],"truncate":false}"#.into(),
+        r#"{"name":"n","path":"/tmp"}"#.into(),
+    ];
+    let words = [
+        "the",
+        "cat",
+        "ü",
+        "\u{0}",
+        "\u{202e}",
+        "𝔘𝔫𝔦",
+        "[CLS]",
+        "[SEP]",
+        "##ing",
+        "  ",
+        "\\n",
+        "\"",
+        "漢字",
+        "🙂",
+        "",
+        "[PAD]",
+        "a.b,c!",
+        "\t",
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut handles = Vec::new();
+    for i in 0..3000u64 {
+        let body: Vec<u8> = match rng.below(6) {
+            0 if rng.below(10) == 0 => {
+                // Over the body limit.
+                let mut b = br#"{"inputs":[""#.to_vec();
+                b.resize(4097 + rng.below(2000), b'a');
+                b
+            }
+            0 => {
+                // Random bytes.
+                let n = rng.below(64);
+                (0..n).map(|_| rng.below(256) as u8).collect()
+            }
+            1 | 2 => {
+                // A seed with byte mutations.
+                let mut b = seeds[rng.below(seeds.len())].as_bytes().to_vec();
+                for _ in 0..1 + rng.below(4) {
+                    if b.is_empty() {
+                        break;
+                    }
+                    let at = rng.below(b.len());
+                    match rng.below(4) {
+                        0 => b[at] = rng.below(256) as u8,
+                        1 => {
+                            b.remove(at);
+                        }
+                        2 => b.insert(at, b"[]{}\",:0-e"[rng.below(10)]),
+                        _ => b.truncate(at),
+                    }
+                }
+                b
+            }
+            _ => {
+                // Structurally random JSON.
+                fn value(rng: &mut Rng, words: &[&str], depth: usize) -> Value {
+                    match rng.below(if depth > 3 { 5 } else { 8 }) {
+                        0 => Value::Null,
+                        1 => json!(rng.below(3) == 0),
+                        2 => json!(rng.below(1000) as f64 - 500.0),
+                        3 | 4 => {
+                            let n = rng.below(12);
+                            Value::String(
+                                (0..n)
+                                    .map(|_| words[rng.below(words.len())])
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                            )
+                        }
+                        5 | 6 => Value::Array(
+                            (0..rng.below(5))
+                                .map(|_| value(rng, words, depth + 1))
+                                .collect(),
+                        ),
+                        _ => {
+                            let mut m = serde_json::Map::new();
+                            for _ in 0..rng.below(3) {
+                                let k = ["inputs", "truncate", "name", "path", "x"][rng.below(5)];
+                                m.insert(k.into(), value(rng, words, depth + 1));
+                            }
+                            Value::Object(m)
+                        }
+                    }
+                }
+                let mut m = serde_json::Map::new();
+                if rng.below(8) != 0 {
+                    let n = rng.below(10);
+                    let inputs: Vec<Value> = (0..n)
+                        .map(|_| {
+                            if rng.below(3) == 0 {
+                                value(&mut rng, &words, 1)
+                            } else {
+                                let n = rng.below(30);
+                                Value::String(
+                                    (0..n)
+                                        .map(|_| words[rng.below(words.len())])
+                                        .collect::<Vec<_>>()
+                                        .join(" "),
+                                )
+                            }
+                        })
+                        .collect();
+                    m.insert("inputs".into(), Value::Array(inputs));
+                }
+                if rng.below(3) == 0 {
+                    m.insert("truncate".into(), value(&mut rng, &words, 2));
+                }
+                if rng.below(10) == 0 {
+                    m.insert("extra".into(), value(&mut rng, &words, 2));
+                }
+                Value::Object(m).to_string().into_bytes()
+            }
+        };
+        let (method, uri, token) = match rng.below(20) {
+            0 => (
+                "POST",
+                "/v1/adapters".to_string(),
+                Some(if rng.below(2) == 0 { TOKEN } else { "x" }),
+            ),
+            1 => (
+                "DELETE",
+                format!("/v1/adapters/ghost{}", rng.below(3)),
+                Some(TOKEN),
+            ),
+            2 => ("GET", "/v1/adapters".to_string(), None),
+            3 => ("PUT", "/v1/adapters/cls/predict".to_string(), None),
+            4 => (
+                "POST",
+                format!("/v1/adapters/%{:02X}%ZZ/predict", rng.below(256)),
+                None,
+            ),
+            5 => ("POST", "/v1/adapters//predict".to_string(), None),
+            _ => {
+                let name = ["cls", "cls2", "reg", "mc", "tok", "nope"][rng.below(6)];
+                ("POST", format!("/v1/adapters/{name}/predict"), None)
+            }
+        };
+        let app = app.clone();
+        handles.push(tokio::spawn(async move {
+            let r = send(&app, method, &uri, body.clone(), token).await;
+            (r, uri, body)
+        }));
+        if handles.len() == 32 || i == 2999 {
+            for h in handles.drain(..) {
+                let (r, uri, body) = h.await.expect("a request panicked");
+                let s = r.status.as_u16();
+                assert!(
+                    (200..300).contains(&s) || (400..500).contains(&s) || s == 503,
+                    "{s} for {uri} {:?}: {}",
+                    String::from_utf8_lossy(&body),
+                    r.text
+                );
+                if s >= 400 {
+                    // Errors are JSON with a message.
+                    assert!(!r.error().is_empty());
+                }
+                *statuses.entry(s).or_insert(0) += 1;
+            }
+        }
+    }
+    eprintln!("fuzz statuses: {statuses:?}");
+    // The fuzz reached the model as well as the error paths.
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) > 100,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&400).copied().unwrap_or(0) > 500,
+        "{statuses:?}"
+    );
+    let r = predict(&app, "cls", &json!({"inputs": ["still fine"]})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&app, "GET", "/v1/adapters", "", None).await;
+    assert_eq!(r.json()["adapters"].as_array().unwrap().len(), 5);
+}
+
+/// A raw HTTP/1.1 request over loopback (blocking std socket on a blocking
+/// thread); (status, body).
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_accepted_requests() {
+    let f = fixture(config());
+    let server = Arc::new(f.server);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let s = Arc::clone(&server);
+    let serving = tokio::spawn(async move {
+        s.serve(
+            "127.0.0.1:0".parse().unwrap(),
+            async {
+                let _ = stop_rx.await;
+            },
+            move |a| addr_tx.send(a).unwrap(),
+        )
+        .await
+    });
+    let addr = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let (status, body) = raw_request(addr, "GET", "/healthz", "").await;
+    assert_eq!(status, 200, "{body}");
+
+    // A request accepted while the model is held, then the stop signal.
+    let pause = server.pause();
+    let inflight = tokio::spawn(async move {
+        raw_request(
+            addr,
+            "POST",
+            "/v1/adapters/cls/predict",
+            r#"{"inputs":["the cat"]}"#,
+        )
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.state.metrics.in_flight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !serving.is_finished(),
+        "the server must wait for the request"
+    );
+    drop(pause);
+    let (status, body) = inflight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stops once the request is answered")
+        .unwrap()
+        .unwrap();
+    // Stopped: no new connections, the worker refuses work.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+    assert!(server.state.batcher.is_closed());
+}
