@@ -13,8 +13,8 @@ if [ -e "$run/last" ]; then
     echo "$run already holds a run: remove it or set PTUNING_RUN" >&2
     exit 1
 fi
-target/release/ptuning train --task superglue/cb --data "$data" --out "$run" \
-    --prefix-len 16 --lr 1e-2 --batch-size 16 --epochs 20 --seed 42 "$@"
+# The recipe is recipes/cb.toml; flags given to this script override it.
+target/release/ptuning train --config recipes/cb.toml --data "$data" --out "$run" "$@"
 echo
 echo "dev metrics of $run/best:"
 target/release/ptuning eval --run "$run/best" --data "$data" --split val --json

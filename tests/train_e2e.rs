@@ -351,3 +351,25 @@ fn bad_settings_are_clear_errors() {
     let config = TrainConfig::from_toml_file(&toml).unwrap();
     assert_eq!((config.lr, config.epochs, config.batch_size), (0.05, 7, 16));
 }
+
+#[test]
+fn every_recipe_parses_and_names_a_known_task() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(root().join("recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        let config = TrainConfig::from_toml_file(&path).unwrap();
+        let family = ptuning::training::data::Family::of(&config.task);
+        let known = match family {
+            ptuning::training::data::Family::Sequence => {
+                ptuning::tasks::known_tasks().contains(&config.task.as_str())
+            }
+            ptuning::training::data::Family::Tagging => {
+                ptuning::tasks::tagging::known_tagging_tasks().contains(&config.task.as_str())
+            }
+            ptuning::training::data::Family::Qa => config.task.starts_with("qa/squad"),
+        };
+        assert!(known, "{}: unknown task {}", path.display(), config.task);
+        count += 1;
+    }
+    assert!(count >= 3);
+}
