@@ -373,3 +373,18 @@ fn every_recipe_parses_and_names_a_known_task() {
     }
     assert!(count >= 3);
 }
+
+#[test]
+fn dev_from_train_holds_out_part_of_train_for_model_selection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        dev_from_train: Some(0.34),
+        ..tiny_task(tmp.path(), false)
+    };
+    let summary = train(&config, quiet()).unwrap();
+    // 6 training rows: 2 held out for dev, 4 trained on.
+    assert_eq!(summary["dev_examples"], 2);
+    assert_eq!(summary["train_examples"], 4);
+    assert!(summary["best_epoch"].is_u64());
+    assert!(config.out.join("best/ptuning.json").is_file());
+}
