@@ -5,6 +5,7 @@
 //! - [`training`]: optimizer and the training step.
 //! - [`cli`]: the `ptuning` command line; `main.rs` only calls [`cli::main`].
 
+pub mod atomic_file;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
 use crate::training::adapter::Adapter;
 use crate::training::data::Predictions;
-use crate::training::run_files::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {

@@ -15,12 +15,12 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors, View};
 
+use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
 
 /// Prefixes that HF task-model checkpoints put before the encoder's names.
@@ -329,58 +329,19 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Re
         }
     }
 
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-
-    let result = (|| {
-        let views = tensors.iter().map(|(name, shape, data)| {
-            (
-                name.as_str(),
-                F32View {
-                    shape: shape.as_slice(),
-                    data,
-                },
-            )
-        });
-        let info = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(views, Some(info), &tmp).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
-            other => Error::Safetensors {
-                path: tmp.clone(),
-                message: other.to_string(),
+    let views = tensors.iter().map(|(name, shape, data)| {
+        (
+            name.as_str(),
+            F32View {
+                shape: shape.as_slice(),
+                data,
             },
-        })?;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Make the rename itself durable. Best effort: not all platforms can open
-    // a directory for syncing.
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+        )
+    });
+    let info = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(info)).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
 }

@@ -23,6 +23,7 @@ use crate::serve::batcher::{Job, Sequence, SubmitError};
 use crate::serve::metrics::{Gauges, UNKNOWN_ADAPTER};
 use crate::serve::registry::{validate_name, ServedAdapter};
 use crate::serve::{openapi, AppState};
+use crate::training::evaluate::{argmax, softmax};
 
 /// A 4xx/5xx answer with a JSON body `{"error": message}`.
 #[derive(Debug, Clone)]
@@ -549,20 +550,6 @@ fn tokenize(
         }
     }
     Ok(out)
-}
-
-fn softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.iter().map(|e| e / sum).collect()
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 fn label_of(adapter: &ServedAdapter, index: usize) -> String {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::config::BertConfig;
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::prefix::PrefixEncoder;
-use crate::training::checkpoint::{check_backbone, load_checkpoint, RunInfo, RUN_INFO};
+use crate::training::checkpoint::{check_backbone, checkpoint_dir, load_checkpoint, RunInfo};
 
 /// The longest adapter name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -51,24 +51,6 @@ pub fn validate_name(name: &str) -> Result<()> {
             "adapter name {name:?} must be 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '.', '_' or '-'"
         )))
     }
-}
-
-/// The checkpoint folder of `run_dir`: itself when it holds `ptuning.json`,
-/// else its `best/`, else its `last/` (as `ptuning eval` reads a run).
-pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
-    for dir in [
-        run_dir.to_path_buf(),
-        run_dir.join("best"),
-        run_dir.join("last"),
-    ] {
-        if dir.join(RUN_INFO).is_file() {
-            return Ok(dir);
-        }
-    }
-    Err(Error::InvalidArgument(format!(
-        "{} is not a checkpoint folder (no {RUN_INFO}, nor best/ or last/ holding one)",
-        run_dir.display()
-    )))
 }
 
 impl ServedAdapter {

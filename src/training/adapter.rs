@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::prompt_model::PromptModel;
-use crate::training::checkpoint::{check_backbone, load_checkpoint, RunInfo};
+use crate::training::checkpoint::{check_backbone, checkpoint_dir, load_checkpoint, RunInfo};
 use crate::training::data::{load_task_data, DevSource, TaskData};
 use crate::training::trainer::{Backbone, TrainConfig};
 
@@ -24,18 +24,7 @@ impl Adapter {
     /// adapter unless `model` overrides it; either way its weights must hash
     /// to the adapter's.
     pub fn load(run_dir: &Path, model: Option<&str>) -> Result<Self> {
-        let dir = if run_dir.join("ptuning.json").exists() {
-            run_dir.to_path_buf()
-        } else if run_dir.join("best/ptuning.json").exists() {
-            run_dir.join("best")
-        } else if run_dir.join("last/ptuning.json").exists() {
-            run_dir.join("last")
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "{} is not a checkpoint folder (no ptuning.json, nor best/ or last/ holding one)",
-                run_dir.display()
-            )));
-        };
+        let dir = checkpoint_dir(run_dir)?;
         let ckpt = load_checkpoint(&dir)?;
         let name = model
             .unwrap_or(&ckpt.info.backbone.name_or_path)

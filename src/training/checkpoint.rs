@@ -35,13 +35,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::{sync_dir, write_atomic};
 use crate::error::{Error, Result};
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::param::Param;
 use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::training::adamw::{AdamW, AdamWConfig, Moments};
-use crate::training::run_files::{sync_dir, write_atomic};
 
 /// The adapter weights, PEFT's file name.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -199,6 +199,24 @@ pub struct Checkpoint {
     pub prefix: PrefixEncoder,
     pub head: ClassificationHead,
     pub training: Option<(OptimizerState, TrainerState)>,
+}
+
+/// The checkpoint folder of `run_dir`: itself when it holds `ptuning.json`,
+/// else its `best/`, else its `last/` (as `ptuning eval` reads a run).
+pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
+    for dir in [
+        run_dir.to_path_buf(),
+        run_dir.join("best"),
+        run_dir.join("last"),
+    ] {
+        if dir.join(RUN_INFO).is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} is not a checkpoint folder (no {RUN_INFO}, nor best/ or last/ holding one)",
+        run_dir.display()
+    )))
 }
 
 /// Writes the checkpoint folder `dir` atomically as a whole (see the module

@@ -10,8 +10,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::atomic_file::write_atomic;
 use crate::error::Result;
-use crate::training::run_files::write_atomic;
 
 /// One epoch of the curve.
 #[derive(Clone, Debug, PartialEq)]

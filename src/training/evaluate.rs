@@ -16,14 +16,16 @@ pub struct Scored {
     pub scores: Vec<f32>,
 }
 
-fn softmax(row: &[f32]) -> Vec<f32> {
+/// Probabilities of a row of logits.
+pub fn softmax(row: &[f32]) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     exp.iter().map(|e| e / sum).collect()
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// Index of the largest logit (the first on ties).
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))

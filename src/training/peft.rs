@@ -29,9 +29,9 @@ use crate::model::prefix::{PrefixConfig, PrefixEncoder};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::tasks::{task_by_name, TaskKind, TaskOptions};
 use crate::training::checkpoint::{
-    adapter_config, created_by, load_checkpoint, save_checkpoint, BackboneInfo, CheckpointRef,
-    PrefixInfo, RunInfo, TokenizerInfo, ADAPTER_CONFIG, ADAPTER_HEAD_BIAS, ADAPTER_HEAD_WEIGHT,
-    ADAPTER_WEIGHTS, FORMAT_VERSION, PROMPT_EMBEDDINGS, RUN_INFO,
+    adapter_config, checkpoint_dir, created_by, load_checkpoint, save_checkpoint, BackboneInfo,
+    CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, ADAPTER_CONFIG, ADAPTER_HEAD_BIAS,
+    ADAPTER_HEAD_WEIGHT, ADAPTER_WEIGHTS, FORMAT_VERSION, PROMPT_EMBEDDINGS,
 };
 use crate::training::trainer::{Backbone, TrainConfig};
 
@@ -137,23 +137,6 @@ impl PeftPrefixConfig {
     pub fn width(&self) -> usize {
         self.num_layers * 2 * self.token_dim
     }
-}
-
-/// The checkpoint folder of a run folder: itself, its best/ or its last/.
-fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
-    for dir in [
-        run_dir.to_path_buf(),
-        run_dir.join("best"),
-        run_dir.join("last"),
-    ] {
-        if dir.join(RUN_INFO).is_file() {
-            return Ok(dir);
-        }
-    }
-    Err(Error::InvalidArgument(format!(
-        "{} is not a checkpoint folder (no {RUN_INFO}, nor best/ or last/ holding one)",
-        run_dir.display()
-    )))
 }
 
 /// Writes the adapter of `run_dir` (a run or checkpoint folder) as a PEFT

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
 
 /// File name of the event log inside a run folder.
@@ -165,54 +165,4 @@ pub fn write_summary(run_dir: &Path, summary: &serde_json::Value) -> Result<()> 
     bytes.push(b'\n');
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     write_atomic(&path, &bytes)
-}
-
-/// Writes `bytes` to `path` atomically: into a temporary file in the same
-/// folder, fsynced, then renamed over `path` (and the folder synced so the
-/// rename survives a power loss). Readers see the old content or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    if let Some(parent) = path.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
-}
-
-/// Makes renames and creations inside `dir` durable. Best effort: not every
-/// platform can open a folder for syncing, and a failure here loses nothing
-/// that a crash would not.
-pub fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }

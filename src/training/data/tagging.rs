@@ -16,6 +16,7 @@ use crate::tasks::tagging::{
     TaggedSentence, TaggingFeatures, TaggingOptions, TaggingTask, TokenFeature,
 };
 use crate::tasks::Split;
+use crate::training::evaluate::argmax;
 use crate::training::trainer::TrainConfig;
 
 use super::{hold_out, DevSource, HeadSpec, Predictions, TaskData, TrainTargets};
@@ -165,16 +166,7 @@ impl TaggingData {
             let logits = model.predict(&batch)?;
             // [B*T, C] → per feature, per token, the arg-max tag.
             for row in logits.chunks(batch.seq * c) {
-                token_argmax.push(
-                    row.chunks(c)
-                        .map(|z| {
-                            z.iter()
-                                .enumerate()
-                                .max_by(|a, b| a.1.total_cmp(b.1))
-                                .map_or(0, |(i, _)| i)
-                        })
-                        .collect(),
-                );
+                token_argmax.push(row.chunks(c).map(argmax).collect());
             }
         }
         let lengths: Vec<usize> = dev.sentences.iter().map(|s| s.words.len()).collect();
