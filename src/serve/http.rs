@@ -23,6 +23,7 @@ use crate::serve::batcher::{Job, Sequence, SubmitError};
 use crate::serve::metrics::{Gauges, UNKNOWN_ADAPTER};
 use crate::serve::registry::{validate_name, ServedAdapter};
 use crate::serve::{openapi, AppState};
+use crate::tasks::formats::type_name;
 use crate::training::evaluate::{argmax, softmax};
 
 /// A 4xx/5xx answer with a JSON body `{"error": message}`.
@@ -227,7 +228,7 @@ fn parse_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value
         Value::Object(map) => Ok(map),
         other => Err(ApiError::bad_request(format!(
             "invalid request: expected a JSON object, found {}",
-            json_kind(&other)
+            type_name(&other)
         ))),
     }
 }
@@ -241,17 +242,6 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         )
     } else {
         ApiError::new(status, format!("cannot read the request body: {rejection}"))
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -278,7 +268,7 @@ async fn load_adapter(
             Some(Value::String(s)) => Ok(s.clone()),
             Some(other) => Err(ApiError::bad_request(format!(
                 "{key:?} must be a string, found {}",
-                json_kind(other)
+                type_name(other)
             ))),
             None => Err(ApiError::bad_request(format!(
                 "{key:?} is required: {{\"name\": \"...\", \"path\": \"RUN_DIR\"}}"
@@ -393,7 +383,7 @@ fn parse_text(v: &Value, at: &str) -> Result<Text, ApiError> {
         },
         other => Err(ApiError::bad_request(format!(
             "{at} must be a text or a pair [text, text], found {}",
-            json_kind(other)
+            type_name(other)
         ))),
     }
 }
@@ -411,7 +401,7 @@ async fn run_predict(
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "\"truncate\" must be true or false, found {}",
-                json_kind(other)
+                type_name(other)
             )))
         }
     };
@@ -420,7 +410,7 @@ async fn run_predict(
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "\"inputs\" must be an array of texts or [text, text] pairs, found {}",
-                json_kind(other)
+                type_name(other)
             )))
         }
         None => {
@@ -460,7 +450,7 @@ async fn run_predict(
                     .collect(),
                 other => Err(ApiError::bad_request(format!(
                     "inputs[{i}] must be a non-empty array of choices (each a text or a [text, text] pair) for a multiple-choice adapter, found {}",
-                    match other { Value::Array(_) => "an empty array", o => json_kind(o) }
+                    match other { Value::Array(_) => "an empty array", o => type_name(o) }
                 ))),
             })
             .collect::<Result<_, ApiError>>()?,

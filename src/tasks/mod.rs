@@ -38,7 +38,7 @@ use crate::{Error, Result};
 
 pub mod custom;
 pub mod features;
-mod formats;
+pub(crate) mod formats;
 pub mod glue;
 pub mod metrics;
 pub mod seqeval;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::tasks::formats::type_name;
 use crate::{Error, Result};
 
 /// One gold answer.
@@ -89,7 +90,10 @@ pub fn read_squad(path: &Path, version_2: bool) -> Result<SquadRead> {
         other => {
             return Err(err(
                 "top level",
-                &format!("expected an object with \"data\", found {}", kind(other)),
+                &format!(
+                    "expected an object with \"data\", found {}",
+                    type_name(other)
+                ),
             ))
         }
     };
@@ -112,7 +116,7 @@ pub fn read_squad(path: &Path, version_2: bool) -> Result<SquadRead> {
                     Some(other) => {
                         return Err(err(
                             &format!("{at_q}.is_impossible"),
-                            &format!("expected true or false, found {}", kind(other)),
+                            &format!("expected true or false, found {}", type_name(other)),
                         ))
                     }
                 };
@@ -209,20 +213,9 @@ fn strip_position(message: &str) -> &str {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn array(v: &Value) -> std::result::Result<&Vec<Value>, String> {
     v.as_array()
-        .ok_or_else(|| format!("expected an array, found {}", kind(v)))
+        .ok_or_else(|| format!("expected an array, found {}", type_name(v)))
 }
 
 type Located<T> = std::result::Result<T, (String, String)>;
@@ -238,7 +231,7 @@ fn lookup_str<'v>(obj: &'v Value, at: &str, key: &str) -> Located<&'v str> {
     v.as_str().ok_or_else(|| {
         (
             format!("{at}.{key}"),
-            format!("expected a string, found {}", kind(v)),
+            format!("expected a string, found {}", type_name(v)),
         )
     })
 }
@@ -262,7 +255,10 @@ fn lookup<'v>(obj: &'v Value, at: &str, key: &str) -> Located<&'v Value> {
             .ok_or_else(|| (format!("{at}.{key}"), "missing".to_string())),
         other => Err((
             at.to_string(),
-            format!("expected an object with {key:?}, found {}", kind(other)),
+            format!(
+                "expected an object with {key:?}, found {}",
+                type_name(other)
+            ),
         )),
     }
 }
