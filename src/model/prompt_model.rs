@@ -151,7 +151,12 @@ impl PromptModel {
     ) -> Result<StepOutput> {
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
         let prefix_dropout = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
-        let pooled_dropout = dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM);
+        // HF's *ForQuestionAnswering feeds the token states to qa_outputs without
+        // dropout; every other head drops its input (pooled [CLS] or tokens).
+        let pooled_dropout = match targets {
+            Targets::Spans { .. } => None,
+            _ => dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM),
+        };
 
         let prefix = self.prefix.forward();
         let prompt = self
