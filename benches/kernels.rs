@@ -22,16 +22,11 @@ const M: usize = 2048;
 const H: usize = 384;
 const I: usize = 1536;
 
+/// Deterministic values in [-1, 1) from the crate's generator.
 fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut v = vec![0.0; len];
+    ptuning::rng::Rng::new(seed).fill_uniform(&mut v, 1.0);
+    v
 }
 
 /// (busy jiffies of the whole machine, jiffies of this process), from /proc.

@@ -45,15 +45,9 @@ fn tiny_config_json(model_type: &str) -> String {
 
 /// Deterministic pseudo-random values in [-1, 1), different per `seed`.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut v = vec![0.0; n];
+    ptuning::rng::Rng::new(seed).fill_uniform(&mut v, 1.0);
+    v
 }
 
 /// Every tensor of the tiny BertModel with its HF name (bare) and shape.

@@ -292,16 +292,12 @@ pub fn layernorm_backward(dy: &[f32], x: &[f32], gamma: &[f32], stats: &[f32], d
 mod tests {
     use super::*;
 
+    /// Deterministic values in [shift - scale, shift + scale).
     fn rand_vec(len: usize, seed: u64, scale: f32, shift: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale + shift
-            })
-            .collect()
+        let mut v = vec![0.0; len];
+        crate::rng::Rng::new(seed).fill_uniform(&mut v, scale as f64);
+        v.iter_mut().for_each(|x| *x += shift);
+        v
     }
 
     /// f64 LayerNorm of one row: (y, mean, rstd).
