@@ -21,15 +21,22 @@ use ptuning::rng::Rng;
 use ptuning::serve::batcher::{forward_mixed, plan, Row, Sequence};
 use ptuning::serve::registry::ServedAdapter;
 use ptuning::serve::{openapi, ServeConfig, Server};
+use ptuning::tasks::squad::{qa_features_vec, PostprocessOptions, Postprocessor, SquadExample};
+use ptuning::tasks::tagging::{
+    entity_spans, featurize_tagging, split_words, word_predictions, TaggedSentence,
+};
 use ptuning::training::checkpoint::{
     created_by, save_checkpoint, BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo,
     FORMAT_VERSION,
 };
+use ptuning::training::evaluate::argmax;
 use ptuning::training::trainer::Backbone;
 
 const TOKEN: &str = "s3cret-token";
 /// The adapters' max_seq_len (tiny-bert has 64 positions).
 const MAX_LEN: usize = 24;
+/// The QA adapter's doc stride: context windows overlap by 8 tokens.
+const QA_STRIDE: usize = 8;
 
 fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
@@ -86,7 +93,12 @@ fn build(spec: &Spec, hash: &str) -> (RunInfo, PrefixEncoder, ClassificationHead
     rng.fill_normal(&mut head.bias.value, 0.1);
     let info = RunInfo {
         format_version: FORMAT_VERSION,
-        task: "custom/classification".into(),
+        task: match spec.kind {
+            HeadKind::QuestionAnswering => "qa/squad",
+            HeadKind::TokenClassification => "ner/conll2003",
+            _ => "custom/classification",
+        }
+        .into(),
         head: spec.kind,
         label_names: spec.labels.iter().map(|s| s.to_string()).collect(),
         backbone: BackboneInfo {
@@ -102,7 +114,10 @@ fn build(spec: &Spec, hash: &str) -> (RunInfo, PrefixEncoder, ClassificationHead
             truncation: "longest_first".into(),
         },
         prefix: PrefixInfo::from(&config),
-        hyperparameters: json!({"task": "custom/classification"}),
+        hyperparameters: match spec.kind {
+            HeadKind::QuestionAnswering => json!({"task": "qa/squad", "doc_stride": QA_STRIDE}),
+            _ => json!({"task": "custom/classification"}),
+        },
         created_by: created_by(),
     };
     (info, prefix, head)
@@ -189,6 +204,16 @@ fn mixed_batch_matches_each_adapter_alone() {
             labels: vec!["0", "1"],
             seed: 5,
         },
+        // Per-token heads share passes with the pooled ones of their shape.
+        Spec {
+            kind: HeadKind::TokenClassification,
+            ..Spec::classes(4, vec!["O", "B-PER", "I-PER"], 6)
+        },
+        Spec {
+            kind: HeadKind::QuestionAnswering,
+            labels: vec![],
+            ..Spec::classes(4, vec![], 7)
+        },
     ];
     let adapters: Vec<ServedAdapter> = specs
         .iter()
@@ -196,9 +221,9 @@ fn mixed_batch_matches_each_adapter_alone() {
         .map(|(i, s)| served(&format!("a{i}"), s, &b))
         .collect();
     let models: Vec<PromptModel> = specs.iter().map(|s| model(s, &b)).collect();
-    // Interleaved rows: adapter i % 5, text and pair varying, 23 rows.
+    // Interleaved rows: every adapter, text and pair varying, 31 rows.
     let mut rows_spec = Vec::new();
-    for r in 0..23 {
+    for r in 0..31 {
         let a = (r * 3 + r / 5) % adapters.len();
         let text = TEXTS[r % TEXTS.len()];
         let pair = (r % 4 == 1).then_some(TEXTS[(r + 2) % TEXTS.len()]);
@@ -211,7 +236,7 @@ fn mixed_batch_matches_each_adapter_alone() {
             sequence: s,
         })
         .collect();
-    // Shapes: (4, all) x3, (3, [1,2]), (5, all) → 3 groups; max_batch 4 splits them.
+    // Shapes: (4, all) x5, (3, [1,2]), (5, all) → 3 groups; max_batch 4 splits them.
     let passes = plan(&rows, 4);
     assert!(passes.iter().all(|p| p.len() <= 4));
     for pass in &passes {
@@ -235,7 +260,14 @@ fn mixed_batch_matches_each_adapter_alone() {
         let mut worst = 0.0f32;
         for (r, (a, seq)) in rows_spec.iter().enumerate() {
             let batch = Batch::pad(std::slice::from_ref(seq), b.tokenizer.pad_id()).unwrap();
+            // [C], or [T, C] over the row's own tokens for per-token heads.
             let alone = models[*a].predict(&batch).unwrap();
+            let per_row = if specs[*a].kind.per_token() {
+                seq.0.len() * models[*a].head.num_labels()
+            } else {
+                models[*a].head.num_labels()
+            };
+            assert_eq!(mixed[r].len(), per_row, "row {r}");
             worst = worst.max(max_diff(&mixed[r], &alone));
         }
         eprintln!("mixed vs alone, max_batch {max_batch}: worst |diff| {worst:e}");
@@ -250,9 +282,10 @@ fn mixed_batch_matches_each_adapter_alone() {
         let seqs: Vec<Sequence> = mine.iter().map(|&r| rows_spec[r].1.clone()).collect();
         let batch = Batch::pad(&seqs, b.tokenizer.pad_id()).unwrap();
         let logits = m.predict(&batch).unwrap();
+        // Per row: [C], or [T_max, C] whose first T_r tokens are the row's.
         let c = logits.len() / mine.len();
         for (k, &r) in mine.iter().enumerate() {
-            let d = max_diff(&mixed[r], &logits[k * c..(k + 1) * c]);
+            let d = max_diff(&mixed[r], &logits[k * c..][..mixed[r].len()]);
             assert!(d <= 1e-5, "adapter {a} row {r}: {d}");
         }
     }
@@ -260,7 +293,7 @@ fn mixed_batch_matches_each_adapter_alone() {
 
 /// A server on tiny-bert with adapters on disk: "cls" (3 labels), "cls2"
 /// (2 labels, another prefix shape), "reg" (regression), "mc" (multiple
-/// choice), "tok" (a per-token head).
+/// choice), "qa" (start/end per token, stride 8), "tok" (tags per token).
 struct Fixture {
     server: Server,
     _dir: tempfile::TempDir,
@@ -295,10 +328,18 @@ fn specs() -> Vec<(&'static str, Spec)> {
             },
         ),
         (
+            "qa",
+            Spec {
+                kind: HeadKind::QuestionAnswering,
+                labels: vec![],
+                ..Spec::classes(4, vec![], 16)
+            },
+        ),
+        (
             "tok",
             Spec {
                 kind: HeadKind::TokenClassification,
-                labels: vec!["O", "B", "I"],
+                labels: vec!["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
                 ..Spec::classes(4, vec![], 15)
             },
         ),
@@ -502,6 +543,125 @@ async fn predictions_match_the_adapters() {
     assert!(passes <= 24, "{passes} forward passes for 24 requests");
 }
 
+/// NER and QA adapters answer exactly as the CLI path does: the same words,
+/// windows, post-processing and spans, with long inputs windowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ner_and_qa_answers_match_the_cli_path() {
+    let f = fixture(config());
+    let app = f.server.router();
+    let b = backbone();
+    let all = specs();
+    let spec = |n: &str| all.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+    let logits_alone = |m: &PromptModel, ids: &[u32], types: &[u32]| {
+        let batch = Batch::pad(&[(ids.to_vec(), types.to_vec())], 0).unwrap();
+        m.predict(&batch).unwrap()
+    };
+
+    // NER: a text longer than one window, a short one, an empty one.
+    let texts = [
+        format!("{LONG} Paris, (AP)"),
+        "the cat sat".to_string(),
+        String::new(),
+    ];
+    let r = predict(&app, "tok", &json!({"inputs": texts})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    let m = model(&spec("tok"), &b);
+    let labels: Vec<String> = spec("tok").labels.iter().map(|s| s.to_string()).collect();
+    let mut entities_seen = 0;
+    for (i, text) in texts.iter().enumerate() {
+        let words = split_words(text);
+        let sentence = TaggedSentence::unlabeled(&words);
+        let feats = featurize_tagging(&b.tokenizer, &[sentence], &labels, MAX_LEN).unwrap();
+        if i == 0 {
+            assert!(feats.features.len() > 1, "the long text must be windowed");
+        }
+        let argmaxes: Vec<Vec<usize>> = feats
+            .features
+            .iter()
+            .map(|f| {
+                logits_alone(&m, &f.ids, &f.type_ids)
+                    .chunks(labels.len())
+                    .map(argmax)
+                    .collect()
+            })
+            .collect();
+        let tags: Vec<String> = word_predictions(&feats.features, &argmaxes, &[words.len()])[0]
+            .iter()
+            .map(|&t| labels[t].clone())
+            .collect();
+        let out = &v["outputs"][i];
+        assert_eq!(out["tags"], json!(tags), "input {i}");
+        assert_eq!(out["words"].as_array().unwrap().len(), words.len());
+        let want: Vec<Value> = entity_spans(&words, &tags, text)
+            .into_iter()
+            .map(|e| json!({"label": e.label, "start": e.start, "end": e.end, "text": e.text}))
+            .collect();
+        assert_eq!(out["entities"], json!(want), "input {i}");
+        for e in &want {
+            let (s, t) = (
+                e["start"].as_u64().unwrap() as usize,
+                e["end"].as_u64().unwrap() as usize,
+            );
+            let chars: String = text.chars().skip(s).take(t - s).collect();
+            assert_eq!(e["text"], chars);
+            entities_seen += 1;
+        }
+    }
+    assert!(
+        entities_seen > 0,
+        "the test adapter should find some entity"
+    );
+
+    // QA: a context over several windows; object and pair forms agree.
+    let context = format!("{LONG}. Paris is big.");
+    let question = "who sat on the mat?";
+    let mut outs = Vec::new();
+    for input in [
+        json!({"question": question, "context": context}),
+        json!([question, context]),
+    ] {
+        let r = predict(&app, "qa", &json!({"inputs": [input]})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        outs.push(r.json()["outputs"][0].clone());
+    }
+    let m = model(&spec("qa"), &b);
+    let examples = vec![SquadExample {
+        id: "0".into(),
+        question: question.into(),
+        context: context.clone(),
+        answers: vec![],
+        is_impossible: false,
+    }];
+    let feats = qa_features_vec(&b.tokenizer, &examples, MAX_LEN, QA_STRIDE).unwrap();
+    assert!(feats.len() > 2, "{} windows", feats.len());
+    let mut post = Postprocessor::new(&examples, PostprocessOptions::default());
+    for f in &feats {
+        let l = logits_alone(&m, &f.ids, &f.type_ids);
+        let start: Vec<f32> = l.iter().step_by(2).copied().collect();
+        let end: Vec<f32> = l.iter().skip(1).step_by(2).copied().collect();
+        post.push_feature(f, &start, &end).unwrap();
+    }
+    let want = post.finish_spans().remove("0").unwrap();
+    assert!(!want.text.is_empty());
+    for out in &outs {
+        assert_eq!(out["answer"], want.text, "{out}");
+        assert_eq!(out["start"], want.start);
+        assert_eq!(out["end"], want.end);
+        assert!((out["score"].as_f64().unwrap() as f32 - want.score).abs() < 1e-4);
+        let chars: String = context
+            .chars()
+            .skip(want.start)
+            .take(want.end - want.start)
+            .collect();
+        assert_eq!(chars, want.text);
+    }
+    // A context in one window.
+    let r = predict(&app, "qa", &json!({"inputs": [["why?", "because"]]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json()["outputs"][0]["answer"].is_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_a_clear_4xx() {
     let f = fixture(config());
@@ -541,7 +701,13 @@ async fn every_error_is_a_clear_4xx() {
             StatusCode::BAD_REQUEST,
             "inputs[1] is too long: 33 tokens (special tokens included), the adapter's maximum is 24",
         ),
-        ("POST", "/v1/adapters/tok/predict", r#"{"inputs":["a"]}"#.into(), StatusCode::BAD_REQUEST, "not supported by serve yet"),
+        ("POST", "/v1/adapters/tok/predict", r#"{"inputs":[["a","b"]]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0] must be a text for a token-classification adapter"),
+        ("POST", "/v1/adapters/tok/predict", json!({"inputs": vec![LONG; 5]}).to_string(), StatusCode::BAD_REQUEST, "too many inputs: 10 windows in all"),
+        ("POST", "/v1/adapters/qa/predict", r#"{"inputs":["a"]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0] must be {\"question\": ..., \"context\": ...}"),
+        ("POST", "/v1/adapters/qa/predict", r#"{"inputs":[{"question":"a"}]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0] has no \"context\""),
+        ("POST", "/v1/adapters/qa/predict", r#"{"inputs":[{"question":"a","context":"b","id":1}]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0]: unknown field \"id\""),
+        ("POST", "/v1/adapters/qa/predict", r#"{"inputs":[{"question":1,"context":"b"}]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0].question must be a text"),
+        ("POST", "/v1/adapters/qa/predict", json!({"inputs": [[LONG, "the cat"]]}).to_string(), StatusCode::BAD_REQUEST, "inputs[0] cannot be windowed"),
         ("GET", "/v1/adapters/cls/predict", "".into(), StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         ("GET", "/nowhere", "".into(), StatusCode::NOT_FOUND, "no such route"),
     ];
@@ -576,7 +742,7 @@ async fn listing_and_admin_load_unload() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["cls", "cls2", "mc", "reg", "tok"]);
+    assert_eq!(names, ["cls", "cls2", "mc", "qa", "reg", "tok"]);
     let cls = &v["adapters"][0];
     assert_eq!(cls["labels"], json!(["neg", "neu", "pos"]));
     assert_eq!(cls["prefix_len"], 4);
@@ -683,7 +849,7 @@ async fn health_metrics_and_openapi() {
     let r = send(&app, "GET", "/healthz", "", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "ok");
-    assert_eq!(r.json()["adapters"], 5);
+    assert_eq!(r.json()["adapters"], 6);
 
     predict(&app, "cls", &json!({"inputs": ["a", "b"]})).await;
     predict(&app, "cls", &json!({"inputs": []})).await;
@@ -707,7 +873,7 @@ async fn health_metrics_and_openapi() {
         "ptuning_batch_size_count 1\n",
         "# TYPE ptuning_queue_depth gauge\nptuning_queue_depth 0\n",
         "ptuning_queue_capacity 64\n",
-        "ptuning_adapters_loaded 5\n",
+        "ptuning_adapters_loaded 6\n",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
@@ -854,6 +1020,8 @@ async fn fuzz_never_crashes() {
         r#"{"inputs":[["a good movie","very bad"],"dog"],"truncate":true}"#.into(),
         r#"{"inputs":[["a","b"],["c","d","e"]]}"#.into(),
         r#"{"inputs":["x"],"truncate":false}"#.into(),
+        r#"{"inputs":[{"question":"who sat?","context":"the cat sat on the mat."}]}"#.into(),
+        r#"{"inputs":[["who?","the cat sat"],{"question":"","context":""}]}"#.into(),
         r#"{"name":"n","path":"/tmp"}"#.into(),
     ];
     let words = [
@@ -934,7 +1102,10 @@ async fn fuzz_never_crashes() {
                         _ => {
                             let mut m = serde_json::Map::new();
                             for _ in 0..rng.below(3) {
-                                let k = ["inputs", "truncate", "name", "path", "x"][rng.below(5)];
+                                let k = [
+                                    "inputs", "truncate", "name", "path", "x", "question",
+                                    "context",
+                                ][rng.below(7)];
                                 m.insert(k.into(), value(rng, words, depth + 1));
                             }
                             Value::Object(m)
@@ -990,7 +1161,7 @@ async fn fuzz_never_crashes() {
             ),
             5 => ("POST", "/v1/adapters//predict".to_string(), None),
             _ => {
-                let name = ["cls", "cls2", "reg", "mc", "tok", "nope"][rng.below(6)];
+                let name = ["cls", "cls2", "reg", "mc", "tok", "qa", "nope"][rng.below(7)];
                 ("POST", format!("/v1/adapters/{name}/predict"), None)
             }
         };
@@ -1030,7 +1201,7 @@ async fn fuzz_never_crashes() {
     let r = predict(&app, "cls", &json!({"inputs": ["still fine"]})).await;
     assert_eq!(r.status, StatusCode::OK);
     let r = send(&app, "GET", "/v1/adapters", "", None).await;
-    assert_eq!(r.json()["adapters"].as_array().unwrap().len(), 5);
+    assert_eq!(r.json()["adapters"].as_array().unwrap().len(), 6);
 }
 
 /// A raw HTTP/1.1 request over loopback (blocking std socket on a blocking

@@ -77,10 +77,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for (name, dir) in &adapters {
         let a = server.load_adapter(name, dir)?;
         eprintln!(
-            "adapter {name}: {} ({:?} head, {} labels, prefix {}) from {}",
+            "adapter {name}: {} ({} head, {} outputs, prefix {}) from {}",
             a.info.task,
-            a.info.head,
-            a.info.label_names.len(),
+            serde_json::to_value(a.info.head)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            a.head.num_labels(),
             a.prefix_len,
             a.path.display()
         );

@@ -12,7 +12,8 @@
 //!    [`Batch`] and ONE [`DeepPrompt`] whose per-row keys and values
 //!    `kv[k][b]` [P, 2H] are copied from row b's own adapter's folded table;
 //! 3. the backbone runs once per chunk;
-//! 4. each adapter's head is applied to its own rows' hidden states.
+//! 4. each adapter's head is applied to its own rows' hidden states: the
+//!    [CLS] state for pooled heads, every real token for per-token heads.
 //!
 //! The encoder treats every batch row independently (its own prefix keys and
 //! values, its own padding mask), so a row's logits are those of its adapter
@@ -108,8 +109,10 @@ fn cut_points(lens: &[usize], max_batch: usize, hidden: usize) -> Vec<usize> {
     ends
 }
 
-/// One forward pass over rows that share a prefix shape: logits per row
-/// ([C] each; 1 for regression and multiple-choice heads).
+/// One forward pass over rows that share a prefix shape: logits per row,
+/// [C] for pooled heads (C = 1 for regression and multiple choice), [T, C]
+/// over the row's own T tokens (no padding) for per-token heads (tagging,
+/// QA start/end).
 pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Result<Vec<Vec<f32>>> {
     let Some(first) = rows.first() else {
         return Ok(Vec::new());
@@ -118,12 +121,6 @@ pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Res
         return Err(Error::InvalidArgument(format!(
             "adapters {:?} and {:?} have different prefix shapes and cannot share a forward pass",
             first.adapter.name, bad.adapter.name
-        )));
-    }
-    if let Some(r) = rows.iter().find(|r| r.adapter.head.per_token) {
-        return Err(Error::InvalidArgument(format!(
-            "adapter {:?} has a per-token head, which serve does not support yet",
-            r.adapter.name
         )));
     }
     let h = backbone.config.hidden_size;
@@ -150,7 +147,7 @@ pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Res
     };
     let hidden = backbone.forward(&batch, Some(&prompt))?;
 
-    // Each adapter's head on its own rows' [CLS] states.
+    // Each adapter's head on its own rows' states.
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
     let mut done = vec![false; rows.len()];
     for start in 0..rows.len() {
@@ -161,18 +158,36 @@ pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Res
         let members: Vec<usize> = (start..rows.len())
             .filter(|&i| !done[i] && std::ptr::eq(rows[i].adapter, adapter))
             .collect();
-        let mut cls = vec![0.0; members.len() * h];
-        for (dst, &b) in cls.chunks_mut(h).zip(&members) {
-            dst.copy_from_slice(&hidden[b * batch.seq * h..][..h]);
-        }
-        let logits = adapter
-            .head
-            .forward(backbone.pooler.as_ref(), &cls, members.len(), 1, None)
-            .logits;
-        let c = adapter.head.num_labels();
-        for (row, &b) in logits.chunks(c).zip(&members) {
-            out[b] = row.to_vec();
-            done[b] = true;
+        let head = &adapter.head;
+        let c = head.num_labels();
+        if head.per_token {
+            // The members' real tokens, back to back: [Σ T_b, H].
+            let lens: Vec<usize> = members.iter().map(|&b| rows[b].sequence.0.len()).collect();
+            let mut states = Vec::with_capacity(lens.iter().sum::<usize>() * h);
+            for (&b, &t) in members.iter().zip(&lens) {
+                states.extend_from_slice(&hidden[b * batch.seq * h..][..t * h]);
+            }
+            let total = states.len() / h;
+            let logits = head.forward(None, &states, total, 1, None).logits;
+            let mut at = 0;
+            for (&b, &t) in members.iter().zip(&lens) {
+                out[b] = logits[at * c..(at + t) * c].to_vec();
+                at += t;
+                done[b] = true;
+            }
+        } else {
+            // Pooled heads read each member's [CLS] state.
+            let mut cls = vec![0.0; members.len() * h];
+            for (dst, &b) in cls.chunks_mut(h).zip(&members) {
+                dst.copy_from_slice(&hidden[b * batch.seq * h..][..h]);
+            }
+            let logits = head
+                .forward(backbone.pooler.as_ref(), &cls, members.len(), 1, None)
+                .logits;
+            for (row, &b) in logits.chunks(c).zip(&members) {
+                out[b] = row.to_vec();
+                done[b] = true;
+            }
         }
     }
     Ok(out)
@@ -199,7 +214,8 @@ pub fn forward_mixed(
     Ok(out)
 }
 
-/// What a request gets back: logits per sequence, or why not.
+/// What a request gets back: logits per sequence (see [`forward_group`]),
+/// or why not.
 pub type Reply = std::result::Result<Vec<Vec<f32>>, String>;
 
 /// One request's sequences, all for one adapter.

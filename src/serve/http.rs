@@ -5,7 +5,6 @@
 //! `Retry-After`. Requests are checked and tokenized here, on the async
 //! threads, so that only well-formed work reaches the model's queue.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,13 +17,11 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use crate::model::heads::HeadKind;
-use crate::serve::batcher::{Job, Sequence, SubmitError};
+use crate::serve::batcher::{Job, SubmitError};
 use crate::serve::metrics::{Gauges, UNKNOWN_ADAPTER};
 use crate::serve::registry::{validate_name, ServedAdapter};
-use crate::serve::{openapi, AppState};
+use crate::serve::{codec, openapi, AppState};
 use crate::tasks::formats::type_name;
-use crate::training::evaluate::{argmax, softmax};
 
 /// A 4xx/5xx answer with a JSON body `{"error": message}`.
 #[derive(Debug, Clone)]
@@ -368,26 +365,6 @@ async fn predict(
     response
 }
 
-/// One input of a request: a text, or a text pair.
-type Text = (String, Option<String>);
-
-fn parse_text(v: &Value, at: &str) -> Result<Text, ApiError> {
-    match v {
-        Value::String(s) => Ok((s.clone(), None)),
-        Value::Array(items) => match items.as_slice() {
-            [Value::String(a), Value::String(b)] => Ok((a.clone(), Some(b.clone()))),
-            _ => Err(ApiError::bad_request(format!(
-                "{at} must be a text or a pair [text, text], found an array of {} item(s)",
-                items.len()
-            ))),
-        },
-        other => Err(ApiError::bad_request(format!(
-            "{at} must be a text or a pair [text, text], found {}",
-            type_name(other)
-        ))),
-    }
-}
-
 async fn run_predict(
     state: &AppState,
     adapter: Arc<ServedAdapter>,
@@ -431,44 +408,15 @@ async fn run_predict(
             inputs.len()
         )));
     }
-    let kind = adapter.kind();
-    // Texts per input: one, or one per choice.
-    let texts: Vec<Vec<Text>> = match kind {
-        HeadKind::Classification | HeadKind::Regression => inputs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Ok(vec![parse_text(v, &format!("inputs[{i}]"))?]))
-            .collect::<Result<_, ApiError>>()?,
-        HeadKind::MultipleChoice => inputs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::Array(choices) if !choices.is_empty() => choices
-                    .iter()
-                    .enumerate()
-                    .map(|(j, c)| parse_text(c, &format!("inputs[{i}][{j}]")))
-                    .collect(),
-                other => Err(ApiError::bad_request(format!(
-                    "inputs[{i}] must be a non-empty array of choices (each a text or a [text, text] pair) for a multiple-choice adapter, found {}",
-                    match other { Value::Array(_) => "an empty array", o => type_name(o) }
-                ))),
-            })
-            .collect::<Result<_, ApiError>>()?,
-        HeadKind::TokenClassification | HeadKind::QuestionAnswering => {
-            return Err(ApiError::bad_request(format!(
-                "adapter {:?} has a {} head, which is not supported by serve yet (classification, regression and multiple choice are)",
-                adapter.name,
-                serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-            )))
-        }
-    };
-    let total: usize = texts.iter().map(Vec::len).sum();
-    if total > limit {
-        return Err(ApiError::bad_request(format!(
-            "too many inputs: {total} choices in all, the limit is {limit} sequences per request (--max-inputs); split the request"
-        )));
+    let codec::Encoded { sequences, reader } =
+        codec::encode(&state.text, &adapter, inputs, truncate, limit)?;
+    if sequences.is_empty() {
+        // Only empty texts (no word to tag): nothing for the model to do.
+        return Ok(json!({
+            "adapter": adapter.name,
+            "outputs": codec::decode(&adapter, reader, &[])?,
+        }));
     }
-    let sequences = tokenize(state, &adapter, &texts, truncate)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     state
         .batcher
@@ -495,87 +443,6 @@ async fn run_predict(
     };
     Ok(json!({
         "adapter": adapter.name,
-        "outputs": outputs(&adapter, &texts, &logits),
+        "outputs": codec::decode(&adapter, reader, &logits)?,
     }))
-}
-
-/// Tokenizes every text with the adapter's limit; an over-long text is an
-/// error naming its index unless `truncate`.
-fn tokenize(
-    state: &AppState,
-    adapter: &ServedAdapter,
-    texts: &[Vec<Text>],
-    truncate: bool,
-) -> Result<Vec<Sequence>, ApiError> {
-    let tokenizer = &state.tokenizer;
-    let max_len = adapter.max_len;
-    let multiple = adapter.kind() == HeadKind::MultipleChoice;
-    let mut out = Vec::with_capacity(texts.len());
-    for (i, choices) in texts.iter().enumerate() {
-        for (j, (text, pair)) in choices.iter().enumerate() {
-            let at = if multiple {
-                format!("inputs[{i}][{j}]")
-            } else {
-                format!("inputs[{i}]")
-            };
-            let encode = |max: usize| {
-                catch_unwind(AssertUnwindSafe(|| {
-                    tokenizer.encode(text, pair.as_deref(), max)
-                }))
-                .map_err(|_| ApiError::bad_request(format!("{at} cannot be tokenized")))?
-                .map_err(|e| ApiError::bad_request(format!("{at} cannot be tokenized: {e}")))
-            };
-            let full = encode(usize::MAX)?;
-            let enc = if full.ids.len() <= max_len {
-                full
-            } else if truncate {
-                encode(max_len)?
-            } else {
-                return Err(ApiError::bad_request(format!(
-                    "{at} is too long: {} tokens (special tokens included), the adapter's maximum is {max_len}; shorten it or send \"truncate\": true",
-                    full.ids.len()
-                )));
-            };
-            out.push((enc.ids, enc.type_ids));
-        }
-    }
-    Ok(out)
-}
-
-fn label_of(adapter: &ServedAdapter, index: usize) -> String {
-    adapter
-        .info
-        .label_names
-        .get(index)
-        .cloned()
-        .unwrap_or_else(|| index.to_string())
-}
-
-/// The response's outputs: one per input.
-fn outputs(adapter: &ServedAdapter, texts: &[Vec<Text>], logits: &[Vec<f32>]) -> Vec<Value> {
-    match adapter.kind() {
-        HeadKind::Regression => logits
-            .iter()
-            .map(|l| json!({"value": l.first().copied().unwrap_or(f32::NAN)}))
-            .collect(),
-        HeadKind::MultipleChoice => {
-            let mut rows = logits.iter();
-            texts
-                .iter()
-                .map(|choices| {
-                    let scores: Vec<f32> = rows
-                        .by_ref()
-                        .take(choices.len())
-                        .map(|l| l.first().copied().unwrap_or(f32::NAN))
-                        .collect();
-                    let best = argmax(&scores);
-                    json!({"label": label_of(adapter, best), "choice": best, "scores": softmax(&scores)})
-                })
-                .collect()
-        }
-        _ => logits
-            .iter()
-            .map(|l| json!({"label": label_of(adapter, argmax(l)), "scores": softmax(l)}))
-            .collect(),
-    }
 }

@@ -4,6 +4,8 @@
 //!   checked against the backbone's weights hash.
 //! - [`batcher`]: the bounded queue and the worker thread that runs requests of
 //!   any adapters together in one forward pass (mixed-task dynamic batching).
+//! - [`codec`]: a request's inputs into sequences and the logits back into
+//!   answers, per head (labels, choices, NER entity spans, QA answer spans).
 //! - [`http`]: the axum routes, request checks and JSON errors.
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`openapi`]: the OpenAPI 3 description served at `/openapi.json`.
@@ -19,6 +21,7 @@
 //! ```
 
 pub mod batcher;
+pub mod codec;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
@@ -32,8 +35,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
-use crate::model::tokenizer::Tokenizer;
 use crate::serve::batcher::{BatchOptions, Batcher, PauseGuard};
+use crate::serve::codec::TextTools;
 use crate::serve::metrics::Metrics;
 use crate::serve::registry::{Registry, ServedAdapter};
 use crate::training::trainer::Backbone;
@@ -72,7 +75,8 @@ impl Default for ServeConfig {
 pub struct AppState {
     pub config: ServeConfig,
     pub backbone: Arc<BertModel>,
-    pub tokenizer: Tokenizer,
+    /// The backbone's tokenizer, prepared for every kind of input.
+    pub text: TextTools,
     /// As given to `--model`.
     pub backbone_name: String,
     /// [`crate::training::checkpoint::weights_hash`] of the backbone.
@@ -131,7 +135,7 @@ impl Server {
             state: Arc::new(AppState {
                 config,
                 backbone: backbone.model,
-                tokenizer: backbone.tokenizer,
+                text: TextTools::new(backbone.tokenizer),
                 backbone_name: name.to_string(),
                 backbone_hash: backbone.hash,
                 registry: Registry::default(),

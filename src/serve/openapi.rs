@@ -27,7 +27,7 @@ pub fn spec() -> Value {
                             "description": "One output per input, in order",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}
                         },
-                        "400": {"description": "Invalid JSON, empty or too many inputs, an input over the adapter's max_len (without truncate), or a head serve does not support", "content": error_content()},
+                        "400": {"description": "Invalid JSON, an input of the wrong shape for the adapter's head, empty or too many inputs (sequences, choices or windows), a classification input over the adapter's max_len (without truncate), or a QA question too long to leave room for its context", "content": error_content()},
                         "404": {"description": "Unknown adapter", "content": error_content()},
                         "413": {"description": "Body over --max-body-bytes", "content": error_content()},
                         "503": {
@@ -151,6 +151,25 @@ pub fn spec() -> Value {
                         {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}
                     ]
                 },
+                "Span": {
+                    "type": "object",
+                    "description": "An entity: its type and char offsets (end exclusive) in the input text",
+                    "required": ["label", "start", "end", "text"],
+                    "properties": {
+                        "label": {"type": "string"},
+                        "start": {"type": "integer"},
+                        "end": {"type": "integer"},
+                        "text": {"type": "string"}
+                    }
+                },
+                "Question": {
+                    "description": "A question and the context to answer it from",
+                    "oneOf": [
+                        {"type": "object", "required": ["question", "context"], "additionalProperties": false,
+                         "properties": {"question": {"type": "string"}, "context": {"type": "string"}}},
+                        {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2, "description": "[question, context]"}
+                    ]
+                },
                 "PredictRequest": {
                     "type": "object",
                     "required": ["inputs"],
@@ -158,28 +177,36 @@ pub fn spec() -> Value {
                         "inputs": {
                             "type": "array",
                             "minItems": 1,
-                            "description": "Classification and regression adapters: one Text per input. Multiple-choice adapters: one array of choices (each a Text) per input. At most --max-inputs sequences in all.",
+                            "description": "Classification and regression adapters: one Text per input. Multiple-choice adapters: one array of choices (each a Text) per input. Token-classification (NER) adapters: one text per input, split into words and, when longer than max_len, into windows of whole words. Question-answering adapters: one Question per input, its context cut into overlapping windows with the stride the adapter was trained with. At most --max-inputs sequences (texts, choices or windows) in all.",
                             "items": {"oneOf": [
                                 {"$ref": "#/components/schemas/Text"},
-                                {"type": "array", "items": {"$ref": "#/components/schemas/Text"}, "minItems": 1}
+                                {"type": "array", "items": {"$ref": "#/components/schemas/Text"}, "minItems": 1},
+                                {"$ref": "#/components/schemas/Question"}
                             ]}
                         },
                         "truncate": {
                             "type": "boolean",
                             "default": false,
-                            "description": "Cut inputs over the adapter's max_len (longest first) instead of answering 400"
+                            "description": "Cut classification and multiple-choice inputs over the adapter's max_len (longest first) instead of answering 400 (NER and QA inputs are windowed instead)"
                         }
                     },
                     "additionalProperties": false
                 },
                 "Output": {
                     "type": "object",
-                    "description": "Classification: label and softmax scores over the labels. Multiple choice: label, choice index and softmax over the choices. Regression: value.",
+                    "description": "Classification: label and softmax scores over the labels. Multiple choice: label, choice index and softmax over the choices. Regression: value. Token classification: entities (spans with char offsets), words and one tag per word. Question answering: the best answer span over all windows (n-best 20, at most 30 tokens), its char offsets in the context and its score (start + end logit); SQuAD 2.0 adapters answer \"\" when the null answer wins.",
                     "properties": {
                         "label": {"type": "string"},
                         "choice": {"type": "integer"},
                         "scores": {"type": "array", "items": {"type": "number"}},
-                        "value": {"type": "number"}
+                        "value": {"type": "number"},
+                        "entities": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}},
+                        "words": {"type": "array", "items": {"type": "string"}},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                        "answer": {"type": "string"},
+                        "start": {"type": "integer"},
+                        "end": {"type": "integer"},
+                        "score": {"type": "number"}
                     }
                 },
                 "PredictResponse": {

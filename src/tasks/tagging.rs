@@ -52,6 +52,20 @@ pub struct TaggedSentence {
     pub predicate: Option<usize>,
 }
 
+impl TaggedSentence {
+    /// The unlabeled sentence of raw-text words ([`split_words`]).
+    pub fn unlabeled(words: &[Word]) -> Self {
+        TaggedSentence {
+            words: words.iter().map(|w| w.0.clone()).collect(),
+            tags: None,
+            predicate: None,
+        }
+    }
+}
+
+/// A word of raw text and its char offsets (start, end exclusive).
+pub type Word = (String, usize, usize);
+
 /// A sequence-labeling task: where its files are, how to read them, its tags.
 pub trait TaggingTask: Send + Sync {
     /// The registry name, e.g. `"ner/conll2003"`.
@@ -752,8 +766,10 @@ pub struct TaggingFeatures {
     pub truncated_words: usize,
 }
 
-/// The tokenizer as the official code configures it, and facts about it.
-struct Encoder {
+/// The tokenizer as the official code configures it for pre-split words,
+/// and facts about it. Built once ([`TaggingTokenizer::new`] clones the
+/// tokenizer) and reused for any number of sentences: the server keeps one.
+pub struct TaggingTokenizer {
     tok: tokenizers::Tokenizer,
     /// Special tokens before the first word (`[CLS]`, `<s>`: 1).
     leading: usize,
@@ -765,8 +781,8 @@ struct Encoder {
     sep: Option<Token>,
 }
 
-impl Encoder {
-    fn new(tokenizer: &Tokenizer) -> Result<Self> {
+impl TaggingTokenizer {
+    pub fn new(tokenizer: &Tokenizer) -> Result<Self> {
         let mut tok = tokenizer.inner().clone();
         // The official code loads RoBERTa-style tokenizers with
         // `add_prefix_space=True` (tasks/utils.py ADD_PREFIX_SPACE), required
@@ -815,7 +831,7 @@ impl Encoder {
         };
         let unk = find(&["[UNK]", "<unk>"]);
         let sep = find(&["[SEP]", "</s>"]);
-        Ok(Encoder {
+        Ok(TaggingTokenizer {
             tok,
             leading,
             specials,
@@ -839,7 +855,7 @@ impl Encoder {
 /// the literal text "[SEP]" and have it split into pieces. Empty sentences
 /// give no feature.
 ///
-/// Sentences are tokenized in parallel (rayon); the order is kept.
+/// Long lists of sentences are tokenized in parallel (rayon); the order is kept.
 ///
 /// Errors: a sentence whose tag count differs from its word count, a
 /// predicate index out of range, an unknown tag when the tag set has no
@@ -850,44 +866,67 @@ pub fn featurize_tagging(
     tags: &[String],
     max_len: usize,
 ) -> Result<TaggingFeatures> {
-    let enc = Encoder::new(tokenizer)?;
-    let ctx = Context {
-        enc: &enc,
-        tags,
-        tag_index: tags
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.as_str(), i as i64))
-            .collect(),
-        max_len,
-    };
-    // Sentences are independent: tokenize them in parallel; `collect` keeps
-    // their order.
-    let per_sentence: Vec<SentenceFeatures> = sentences
-        .par_iter()
-        .enumerate()
-        .map(|(si, s)| ctx.sentence(si, s))
-        .collect::<Result<_>>()?;
-    let mut out = TaggingFeatures {
-        features: Vec::new(),
-        windows_split: 0,
-        unknown_tags: 0,
-        empty_words: 0,
-        truncated_words: 0,
-    };
-    for s in per_sentence {
-        out.windows_split += usize::from(s.features.len() > 1);
-        out.unknown_tags += s.unknown_tags;
-        out.empty_words += s.empty_words;
-        out.truncated_words += s.truncated_words;
-        out.features.extend(s.features);
+    TaggingTokenizer::new(tokenizer)?.featurize(sentences, tags, max_len)
+}
+
+/// Below this many sentences, tokenizing in parallel costs more than it
+/// saves (and a server's request threads should not wait on rayon's pool
+/// while the model uses it).
+const PARALLEL_SENTENCES: usize = 64;
+
+impl TaggingTokenizer {
+    /// [`featurize_tagging`] with this tokenizer.
+    pub fn featurize(
+        &self,
+        sentences: &[TaggedSentence],
+        tags: &[String],
+        max_len: usize,
+    ) -> Result<TaggingFeatures> {
+        let ctx = Context {
+            enc: self,
+            tags,
+            tag_index: tags
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i as i64))
+                .collect(),
+            max_len,
+        };
+        // Sentences are independent; `collect` keeps their order.
+        let per_sentence: Vec<SentenceFeatures> = if sentences.len() >= PARALLEL_SENTENCES {
+            sentences
+                .par_iter()
+                .enumerate()
+                .map(|(si, s)| ctx.sentence(si, s))
+                .collect::<Result<_>>()?
+        } else {
+            sentences
+                .iter()
+                .enumerate()
+                .map(|(si, s)| ctx.sentence(si, s))
+                .collect::<Result<_>>()?
+        };
+        let mut out = TaggingFeatures {
+            features: Vec::new(),
+            windows_split: 0,
+            unknown_tags: 0,
+            empty_words: 0,
+            truncated_words: 0,
+        };
+        for s in per_sentence {
+            out.windows_split += usize::from(s.features.len() > 1);
+            out.unknown_tags += s.unknown_tags;
+            out.empty_words += s.empty_words;
+            out.truncated_words += s.truncated_words;
+            out.features.extend(s.features);
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// What [`featurize_tagging`] needs for every sentence.
 struct Context<'a> {
-    enc: &'a Encoder,
+    enc: &'a TaggingTokenizer,
     tags: &'a [String],
     tag_index: HashMap<&'a str, i64>,
     max_len: usize,
@@ -1133,7 +1172,7 @@ pub struct EntitySpan {
 /// between two of them ("Chicago-based", "U.S", "3.5", "O'Neil") and `,`
 /// between two digits ("1,000"); every other non-space char is a word of
 /// its own ("U.S." → "U.S" "."; "(AP)" → "(" "AP" ")").
-pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
+pub fn split_words(text: &str) -> Vec<Word> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -1176,11 +1215,7 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 /// default mode: an `I-X` without `B-X` starts an entity, a type change
 /// ends one). `words` come from [`split_words`] on `text`, `tags` are one
 /// per word (extra words or tags are ignored; an empty tag reads as `O`).
-pub fn entity_spans(
-    words: &[(String, usize, usize)],
-    tags: &[String],
-    text: &str,
-) -> Vec<EntitySpan> {
+pub fn entity_spans(words: &[Word], tags: &[String], text: &str) -> Vec<EntitySpan> {
     let n = words.len().min(tags.len());
     let tags: Vec<&str> = tags[..n]
         .iter()

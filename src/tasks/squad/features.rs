@@ -36,6 +36,8 @@
 //! Padding (`padding="max_length"`) is left to the batcher: features hold the
 //! real tokens only.
 
+use std::borrow::Cow;
+
 use tokenizers::{Encoding, Token};
 
 use crate::model::tokenizer::Tokenizer;
@@ -162,12 +164,21 @@ impl Iterator for QaFeatures<'_> {
     }
 }
 
+/// A copy of `tokenizer` without its post-processor, which
+/// [`QaFeaturizer`] encodes the question and the context with.
+pub fn raw_tokenizer(tokenizer: &Tokenizer) -> tokenizers::Tokenizer {
+    let mut raw = tokenizer.inner().clone();
+    raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+    raw
+}
+
 /// Turns questions into windows one question at a time (what
 /// [`qa_features`] uses; handy to window a single question).
 pub struct QaFeaturizer<'a> {
     tokenizer: &'a tokenizers::Tokenizer,
-    /// The same tokenizer without post-processor: raw, untrimmed encodings.
-    raw: tokenizers::Tokenizer,
+    /// The same tokenizer without post-processor: raw, untrimmed encodings
+    /// ([`raw_tokenizer`]); borrowed when the caller keeps one.
+    raw: Cow<'a, tokenizers::Tokenizer>,
     max_len: usize,
     stride: usize,
 }
@@ -176,12 +187,26 @@ impl<'a> QaFeaturizer<'a> {
     /// `max_len`: [`MAX_SEQ_LEN`] (384) officially; `stride`: [`DOC_STRIDE`]
     /// (128), the tokens shared by consecutive windows.
     pub fn new(tokenizer: &'a Tokenizer, max_len: usize, stride: usize) -> Self {
-        let tokenizer = tokenizer.inner();
-        let mut raw = tokenizer.clone();
-        raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         QaFeaturizer {
-            tokenizer,
-            raw,
+            tokenizer: tokenizer.inner(),
+            raw: Cow::Owned(raw_tokenizer(tokenizer)),
+            max_len,
+            stride,
+        }
+    }
+
+    /// [`QaFeaturizer::new`] with `raw` = [`raw_tokenizer`]`(tokenizer)`
+    /// made once by the caller: building a featurizer then copies nothing
+    /// (a server windows every request's question this way).
+    pub fn with_raw(
+        tokenizer: &'a Tokenizer,
+        raw: &'a tokenizers::Tokenizer,
+        max_len: usize,
+        stride: usize,
+    ) -> Self {
+        QaFeaturizer {
+            tokenizer: tokenizer.inner(),
+            raw: Cow::Borrowed(raw),
             max_len,
             stride,
         }

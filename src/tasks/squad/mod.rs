@@ -47,14 +47,14 @@ mod postprocess;
 mod read;
 
 pub use features::{
-    qa_features, qa_features_vec, ExampleWindows, QaFeature, QaFeatures, QaFeaturizer, DOC_STRIDE,
-    MAX_SEQ_LEN,
+    qa_features, qa_features_vec, raw_tokenizer, ExampleWindows, QaFeature, QaFeatures,
+    QaFeaturizer, DOC_STRIDE, MAX_SEQ_LEN,
 };
 pub use metrics::{
     exact_match_score, f1_score, normalize_answer, squad_metrics, squad_v1_metrics,
     squad_v2_metrics, v2_exact_score, v2_f1_score,
 };
-pub use postprocess::{postprocess, ContextOffsets, PostprocessOptions, Postprocessor};
+pub use postprocess::{postprocess, AnswerSpan, ContextOffsets, PostprocessOptions, Postprocessor};
 pub use read::{read_squad, Answer, SquadExample, SquadRead};
 
 /// Writes `predictions.json` in the official format, a JSON object question

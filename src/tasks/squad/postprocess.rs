@@ -210,6 +210,15 @@ impl<'a> Postprocessor<'a> {
 
     /// Question id → answer text, for every question that got a window.
     pub fn finish(self) -> BTreeMap<String, String> {
+        self.finish_spans()
+            .into_iter()
+            .map(|(id, span)| (id, span.text))
+            .collect()
+    }
+
+    /// Question id → the answer with its place in the context and its
+    /// score, for every question that got a window (what a server returns).
+    pub fn finish_spans(self) -> BTreeMap<String, AnswerSpan> {
         let opts = self.opts;
         self.states
             .into_iter()
@@ -221,13 +230,23 @@ impl<'a> Postprocessor<'a> {
     }
 }
 
-struct Pred {
-    text: String,
-    start_logit: f32,
-    end_logit: f32,
+/// A predicted answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerSpan {
+    /// The answer text: `context[start..end]` in chars; "" for the SQuAD 2.0
+    /// null answer; the official fallback "empty" when no span survived.
+    pub text: String,
+    /// Char offset of the answer in the context (0 with `end` when the text
+    /// is not a span of the context: null answer or fallback).
+    pub start: usize,
+    /// Char offset one past the answer's end.
+    pub end: usize,
+    /// `start_logit + end_logit` of the chosen span (the null score for the
+    /// null answer, 0 for the fallback).
+    pub score: f32,
 }
 
-fn answer(example: &SquadExample, state: State, opts: &PostprocessOptions) -> String {
+fn answer(example: &SquadExample, state: State, opts: &PostprocessOptions) -> AnswerSpan {
     let mut ranked = state.best;
     if opts.version_2 {
         if let Some(null) = state.min_null {
@@ -240,47 +259,49 @@ fn answer(example: &SquadExample, state: State, opts: &PostprocessOptions) -> St
             }
         }
     }
-    let mut preds: Vec<Pred> = ranked
+    let span = |c: &Candidate| AnswerSpan {
+        text: char_slice(&example.context, c.offsets.0, c.offsets.1).to_string(),
+        start: c.offsets.0,
+        end: c.offsets.1,
+        score: c.score,
+    };
+    let fallback = || AnswerSpan {
+        text: "empty".to_string(),
+        start: 0,
+        end: 0,
+        score: 0.0,
+    };
+    // (answer, start logit, end logit), best first.
+    let mut preds: Vec<(AnswerSpan, f32, f32)> = ranked
         .iter()
-        .map(|c| Pred {
-            text: char_slice(&example.context, c.offsets.0, c.offsets.1).to_string(),
-            start_logit: c.start_logit,
-            end_logit: c.end_logit,
-        })
+        .map(|c| (span(c), c.start_logit, c.end_logit))
         .collect();
     // The official fallback when there is no non-null candidate at all.
-    if preds.is_empty() || (preds.len() == 1 && preds[0].text.is_empty()) {
-        preds.insert(
-            0,
-            Pred {
-                text: "empty".to_string(),
-                start_logit: 0.0,
-                end_logit: 0.0,
-            },
-        );
+    if preds.is_empty() || (preds.len() == 1 && preds[0].0.text.is_empty()) {
+        preds.insert(0, (fallback(), 0.0, 0.0));
     }
     if !opts.version_2 {
-        return std::mem::take(&mut preds[0].text);
+        return preds.swap_remove(0).0;
     }
     let null_score = state.min_null.map_or(0.0, |n| n.score);
     // The best candidate with a non-empty text. (The official loop would
     // run off the list if every candidate's text were empty, possible only
     // with empty-offset tokens; "empty" with zero logits stands in then.)
-    let best = preds.iter().position(|p| !p.text.is_empty());
-    let (text, start_logit, end_logit) = match best {
-        Some(i) => (
-            std::mem::take(&mut preds[i].text),
-            preds[i].start_logit,
-            preds[i].end_logit,
-        ),
-        None => ("empty".to_string(), 0.0, 0.0),
+    let (best, start_logit, end_logit) = match preds.iter().position(|p| !p.0.text.is_empty()) {
+        Some(i) => preds.swap_remove(i),
+        None => (fallback(), 0.0, 0.0),
     };
     // `null_score - start_logit - end_logit`, in float32 and in that order.
     let score_diff = null_score - start_logit - end_logit;
     if score_diff > opts.null_score_diff_threshold {
-        String::new()
+        AnswerSpan {
+            text: String::new(),
+            start: 0,
+            end: 0,
+            score: null_score,
+        }
     } else {
-        text
+        best
     }
 }
 

@@ -13,7 +13,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::tasks::seqeval::{self, Mode};
 use crate::tasks::tagging::{
     entity_spans, featurize_tagging, split_words, tagging_task_by_name, word_predictions,
-    TaggedSentence, TaggingFeatures, TaggingOptions, TaggingTask, TokenFeature,
+    TaggedSentence, TaggingFeatures, TaggingOptions, TaggingTask, TokenFeature, Word,
 };
 use crate::tasks::Split;
 use crate::training::evaluate::argmax;
@@ -22,7 +22,7 @@ use crate::training::trainer::TrainConfig;
 use super::{hold_out, DevSource, HeadSpec, Predictions, TaskData, TrainTargets};
 
 /// A raw text line and its words with char offsets (start, end exclusive).
-type RawLine = (String, Vec<(String, usize, usize)>);
+type RawLine = (String, Vec<Word>);
 
 /// Sentences with their windows, and for raw text the words' char offsets.
 struct Tagged {
@@ -100,11 +100,7 @@ impl TaggingData {
                     let raw = read_raw_text(path)?;
                     let sentences = raw
                         .iter()
-                        .map(|(_, words)| TaggedSentence {
-                            words: words.iter().map(|w| w.0.clone()).collect(),
-                            tags: None,
-                            predicate: None,
-                        })
+                        .map(|(_, words)| TaggedSentence::unlabeled(words))
                         .collect();
                     Tagged {
                         raw: Some(raw),
