@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::engine::cuda::{CudaEncoder, Precision};
+use crate::engine::device::Device;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -43,6 +45,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// cpu, cuda or cuda:N (auto: the GPU when one is usable).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// GEMM precision on a GPU: fp32, tf32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 /// Resident set size now and at its peak (VmRSS, VmHWM), in MB.
@@ -110,6 +118,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let batch = Batch::pad(&sequences, config.pad_token_id as u32)?;
     let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
 
+    let device = Device::parse(&args.device)?.resolve()?;
+    let precision: Precision = args.precision.parse()?;
+    let mut gpu = match device {
+        Device::Cuda(ordinal) => Some(CudaEncoder::new(&model.backbone, ordinal, precision)?),
+        _ => None,
+    };
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut acts = Activations::default();
     let mut train = Vec::new();
@@ -121,7 +135,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let start = Instant::now();
         model.zero_grad();
-        model.forward_backward(&batch, Targets::Classes(&labels), &dropout, &mut acts)?;
+        let targets = Targets::Classes(&labels);
+        match gpu.as_mut() {
+            // The prefix gradient's download waits for the GPU.
+            Some(enc) => model.forward_backward_cuda(enc, &batch, targets, &dropout)?,
+            None => model.forward_backward(&batch, targets, &dropout, &mut acts)?,
+        };
         opt.step(&mut model.params_mut(), opt.config.lr);
         if i >= args.warmup {
             train.push(start.elapsed().as_secs_f64() * 1e3);
@@ -131,7 +150,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut infer = Vec::new();
     for i in 0..args.warmup + args.iters {
         let start = Instant::now();
-        let logits = model.predict(&batch)?;
+        let logits = match gpu.as_mut() {
+            Some(enc) => model.predict_cuda(enc, &batch)?,
+            None => model.predict(&batch)?,
+        };
         std::hint::black_box(logits);
         if i >= args.warmup {
             infer.push(start.elapsed().as_secs_f64() * 1e3);
@@ -144,6 +166,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.json {
         let out = serde_json::json!({
             "impl": "ptuning",
+            "device": gpu.as_ref().map_or("cpu".to_string(), |g| g.dev.name.clone()),
+            "precision": gpu.as_ref().map(|g| g.precision.as_str()),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -166,6 +190,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.prefix_len,
             threads
         );
+        if let Some(g) = &gpu {
+            println!("device {} ({})", g.dev.name, g.precision.as_str());
+        }
         println!(
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",
             args.iters

@@ -4,3 +4,5 @@
 //! slices and their shapes, and the model code (src/model) owns every buffer.
 
 pub mod cpu;
+pub mod cuda;
+pub mod device;

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
+use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use crate::engine::cuda::CudaEncoder;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -106,6 +109,21 @@ impl Targets<'_> {
     }
 }
 
+/// The dropout of the prefix encoder's output and of the head's input.
+/// HF's *ForQuestionAnswering feeds the token states to qa_outputs without
+/// dropout; every other head drops its input (pooled [CLS] or tokens).
+fn dropout_sites(
+    dropout: &DropoutConfig,
+    targets: Targets<'_>,
+) -> (Option<Dropout>, Option<Dropout>) {
+    let prefix = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
+    let head = match targets {
+        Targets::Spans { .. } => None,
+        _ => dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM),
+    };
+    (prefix, head)
+}
+
 /// The result of one forward and backward: gradients are in the parameters.
 #[derive(Clone, Debug)]
 pub struct StepOutput {
@@ -150,13 +168,7 @@ impl PromptModel {
         acts: &mut Activations,
     ) -> Result<StepOutput> {
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
-        let prefix_dropout = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
-        // HF's *ForQuestionAnswering feeds the token states to qa_outputs without
-        // dropout; every other head drops its input (pooled [CLS] or tokens).
-        let pooled_dropout = match targets {
-            Targets::Spans { .. } => None,
-            _ => dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM),
-        };
+        let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
 
         let prefix = self.prefix.forward();
         let prompt = self
@@ -164,15 +176,36 @@ impl PromptModel {
             .expand(&prefix.past, batch.batch, prefix_dropout.as_ref());
         let backbone = Arc::clone(&self.backbone);
         backbone.forward_train(batch, &prompt, dropout, acts)?;
-        let pooler = backbone.pooler.as_ref();
-        let head = self.head.forward(
-            pooler,
+        let (loss, logits, mut d_hidden) = self.head_step(
             &acts.hidden,
             batch.batch,
             batch.seq,
+            targets,
             pooled_dropout.as_ref(),
         );
+        let mut d_kv = backbone.backward(batch, &prompt, dropout, acts, &mut d_hidden);
+        let d_past = self
+            .prefix
+            .reduce(&mut d_kv, batch.batch, prefix_dropout.as_ref());
+        self.prefix.backward(&prefix, &d_past);
+        Ok(StepOutput { loss, logits })
+    }
 
+    /// The head, its loss and its backward on the encoder's output `hidden`
+    /// ([B·seq, H]; seq = 1 when only the [CLS] rows are given to a pooled
+    /// head): (loss, logits, d hidden).
+    fn head_step(
+        &mut self,
+        hidden: &[f32],
+        batch: usize,
+        seq: usize,
+        targets: Targets<'_>,
+        pooled_dropout: Option<&Dropout>,
+    ) -> (f32, Vec<f32>, Vec<f32>) {
+        let pooler = self.backbone.pooler.as_ref();
+        let head = self
+            .head
+            .forward(pooler, hidden, batch, seq, pooled_dropout);
         let mut d_logits = vec![0.0; head.logits.len()];
         let loss = match targets {
             Targets::Classes(labels) => {
@@ -187,27 +220,84 @@ impl PromptModel {
                 cross_entropy_masked(&head.logits, tags, self.head.num_labels(), &mut d_logits)
             }
             Targets::Spans { start, end } => {
-                span_loss(&head.logits, batch.seq, start, end, &mut d_logits)
+                span_loss(&head.logits, seq, start, end, &mut d_logits)
             }
         };
-        let mut d_hidden = vec![0.0; acts.hidden.len()];
+        let mut d_hidden = vec![0.0; hidden.len()];
         self.head.backward(
             pooler,
             &head,
             &d_logits,
-            batch.batch,
-            batch.seq,
-            pooled_dropout.as_ref(),
+            batch,
+            seq,
+            pooled_dropout,
             &mut d_hidden,
         );
-        let mut d_kv = backbone.backward(batch, &prompt, dropout, acts, &mut d_hidden);
-        let d_past = self
-            .prefix
-            .reduce(&mut d_kv, batch.batch, prefix_dropout.as_ref());
+        (loss, head.logits, d_hidden)
+    }
+
+    /// [`PromptModel::forward_backward`] with the encoder on a GPU: the same
+    /// dropout masks, the same head, loss and prefix backward on the host.
+    pub fn forward_backward_cuda(
+        &mut self,
+        encoder: &mut CudaEncoder,
+        batch: &Batch,
+        targets: Targets<'_>,
+        dropout: &DropoutConfig,
+    ) -> Result<StepOutput> {
+        targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
+        let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
+        let prefix = self.prefix.forward();
+        let (rows, seq) = self.rows();
+        let seq = seq.unwrap_or(batch.seq);
+        let hidden = encoder.forward_train(
+            batch,
+            Prompt {
+                len: self.prefix.config.len,
+                layers: &self.prefix.config.layers,
+                source: PromptSource::Shared(&prefix.past),
+            },
+            dropout,
+            prefix_dropout,
+            rows,
+        )?;
+        let (loss, logits, d_hidden) =
+            self.head_step(&hidden, batch.batch, seq, targets, pooled_dropout.as_ref());
+        let d_past = encoder.backward(&d_hidden)?;
         self.prefix.backward(&prefix, &d_past);
-        Ok(StepOutput {
-            loss,
-            logits: head.logits,
-        })
+        Ok(StepOutput { loss, logits })
+    }
+
+    /// [`PromptModel::predict`] with the encoder on a GPU.
+    pub fn predict_cuda(&self, encoder: &mut CudaEncoder, batch: &Batch) -> Result<Vec<f32>> {
+        let prefix = self.prefix.forward();
+        let (rows, seq) = self.rows();
+        let hidden = encoder.forward(
+            batch,
+            Some(Prompt {
+                len: self.prefix.config.len,
+                layers: &self.prefix.config.layers,
+                source: PromptSource::Shared(&prefix.past),
+            }),
+            rows,
+        )?;
+        let head = self.head.forward(
+            self.backbone.pooler.as_ref(),
+            &hidden,
+            batch.batch,
+            seq.unwrap_or(batch.seq),
+            None,
+        );
+        Ok(head.logits)
+    }
+
+    /// The encoder rows the head reads: [CLS] rows (seq 1) for pooled heads,
+    /// every token (the batch's seq) for per-token heads.
+    fn rows(&self) -> (Rows, Option<usize>) {
+        if self.head.per_token {
+            (Rows::All, None)
+        } else {
+            (Rows::Cls, Some(1))
+        }
     }
 }

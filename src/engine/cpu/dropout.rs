@@ -89,6 +89,16 @@ impl Mask {
         self.scale
     }
 
+    /// seed ^ (stream · 0x9E3779B97F4A7C15): what a GPU kernel hashes from.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// ceil(p·2²⁴): an element is kept iff (u >> 40) >= threshold.
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
     /// The factor of element `index`: 1/(1-p) if kept, else 0.
     #[inline(always)]
     pub fn factor(&self, index: u64) -> f32 {

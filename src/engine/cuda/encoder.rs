@@ -1,0 +1,889 @@
+//! The frozen encoder on a GPU: `model::encoder`'s forward and backward, step
+//! for step, with device buffers.
+//!
+//! Per layer (rows = B·T; see model/encoder.rs for the same picture):
+//!
+//! ```text
+//! x ─ qkv = x·Wqkvᵀ (cuBLAS) ─ attention_forward(qkv + bias?, prefix kv) → ctx, lse
+//!   ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)     (one fused kernel)
+//!   inter_pre = x1·W1ᵀ + b1 ; inter = gelu(inter_pre)          (GEMM, fused bias+GELU)
+//!   ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)    (GEMM, fused kernel)
+//! ```
+//!
+//! The qkv bias is added by the GEMM: cuBLAS computes y = x·Wᵀ + y with y
+//! pre-filled with the bias rows (β = 1), which keeps the attention kernel
+//! free of it. Training saves per layer, from the lowest prefixed one up:
+//! qkv, ctx and the log-sum-exp of each softmax row (instead of the T×N
+//! probabilities the CPU keeps: the flash-style backward recomputes them),
+//! ln1_in and its stats, inter_pre, ln2_in and its stats.
+//!
+//! Where tensors are born and die: weights are uploaded once in
+//! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) and the
+//! prefix table (P × Ls·2H) go up at each forward; the encoder's output rows
+//! ([CLS] rows or all) come down; at the backward their gradient goes up and
+//! the prefix table's gradient (P × Ls·2H) comes down. Nothing else crosses.
+
+use crate::engine::cpu::dropout::Dropout;
+use crate::engine::cuda::device::{CudaDevice, DevBuf, Precision};
+use crate::error::{Error, Result};
+use crate::model::batch::Batch;
+use crate::model::bert::{BertModel, LayerNorm, Linear};
+use crate::model::config::BertConfig;
+use crate::model::encoder::DropoutConfig;
+
+/// A weight matrix in the precision's storage type.
+enum Weight {
+    F32(DevBuf<f32>),
+    Bf16(DevBuf<u16>),
+}
+
+impl Weight {
+    fn ptr(&self) -> u64 {
+        match self {
+            Weight::F32(b) => b.ptr,
+            Weight::Bf16(b) => b.ptr,
+        }
+    }
+}
+
+struct DevLinear {
+    weight: Weight,
+    bias: DevBuf<f32>,
+}
+
+struct DevLayerNorm {
+    weight: DevBuf<f32>,
+    bias: DevBuf<f32>,
+    eps: f32,
+}
+
+struct DevLayer {
+    qkv: DevLinear,
+    attn_out: DevLinear,
+    ln1: DevLayerNorm,
+    intermediate: DevLinear,
+    output: DevLinear,
+    ln2: DevLayerNorm,
+}
+
+/// What one trained layer's backward reads.
+#[derive(Default)]
+struct Saved {
+    /// [rows, 3H]
+    qkv: DevBuf<f32>,
+    /// [rows, H]: attention output before Wo (the backward's D = dO·O).
+    ctx: DevBuf<f32>,
+    /// [B, NH, T]
+    lse: DevBuf<f32>,
+    /// [rows, H] and [rows, 2]
+    ln1_in: DevBuf<f32>,
+    ln1_stats: DevBuf<f32>,
+    /// [rows, I]
+    inter_pre: DevBuf<f32>,
+    ln2_in: DevBuf<f32>,
+    ln2_stats: DevBuf<f32>,
+}
+
+/// Which rows of the last hidden state come back to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Each sequence's first ([CLS]) row: [B, H].
+    Cls,
+    /// Every token: [B·T, H].
+    All,
+}
+
+/// The deep prompt of a forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Prompt<'a> {
+    pub len: usize,
+    /// Prefixed layers, ascending.
+    pub layers: &'a [usize],
+    pub source: PromptSource<'a>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum PromptSource<'a> {
+    /// The prefix encoder's output [P, Ls·2H], shared by every row (with
+    /// the prefix dropout of training applied per row on the device).
+    Shared(&'a [f32]),
+    /// Per prefixed layer, [B, P, 2H]: rows of different adapters (serving).
+    PerRow(&'a [Vec<f32>]),
+}
+
+/// Device buffers reused from call to call (grown, never shrunk).
+#[derive(Default)]
+struct Workspace {
+    ids: DevBuf<u32>,
+    positions: DevBuf<u32>,
+    types: DevBuf<u32>,
+    mask: DevBuf<f32>,
+    /// [rows, H]: the running hidden state.
+    x: DevBuf<f32>,
+    /// [rows, H]: embedding sum, then scratch.
+    tmp: DevBuf<f32>,
+    x1: DevBuf<f32>,
+    /// [rows, I]
+    act: DevBuf<f32>,
+    /// Layer buffers for layers that save nothing.
+    scratch: Saved,
+    saved: Vec<Saved>,
+    /// [P, Ls·2H] and [Ls, B, P, 2H]
+    past: DevBuf<f32>,
+    kv: DevBuf<f32>,
+    d_kv: DevBuf<f32>,
+    d_past: DevBuf<f32>,
+    /// Backward: [rows, H] ×3, [rows, I], [rows, 3H], [B, NH, T]
+    d_h: DevBuf<f32>,
+    d_x: DevBuf<f32>,
+    d_ctx: DevBuf<f32>,
+    d_inter: DevBuf<f32>,
+    d_qkv: DevBuf<f32>,
+    delta: DevBuf<f32>,
+    /// Output rows, gathered.
+    out: DevBuf<f32>,
+    /// bf16 copies of GEMM inputs.
+    bf16: DevBuf<u16>,
+}
+
+/// What the backward needs to know about the last training forward.
+struct Step {
+    batch: usize,
+    seq: usize,
+    prefix: usize,
+    layers: Vec<usize>,
+    dropout: DropoutConfig,
+    prefix_dropout: Option<Dropout>,
+    rows: Rows,
+}
+
+/// The encoder's weights on one GPU and the buffers of its passes.
+pub struct CudaEncoder {
+    pub dev: CudaDevice,
+    pub config: BertConfig,
+    pub precision: Precision,
+    word: DevBuf<f32>,
+    position: DevBuf<f32>,
+    token_type: DevBuf<f32>,
+    embed_ln: DevLayerNorm,
+    layers: Vec<DevLayer>,
+    ws: Workspace,
+    step: Option<Step>,
+}
+
+/// (key, threshold, scale, enabled) of a dropout site for the kernels.
+fn site(d: Option<Dropout>) -> (u64, u64, f32, i32) {
+    match d {
+        Some(d) => {
+            let m = d.mask();
+            (m.key(), m.threshold(), m.scale(), 1)
+        }
+        None => (0, 0, 1.0, 0),
+    }
+}
+
+impl CudaEncoder {
+    /// Opens GPU `ordinal` and uploads `model`'s weights (matrices in bf16
+    /// when `precision` is bf16).
+    pub fn new(model: &BertModel, ordinal: usize, precision: Precision) -> Result<Self> {
+        let config = model.config.clone();
+        let dev = CudaDevice::open(ordinal, config.head_dim())?;
+        let up = |v: &[f32]| -> Result<DevBuf<f32>> {
+            let mut b = DevBuf::default();
+            b.upload(&dev, v)?;
+            Ok(b)
+        };
+        let linear = |l: &Linear| -> Result<DevLinear> {
+            let weight = match precision {
+                Precision::Bf16 => {
+                    let bits: Vec<u16> = l
+                        .weight
+                        .iter()
+                        .map(|&x| half::bf16::from_f32(x).to_bits())
+                        .collect();
+                    let mut b = DevBuf::default();
+                    b.upload(&dev, &bits)?;
+                    Weight::Bf16(b)
+                }
+                _ => Weight::F32(up(&l.weight)?),
+            };
+            Ok(DevLinear {
+                weight,
+                bias: up(&l.bias)?,
+            })
+        };
+        let ln = |l: &LayerNorm| -> Result<DevLayerNorm> {
+            Ok(DevLayerNorm {
+                weight: up(&l.weight)?,
+                bias: up(&l.bias)?,
+                eps: l.eps,
+            })
+        };
+        let e = &model.embeddings;
+        let layers = model
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DevLayer {
+                    qkv: linear(&l.attention.self_attention.qkv)?,
+                    attn_out: linear(&l.attention.output.dense)?,
+                    ln1: ln(&l.attention.output.layer_norm)?,
+                    intermediate: linear(&l.intermediate.dense)?,
+                    output: linear(&l.output.dense)?,
+                    ln2: ln(&l.output.layer_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let enc = CudaEncoder {
+            word: up(&e.word_embeddings)?,
+            position: up(&e.position_embeddings)?,
+            token_type: up(&e.token_type_embeddings)?,
+            embed_ln: ln(&e.layer_norm)?,
+            layers,
+            ws: Workspace::default(),
+            step: None,
+            dev,
+            config,
+            precision,
+        };
+        enc.dev.sync()?;
+        Ok(enc)
+    }
+
+    /// Inference: the last hidden state's `rows`. No dropout, nothing saved.
+    pub fn forward(
+        &mut self,
+        batch: &Batch,
+        prompt: Option<Prompt<'_>>,
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
+        self.run_forward(batch, prompt, &DropoutConfig::OFF, None, rows, false)
+    }
+
+    /// Training forward: like [`CudaEncoder::forward`] with dropout, saving
+    /// what [`CudaEncoder::backward`] reads from the lowest prefixed layer up.
+    /// `prompt` must be [`PromptSource::Shared`]; `prefix_dropout` is the
+    /// prefix encoder's output dropout (per row, as PrefixEncoder::expand).
+    pub fn forward_train(
+        &mut self,
+        batch: &Batch,
+        prompt: Prompt<'_>,
+        dropout: &DropoutConfig,
+        prefix_dropout: Option<Dropout>,
+        rows: Rows,
+    ) -> Result<Vec<f32>> {
+        if !matches!(prompt.source, PromptSource::Shared(_)) {
+            return Err(Error::InvalidArgument(
+                "CUDA training takes the prefix table shared by all rows".into(),
+            ));
+        }
+        let out = self.run_forward(batch, Some(prompt), dropout, prefix_dropout, rows, true)?;
+        self.step = Some(Step {
+            batch: batch.batch,
+            seq: batch.seq,
+            prefix: prompt.len,
+            layers: prompt.layers.to_vec(),
+            dropout: *dropout,
+            prefix_dropout,
+            rows,
+        });
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_forward(
+        &mut self,
+        batch: &Batch,
+        prompt: Option<Prompt<'_>>,
+        dropout: &DropoutConfig,
+        prefix_dropout: Option<Dropout>,
+        rows_out: Rows,
+        train: bool,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let p = prompt.map_or(0, |p| p.len);
+        batch.validate(c, p)?;
+        let (h, inter, nh, hd) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.head_dim(),
+        );
+        let (b, t) = (batch.batch, batch.seq);
+        let rows = batch.rows();
+        let layers: Vec<usize> = prompt.map_or_else(Vec::new, |p| p.layers.to_vec());
+        if let Some(&l) = layers.iter().find(|&&l| l >= self.layers.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "prefix layer {l} does not exist in a backbone of {} layers",
+                self.layers.len()
+            )));
+        }
+        let lowest = layers.first().copied().unwrap_or(self.layers.len());
+        let dev = &self.dev;
+        let ws = &mut self.ws;
+
+        // The batch.
+        ws.ids.upload(dev, &batch.input_ids)?;
+        ws.positions.upload(dev, &batch.position_ids(c, p))?;
+        ws.types.upload(dev, &batch.token_type_ids)?;
+        ws.mask.upload(dev, &batch.attention_mask)?;
+
+        // The prompt: [Ls, B, P, 2H] on the device.
+        let two_h = 2 * h;
+        if let Some(pr) = prompt {
+            let ls = pr.layers.len();
+            match pr.source {
+                PromptSource::Shared(past) => {
+                    if past.len() != p * ls * two_h {
+                        return Err(Error::InvalidArgument(format!(
+                            "prefix table has {} values, expected P·Ls·2H = {}",
+                            past.len(),
+                            p * ls * two_h
+                        )));
+                    }
+                    ws.past.upload(dev, past)?;
+                    ws.kv.ensure(dev, ls * b * p * two_h)?;
+                    let (key, thr, scale, on) = site(prefix_dropout);
+                    dev.launch_1d(
+                        &dev.kernels.expand_prefix,
+                        ls * b * p * two_h,
+                        &[
+                            &ws.past.ptr,
+                            &ws.kv.ptr,
+                            &(ls as i32),
+                            &(b as i32),
+                            &(p as i32),
+                            &(two_h as i32),
+                            &key,
+                            &thr,
+                            &scale,
+                            &on,
+                        ],
+                    )?;
+                }
+                PromptSource::PerRow(kv) => {
+                    let mut all = Vec::with_capacity(ls * b * p * two_h);
+                    for layer in kv {
+                        if layer.len() != b * p * two_h {
+                            return Err(Error::InvalidArgument(format!(
+                                "a prefixed layer's keys and values have {} values, expected B·P·2H = {}",
+                                layer.len(),
+                                b * p * two_h
+                            )));
+                        }
+                        all.extend_from_slice(layer);
+                    }
+                    ws.kv.upload(dev, &all)?;
+                }
+            }
+        }
+
+        // Embeddings.
+        ws.x.ensure(dev, rows * h)?;
+        ws.tmp.ensure(dev, rows * h)?;
+        ws.x1.ensure(dev, rows * h)?;
+        ws.act.ensure(dev, rows * inter)?;
+        let (key, thr, scale, on) = site(dropout.site(dropout.hidden, 0));
+        let e = &self.embed_ln;
+        dev.launch(
+            &dev.kernels.embed_layernorm,
+            (rows as u32, 1, 1),
+            256,
+            &[
+                &ws.ids.ptr,
+                &ws.positions.ptr,
+                &ws.types.ptr,
+                &self.word.ptr,
+                &self.position.ptr,
+                &self.token_type.ptr,
+                &e.weight.ptr,
+                &e.bias.ptr,
+                &e.eps,
+                &ws.tmp.ptr,
+                &ws.x.ptr,
+                &(h as i32),
+                &key,
+                &thr,
+                &scale,
+                &on,
+            ],
+        )?;
+
+        if train {
+            ws.saved
+                .resize_with(self.layers.len() - lowest, Saved::default);
+        }
+        let scale_qk = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let keep = train && l >= lowest;
+            let s = if keep {
+                &mut ws.saved[l - lowest]
+            } else {
+                &mut ws.scratch
+            };
+            s.qkv.ensure(dev, rows * 3 * h)?;
+            s.ctx.ensure(dev, rows * h)?;
+            s.lse.ensure(dev, b * nh * t)?;
+            s.ln1_in.ensure(dev, rows * h)?;
+            s.ln1_stats.ensure(dev, rows * 2)?;
+            s.inter_pre.ensure(dev, rows * inter)?;
+            s.ln2_in.ensure(dev, rows * h)?;
+            s.ln2_stats.ensure(dev, rows * 2)?;
+
+            // qkv = x·Wᵀ + b: the bias rows first, then β = 1.
+            broadcast_bias(dev, &layer.qkv.bias, s.qkv.ptr, rows, 3 * h)?;
+            dev.linear(
+                self.precision,
+                ws.x.ptr,
+                &mut ws.bf16,
+                layer.qkv.weight.ptr(),
+                rows,
+                3 * h,
+                h,
+                s.qkv.ptr,
+                true,
+            )?;
+
+            let k = layers.iter().position(|&x| x == l);
+            let pl = if k.is_some() { p } else { 0 };
+            let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
+            let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
+            let lse = if keep { s.lse.ptr } else { 0u64 };
+            dev.launch(
+                &dev.kernels.attention_forward,
+                (t.div_ceil(64) as u32, nh as u32, b as u32),
+                64,
+                &[
+                    &s.qkv.ptr,
+                    &prefix_ptr,
+                    &((pl * two_h) as u64),
+                    &ws.mask.ptr,
+                    &s.ctx.ptr,
+                    &lse,
+                    &(t as i32),
+                    &(pl as i32),
+                    &(nh as i32),
+                    &scale_qk,
+                    &key,
+                    &thr,
+                    &dscale,
+                    &on,
+                ],
+            )?;
+
+            // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
+            dev.linear(
+                self.precision,
+                s.ctx.ptr,
+                &mut ws.bf16,
+                layer.attn_out.weight.ptr(),
+                rows,
+                h,
+                h,
+                s.ln1_in.ptr,
+                false,
+            )?;
+            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
+            let stats = if keep { s.ln1_stats.ptr } else { 0u64 };
+            dev.launch(
+                &dev.kernels.bias_dropout_residual_layernorm,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    &s.ln1_in.ptr,
+                    &layer.attn_out.bias.ptr,
+                    &ws.x.ptr,
+                    &layer.ln1.weight.ptr,
+                    &layer.ln1.bias.ptr,
+                    &layer.ln1.eps,
+                    &ws.x1.ptr,
+                    &stats,
+                    &(h as i32),
+                    &key,
+                    &thr,
+                    &dscale,
+                    &on,
+                ],
+            )?;
+
+            // inter = gelu(x1·W1ᵀ + b1)
+            dev.linear(
+                self.precision,
+                ws.x1.ptr,
+                &mut ws.bf16,
+                layer.intermediate.weight.ptr(),
+                rows,
+                inter,
+                h,
+                s.inter_pre.ptr,
+                false,
+            )?;
+            dev.launch_1d(
+                &dev.kernels.bias_gelu,
+                rows * inter,
+                &[
+                    &s.inter_pre.ptr,
+                    &layer.intermediate.bias.ptr,
+                    &ws.act.ptr,
+                    &((rows * inter) as u64),
+                    &(inter as i32),
+                ],
+            )?;
+
+            // ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)
+            dev.linear(
+                self.precision,
+                ws.act.ptr,
+                &mut ws.bf16,
+                layer.output.weight.ptr(),
+                rows,
+                h,
+                inter,
+                s.ln2_in.ptr,
+                false,
+            )?;
+            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
+            let stats = if keep { s.ln2_stats.ptr } else { 0u64 };
+            dev.launch(
+                &dev.kernels.bias_dropout_residual_layernorm,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    &s.ln2_in.ptr,
+                    &layer.output.bias.ptr,
+                    &ws.x1.ptr,
+                    &layer.ln2.weight.ptr,
+                    &layer.ln2.bias.ptr,
+                    &layer.ln2.eps,
+                    &ws.x.ptr,
+                    &stats,
+                    &(h as i32),
+                    &key,
+                    &thr,
+                    &dscale,
+                    &on,
+                ],
+            )?;
+        }
+        self.download_rows(b, t, rows_out)
+    }
+
+    /// The last hidden state's `rows` to the host.
+    fn download_rows(&mut self, b: usize, t: usize, rows: Rows) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let dev = &self.dev;
+        match rows {
+            Rows::All => self.ws.x.download(dev, b * t * h),
+            Rows::Cls => {
+                self.ws.out.ensure(dev, b * h)?;
+                dev.launch_1d(
+                    &dev.kernels.gather_rows,
+                    b * h,
+                    &[
+                        &self.ws.x.ptr,
+                        &self.ws.out.ptr,
+                        &(b as i32),
+                        &(h as i32),
+                        &((t * h) as u64),
+                    ],
+                )?;
+                self.ws.out.download(dev, b * h)
+            }
+        }
+    }
+
+    /// Backward of the last [`CudaEncoder::forward_train`] from the gradient
+    /// of its output rows (same [`Rows`] as returned). Returns the gradient
+    /// of the prefix table, [P, Ls·2H].
+    pub fn backward(&mut self, d_out: &[f32]) -> Result<Vec<f32>> {
+        let step = self.step.take().ok_or_else(|| {
+            Error::InvalidArgument("CUDA backward without a training forward".into())
+        })?;
+        let c = &self.config;
+        let (h, inter, nh) = (c.hidden_size, c.intermediate_size, c.num_attention_heads);
+        let (b, t, p) = (step.batch, step.seq, step.prefix);
+        let rows = b * t;
+        let two_h = 2 * h;
+        let ls = step.layers.len();
+        let lowest = step.layers.first().copied().unwrap_or(self.layers.len());
+        let dev = &self.dev;
+        let ws = &mut self.ws;
+        let dropout = step.dropout;
+
+        // d(output) into d_x [rows, H].
+        ws.d_x.ensure(dev, rows * h)?;
+        match step.rows {
+            Rows::All => {
+                if d_out.len() != rows * h {
+                    return Err(Error::InvalidArgument(format!(
+                        "d_out has {} values, expected {}",
+                        d_out.len(),
+                        rows * h
+                    )));
+                }
+                ws.d_x.upload(dev, d_out)?;
+            }
+            Rows::Cls => {
+                if d_out.len() != b * h {
+                    return Err(Error::InvalidArgument(format!(
+                        "d_out has {} values, expected {}",
+                        d_out.len(),
+                        b * h
+                    )));
+                }
+                ws.out.upload(dev, d_out)?;
+                ws.d_x.zero(dev)?;
+                dev.launch_1d(
+                    &dev.kernels.scatter_rows,
+                    b * h,
+                    &[
+                        &ws.out.ptr,
+                        &ws.d_x.ptr,
+                        &(b as i32),
+                        &(h as i32),
+                        &((t * h) as u64),
+                    ],
+                )?;
+            }
+        }
+        ws.d_h.ensure(dev, rows * h)?;
+        ws.tmp.ensure(dev, rows * h)?;
+        ws.d_ctx.ensure(dev, rows * h)?;
+        ws.d_inter.ensure(dev, rows * inter)?;
+        ws.d_qkv.ensure(dev, rows * 3 * h)?;
+        ws.delta.ensure(dev, b * nh * t)?;
+        ws.d_kv.ensure(dev, ls * b * p * two_h)?;
+        ws.d_kv.zero(dev)?;
+        let scale_qk = 1.0 / (c.head_dim() as f32).sqrt();
+
+        for l in (lowest..self.layers.len()).rev() {
+            let layer = &self.layers[l];
+            let s = &ws.saved[l - lowest];
+            // x = LN2(ln2_in): d_h = dLN2 · d_x
+            dev.launch(
+                &dev.kernels.layernorm_backward,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    &ws.d_x.ptr,
+                    &s.ln2_in.ptr,
+                    &layer.ln2.weight.ptr,
+                    &s.ln2_stats.ptr,
+                    &ws.d_h.ptr,
+                    &(h as i32),
+                ],
+            )?;
+            // through the FFN output's dropout, W2, GELU, W1 (+ residual)
+            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
+            dev.launch_1d(
+                &dev.kernels.dropout_copy,
+                rows * h,
+                &[
+                    &ws.d_h.ptr,
+                    &ws.tmp.ptr,
+                    &((rows * h) as u64),
+                    &key,
+                    &thr,
+                    &dscale,
+                    &on,
+                ],
+            )?;
+            dev.linear_backward_input(
+                self.precision,
+                ws.tmp.ptr,
+                &mut ws.bf16,
+                layer.output.weight.ptr(),
+                rows,
+                h,
+                inter,
+                ws.d_inter.ptr,
+                false,
+            )?;
+            dev.launch_1d(
+                &dev.kernels.gelu_backward,
+                rows * inter,
+                &[&s.inter_pre.ptr, &ws.d_inter.ptr, &((rows * inter) as u64)],
+            )?;
+            dev.linear_backward_input(
+                self.precision,
+                ws.d_inter.ptr,
+                &mut ws.bf16,
+                layer.intermediate.weight.ptr(),
+                rows,
+                inter,
+                h,
+                ws.d_h.ptr,
+                true,
+            )?;
+
+            // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x)
+            dev.launch(
+                &dev.kernels.layernorm_backward,
+                (rows as u32, 1, 1),
+                256,
+                &[
+                    &ws.d_h.ptr,
+                    &s.ln1_in.ptr,
+                    &layer.ln1.weight.ptr,
+                    &s.ln1_stats.ptr,
+                    &ws.d_x.ptr,
+                    &(h as i32),
+                ],
+            )?;
+            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
+            dev.launch_1d(
+                &dev.kernels.dropout_copy,
+                rows * h,
+                &[
+                    &ws.d_x.ptr,
+                    &ws.tmp.ptr,
+                    &((rows * h) as u64),
+                    &key,
+                    &thr,
+                    &dscale,
+                    &on,
+                ],
+            )?;
+            dev.linear_backward_input(
+                self.precision,
+                ws.tmp.ptr,
+                &mut ws.bf16,
+                layer.attn_out.weight.ptr(),
+                rows,
+                h,
+                h,
+                ws.d_ctx.ptr,
+                false,
+            )?;
+
+            // attention
+            let k = step.layers.iter().position(|&x| x == l);
+            let pl = if k.is_some() { p } else { 0 };
+            let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
+            let dprefix_ptr = k.map_or(0, |k| ws.d_kv.ptr + (k * b * p * two_h * 4) as u64);
+            let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
+            let need_below = l > lowest;
+            dev.launch(
+                &dev.kernels.attention_delta,
+                (rows.div_ceil(256) as u32, nh as u32, 1),
+                256,
+                &[
+                    &s.ctx.ptr,
+                    &ws.d_ctx.ptr,
+                    &ws.delta.ptr,
+                    &(rows as i32),
+                    &(nh as i32),
+                    &(t as i32),
+                ],
+            )?;
+            let row_stride = (pl * two_h) as u64;
+            if need_below {
+                dev.launch(
+                    &dev.kernels.attention_backward_dq,
+                    (t.div_ceil(64) as u32, nh as u32, b as u32),
+                    64,
+                    &[
+                        &s.qkv.ptr,
+                        &prefix_ptr,
+                        &row_stride,
+                        &ws.mask.ptr,
+                        &ws.d_ctx.ptr,
+                        &s.lse.ptr,
+                        &ws.delta.ptr,
+                        &ws.d_qkv.ptr,
+                        &(t as i32),
+                        &(pl as i32),
+                        &(nh as i32),
+                        &scale_qk,
+                        &key,
+                        &thr,
+                        &dscale,
+                        &on,
+                    ],
+                )?;
+            }
+            // Keys: all of them when the layer below needs d(qkv), else only
+            // the prefix keys.
+            let n_keys = if need_below { pl + t } else { pl };
+            if n_keys > 0 {
+                let dqkv = if need_below { ws.d_qkv.ptr } else { 0u64 };
+                dev.launch(
+                    &dev.kernels.attention_backward_dkv,
+                    (n_keys.div_ceil(64) as u32, nh as u32, b as u32),
+                    64,
+                    &[
+                        &s.qkv.ptr,
+                        &prefix_ptr,
+                        &row_stride,
+                        &ws.mask.ptr,
+                        &ws.d_ctx.ptr,
+                        &s.lse.ptr,
+                        &ws.delta.ptr,
+                        &dqkv,
+                        &dprefix_ptr,
+                        &(t as i32),
+                        &(pl as i32),
+                        &(nh as i32),
+                        &(n_keys as i32),
+                        &scale_qk,
+                        &key,
+                        &thr,
+                        &dscale,
+                        &on,
+                    ],
+                )?;
+            }
+            if need_below {
+                // d x = residual (in d_x) + d(qkv)·Wqkv
+                dev.linear_backward_input(
+                    self.precision,
+                    ws.d_qkv.ptr,
+                    &mut ws.bf16,
+                    layer.qkv.weight.ptr(),
+                    rows,
+                    3 * h,
+                    h,
+                    ws.d_x.ptr,
+                    true,
+                )?;
+            }
+        }
+
+        // d(prefix table), through the prefix dropout, summed over rows.
+        let width = ls * two_h;
+        ws.d_past.ensure(dev, p * width)?;
+        let (key, thr, scale, on) = site(step.prefix_dropout);
+        dev.launch_1d(
+            &dev.kernels.reduce_prefix,
+            p * width,
+            &[
+                &ws.d_kv.ptr,
+                &ws.d_past.ptr,
+                &(ls as i32),
+                &(b as i32),
+                &(p as i32),
+                &(two_h as i32),
+                &key,
+                &thr,
+                &scale,
+                &on,
+            ],
+        )?;
+        ws.d_past.download(dev, p * width)
+    }
+}
+
+/// y[r, :] = bias for every row (the GEMM then adds x·Wᵀ with β = 1).
+fn broadcast_bias(
+    dev: &CudaDevice,
+    bias: &DevBuf<f32>,
+    y: u64,
+    rows: usize,
+    width: usize,
+) -> Result<()> {
+    dev.launch_1d(
+        &dev.kernels.broadcast_rows,
+        rows * width,
+        &[&bias.ptr, &y, &(rows as i32), &(width as i32)],
+    )
+}

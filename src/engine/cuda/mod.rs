@@ -1,0 +1,17 @@
+//! The CUDA engine: the CPU engine's kernels again, as CUDA C compiled at run
+//! time with NVRTC (kernels.cu: forward beside backward, the same dropout
+//! masks and element numbering), and the GEMMs through cuBLAS in fp32, tf32
+//! or bf16. Nothing is linked at build time: cudarc loads libcuda, libcublas
+//! and libnvrtc when a device is opened, so the binary builds and runs on
+//! machines without CUDA, where only `--device cuda` fails, and says why.
+//!
+//! - [`device`]: context, stream, cuBLAS, the compiled kernels, device buffers.
+//! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
+//!   inference and training forward, activation-gradient backward down to
+//!   the lowest prefixed layer, as `model::encoder` does on the CPU.
+
+pub mod device;
+pub mod encoder;
+
+pub use device::{compile_kernels, missing_libraries, nvrtc_present, CudaDevice, Precision};
+pub use encoder::CudaEncoder;

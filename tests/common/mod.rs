@@ -1,0 +1,144 @@
+//! The reference fixtures of tools/reference.py (tests/fixtures/cases), shared
+//! by the CPU golden tests and the GPU ones.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ptuning::model::batch::Batch;
+use ptuning::model::bert::BertModel;
+use ptuning::model::heads::ClassificationHead;
+use ptuning::model::hub::default_model_dir;
+use ptuning::model::param::Param;
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prompt_model::PromptModel;
+use ptuning::model::weights::WeightFile;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    match name {
+        "all-MiniLM-L6-v2" => {
+            let dir =
+                std::env::var_os("PTUNING_MODEL_DIR").map_or_else(default_model_dir, PathBuf::from);
+            assert!(
+                dir.join("model.safetensors").exists(),
+                "{} has no model.safetensors: run scripts/fetch-model.sh first",
+                dir.display()
+            );
+            dir
+        }
+        tiny => fixtures().join(tiny),
+    }
+}
+
+pub struct Case {
+    pub name: String,
+    pub spec: serde_json::Value,
+    tensors: WeightFile,
+}
+
+impl Case {
+    pub fn load(name: &str) -> Case {
+        let dir = fixtures().join("cases");
+        let spec = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+        Case {
+            name: name.into(),
+            spec: serde_json::from_str(&spec).unwrap(),
+            tensors: WeightFile::open(&dir.join(format!("{name}.safetensors"))).unwrap(),
+        }
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        self.tensors
+            .tensor_f32(name)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+            .0
+    }
+
+    fn ids(&self, name: &str) -> Vec<u32> {
+        self.tensors
+            .tensor_i64(name)
+            .unwrap()
+            .0
+            .iter()
+            .map(|&x| x as u32)
+            .collect()
+    }
+
+    pub fn usize(&self, key: &str) -> usize {
+        self.spec[key].as_u64().unwrap() as usize
+    }
+
+    pub fn batch(&self) -> Batch {
+        let mask = self
+            .ids("attention_mask")
+            .iter()
+            .map(|&m| m as f32)
+            .collect();
+        Batch {
+            batch: self.usize("batch"),
+            seq: self.usize("seq"),
+            input_ids: self.ids("input_ids"),
+            token_type_ids: self.ids("token_type_ids"),
+            attention_mask: mask,
+        }
+    }
+
+    pub fn labels(&self) -> Vec<usize> {
+        self.ids("labels").iter().map(|&l| l as usize).collect()
+    }
+
+    /// The model with the fixture's initial prefix and head.
+    pub fn model(&self) -> PromptModel {
+        let backbone =
+            Arc::new(BertModel::load(&model_dir(self.spec["model"].as_str().unwrap())).unwrap());
+        let c = &backbone.config;
+        let layers = self.spec["prefix_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_u64().unwrap() as usize)
+            .collect();
+        let config = PrefixConfig {
+            len: self.usize("prefix_len"),
+            projection: self.spec["prefix_projection"].as_bool().unwrap(),
+            hidden_size: self.spec["prefix_hidden_size"].as_u64().unwrap_or(512) as usize,
+            layers,
+        };
+        let mut prefix = PrefixEncoder::new(config, c.hidden_size, c.num_hidden_layers, 0).unwrap();
+        let mut head = ClassificationHead::new(c.hidden_size, self.usize("num_labels"), 0);
+        for p in prefix.params_mut().into_iter().chain(head.params_mut()) {
+            self.set(p);
+        }
+        PromptModel {
+            backbone,
+            prefix,
+            head,
+        }
+    }
+
+    fn set(&self, p: &mut Param) {
+        let (value, shape) = self.tensors.tensor_f32(&p.name).unwrap();
+        assert_eq!(shape, p.shape, "{}: shape of {}", self.name, p.name);
+        p.value = value;
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// ‖a − b‖ / ‖b‖
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}

@@ -1,0 +1,282 @@
+//! The CUDA engine. CI has no GPU: the tests that need one say so and return;
+//! the kernel compile check runs wherever NVRTC can be loaded (it needs no
+//! GPU), e.g. with a CUDA 13 toolkit's or PyTorch's lib folder on
+//! LD_LIBRARY_PATH.
+
+mod common;
+
+use common::{max_abs_diff, rel_err, Case};
+use ptuning::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use ptuning::engine::cuda::{
+    compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, Precision,
+};
+use ptuning::model::encoder::{Activations, DropoutConfig};
+use ptuning::model::heads::{ClassificationHead, HeadKind};
+use ptuning::model::prompt_model::Targets;
+
+#[test]
+fn kernels_compile_with_nvrtc() {
+    if !nvrtc_present() {
+        eprintln!("skipped: libnvrtc.so.13 cannot be loaded here (no CUDA toolkit)");
+        return;
+    }
+    for (hd, arch) in [(32, "sm_80"), (64, "sm_90"), (128, "sm_90")] {
+        let ptx = compile_kernels(hd, Some(arch.into()))
+            .unwrap_or_else(|e| panic!("HEAD_DIM {hd}, {arch}: {e}"))
+            .to_src();
+        for k in [
+            "dropout_apply",
+            "dropout_copy",
+            "embed_layernorm",
+            "bias_dropout_residual_layernorm",
+            "layernorm_backward",
+            "bias_gelu",
+            "gelu_backward",
+            "attention_forward",
+            "attention_delta",
+            "attention_backward_dq",
+            "attention_backward_dkv",
+            "expand_prefix",
+            "reduce_prefix",
+            "gather_rows",
+            "scatter_rows",
+            "broadcast_rows",
+            "to_bf16",
+        ] {
+            assert!(
+                ptx.contains(&format!(".entry {k}(")),
+                "HEAD_DIM {hd}: kernel {k} missing from the PTX"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_cuda_is_a_clear_error() {
+    let missing = missing_libraries();
+    if missing.is_empty() {
+        eprintln!("skipped: CUDA's libraries load here");
+        return;
+    }
+    let e = CudaDevice::open(0, 64)
+        .err()
+        .expect("no CUDA, no device")
+        .to_string();
+    assert!(e.contains("cannot load"), "{e}");
+    assert!(e.contains("--device cpu"), "{e}");
+}
+
+/// The GPU, or why these tests do not run here.
+fn gpu_or_skip(test: &str) -> bool {
+    let missing = missing_libraries();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipped {test}: no usable GPU here (cannot load {})",
+            missing.join(", ")
+        );
+        return false;
+    }
+    true
+}
+
+const CASES: &[&str] = &[
+    "tiny_bert_plain",
+    "tiny_bert_mlp_subset",
+    "tiny_roberta_plain_subset",
+    "tiny_roberta_mlp",
+    "minilm_plain",
+    "minilm_mlp_subset",
+];
+
+/// Per precision: (max |Δ| of hidden states and logits for fp32, else the
+/// relative error ‖Δ‖/‖ref‖; relative error of the gradients).
+fn tolerances(p: Precision) -> (f64, f64) {
+    match p {
+        Precision::Fp32 => (1e-4, 1e-3),
+        Precision::Tf32 => (3e-3, 1e-2),
+        Precision::Bf16 => (2e-2, 5e-2),
+    }
+}
+
+#[test]
+fn gpu_matches_the_reference_fixtures() {
+    if !gpu_or_skip("gpu_matches_the_reference_fixtures") {
+        return;
+    }
+    for name in CASES {
+        let case = Case::load(name);
+        let batch = case.batch();
+        let labels = case.labels();
+        for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+            let mut model = case.model();
+            let layers = model.backbone.layers.len();
+            let mut enc = CudaEncoder::new(&model.backbone, 0, precision).unwrap();
+            let (tol_out, tol_grad) = tolerances(precision);
+            let check = |what: &str, got: &[f32], want: &[f32]| {
+                let err = if precision == Precision::Fp32 {
+                    max_abs_diff(got, want) as f64
+                } else {
+                    rel_err(got, want)
+                };
+                eprintln!("{name} {}: {what} error {err:e}", precision.as_str());
+                assert!(
+                    err <= tol_out,
+                    "{name} {}: {what} error {err}",
+                    precision.as_str()
+                );
+            };
+            // Every row of the last hidden state.
+            let past = model.prefix.forward().past;
+            let hidden = enc
+                .forward(
+                    &batch,
+                    Some(Prompt {
+                        len: model.prefix.config.len,
+                        layers: &model.prefix.config.layers,
+                        source: PromptSource::Shared(&past),
+                    }),
+                    Rows::All,
+                )
+                .unwrap();
+            check(
+                "last hidden state",
+                &hidden,
+                &case.f32(&format!("hidden_states.{layers}")),
+            );
+            let logits = model.predict_cuda(&mut enc, &batch).unwrap();
+            check("logits", &logits, &case.f32("logits"));
+
+            model.zero_grad();
+            let out = model
+                .forward_backward_cuda(
+                    &mut enc,
+                    &batch,
+                    Targets::Classes(&labels),
+                    &DropoutConfig::OFF,
+                )
+                .unwrap();
+            let loss = case.f32("loss")[0];
+            assert!(
+                ((out.loss - loss).abs() as f64) <= tol_out.max(1e-5) * loss.abs().max(1.0) as f64,
+                "{name}: loss {} vs {loss}",
+                out.loss
+            );
+            for p in model.params_mut() {
+                let e = rel_err(&p.grad, &case.f32(&format!("grad.{}", p.name)));
+                eprintln!(
+                    "{name} {}: grad of {} error {e:e}",
+                    precision.as_str(),
+                    p.name
+                );
+                assert!(
+                    e <= tol_grad,
+                    "{name} {}: grad of {} relative error {e}",
+                    precision.as_str(),
+                    p.name
+                );
+            }
+        }
+    }
+}
+
+/// A training step with every dropout on gives the CPU's gradients: the
+/// masks are the same functions of (seed, stream, index) on both devices.
+#[test]
+fn gpu_dropout_and_heads_match_the_cpu() {
+    if !gpu_or_skip("gpu_dropout_and_heads_match_the_cpu") {
+        return;
+    }
+    let case = Case::load("minilm_plain");
+    let batch = case.batch();
+    let labels = case.labels();
+    let dropout = DropoutConfig {
+        hidden: 0.1,
+        attention: 0.1,
+        seed: 42,
+    };
+    let tags: Vec<i64> = (0..batch.rows())
+        .map(|i| (i % 3) as i64 - (i % 7 == 0) as i64 * 101)
+        .collect();
+    let starts: Vec<usize> = (0..batch.batch).map(|b| b % batch.seq).collect();
+    let ends: Vec<usize> = (0..batch.batch).map(|b| (b + 2) % batch.seq).collect();
+    for (kind, outputs) in [
+        (HeadKind::Classification, case.usize("num_labels")),
+        (HeadKind::TokenClassification, 3),
+        (HeadKind::QuestionAnswering, 2),
+    ] {
+        let targets = match kind {
+            HeadKind::Classification => Targets::Classes(&labels),
+            HeadKind::TokenClassification => Targets::Tokens(&tags),
+            _ => Targets::Spans {
+                start: &starts,
+                end: &ends,
+            },
+        };
+        let mut cpu = case.model();
+        cpu.head = ClassificationHead::for_kind(kind, cpu.backbone.config.hidden_size, outputs, 5);
+        let mut gpu = case.model();
+        gpu.head = cpu.head.clone();
+        let mut enc = CudaEncoder::new(&gpu.backbone, 0, Precision::Fp32).unwrap();
+        let mut acts = Activations::default();
+        cpu.zero_grad();
+        gpu.zero_grad();
+        let a = cpu
+            .forward_backward(&batch, targets, &dropout, &mut acts)
+            .unwrap();
+        let b = gpu
+            .forward_backward_cuda(&mut enc, &batch, targets, &dropout)
+            .unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
+            "{kind:?}: loss {} vs {}",
+            b.loss,
+            a.loss
+        );
+        for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
+            let e = rel_err(&q.grad, &p.grad);
+            eprintln!("{kind:?} with dropout: grad of {} error {e:e}", p.name);
+            assert!(e <= 1e-3, "{kind:?}: grad of {} relative error {e}", p.name);
+        }
+    }
+}
+
+/// Rows with their own prefixes (how the server batches adapters) equal the
+/// shared table expanded per row.
+#[test]
+fn gpu_per_row_prompts_match_the_shared_table() {
+    if !gpu_or_skip("gpu_per_row_prompts_match_the_shared_table") {
+        return;
+    }
+    let case = Case::load("tiny_bert_mlp_subset");
+    let model = case.model();
+    let batch = case.batch();
+    let past = model.prefix.forward().past;
+    let prompt = model.prefix.expand(&past, batch.batch, None);
+    let mut enc = CudaEncoder::new(&model.backbone, 0, Precision::Fp32).unwrap();
+    let layers = &model.prefix.config.layers;
+    let shared = enc
+        .forward(
+            &batch,
+            Some(Prompt {
+                len: prompt.len,
+                layers,
+                source: PromptSource::Shared(&past),
+            }),
+            Rows::All,
+        )
+        .unwrap();
+    let per_row = enc
+        .forward(
+            &batch,
+            Some(Prompt {
+                len: prompt.len,
+                layers,
+                source: PromptSource::PerRow(&prompt.kv),
+            }),
+            Rows::All,
+        )
+        .unwrap();
+    assert_eq!(shared, per_row);
+    let cpu = model.backbone.forward(&batch, Some(&prompt)).unwrap();
+    assert!(max_abs_diff(&shared, &cpu) <= 1e-4);
+}
