@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch peer of the ptuning benchmark: P-Tuning v2 on a frozen HF BertModel, CPU.
+"""PyTorch peer of the ptuning benchmark: P-Tuning v2 on a frozen HF BertModel, CPU or GPU.
 
     /work/venv/torch/bin/python bench/torch_peer.py --model DIR --batch 16 --seq 128 \
-        --prefix-len 16 [--threads 2] [--warmup 2] [--iters 10] [--json]
+        --prefix-len 16 [--threads 2] [--warmup 2] [--iters 10] [--json] \
+        [--device cpu|cuda] [--precision fp32|tf32|bf16]
+
+On a GPU (eager, SDPA): fp32 with TF32 off, tf32 with torch's TF32 matmuls,
+bf16 under torch.autocast(bfloat16) with the weights kept in f32, as ptuning's
+bf16 keeps everything but the GEMM inputs in f32. Times are taken after
+torch.cuda.synchronize().
 
 What is measured (full-length sequences, no padding, random token ids from a
 fixed seed, attn_implementation="sdpa"):
@@ -20,6 +26,7 @@ fixed seed, attn_implementation="sdpa"):
 """
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -73,13 +80,17 @@ class PrefixTuned(nn.Module):
         past = self.prefix.weight.unsqueeze(0).expand(batch, -1, -1)
         past = past.reshape(batch, self.P, self.L * 2, self.NH, self.HD)
         past = self.prefix_dropout(past)
+        if past.is_cuda and torch.is_autocast_enabled("cuda"):
+            # bf16 keys and values from the model meet the prefix in the cache.
+            past = past.to(torch.get_autocast_dtype("cuda"))
         layers = past.permute([2, 0, 3, 1, 4]).split(2)  # L x [2, B, NH, P, HD]
         # A fresh cache per forward: HF appends the token keys/values to it.
         return DynamicCache(ddp_cache_data=[(kv[0], kv[1]) for kv in layers])
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         B = input_ids.shape[0]
-        mask = torch.cat([torch.ones(B, self.P, dtype=attention_mask.dtype), attention_mask], dim=1)
+        mask = torch.cat([torch.ones(B, self.P, dtype=attention_mask.dtype, device=attention_mask.device),
+                          attention_mask], dim=1)
         out = self.bert(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids,
                         **{self.cache_kw: self.past_key_values(B)})
         return self.classifier(self.dropout(out.pooler_output))
@@ -99,7 +110,22 @@ def main():
     ap.add_argument("--labels", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.device == "cuda":
+        tf32 = args.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    elif args.precision != "fp32":
+        sys.exit("--precision tf32/bf16 needs --device cuda")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.precision == "bf16"
+                else contextlib.nullcontext())
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -113,7 +139,7 @@ def main():
                  f"{cfg.max_position_embeddings} (HF shifts positions by the prefix length)")
     if bert.pooler is None:
         sys.exit("model has no pooler")
-    model = PrefixTuned(bert, args.prefix_len, args.labels)
+    model = PrefixTuned(bert, args.prefix_len, args.labels).to(device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(
         [{"params": [p for n, p in trainable.items() if not n.endswith(".bias")], "weight_decay": 0.01},
@@ -123,32 +149,34 @@ def main():
 
     g = torch.Generator().manual_seed(args.seed)
     B, T = args.batch, args.seq
-    input_ids = torch.randint(1000, cfg.vocab_size, (B, T), generator=g)
-    attention_mask = torch.ones(B, T, dtype=torch.int64)
-    token_type_ids = torch.zeros(B, T, dtype=torch.int64)
-    labels = torch.randint(0, args.labels, (B,), generator=g)
+    input_ids = torch.randint(1000, cfg.vocab_size, (B, T), generator=g).to(device)
+    attention_mask = torch.ones(B, T, dtype=torch.int64, device=device)
+    token_type_ids = torch.zeros(B, T, dtype=torch.int64, device=device)
+    labels = torch.randint(0, args.labels, (B,), generator=g).to(device)
 
     rss_after_load = rss_mb()
 
     def train_step():
         model.train()
-        logits = model(input_ids, attention_mask, token_type_ids)
-        loss = F.cross_entropy(logits, labels)
+        with autocast:
+            logits = model(input_ids, attention_mask, token_type_ids)
+            loss = F.cross_entropy(logits.float(), labels)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        return loss.item()
 
     def infer():
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             return model(input_ids, attention_mask, token_type_ids)
 
     def timed(fn, n):
         ts = []
         for _ in range(n):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             ts.append((time.perf_counter() - t0) * 1000.0)
         return ts
 
@@ -161,6 +189,8 @@ def main():
     res = {
         "impl": "pytorch",
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "precision": args.precision,
         "threads": args.threads,
         "batch": B,
         "seq": T,

@@ -2,7 +2,7 @@
 //! by the CPU golden tests and the GPU ones.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ptuning::model::batch::Batch;
@@ -14,15 +14,27 @@ use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::PromptModel;
 use ptuning::model::weights::WeightFile;
 
+/// tests/fixtures, or $PTUNING_TEST_ROOT/tests/fixtures when the test binary
+/// runs away from its source tree (bench/gpu.sh on a GPU machine).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("PTUNING_TEST_ROOT")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/fixtures")
+}
+
+fn minilm_dir() -> PathBuf {
+    std::env::var_os("PTUNING_MODEL_DIR").map_or_else(default_model_dir, PathBuf::from)
+}
+
+/// Whether the real MiniLM is here (always in CI: the test script fetches it).
+pub fn minilm_available() -> bool {
+    minilm_dir().join("model.safetensors").exists()
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
     match name {
         "all-MiniLM-L6-v2" => {
-            let dir =
-                std::env::var_os("PTUNING_MODEL_DIR").map_or_else(default_model_dir, PathBuf::from);
+            let dir = minilm_dir();
             assert!(
                 dir.join("model.safetensors").exists(),
                 "{} has no model.safetensors: run scripts/fetch-model.sh first",

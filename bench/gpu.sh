@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, on a machine with an NVIDIA GPU, CUDA 13 and
+# PyTorch (no Rust needed): bench/gpu-prepare.sh built .gpu/ beforehand.
+#   1. the golden fixtures and the CPU-equivalence tests on the GPU
+#      (tests/cuda.rs: fp32, tf32, bf16; dropout and every head);
+#   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
+#      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
+#      training step and inference, in fp32, tf32 and bf16;
+#   3. the table, printed and written to ${OUT:-.}/gpu-results.md.
+# Usage: bash bench/gpu.sh [--quick]   (--quick: bert-base only, fewer iters)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-.}"
+quick="${1:-}"
+python="${PTUNING_TORCH_PYTHON:-python3}"
+# CUDA 13's libraries: the toolkit's, else PyTorch's wheels.
+for d in /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+echo "== 1. GPU tests"
+PTUNING_TEST_ROOT="$PWD" timeout 300 .gpu/cuda-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+echo "== 2. speed against PyTorch"
+sizes="base large"; iters=20
+[ "$quick" = "--quick" ] && { sizes="base"; iters=5; }
+results="$out/gpu-runs.jsonl"; : > "$results"
+for size in $sizes; do
+    dir="/tmp/bert-$size"
+    [ -f "$dir/model.safetensors" ] || "$python" bench/random_bert.py --size "$size" --out "$dir" > /dev/null
+    for precision in fp32 tf32 bf16; do
+        args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json)
+        ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2> "$out/err-$size-$precision.log")
+        peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/err-$size-$precision.log")
+        echo "{\"size\": \"$size\", \"precision\": \"$precision\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
+    done
+done
+
+echo "== 3. table"
+"$python" - "$results" "$out/gpu.txt" > "$out/gpu-results.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+card = open(sys.argv[2]).read().strip()
+print(f"GPU: {card}; batch 32 x seq 128, prefix 20 on every layer; medians in ms\n")
+print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    o, p = r["ours"] or {}, r["peer"] or {}
+    def cell(d, k):
+        return f"{d[k]:.1f}" if k in d else "failed"
+    def ratio(k):
+        return f"{o[k] / p[k]:.2f}x" if k in o and k in p else "-"
+    print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
+          f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} |")
+PY
+cat "$out/gpu-results.md"
+exit "$tests_rc"
