@@ -5,11 +5,14 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{max_abs_diff, rel_err, Case};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource, Rows};
 use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, Precision,
 };
+use ptuning::engine::device::{Compute, Device};
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prompt_model::Targets;
@@ -114,7 +117,13 @@ fn gpu_matches_the_reference_fixtures() {
         for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
             let mut model = case.model();
             let layers = model.backbone.layers.len();
-            let mut enc = CudaEncoder::new(&model.backbone, 0, precision).unwrap();
+            model
+                .use_compute(Compute {
+                    device: Device::Cuda(0),
+                    precision,
+                })
+                .unwrap();
+            let gpu = Arc::clone(model.gpu.as_ref().unwrap());
             let (tol_out, tol_grad) = tolerances(precision);
             let check = |what: &str, got: &[f32], want: &[f32]| {
                 let err = if precision == Precision::Fp32 {
@@ -131,7 +140,9 @@ fn gpu_matches_the_reference_fixtures() {
             };
             // Every row of the last hidden state.
             let past = model.prefix.forward().past;
-            let hidden = enc
+            let hidden = gpu
+                .lock()
+                .unwrap()
                 .forward(
                     &batch,
                     Some(Prompt {
@@ -147,16 +158,16 @@ fn gpu_matches_the_reference_fixtures() {
                 &hidden,
                 &case.f32(&format!("hidden_states.{layers}")),
             );
-            let logits = model.predict_cuda(&mut enc, &batch).unwrap();
+            let logits = model.predict(&batch).unwrap();
             check("logits", &logits, &case.f32("logits"));
 
             model.zero_grad();
             let out = model
-                .forward_backward_cuda(
-                    &mut enc,
+                .forward_backward(
                     &batch,
                     Targets::Classes(&labels),
                     &DropoutConfig::OFF,
+                    &mut Activations::default(),
                 )
                 .unwrap();
             let loss = case.f32("loss")[0];
@@ -225,7 +236,11 @@ fn gpu_dropout_and_heads_match_the_cpu() {
         cpu.head = ClassificationHead::for_kind(kind, cpu.backbone.config.hidden_size, outputs, 5);
         let mut gpu = case.model();
         gpu.head = cpu.head.clone();
-        let mut enc = CudaEncoder::new(&gpu.backbone, 0, Precision::Fp32).unwrap();
+        gpu.use_compute(Compute {
+            device: Device::Cuda(0),
+            precision: Precision::Fp32,
+        })
+        .unwrap();
         let mut acts = Activations::default();
         cpu.zero_grad();
         gpu.zero_grad();
@@ -233,7 +248,7 @@ fn gpu_dropout_and_heads_match_the_cpu() {
             .forward_backward(&batch, targets, &dropout, &mut acts)
             .unwrap();
         let b = gpu
-            .forward_backward_cuda(&mut enc, &batch, targets, &dropout)
+            .forward_backward(&batch, targets, &dropout, &mut Activations::default())
             .unwrap();
         assert!(
             (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
@@ -288,4 +303,39 @@ fn gpu_per_row_prompts_match_the_shared_table() {
     assert_eq!(shared, per_row);
     let cpu = model.backbone.forward(&batch, Some(&prompt)).unwrap();
     assert!(max_abs_diff(&shared, &cpu) <= 1e-4);
+}
+
+/// `--device` from the command line: auto falls back to the CPU, cuda says
+/// why it cannot run, a typo is named.
+#[test]
+fn device_flag_from_the_command_line() {
+    let tiny = common::fixtures().join("tiny-bert");
+    let bench = |device: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(["--device", device, "bench", "--model"])
+            .arg(&tiny)
+            .args([
+                "--batch", "2", "--seq", "8", "--warmup", "0", "--iters", "1", "--json",
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = bench("gpu");
+    assert!(!ok && err.contains("unknown device \"gpu\""), "{err}");
+    if !missing_libraries().is_empty() {
+        let (ok, out, err) = bench("auto");
+        assert!(ok, "{err}");
+        assert!(out.contains("\"device\":\"cpu\""), "{out}");
+        let (ok, _, err) = bench("cuda");
+        assert!(!ok && err.contains("CUDA is not usable here"), "{err}");
+    } else {
+        let (ok, out, err) = bench("cuda");
+        assert!(ok, "{err}");
+        assert!(!out.contains("\"device\":\"cpu\""), "{out}");
+    }
 }

@@ -38,6 +38,7 @@ fn tiny_model(projection: bool, layers: Vec<usize>) -> PromptModel {
         backbone,
         prefix,
         head,
+        gpu: None,
     }
 }
 

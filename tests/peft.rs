@@ -95,6 +95,7 @@ fn prompt_model(dir: &Path, b: &Backbone) -> PromptModel {
         backbone: Arc::clone(&b.model),
         prefix: ckpt.prefix,
         head: ckpt.head,
+        gpu: None,
     }
 }
 
@@ -201,7 +202,7 @@ fn export_then_import_gives_identical_logits() {
             sequence: s,
         })
         .collect();
-    let serve_logits: Vec<f32> = forward_mixed(&b.model, b.tokenizer.pad_id(), &rows, 8)
+    let serve_logits: Vec<f32> = forward_mixed(&b.model, None, b.tokenizer.pad_id(), &rows, 8)
         .unwrap()
         .concat();
     let worst = serve_logits

@@ -148,6 +148,7 @@ fn model(spec: &Spec, b: &Backbone) -> PromptModel {
         backbone: Arc::clone(&b.model),
         prefix,
         head,
+        gpu: None,
     }
 }
 
@@ -256,7 +257,7 @@ fn mixed_batch_matches_each_adapter_alone() {
         "the test must exercise passes mixing adapters"
     );
     for max_batch in [4, 32] {
-        let mixed = forward_mixed(&b.model, b.tokenizer.pad_id(), &rows, max_batch).unwrap();
+        let mixed = forward_mixed(&b.model, None, b.tokenizer.pad_id(), &rows, max_batch).unwrap();
         let mut worst = 0.0f32;
         for (r, (a, seq)) in rows_spec.iter().enumerate() {
             let batch = Batch::pad(std::slice::from_ref(seq), b.tokenizer.pad_id()).unwrap();
@@ -274,7 +275,7 @@ fn mixed_batch_matches_each_adapter_alone() {
         assert!(worst <= 1e-5, "max_batch {max_batch}: worst {worst}");
     }
     // And each adapter's rows as one batch of their own through predict().
-    let mixed = forward_mixed(&b.model, b.tokenizer.pad_id(), &rows, 32).unwrap();
+    let mixed = forward_mixed(&b.model, None, b.tokenizer.pad_id(), &rows, 32).unwrap();
     for (a, m) in models.iter().enumerate() {
         let mine: Vec<usize> = (0..rows_spec.len())
             .filter(|&r| rows_spec[r].0 == a)
@@ -374,6 +375,7 @@ fn config() -> ServeConfig {
         max_inputs: 8,
         max_body_bytes: 4096,
         admin_token: Some(TOKEN.into()),
+        ..ServeConfig::default()
     }
 }
 

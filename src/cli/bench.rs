@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::engine::cuda::{CudaEncoder, Precision};
-use crate::engine::device::Device;
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -45,12 +44,6 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// cpu, cuda or cuda:N (auto: the GPU when one is usable).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// GEMM precision on a GPU: fp32, tf32 or bf16.
-    #[arg(long, default_value = "fp32")]
-    precision: String,
 }
 
 /// Resident set size now and at its peak (VmRSS, VmHWM), in MB.
@@ -77,7 +70,7 @@ fn median_ms(mut times: Vec<f64>) -> f64 {
     }
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     if args.iters == 0 || args.batch == 0 || args.seq < 2 {
         return Err(Error::InvalidArgument(
             "--iters and --batch must be positive and --seq at least 2".into(),
@@ -102,15 +95,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         backbone,
         prefix,
         head,
+        gpu: None,
     };
     let (rss_after_load, _) = rss_mb();
 
     // Full-length random sequences: [CLS] ... [SEP] shapes do not matter for speed.
+    // Ids from 1000 up (past BERT's special and unused tokens), or from the
+    // middle of a small test vocabulary.
     let mut rng = Rng::new(0);
+    let low = 1000.min(config.vocab_size / 2);
     let sequences: Vec<(Vec<u32>, Vec<u32>)> = (0..args.batch)
         .map(|_| {
             let ids = (0..args.seq)
-                .map(|_| (1000 + rng.below(config.vocab_size - 1000)) as u32)
+                .map(|_| (low + rng.below(config.vocab_size - low)) as u32)
                 .collect();
             (ids, vec![0; args.seq])
         })
@@ -118,12 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let batch = Batch::pad(&sequences, config.pad_token_id as u32)?;
     let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
 
-    let device = Device::parse(&args.device)?.resolve()?;
-    let precision: Precision = args.precision.parse()?;
-    let mut gpu = match device {
-        Device::Cuda(ordinal) => Some(CudaEncoder::new(&model.backbone, ordinal, precision)?),
-        _ => None,
-    };
+    model.use_compute(compute)?;
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut acts = Activations::default();
     let mut train = Vec::new();
@@ -135,12 +127,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         let start = Instant::now();
         model.zero_grad();
-        let targets = Targets::Classes(&labels);
-        match gpu.as_mut() {
-            // The prefix gradient's download waits for the GPU.
-            Some(enc) => model.forward_backward_cuda(enc, &batch, targets, &dropout)?,
-            None => model.forward_backward(&batch, targets, &dropout, &mut acts)?,
-        };
+        // On a GPU, the prefix gradient's download waits for the device.
+        model.forward_backward(&batch, Targets::Classes(&labels), &dropout, &mut acts)?;
         opt.step(&mut model.params_mut(), opt.config.lr);
         if i >= args.warmup {
             train.push(start.elapsed().as_secs_f64() * 1e3);
@@ -150,24 +138,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut infer = Vec::new();
     for i in 0..args.warmup + args.iters {
         let start = Instant::now();
-        let logits = match gpu.as_mut() {
-            Some(enc) => model.predict_cuda(enc, &batch)?,
-            None => model.predict(&batch)?,
-        };
+        let logits = model.predict(&batch)?;
         std::hint::black_box(logits);
         if i >= args.warmup {
             infer.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
     let (_, peak) = rss_mb();
+    let gpu = model.gpu.as_ref().map(|g| {
+        let g = g.lock().unwrap_or_else(|e| e.into_inner());
+        (g.dev.name.clone(), g.precision.as_str())
+    });
     let train_ms = median_ms(train);
     let infer_ms = median_ms(infer);
     let threads = rayon::current_num_threads();
     if args.json {
         let out = serde_json::json!({
             "impl": "ptuning",
-            "device": gpu.as_ref().map_or("cpu".to_string(), |g| g.dev.name.clone()),
-            "precision": gpu.as_ref().map(|g| g.precision.as_str()),
+            "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
+            "precision": gpu.as_ref().map(|g| g.1),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -190,8 +179,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.prefix_len,
             threads
         );
-        if let Some(g) = &gpu {
-            println!("device {} ({})", g.dev.name, g.precision.as_str());
+        if let Some((name, precision)) = &gpu {
+            println!("device {name} ({precision})");
         }
         println!(
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::engine::device::Compute;
 use crate::error::Result;
 use crate::tasks::Split;
 use crate::training::adapter::Adapter;
@@ -30,8 +31,9 @@ pub struct EvalArgs {
     json: bool,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
-    let adapter = Adapter::load(&args.run, args.model.as_deref())?;
+pub fn run(args: EvalArgs, compute: Compute) -> Result<()> {
+    let mut adapter = Adapter::load(&args.run, args.model.as_deref())?;
+    adapter.model.use_compute(compute)?;
     let path = if args.data.is_dir() {
         split_file(&adapter.config, &args.data, args.split.parse::<Split>()?)?
     } else {

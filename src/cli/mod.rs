@@ -13,6 +13,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::engine::device::{Compute, Device};
+use crate::error::Result;
+
+/// The global --device and --precision.
+fn compute(device: &str, precision: &str) -> Result<Compute> {
+    Ok(Compute {
+        device: Device::parse(device)?,
+        precision: precision.parse()?,
+    })
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ptuning",
@@ -23,6 +34,13 @@ struct Cli {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the encoder runs: cpu, cuda, cuda:N, or auto (the GPU when CUDA
+    /// loads, else the CPU).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// GEMM precision on a GPU: fp32, tf32 or bf16.
+    #[arg(long, global = true, default_value = "fp32")]
+    precision: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,12 +81,19 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let compute = match compute(&cli.device, &cli.precision) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Command::Bench(args) => bench::run(args),
-        Command::Train(args) => train::run(*args),
-        Command::Eval(args) => eval::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args, compute),
+        Command::Train(args) => train::run(*args, compute),
+        Command::Eval(args) => eval::run(args, compute),
+        Command::Predict(args) => predict::run(args, compute),
+        Command::Serve(args) => serve::run(args, compute),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
     };

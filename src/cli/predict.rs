@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::atomic_file::write_atomic;
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::training::adapter::Adapter;
 use crate::training::data::Predictions;
@@ -31,8 +32,9 @@ pub struct PredictArgs {
     batch_size: usize,
 }
 
-pub fn run(args: PredictArgs) -> Result<()> {
-    let adapter = Adapter::load(&args.run, args.model.as_deref())?;
+pub fn run(args: PredictArgs, compute: Compute) -> Result<()> {
+    let mut adapter = Adapter::load(&args.run, args.model.as_deref())?;
+    adapter.model.use_compute(compute)?;
     let data = adapter.data_for(&args.input)?;
     let text = match data.predict_dev(&adapter.model, args.batch_size)? {
         Predictions::Lines(lines) => lines.iter().map(|l| format!("{l}\n")).collect::<String>(),

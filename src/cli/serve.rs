@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::hub::DEFAULT_MODEL;
 use crate::serve::{shutdown_signal, ServeConfig, Server};
@@ -43,7 +44,7 @@ pub struct ServeArgs {
     admin_token: Option<String>,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
     if args.max_batch == 0 || args.queue == 0 || args.max_inputs == 0 || args.max_body_bytes == 0 {
         return Err(Error::InvalidArgument(
             "--max-batch, --queue, --max-inputs and --max-body-bytes must be at least 1".into(),
@@ -72,6 +73,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_inputs: args.max_inputs,
         max_body_bytes: args.max_body_bytes,
         admin_token,
+        compute,
     };
     let server = Server::load(&args.model, config)?;
     for (name, dir) in &adapters {

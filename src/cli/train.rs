@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::engine::device::Compute;
 use crate::error::Result;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
 
@@ -151,7 +152,7 @@ impl TrainArgs {
     }
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
     let config = args.config()?;
     train(
         &config,
@@ -159,6 +160,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             resume: args.resume,
             quiet: args.quiet,
             stop_after_epoch: args.stop_after_epoch,
+            compute,
         },
     )?;
     Ok(())

@@ -1,7 +1,25 @@
 //! Where the encoder runs: `--device auto|cpu|cuda[:N]`.
 
-use crate::engine::cuda::missing_libraries;
+use crate::engine::cuda::{missing_libraries, Precision};
 use crate::error::{Error, Result};
+
+/// Where the encoder runs and, on a GPU, the GEMMs' precision (the global
+/// `--device` and `--precision` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compute {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Default for Compute {
+    /// The CPU engine (its results are the ones CI checks).
+    fn default() -> Self {
+        Compute {
+            device: Device::Cpu,
+            precision: Precision::Fp32,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {

@@ -2,12 +2,13 @@
 //! P-Tuning v2 trains. The backbone sits behind an Arc so that many prompts can
 //! share one copy of it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
 use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
 use crate::engine::cuda::CudaEncoder;
+use crate::engine::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -20,6 +21,10 @@ pub struct PromptModel {
     pub backbone: Arc<BertModel>,
     pub prefix: PrefixEncoder,
     pub head: ClassificationHead,
+    /// The backbone's copy on a GPU, when it runs there
+    /// ([`PromptModel::use_compute`]): `predict` and `forward_backward` then
+    /// run the encoder on it; the prefix, head, loss and optimizer stay here.
+    pub gpu: Option<Arc<Mutex<CudaEncoder>>>,
 }
 
 /// What the loss compares the head's outputs with.
@@ -109,6 +114,12 @@ impl Targets<'_> {
     }
 }
 
+/// The GPU encoder, even if a thread panicked while holding it (its buffers
+/// are rewritten by every pass).
+fn lock(gpu: &Mutex<CudaEncoder>) -> std::sync::MutexGuard<'_, CudaEncoder> {
+    gpu.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The dropout of the prefix encoder's output and of the head's input.
 /// HF's *ForQuestionAnswering feeds the token states to qa_outputs without
 /// dropout; every other head drops its input (pooled [CLS] or tokens).
@@ -145,6 +156,9 @@ impl PromptModel {
 
     /// Logits [B, C] in inference mode: no dropout, nothing kept.
     pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
+        if let Some(gpu) = &self.gpu {
+            return self.predict_cuda(&mut lock(gpu), batch);
+        }
         let prefix = self.prefix.forward();
         let prompt = self.prefix.expand(&prefix.past, batch.batch, None);
         let hidden = self.backbone.forward(batch, Some(&prompt))?;
@@ -167,6 +181,9 @@ impl PromptModel {
         dropout: &DropoutConfig,
         acts: &mut Activations,
     ) -> Result<StepOutput> {
+        if let Some(gpu) = self.gpu.clone() {
+            return self.forward_backward_cuda(&mut lock(&gpu), batch, targets, dropout);
+        }
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
         let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
 
@@ -236,9 +253,23 @@ impl PromptModel {
         (loss, head.logits, d_hidden)
     }
 
+    /// Runs the encoder where `compute` says: on the CPU (drops any GPU copy)
+    /// or on GPU N, whose copy of the backbone is made here.
+    pub fn use_compute(&mut self, compute: Compute) -> Result<()> {
+        self.gpu = match compute.device.resolve()? {
+            Device::Cuda(n) => Some(Arc::new(Mutex::new(CudaEncoder::new(
+                &self.backbone,
+                n,
+                compute.precision,
+            )?))),
+            _ => None,
+        };
+        Ok(())
+    }
+
     /// [`PromptModel::forward_backward`] with the encoder on a GPU: the same
     /// dropout masks, the same head, loss and prefix backward on the host.
-    pub fn forward_backward_cuda(
+    fn forward_backward_cuda(
         &mut self,
         encoder: &mut CudaEncoder,
         batch: &Batch,
@@ -269,7 +300,7 @@ impl PromptModel {
     }
 
     /// [`PromptModel::predict`] with the encoder on a GPU.
-    pub fn predict_cuda(&self, encoder: &mut CudaEncoder, batch: &Batch) -> Result<Vec<f32>> {
+    fn predict_cuda(&self, encoder: &mut CudaEncoder, batch: &Batch) -> Result<Vec<f32>> {
         let prefix = self.prefix.forward();
         let (rows, seq) = self.rows();
         let hidden = encoder.forward(

@@ -26,6 +26,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use crate::engine::cuda::CudaEncoder;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -113,7 +115,12 @@ fn cut_points(lens: &[usize], max_batch: usize, hidden: usize) -> Vec<usize> {
 /// [C] for pooled heads (C = 1 for regression and multiple choice), [T, C]
 /// over the row's own T tokens (no padding) for per-token heads (tagging,
 /// QA start/end).
-pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Result<Vec<Vec<f32>>> {
+pub fn forward_group(
+    backbone: &BertModel,
+    gpu: Option<&mut CudaEncoder>,
+    pad_id: u32,
+    rows: &[Row<'_>],
+) -> Result<Vec<Vec<f32>>> {
     let Some(first) = rows.first() else {
         return Ok(Vec::new());
     };
@@ -145,7 +152,18 @@ pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Res
         layers: first.adapter.layers.clone(),
         kv,
     };
-    let hidden = backbone.forward(&batch, Some(&prompt))?;
+    let hidden = match gpu {
+        Some(enc) => enc.forward(
+            &batch,
+            Some(Prompt {
+                len: p,
+                layers: &prompt.layers,
+                source: PromptSource::PerRow(&prompt.kv),
+            }),
+            Rows::All,
+        )?,
+        None => backbone.forward(&batch, Some(&prompt))?,
+    };
 
     // Each adapter's head on its own rows' states.
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
@@ -197,6 +215,7 @@ pub fn forward_group(backbone: &BertModel, pad_id: u32, rows: &[Row<'_>]) -> Res
 /// Logits per row, in the order given.
 pub fn forward_mixed(
     backbone: &BertModel,
+    mut gpu: Option<&mut CudaEncoder>,
     pad_id: u32,
     rows: &[Row<'_>],
     max_batch: usize,
@@ -204,7 +223,7 @@ pub fn forward_mixed(
     let mut out = vec![Vec::new(); rows.len()];
     for pass in plan(rows, max_batch) {
         let chunk: Vec<Row<'_>> = pass.iter().map(|&i| rows[i]).collect();
-        for (logits, &i) in forward_group(backbone, pad_id, &chunk)?
+        for (logits, &i) in forward_group(backbone, gpu.as_deref_mut(), pad_id, &chunk)?
             .into_iter()
             .zip(&pass)
         {
@@ -289,9 +308,10 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the worker thread over `backbone`.
+    /// Starts the worker thread over `backbone` (run on `gpu` when given).
     pub fn start(
         backbone: Arc<BertModel>,
+        gpu: Option<CudaEncoder>,
         pad_id: u32,
         options: BatchOptions,
         metrics: Arc<Metrics>,
@@ -302,6 +322,7 @@ impl Batcher {
         let gate = Arc::new(Gate::default());
         let worker = Worker {
             backbone,
+            gpu,
             pad_id,
             options,
             metrics,
@@ -385,6 +406,7 @@ impl Drop for Batcher {
 
 struct Worker {
     backbone: Arc<BertModel>,
+    gpu: Option<CudaEncoder>,
     pad_id: u32,
     options: BatchOptions,
     metrics: Arc<Metrics>,
@@ -398,7 +420,7 @@ impl Worker {
         job
     }
 
-    fn run(self, rx: Receiver<Job>) {
+    fn run(mut self, rx: Receiver<Job>) {
         let max_batch = self.options.max_batch.max(1);
         let mut carry: Option<Job> = None;
         loop {
@@ -440,7 +462,7 @@ impl Worker {
 
     /// Runs the jobs' rows together and answers each job. A failing pass
     /// fails only the jobs with rows in it.
-    fn process(&self, jobs: Vec<Job>) {
+    fn process(&mut self, jobs: Vec<Job>) {
         let mut owner = Vec::new();
         let mut rows = Vec::new();
         for (j, job) in jobs.iter().enumerate() {
@@ -458,7 +480,7 @@ impl Worker {
             let chunk: Vec<Row<'_>> = pass.iter().map(|&i| rows[i]).collect();
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| {
-                forward_group(&self.backbone, self.pad_id, &chunk)
+                forward_group(&self.backbone, self.gpu.as_mut(), self.pad_id, &chunk)
             }));
             let mut adapters: Vec<&str> = chunk.iter().map(|r| r.adapter.name.as_str()).collect();
             adapters.sort_unstable();

@@ -33,6 +33,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::cuda::CudaEncoder;
+use crate::engine::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
 use crate::serve::batcher::{BatchOptions, Batcher, PauseGuard};
@@ -56,6 +58,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer token of the admin endpoints; `None` disables them.
     pub admin_token: Option<String>,
+    /// Where the backbone runs.
+    pub compute: Compute,
 }
 
 impl Default for ServeConfig {
@@ -67,6 +71,7 @@ impl Default for ServeConfig {
             max_inputs: 64,
             max_body_bytes: 1 << 20,
             admin_token: None,
+            compute: Compute::default(),
         }
     }
 }
@@ -112,17 +117,36 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the backbone (`--model`: a folder or a hub id) and starts the worker.
+    /// Loads the backbone (`--model`: a folder or a hub id) and starts the
+    /// worker, with the backbone on a GPU when `config.compute` says so.
     pub fn load(model: &str, config: ServeConfig) -> Result<Self> {
         let backbone = Backbone::load(model)?;
-        Ok(Self::new(backbone, model, config))
+        let gpu = match config.compute.device.resolve()? {
+            Device::Cuda(n) => Some(CudaEncoder::new(
+                &backbone.model,
+                n,
+                config.compute.precision,
+            )?),
+            _ => None,
+        };
+        Ok(Self::with_gpu(backbone, gpu, model, config))
     }
 
-    /// Starts the worker over an already loaded backbone.
+    /// Starts the worker over an already loaded backbone, on the CPU.
     pub fn new(backbone: Backbone, name: &str, config: ServeConfig) -> Self {
+        Self::with_gpu(backbone, None, name, config)
+    }
+
+    fn with_gpu(
+        backbone: Backbone,
+        gpu: Option<CudaEncoder>,
+        name: &str,
+        config: ServeConfig,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let batcher = Batcher::start(
             Arc::clone(&backbone.model),
+            gpu,
             backbone.tokenizer.pad_id(),
             BatchOptions {
                 max_batch: config.max_batch.max(1),

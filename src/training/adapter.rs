@@ -40,6 +40,7 @@ impl Adapter {
             backbone: Arc::clone(&backbone.model),
             prefix: ckpt.prefix,
             head: ckpt.head,
+            gpu: None,
         };
         Ok(Adapter {
             model,

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
@@ -188,6 +189,8 @@ pub struct TrainOptions {
     /// End this session after this epoch (last/ saved; the run can be resumed).
     /// The schedule still spans all epochs, so pausing changes nothing.
     pub stop_after_epoch: Option<usize>,
+    /// Where the encoder runs (not a hyperparameter: a run resumes anywhere).
+    pub compute: Compute,
 }
 
 /// The backbone, its tokenizer and identity.
@@ -369,6 +372,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 backbone: Arc::clone(&backbone.model),
                 prefix: ckpt.prefix,
                 head: ckpt.head,
+                gpu: None,
             };
             (model, opt_state.into_adamw(adamw), trainer_state)
         }
@@ -389,6 +393,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 backbone: Arc::clone(&backbone.model),
                 prefix,
                 head,
+                gpu: None,
             };
             let state = TrainerState {
                 seed: config.seed,
@@ -397,6 +402,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             (model, AdamW::new(adamw), state)
         }
     };
+    model.use_compute(options.compute)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out)?;
 

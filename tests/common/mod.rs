@@ -129,6 +129,7 @@ impl Case {
             backbone,
             prefix,
             head,
+            gpu: None,
         }
     }
 
