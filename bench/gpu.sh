@@ -14,7 +14,7 @@ out="${OUT:-.}"
 quick="${1:-}"
 python="${PTUNING_TORCH_PYTHON:-python3}"
 # CUDA 13's libraries: the toolkit's, else PyTorch's wheels.
-for d in /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
