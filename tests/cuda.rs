@@ -339,3 +339,46 @@ fn device_flag_from_the_command_line() {
         assert!(!out.contains("\"device\":\"cpu\""), "{out}");
     }
 }
+
+/// The CUDA kernels' semantics, checked without a GPU: tools/cuda_emu runs
+/// kernels.cu on the CPU (threads of a block as OS threads, __syncthreads a
+/// barrier) against a double-precision attention, central differences for
+/// every backward, and the CPU engine's dropout mask.
+#[test]
+fn kernels_pass_the_cpu_emulation() {
+    let gxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if std::process::Command::new(&gxx)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no C++ compiler ({gxx}) to build tools/cuda_emu");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("check_kernels");
+    let build = std::process::Command::new(&gxx)
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-pthread",
+            "-Wno-unknown-pragmas",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(root.join("tools/cuda_emu/check_kernels.cpp"))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "building the emulator failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let run = std::process::Command::new(&exe).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{out}");
+    assert!(run.status.success(), "kernel checks failed:\n{out}");
+    let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
+    assert!(passed >= 23 && out.contains("0 failed"), "{out}");
+}

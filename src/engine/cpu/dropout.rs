@@ -194,6 +194,25 @@ impl Dropout {
 mod tests {
     use super::*;
 
+    /// Prints, per site, the kept count over indices 0..2¹⁶ and a hash of
+    /// which: the golden values tools/cuda_emu/check_kernels.cpp holds for
+    /// the CUDA mask function.
+    #[test]
+    #[ignore]
+    fn print_mask_golden() {
+        for (p, seed, stream) in [(0.2f32, 42u64, 5u64), (0.5, u64::MAX, 1 << 40), (0.1, 7, 0)] {
+            let m = Dropout { p, seed, stream }.mask();
+            let (mut kept, mut hash) = (0u64, 0u64);
+            for i in 0..1u64 << 16 {
+                if m.keep(i) {
+                    kept += 1;
+                    hash = hash.wrapping_mul(31).wrapping_add(i);
+                }
+            }
+            println!("{{{p:?}f, {seed}ULL, {stream}ULL, {kept}ULL, {hash}ULL}},");
+        }
+    }
+
     /// The documented function, written out literally in its float form.
     fn keep_reference(seed: u64, stream: u64, index: u64, p: f32) -> bool {
         let key = seed ^ stream.wrapping_mul(0x9E3779B97F4A7C15);

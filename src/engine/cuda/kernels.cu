@@ -277,6 +277,8 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
             float s = 0.0f;
 #pragma unroll
             for (int d = 0; d < HEAD_DIM; d++) s += q[d] * ks[jj][d];
+            // No visible key: every score is f32::MIN in HF, a uniform row.
+            if (!any) s = 0.0f;
             float m_new = fmaxf(m, s);
             float corr = expf(m - m_new);
             float e = expf(s - m_new);
@@ -370,9 +372,10 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
                 s += q[d] * ks[jj][d];
                 dp += dout[d] * vs[jj][d];
             }
-            float pr = expf(s - li);
+            float pr = expf((any ? s : 0.0f) - li);
             if (dropout) dp *= drop_factor(key, threshold, dscale, drop_base + j0 + jj);
-            float ds = pr * (dp - di) * scale;
+            // A uniform row (no visible key) does not depend on q or k.
+            float ds = any ? pr * (dp - di) * scale : 0.0f;
 #pragma unroll
             for (int d = 0; d < HEAD_DIM; d++) dq[d] += ds * ks[jj][d];
         }
@@ -444,10 +447,10 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
                 s += qs[ii][d] * k[d];
                 dp += ds_[ii][d] * v[d];
             }
-            float pr = expf(s - ls[ii]);
+            float pr = expf((any ? s : 0.0f) - ls[ii]);
             float f = dropout ? drop_factor(key, threshold, dscale, (stat0 + i0 + ii) * n + j) : 1.0f;
             float pd = pr * f;
-            float dsv = pr * (dp * f - dl[ii]);
+            float dsv = any ? pr * (dp * f - dl[ii]) : 0.0f;
 #pragma unroll
             for (int d = 0; d < HEAD_DIM; d++) {
                 dv[d] += pd * ds_[ii][d];

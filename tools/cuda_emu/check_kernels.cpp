@@ -1,0 +1,351 @@
+// Checks src/engine/cuda/kernels.cu on the CPU through emu.h: attention
+// forward against a direct double-precision softmax, every backward against
+// central differences of that double forward, LayerNorm, GELU, the prefix
+// expand/reduce pair and the bf16 rounding. Run with tools/cuda_emu/run.sh.
+#include "emu.h"
+
+#define HEAD_DIM 8
+#include "../../src/engine/cuda/kernels.cu"
+
+#include <cstdio>
+#include <functional>
+#include <random>
+
+static int failures = 0;
+static void check(const char* what, double err, double tol) {
+    bool ok = err <= tol;
+    std::printf("%-58s %.3e %s\n", what, err, ok ? "ok" : "FAILED");
+    if (!ok) failures++;
+}
+
+static std::mt19937_64 rng(7);
+static std::vector<float> rand_vec(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+static u64 ptr(std::vector<float>& v) { return (u64)v.data(); }
+
+// max |a - b| / max(1, max |b|)
+static double rel(const std::vector<double>& a, const std::vector<double>& b) {
+    double m = 1.0, e = 0.0;
+    for (size_t i = 0; i < b.size(); i++) m = std::max(m, std::fabs(b[i]));
+    for (size_t i = 0; i < b.size(); i++) e = std::max(e, std::fabs(a[i] - b[i]));
+    return e / m;
+}
+template <typename T>
+static std::vector<double> dbl(const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// Dropout site parameters (the CPU's Dropout::mask): p = 0.2.
+static const float P_DROP = 0.2f;
+static const u64 KEY = 0x1234567ULL ^ (5ULL * 0x9E3779B97F4A7C15ULL);
+static const u64 THRESHOLD = (u64)std::ceil(P_DROP * 16777216.0f);
+static const float DSCALE = 1.0f / (1.0f - P_DROP);
+
+// ---------------------------------------------------------------------------
+// Attention.
+const int B = 2, T = 6, P = 3, NH = 2, HD = HEAD_DIM, H = NH * HD, N = P + T;
+
+struct AttnInputs {
+    std::vector<float> qkv, prefix, mask;
+};
+
+// ctx [B*T, H] in double, the definition: softmax over visible keys of
+// (q·k)/sqrt(HD), dropout factor on the probabilities, times v.
+static std::vector<double> attention_ref(const AttnInputs& in, bool dropout, std::vector<double>* lse = nullptr) {
+    std::vector<double> ctx(B * T * H, 0.0);
+    if (lse) lse->assign(B * NH * T, 0.0);
+    double scale = 1.0 / std::sqrt((double)HD);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < T; i++) {
+                const float* q = &in.qkv[(b * T + i) * 3 * H + h * HD];
+                std::vector<double> s(N, -INFINITY);
+                double mx = -INFINITY;
+                for (int j = 0; j < N; j++) {
+                    const float* k = j < P ? &in.prefix[(b * P + j) * 2 * H + h * HD]
+                                           : &in.qkv[(b * T + j - P) * 3 * H + H + h * HD];
+                    bool vis = j < P || in.mask[b * T + j - P] != 0.0f;
+                    if (!vis) continue;
+                    double d = 0;
+                    for (int c = 0; c < HD; c++) d += (double)q[c] * k[c];
+                    s[j] = d * scale;
+                    mx = std::max(mx, s[j]);
+                }
+                double z = 0;
+                for (int j = 0; j < N; j++)
+                    if (s[j] > -INFINITY) z += std::exp(s[j] - mx);
+                if (lse) (*lse)[(b * NH + h) * T + i] = mx + std::log(z);
+                for (int j = 0; j < N; j++) {
+                    if (!(s[j] > -INFINITY)) continue;
+                    double pr = std::exp(s[j] - mx) / z;
+                    if (dropout) pr *= drop_factor(KEY, THRESHOLD, DSCALE, (((u64)b * NH + h) * T + i) * N + j);
+                    const float* v = j < P ? &in.prefix[(b * P + j) * 2 * H + H + h * HD]
+                                           : &in.qkv[(b * T + j - P) * 3 * H + 2 * H + h * HD];
+                    for (int c = 0; c < HD; c++) ctx[(b * T + i) * H + h * HD + c] += pr * v[c];
+                }
+            }
+    return ctx;
+}
+
+static void check_attention(bool dropout) {
+    AttnInputs in{rand_vec(B * T * 3 * H), rand_vec(B * P * 2 * H), std::vector<float>(B * T, 1.0f)};
+    in.mask[1 * T + T - 1] = 0.0f;  // row 1: two padding tokens
+    in.mask[1 * T + T - 2] = 0.0f;
+    in.mask[0 * T + 2] = 0.0f;  // and a masked key inside row 0
+    std::vector<float> ctx(B * T * H), lse(B * NH * T);
+    float scale = 1.0f / std::sqrt((float)HD);
+    int on = dropout ? 1 : 0;
+    launch(attention_forward, Dim3{1, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on);
+    std::vector<double> want_lse;
+    auto want = attention_ref(in, dropout, &want_lse);
+    check(dropout ? "attention_forward ctx (dropout)" : "attention_forward ctx", rel(dbl(ctx), want), 1e-5);
+    check("attention_forward lse", rel(dbl(lse), want_lse), 1e-5);
+
+    // Backward of L = sum(ctx * G).
+    auto g = rand_vec(B * T * H);
+    std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
+    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * T, NH, T);
+    launch(attention_backward_dq, Dim3{1, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on);
+    launch(attention_backward_dkv, Dim3{1, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on);
+    auto loss = [&](const AttnInputs& x) {
+        auto c = attention_ref(x, dropout);
+        double l = 0;
+        for (size_t k = 0; k < c.size(); k++) l += c[k] * g[k];
+        return l;
+    };
+    auto fd = [&](std::vector<float> AttnInputs::*field) {
+        std::vector<double> out((in.*field).size());
+        for (size_t k = 0; k < out.size(); k++) {
+            AttnInputs x = in;
+            float e = 1e-3f;
+            (x.*field)[k] += e;
+            double up = loss(x);
+            (x.*field)[k] -= 2 * e;
+            double down = loss(x);
+            out[k] = (up - down) / (2 * e);
+        }
+        return out;
+    };
+    check(dropout ? "attention backward d(qkv) vs differences (dropout)" : "attention backward d(qkv) vs differences",
+          rel(dbl(dqkv), fd(&AttnInputs::qkv)), 2e-3);
+    auto want_dprefix = fd(&AttnInputs::prefix);
+    check("attention backward d(prefix) vs differences", rel(dbl(dprefix), want_dprefix), 2e-3);
+
+    // The lowest prefixed layer: prefix keys only, no d(qkv).
+    std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
+    launch(attention_backward_dkv, Dim3{1, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on);
+    check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
+}
+
+// No prefix (a layer below the prompt) and a row of only padding: HF's
+// uniform row.
+static void check_attention_no_prefix() {
+    std::vector<float> qkv = rand_vec(B * T * 3 * H), mask(B * T, 1.0f), ctx(B * T * H);
+    for (int t = 0; t < T; t++) mask[1 * T + t] = 0.0f;
+    launch(attention_forward, Dim3{1, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
+           1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0);
+    // Row 1 attends uniformly to its T value rows.
+    double err = 0;
+    for (int h = 0; h < NH; h++)
+        for (int c = 0; c < HD; c++) {
+            double mean = 0;
+            for (int j = 0; j < T; j++) mean += qkv[(1 * T + j) * 3 * H + 2 * H + h * HD + c] / (double)T;
+            for (int i = 0; i < T; i++) err = std::max(err, std::fabs(ctx[(1 * T + i) * H + h * HD + c] - mean));
+        }
+    check("attention of an all-padding row without prefix is uniform", err, 1e-5);
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm, GELU, prefix, bf16.
+
+static void check_layernorm() {
+    const int rows = 5, h = 40;
+    auto y = rand_vec(rows * h), bias = rand_vec(h), res = rand_vec(rows * h), gamma = rand_vec(h), beta = rand_vec(h);
+    std::vector<float> ln_in = y, x(rows * h), stats(rows * 2);
+    float eps = 1e-12f;
+    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(ln_in), ptr(bias), ptr(res), ptr(gamma),
+           ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1);
+    std::vector<double> want_in(rows * h), want_x(rows * h);
+    for (int r = 0; r < rows; r++) {
+        double mean = 0, var = 0;
+        for (int j = 0; j < h; j++) {
+            double v = (double)y[r * h + j] + bias[j];
+            v *= drop_factor(KEY, THRESHOLD, DSCALE, (u64)r * h + j);
+            want_in[r * h + j] = v + res[r * h + j];
+            mean += want_in[r * h + j] / h;
+        }
+        for (int j = 0; j < h; j++) var += (want_in[r * h + j] - mean) * (want_in[r * h + j] - mean) / h;
+        for (int j = 0; j < h; j++)
+            want_x[r * h + j] = (want_in[r * h + j] - mean) / std::sqrt(var + eps) * gamma[j] + beta[j];
+    }
+    check("bias + dropout + residual (LayerNorm input)", rel(dbl(ln_in), want_in), 1e-6);
+    check("LayerNorm forward", rel(dbl(x), want_x), 1e-5);
+
+    auto dy = rand_vec(rows * h);
+    std::vector<float> dx(rows * h);
+    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx), h);
+    std::vector<double> want_dx(rows * h);
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < h; k++) {
+            auto f = [&](double delta) {
+                std::vector<double> row(h);
+                double mean = 0, var = 0, l = 0;
+                for (int j = 0; j < h; j++) row[j] = ln_in[r * h + j] + (j == k ? delta : 0.0), mean += row[j] / h;
+                for (int j = 0; j < h; j++) var += (row[j] - mean) * (row[j] - mean) / h;
+                for (int j = 0; j < h; j++) l += ((row[j] - mean) / std::sqrt(var + eps) * gamma[j] + beta[j]) * dy[r * h + j];
+                return l;
+            };
+            want_dx[r * h + k] = (f(1e-5) - f(-1e-5)) / 2e-5;
+        }
+    check("LayerNorm backward vs differences", rel(dbl(dx), want_dx), 1e-4);
+}
+
+static void check_gelu() {
+    const int rows = 3, w = 50;
+    auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
+    std::vector<float> act(rows * w);
+    auto pre0 = pre;
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w);
+    double err = 0;
+    for (int i = 0; i < rows * w; i++) {
+        double v = (double)pre0[i] + bias[i % w];
+        err = std::max(err, std::fabs(act[i] - 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))));
+    }
+    check("bias + GELU (erf)", err, 1e-6);
+    std::vector<float> d(rows * w, 1.0f);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d), (u64)(rows * w));
+    err = 0;
+    for (int i = 0; i < rows * w; i++) {
+        auto g = [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); };
+        double x = pre[i];
+        err = std::max(err, std::fabs(d[i] - (g(x + 1e-5) - g(x - 1e-5)) / 2e-5));
+    }
+    check("GELU backward vs differences", err, 1e-5);
+}
+
+static void check_prefix() {
+    const int layers = 3, batch = 2, p = 4, two_h = 6, w = layers * two_h;
+    auto past = rand_vec(p * w);
+    std::vector<float> kv(layers * batch * p * two_h);
+    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(past), ptr(kv), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1);
+    double err = 0;
+    for (int k = 0; k < layers; k++)
+        for (int b = 0; b < batch; b++)
+            for (int i = 0; i < p; i++)
+                for (int c = 0; c < two_h; c++) {
+                    u64 col = k * two_h + c;
+                    double want = past[i * w + col] * drop_factor(KEY, THRESHOLD, DSCALE, ((u64)b * p + i) * w + col);
+                    err = std::max(err, std::fabs(kv[((k * batch + b) * p + i) * two_h + c] - want));
+                }
+    check("expand_prefix (PrefixEncoder::expand with dropout)", err, 0.0);
+    // reduce is expand's adjoint: <expand(x), r> = <x, reduce(r)>.
+    auto r = rand_vec(kv.size());
+    std::vector<float> red(p * w);
+    launch(reduce_prefix, Dim3{2, 1, 1}, 32, ptr(r), ptr(red), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1);
+    double a = 0, b2 = 0;
+    for (size_t i = 0; i < kv.size(); i++) a += (double)kv[i] * r[i];
+    for (size_t i = 0; i < red.size(); i++) b2 += (double)past[i] * red[i];
+    check("reduce_prefix is expand_prefix's adjoint", std::fabs(a - b2) / std::max(1.0, std::fabs(a)), 1e-6);
+}
+
+static void check_bf16() {
+    std::vector<float> x = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 3.0e38f, __int_as_float(0x7fc00001)};
+    std::vector<unsigned short> out(x.size());
+    launch(to_bf16, Dim3{1, 1, 1}, 32, ptr(x), (u64)out.data(), (u64)x.size());
+    // 1+2^-8 ties to even (1.0); 1+3·2^-8 rounds up to 1+2^-6.
+    std::vector<unsigned short> want = {0x3f80, 0x3f80, 0x3f82, 0xc020, 0x7f62, 0x7fc0};
+    double bad = 0;
+    for (size_t i = 0; i < x.size(); i++) bad += out[i] != want[i];
+    check("to_bf16 (round to nearest even, quiet NaN)", bad, 0.0);
+}
+
+// The mask function against the CPU engine's: kept count and hash over
+// indices 0..2^16, printed by `cargo test --release --lib print_mask_golden
+// -- --ignored --nocapture` (src/engine/cpu/dropout.rs).
+static void check_dropout_mask() {
+    struct Golden {
+        float p;
+        u64 seed, stream, kept, hash;
+    } golden[] = {
+        {0.2f, 42ULL, 5ULL, 52510ULL, 6557208980991989283ULL},
+        {0.5f, 18446744073709551615ULL, 1099511627776ULL, 32874ULL, 5002642684145535422ULL},
+        {0.1f, 7ULL, 0ULL, 59099ULL, 10345157773197550457ULL},
+    };
+    double bad = 0;
+    for (auto& g : golden) {
+        u64 key = g.seed ^ (g.stream * 0x9E3779B97F4A7C15ULL);
+        u64 threshold = (u64)std::ceil(g.p * 16777216.0f);
+        u64 kept = 0, hash = 0;
+        for (u64 i = 0; i < (1ULL << 16); i++)
+            if (drop_factor(key, threshold, 1.0f / (1.0f - g.p), i) != 0.0f) kept++, hash = hash * 31 + i;
+        bad += (kept != g.kept) + (hash != g.hash);
+    }
+    check("dropout mask = the CPU engine's, bit for bit", bad, 0.0);
+}
+
+static void check_embedding_and_glue() {
+    const int rows = 4, h = 24, vocab = 10, npos = 8;
+    auto word = rand_vec(vocab * h), pos = rand_vec(npos * h), type = rand_vec(2 * h), gamma = rand_vec(h),
+         beta = rand_vec(h);
+    std::vector<unsigned> ids = {3, 9, 0, 3}, positions = {0, 1, 2, 7}, types = {0, 1, 1, 0};
+    std::vector<float> sum(rows * h), x(rows * h);
+    launch(embed_layernorm, Dim3{rows, 1, 1}, 256, (u64)ids.data(), (u64)positions.data(), (u64)types.data(),
+           ptr(word), ptr(pos), ptr(type), ptr(gamma), ptr(beta), 1e-12f, ptr(sum), ptr(x), h, KEY, THRESHOLD,
+           DSCALE, 1);
+    std::vector<double> want(rows * h);
+    for (int r = 0; r < rows; r++) {
+        std::vector<double> e(h);
+        double mean = 0, var = 0;
+        for (int j = 0; j < h; j++)
+            e[j] = (double)word[ids[r] * h + j] + pos[positions[r] * h + j] + type[types[r] * h + j], mean += e[j] / h;
+        for (int j = 0; j < h; j++) var += (e[j] - mean) * (e[j] - mean) / h;
+        for (int j = 0; j < h; j++)
+            want[r * h + j] = ((e[j] - mean) / std::sqrt(var + 1e-12) * gamma[j] + beta[j]) *
+                              drop_factor(KEY, THRESHOLD, DSCALE, (u64)r * h + j);
+    }
+    check("embeddings + LayerNorm + dropout", rel(dbl(x), want), 1e-5);
+
+    auto a = rand_vec(1000), b = a, c(a);
+    std::vector<float> d(a.size());
+    launch(dropout_apply, Dim3{2, 1, 1}, 128, ptr(b), (u64)b.size(), KEY, THRESHOLD, DSCALE);
+    launch(dropout_copy, Dim3{3, 1, 1}, 64, ptr(c), ptr(d), (u64)c.size(), KEY, THRESHOLD, DSCALE, 1);
+    double err = 0;
+    for (size_t i = 0; i < a.size(); i++)
+        err = std::max(err, (double)std::fabs(b[i] - a[i] * drop_factor(KEY, THRESHOLD, DSCALE, i)) + std::fabs(d[i] - b[i]));
+    check("dropout_apply and dropout_copy", err, 0.0);
+
+    const int nb = 3, t = 4, w = 5;
+    auto full = rand_vec(nb * t * w), bias = rand_vec(w);
+    std::vector<float> cls(nb * w), back(nb * t * w, 0.0f), rows_out(nb * w);
+    launch(gather_rows, Dim3{1, 1, 1}, 32, ptr(full), ptr(cls), nb, w, (u64)(t * w));
+    launch(scatter_rows, Dim3{1, 1, 1}, 32, ptr(cls), ptr(back), nb, w, (u64)(t * w));
+    launch(broadcast_rows, Dim3{1, 1, 1}, 32, ptr(bias), ptr(rows_out), nb, w);
+    err = 0;
+    for (int r = 0; r < nb; r++)
+        for (int c2 = 0; c2 < w; c2++) {
+            err += std::fabs(cls[r * w + c2] - full[r * t * w + c2]) + std::fabs(rows_out[r * w + c2] - bias[c2]);
+            for (int i = 0; i < t; i++)
+                err += std::fabs(back[(r * t + i) * w + c2] - (i == 0 ? full[r * t * w + c2] : 0.0f));
+        }
+    check("gather, scatter and broadcast of rows", err, 0.0);
+}
+
+int main() {
+    check_dropout_mask();
+    check_embedding_and_glue();
+    check_attention(false);
+    check_attention(true);
+    check_attention_no_prefix();
+    check_layernorm();
+    check_gelu();
+    check_prefix();
+    check_bf16();
+    std::printf("%d failed\n", failures);
+    return failures != 0;
+}

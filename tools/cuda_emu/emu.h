@@ -1,0 +1,90 @@
+// A CPU emulator for src/engine/cuda/kernels.cu, to check the kernels'
+// index arithmetic, shared-memory tiling and reductions on a machine without
+// a GPU. Blocks run one after another; the threads of a block run as real OS
+// threads, so __syncthreads is a barrier, __shared__ memory is one static
+// copy reused block after block, and warp shuffles meet at a per-warp
+// barrier. Semantics only: nothing here says anything about speed.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <math.h>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+struct Dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline float shuffle_slots[1024];
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    unsigned t = threadIdx.x;
+    auto& bar = *warp_barriers[t / 32];
+    shuffle_slots[t] = v;
+    bar.arrive_and_wait();
+    float r = shuffle_slots[t ^ lane_mask];
+    bar.arrive_and_wait();
+    return r;
+}
+
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+// expf, logf, sqrtf, erff, fmaxf: the C library's, from <math.h>.
+inline int min(int a, int b) { return a < b ? a : b; }
+
+// A launch argument as the kernel's parameter type: addresses come as u64,
+// as the Rust side passes raw device pointers.
+template <typename To, typename From>
+To as_param(From f) {
+    if constexpr (std::is_pointer_v<To> && std::is_integral_v<From>)
+        return reinterpret_cast<To>(static_cast<std::uintptr_t>(f));
+    else
+        return static_cast<To>(f);
+}
+
+// Runs kernel(args...) over grid × block (block.y = block.z = 1).
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
+    gridDim = grid;
+    blockDim = Dim3{block, 1, 1};
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                std::barrier<> bar(block);
+                block_barrier = &bar;
+                warp_barriers.clear();
+                for (unsigned w = 0; w < (block + 31) / 32; w++)
+                    warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
+                std::vector<std::thread> threads;
+                for (unsigned t = 0; t < block; t++)
+                    threads.emplace_back([=] {
+                        threadIdx = Dim3{t, 0, 0};
+                        blockIdx = Dim3{x, y, z};
+                        kernel(as_param<P>(args)...);
+                    });
+                for (auto& th : threads) th.join();
+            }
+}
