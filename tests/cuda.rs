@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource, Rows};
@@ -15,7 +15,7 @@ use ptuning::engine::cuda::{
 use ptuning::engine::device::{Compute, Device};
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prompt_model::Targets;
+use ptuning::model::prompt_model::{PromptModel, Targets};
 
 #[test]
 fn kernels_compile_with_nvrtc() {
@@ -69,17 +69,54 @@ fn a_missing_cuda_is_a_clear_error() {
     assert!(e.contains("--device cpu"), "{e}");
 }
 
-/// The GPU, or why these tests do not run here.
-fn gpu_or_skip(test: &str) -> bool {
+/// Where the engine tests run: the GPU when one is usable, and the CPU
+/// emulation of the kernels (tools/cuda_emu) wherever g++ is, so that CI,
+/// which has no GPU, runs every launch, pointer and GEMM of the CUDA engine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Gpu,
+    Emulated,
+}
+
+fn targets(test: &str) -> Vec<Target> {
+    let mut out = Vec::new();
     let missing = missing_libraries();
-    if !missing.is_empty() {
+    if missing.is_empty() {
+        out.push(Target::Gpu);
+    } else {
         eprintln!(
-            "skipped {test}: no usable GPU here (cannot load {})",
+            "{test}: no GPU here (cannot load {}), so no GPU run",
             missing.join(", ")
         );
-        return false;
     }
-    true
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if std::process::Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        out.push(Target::Emulated);
+    } else {
+        eprintln!("{test}: no C++ compiler ({cxx}), so no emulated run");
+    }
+    out
+}
+
+/// Puts `model`'s encoder on `target`.
+fn attach(model: &mut PromptModel, target: Target, precision: Precision) {
+    match target {
+        Target::Gpu => model
+            .use_compute(Compute {
+                device: Device::Cuda(0),
+                precision,
+            })
+            .unwrap(),
+        Target::Emulated => {
+            let dev = CudaDevice::emulated(model.backbone.config.head_dim()).unwrap();
+            let enc = CudaEncoder::on(dev, &model.backbone, precision).unwrap();
+            model.gpu = Some(Arc::new(Mutex::new(enc)));
+        }
+    }
 }
 
 const CASES: &[&str] = &[
@@ -102,93 +139,102 @@ fn tolerances(p: Precision) -> (f64, f64) {
 }
 
 #[test]
-fn gpu_matches_the_reference_fixtures() {
-    if !gpu_or_skip("gpu_matches_the_reference_fixtures") {
-        return;
-    }
-    for name in CASES {
-        if name.starts_with("minilm") && !common::minilm_available() {
-            eprintln!("skipped {name}: all-MiniLM-L6-v2 is not on this machine");
-            continue;
-        }
-        let case = Case::load(name);
-        let batch = case.batch();
-        let labels = case.labels();
-        for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
-            let mut model = case.model();
-            let layers = model.backbone.layers.len();
-            model
-                .use_compute(Compute {
-                    device: Device::Cuda(0),
-                    precision,
-                })
-                .unwrap();
-            let gpu = Arc::clone(model.gpu.as_ref().unwrap());
-            let (tol_out, tol_grad) = tolerances(precision);
-            let check = |what: &str, got: &[f32], want: &[f32]| {
-                let err = if precision == Precision::Fp32 {
-                    max_abs_diff(got, want) as f64
-                } else {
-                    rel_err(got, want)
-                };
-                eprintln!("{name} {}: {what} error {err:e}", precision.as_str());
-                assert!(
-                    err <= tol_out,
-                    "{name} {}: {what} error {err}",
-                    precision.as_str()
-                );
+fn cuda_engine_matches_the_reference_fixtures() {
+    for target in targets("cuda_engine_matches_the_reference_fixtures") {
+        for name in CASES {
+            if name.starts_with("minilm")
+                && (target == Target::Emulated || !common::minilm_available())
+            {
+                eprintln!("{target:?}: skipped {name} (emulation is for the tiny models; MiniLM needs its cache)");
+                continue;
+            }
+            let case = Case::load(name);
+            let batch = case.batch();
+            let labels = case.labels();
+            // Emulation is slow (every CUDA thread an OS thread): there, fp32
+            // on the cases with layer subsets (BERT and RoBERTa, plain and
+            // MLP) and bf16 once; its GEMM has no TF32 mode.
+            let precisions: &[Precision] = match (target, *name) {
+                (Target::Gpu, _) => &[Precision::Fp32, Precision::Tf32, Precision::Bf16],
+                (Target::Emulated, "tiny_bert_mlp_subset") => &[Precision::Fp32, Precision::Bf16],
+                (Target::Emulated, "tiny_roberta_plain_subset") => &[Precision::Fp32],
+                (Target::Emulated, _) => &[],
             };
-            // Every row of the last hidden state.
-            let past = model.prefix.forward().past;
-            let hidden = gpu
-                .lock()
-                .unwrap()
-                .forward(
-                    &batch,
-                    Some(Prompt {
-                        len: model.prefix.config.len,
-                        layers: &model.prefix.config.layers,
-                        source: PromptSource::Shared(&past),
-                    }),
-                    Rows::All,
-                )
-                .unwrap();
-            check(
-                "last hidden state",
-                &hidden,
-                &case.f32(&format!("hidden_states.{layers}")),
-            );
-            let logits = model.predict(&batch).unwrap();
-            check("logits", &logits, &case.f32("logits"));
+            for &precision in precisions {
+                let mut model = case.model();
+                let layers = model.backbone.layers.len();
+                attach(&mut model, target, precision);
+                let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+                let (tol_out, tol_grad) = tolerances(precision);
+                let check = |what: &str, got: &[f32], want: &[f32]| {
+                    let err = if precision == Precision::Fp32 {
+                        max_abs_diff(got, want) as f64
+                    } else {
+                        rel_err(got, want)
+                    };
+                    eprintln!(
+                        "{target:?} {name} {}: {what} error {err:e}",
+                        precision.as_str()
+                    );
+                    assert!(
+                        err <= tol_out,
+                        "{name} {}: {what} error {err}",
+                        precision.as_str()
+                    );
+                };
+                // Every row of the last hidden state.
+                let past = model.prefix.forward().past;
+                let hidden = gpu
+                    .lock()
+                    .unwrap()
+                    .forward(
+                        &batch,
+                        Some(Prompt {
+                            len: model.prefix.config.len,
+                            layers: &model.prefix.config.layers,
+                            source: PromptSource::Shared(&past),
+                        }),
+                        Rows::All,
+                    )
+                    .unwrap();
+                check(
+                    "last hidden state",
+                    &hidden,
+                    &case.f32(&format!("hidden_states.{layers}")),
+                );
+                let logits = model.predict(&batch).unwrap();
+                check("logits", &logits, &case.f32("logits"));
 
-            model.zero_grad();
-            let out = model
-                .forward_backward(
-                    &batch,
-                    Targets::Classes(&labels),
-                    &DropoutConfig::OFF,
-                    &mut Activations::default(),
-                )
-                .unwrap();
-            let loss = case.f32("loss")[0];
-            assert!(
-                ((out.loss - loss).abs() as f64) <= tol_out.max(1e-5) * loss.abs().max(1.0) as f64,
-                "{name}: loss {} vs {loss}",
-                out.loss
-            );
-            for p in model.params_mut() {
-                let e = rel_err(&p.grad, &case.f32(&format!("grad.{}", p.name)));
-                eprintln!(
-                    "{name} {}: grad of {} error {e:e}",
-                    precision.as_str(),
-                    p.name
-                );
+                model.zero_grad();
+                let out = model
+                    .forward_backward(
+                        &batch,
+                        Targets::Classes(&labels),
+                        &DropoutConfig::OFF,
+                        &mut Activations::default(),
+                    )
+                    .unwrap();
+                let loss = case.f32("loss")[0];
                 assert!(
-                    e <= tol_grad,
-                    "{name} {}: grad of {} relative error {e}",
-                    precision.as_str(),
-                    p.name
+                    ((out.loss - loss).abs() as f64)
+                        <= tol_out.max(1e-5) * loss.abs().max(1.0) as f64,
+                    "{name}: loss {} vs {loss}",
+                    out.loss
                 );
+                for p in model.params_mut() {
+                    let e = rel_err(&p.grad, &case.f32(&format!("grad.{}", p.name)));
+                    eprintln!(
+                        "{name} {}: grad of {} error {e:e}",
+                        precision.as_str(),
+                        p.name
+                    );
+                    assert!(
+                        e <= tol_grad,
+                        "{name} {}: grad of {} relative error {e}",
+                        precision.as_str(),
+                        p.name
+                    );
+                }
             }
         }
     }
@@ -197,69 +243,75 @@ fn gpu_matches_the_reference_fixtures() {
 /// A training step with every dropout on gives the CPU's gradients: the
 /// masks are the same functions of (seed, stream, index) on both devices.
 #[test]
-fn gpu_dropout_and_heads_match_the_cpu() {
-    if !gpu_or_skip("gpu_dropout_and_heads_match_the_cpu") {
-        return;
-    }
-    // MiniLM where it is cached, else the tiny BERT (same code paths).
-    let case = Case::load(if common::minilm_available() {
-        "minilm_plain"
-    } else {
-        "tiny_bert_plain"
-    });
-    let batch = case.batch();
-    let labels = case.labels();
-    let dropout = DropoutConfig {
-        hidden: 0.1,
-        attention: 0.1,
-        seed: 42,
-    };
-    let tags: Vec<i64> = (0..batch.rows())
-        .map(|i| (i % 3) as i64 - (i % 7 == 0) as i64 * 101)
-        .collect();
-    let starts: Vec<usize> = (0..batch.batch).map(|b| b % batch.seq).collect();
-    let ends: Vec<usize> = (0..batch.batch).map(|b| (b + 2) % batch.seq).collect();
-    for (kind, outputs) in [
-        (HeadKind::Classification, case.usize("num_labels")),
-        (HeadKind::TokenClassification, 3),
-        (HeadKind::QuestionAnswering, 2),
-    ] {
-        let targets = match kind {
-            HeadKind::Classification => Targets::Classes(&labels),
-            HeadKind::TokenClassification => Targets::Tokens(&tags),
-            _ => Targets::Spans {
-                start: &starts,
-                end: &ends,
-            },
+fn cuda_engine_dropout_and_heads_match_the_cpu() {
+    for target in targets("cuda_engine_dropout_and_heads_match_the_cpu") {
+        // MiniLM on a GPU where it is cached, else the tiny BERT (same code paths).
+        let case = Case::load(if target == Target::Gpu && common::minilm_available() {
+            "minilm_plain"
+        } else {
+            "tiny_bert_plain"
+        });
+        let batch = case.batch();
+        let labels = case.labels();
+        let dropout = DropoutConfig {
+            hidden: 0.1,
+            attention: 0.1,
+            seed: 42,
         };
-        let mut cpu = case.model();
-        cpu.head = ClassificationHead::for_kind(kind, cpu.backbone.config.hidden_size, outputs, 5);
-        let mut gpu = case.model();
-        gpu.head = cpu.head.clone();
-        gpu.use_compute(Compute {
-            device: Device::Cuda(0),
-            precision: Precision::Fp32,
-        })
-        .unwrap();
-        let mut acts = Activations::default();
-        cpu.zero_grad();
-        gpu.zero_grad();
-        let a = cpu
-            .forward_backward(&batch, targets, &dropout, &mut acts)
-            .unwrap();
-        let b = gpu
-            .forward_backward(&batch, targets, &dropout, &mut Activations::default())
-            .unwrap();
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
-            "{kind:?}: loss {} vs {}",
-            b.loss,
-            a.loss
-        );
-        for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
-            let e = rel_err(&q.grad, &p.grad);
-            eprintln!("{kind:?} with dropout: grad of {} error {e:e}", p.name);
-            assert!(e <= 1e-3, "{kind:?}: grad of {} relative error {e}", p.name);
+        let tags: Vec<i64> = (0..batch.rows())
+            .map(|i| if i % 7 == 0 { -100 } else { (i % 3) as i64 })
+            .collect();
+        let starts: Vec<usize> = (0..batch.batch).map(|b| b % batch.seq).collect();
+        let ends: Vec<usize> = (0..batch.batch).map(|b| (b + 2) % batch.seq).collect();
+        for (kind, outputs) in [
+            (HeadKind::Classification, case.usize("num_labels")),
+            (HeadKind::TokenClassification, 3),
+            (HeadKind::QuestionAnswering, 2),
+        ] {
+            let targets = match kind {
+                HeadKind::Classification => Targets::Classes(&labels),
+                HeadKind::TokenClassification => Targets::Tokens(&tags),
+                _ => Targets::Spans {
+                    start: &starts,
+                    end: &ends,
+                },
+            };
+            let mut cpu = case.model();
+            cpu.head =
+                ClassificationHead::for_kind(kind, cpu.backbone.config.hidden_size, outputs, 5);
+            let mut gpu = case.model();
+            gpu.head = cpu.head.clone();
+            attach(&mut gpu, target, Precision::Fp32);
+            let mut acts = Activations::default();
+            cpu.zero_grad();
+            gpu.zero_grad();
+            let a = cpu
+                .forward_backward(&batch, targets, &dropout, &mut acts)
+                .unwrap();
+            let b = gpu
+                .forward_backward(&batch, targets, &dropout, &mut Activations::default())
+                .unwrap();
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
+                "{kind:?}: loss {} vs {}",
+                b.loss,
+                a.loss
+            );
+            for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
+                // The QA bias gradient sums a softmax minus a one-hot over
+                // the tokens: zero up to rounding, so compared absolutely.
+                let norm = p.grad.iter().map(|g| g * g).sum::<f32>().sqrt();
+                let e = if norm < 1e-4 {
+                    max_abs_diff(&q.grad, &p.grad) as f64 * 10.0
+                } else {
+                    rel_err(&q.grad, &p.grad)
+                };
+                eprintln!(
+                    "{target:?} {kind:?} with dropout: grad of {} error {e:e}",
+                    p.name
+                );
+                assert!(e <= 1e-3, "{kind:?}: grad of {} relative error {e}", p.name);
+            }
         }
     }
 }
@@ -267,42 +319,43 @@ fn gpu_dropout_and_heads_match_the_cpu() {
 /// Rows with their own prefixes (how the server batches adapters) equal the
 /// shared table expanded per row.
 #[test]
-fn gpu_per_row_prompts_match_the_shared_table() {
-    if !gpu_or_skip("gpu_per_row_prompts_match_the_shared_table") {
-        return;
+fn cuda_engine_per_row_prompts_match_the_shared_table() {
+    for target in targets("cuda_engine_per_row_prompts_match_the_shared_table") {
+        let case = Case::load("tiny_bert_mlp_subset");
+        let mut model = case.model();
+        let batch = case.batch();
+        let past = model.prefix.forward().past;
+        let prompt = model.prefix.expand(&past, batch.batch, None);
+        attach(&mut model, target, Precision::Fp32);
+        let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+        let mut enc = gpu.lock().unwrap();
+        let layers = &model.prefix.config.layers;
+        let shared = enc
+            .forward(
+                &batch,
+                Some(Prompt {
+                    len: prompt.len,
+                    layers,
+                    source: PromptSource::Shared(&past),
+                }),
+                Rows::All,
+            )
+            .unwrap();
+        let per_row = enc
+            .forward(
+                &batch,
+                Some(Prompt {
+                    len: prompt.len,
+                    layers,
+                    source: PromptSource::PerRow(&prompt.kv),
+                }),
+                Rows::All,
+            )
+            .unwrap();
+        assert_eq!(shared, per_row);
+        let cpu = model.backbone.forward(&batch, Some(&prompt)).unwrap();
+        assert!(max_abs_diff(&shared, &cpu) <= 1e-4);
     }
-    let case = Case::load("tiny_bert_mlp_subset");
-    let model = case.model();
-    let batch = case.batch();
-    let past = model.prefix.forward().past;
-    let prompt = model.prefix.expand(&past, batch.batch, None);
-    let mut enc = CudaEncoder::new(&model.backbone, 0, Precision::Fp32).unwrap();
-    let layers = &model.prefix.config.layers;
-    let shared = enc
-        .forward(
-            &batch,
-            Some(Prompt {
-                len: prompt.len,
-                layers,
-                source: PromptSource::Shared(&past),
-            }),
-            Rows::All,
-        )
-        .unwrap();
-    let per_row = enc
-        .forward(
-            &batch,
-            Some(Prompt {
-                len: prompt.len,
-                layers,
-                source: PromptSource::PerRow(&prompt.kv),
-            }),
-            Rows::All,
-        )
-        .unwrap();
-    assert_eq!(shared, per_row);
-    let cpu = model.backbone.forward(&batch, Some(&prompt)).unwrap();
-    assert!(max_abs_diff(&shared, &cpu) <= 1e-4);
 }
 
 /// `--device` from the command line: auto falls back to the CPU, cuda says

@@ -65,26 +65,29 @@ To as_param(From f) {
         return static_cast<To>(f);
 }
 
-// Runs kernel(args...) over grid × block (block.y = block.z = 1).
+// Runs kernel(args...) over grid × block (block.y = block.z = 1): `block`
+// OS threads take the blocks one after another, meeting at a barrier after
+// each block so that its shared memory is free for the next one.
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
     gridDim = grid;
     blockDim = Dim3{block, 1, 1};
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                std::barrier<> bar(block);
-                block_barrier = &bar;
-                warp_barriers.clear();
-                for (unsigned w = 0; w < (block + 31) / 32; w++)
-                    warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
-                std::vector<std::thread> threads;
-                for (unsigned t = 0; t < block; t++)
-                    threads.emplace_back([=] {
-                        threadIdx = Dim3{t, 0, 0};
+    std::barrier<> bar(block);
+    block_barrier = &bar;
+    warp_barriers.clear();
+    for (unsigned w = 0; w < (block + 31) / 32; w++)
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block; t++)
+        threads.emplace_back([=, &bar] {
+            threadIdx = Dim3{t, 0, 0};
+            for (unsigned z = 0; z < grid.z; z++)
+                for (unsigned y = 0; y < grid.y; y++)
+                    for (unsigned x = 0; x < grid.x; x++) {
                         blockIdx = Dim3{x, y, z};
                         kernel(as_param<P>(args)...);
-                    });
-                for (auto& th : threads) th.join();
-            }
+                        bar.arrive_and_wait();
+                    }
+        });
+    for (auto& th : threads) th.join();
 }

@@ -112,32 +112,58 @@ pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
 /// A device buffer and its raw address. Kernels get raw addresses: one
 /// stream, no event tracking, and buffers owned by whoever launches.
 pub struct DevBuf<T> {
-    slice: Option<CudaSlice<T>>,
+    mem: Mem<T>,
     pub ptr: u64,
     pub len: usize,
+}
+
+enum Mem<T> {
+    None,
+    Cuda(CudaSlice<T>),
+    /// The emulated device's memory: host memory, 8-byte aligned.
+    Host(Vec<u64>),
 }
 
 impl<T> Default for DevBuf<T> {
     fn default() -> Self {
         DevBuf {
-            slice: None,
+            mem: Mem::None,
             ptr: 0,
             len: 0,
         }
     }
 }
 
-impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone> DevBuf<T> {
+impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
+    fn capacity(&self) -> usize {
+        match &self.mem {
+            Mem::None => 0,
+            Mem::Cuda(s) => s.len(),
+            Mem::Host(v) => v.len() * 8 / std::mem::size_of::<T>(),
+        }
+    }
+
     /// Makes room for `len` elements (contents undefined when it grows).
     pub fn ensure(&mut self, dev: &CudaDevice, len: usize) -> Result<()> {
-        let cap = self.slice.as_ref().map_or(0, |s| s.len());
-        if cap < len || self.slice.is_none() {
-            let s = dev
-                .stream
-                .alloc_zeros::<T>(len.max(1))
-                .map_err(|e| driver_err("allocating device memory", e))?;
-            self.ptr = raw_ptr(&s, &dev.stream);
-            self.slice = Some(s);
+        if self.capacity() < len.max(1) {
+            match &dev.backend {
+                Backend::Cuda { stream, .. } => {
+                    let s = stream
+                        .alloc_zeros::<T>(len.max(1))
+                        .map_err(|e| driver_err("allocating device memory", e))?;
+                    self.ptr = {
+                        let (p, _sync) = s.device_ptr(stream);
+                        p
+                    };
+                    self.mem = Mem::Cuda(s);
+                }
+                Backend::Emulated(_) => {
+                    let words = (len.max(1) * std::mem::size_of::<T>()).div_ceil(8);
+                    let v = vec![0u64; words];
+                    self.ptr = v.as_ptr() as u64;
+                    self.mem = Mem::Host(v);
+                }
+            }
         }
         self.len = len;
         Ok(())
@@ -149,75 +175,162 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone> DevBuf<T> {
         if data.is_empty() {
             return Ok(());
         }
-        let slice = self.slice.as_mut().expect("ensured");
-        let mut view = slice.slice_mut(..data.len());
-        dev.stream
-            .memcpy_htod(data, &mut view)
-            .map_err(|e| driver_err("copying to the device", e))
+        match (&mut self.mem, &dev.backend) {
+            (Mem::Cuda(slice), Backend::Cuda { stream, .. }) => {
+                let mut view = slice.slice_mut(..data.len());
+                stream
+                    .memcpy_htod(data, &mut view)
+                    .map_err(|e| driver_err("copying to the device", e))
+            }
+            (Mem::Host(_), Backend::Emulated(_)) => {
+                // SAFETY: ensure() sized the host block for data.len() Ts.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr as *mut T, data.len())
+                };
+                Ok(())
+            }
+            _ => Err(mixed_devices()),
+        }
     }
 
-    /// The first `n` elements back on the host (waits for the stream).
+    /// The first `n` elements back on the host (waits for the device).
     pub fn download(&self, dev: &CudaDevice, n: usize) -> Result<Vec<T>> {
         let mut out = vec![T::default(); n];
         if n == 0 {
             return Ok(out);
         }
-        let slice = self
-            .slice
-            .as_ref()
-            .expect("a downloaded buffer was allocated");
-        let view = slice.slice(..n);
-        dev.stream
-            .memcpy_dtoh(&view, &mut out)
-            .map_err(|e| driver_err("copying from the device", e))?;
-        dev.sync()?;
+        assert!(
+            n <= self.capacity(),
+            "download of {n} from a buffer of {}",
+            self.capacity()
+        );
+        match (&self.mem, &dev.backend) {
+            (Mem::Cuda(slice), Backend::Cuda { stream, .. }) => {
+                let view = slice.slice(..n);
+                stream
+                    .memcpy_dtoh(&view, &mut out)
+                    .map_err(|e| driver_err("copying from the device", e))?;
+                dev.sync()?;
+            }
+            (Mem::Host(_), Backend::Emulated(_)) => {
+                // SAFETY: n is within the block (asserted above).
+                unsafe { std::ptr::copy_nonoverlapping(self.ptr as *const T, out.as_mut_ptr(), n) };
+            }
+            _ => return Err(mixed_devices()),
+        }
         Ok(out)
     }
 
     /// Sets the first `len` elements to zero.
     pub fn zero(&mut self, dev: &CudaDevice) -> Result<()> {
-        if let Some(s) = self.slice.as_mut() {
-            let mut view = s.slice_mut(..self.len.max(1).min(s.len()));
-            dev.stream
-                .memset_zeros(&mut view)
-                .map_err(|e| driver_err("zeroing device memory", e))?;
+        let n = self.len.max(1).min(self.capacity());
+        match (&mut self.mem, &dev.backend) {
+            (Mem::None, _) => Ok(()),
+            (Mem::Cuda(s), Backend::Cuda { stream, .. }) => {
+                let mut view = s.slice_mut(..n);
+                stream
+                    .memset_zeros(&mut view)
+                    .map_err(|e| driver_err("zeroing device memory", e))
+            }
+            (Mem::Host(v), Backend::Emulated(_)) => {
+                let words = (n * std::mem::size_of::<T>()).div_ceil(8);
+                v[..words].fill(0);
+                Ok(())
+            }
+            _ => Err(mixed_devices()),
         }
-        Ok(())
     }
 }
 
-fn raw_ptr<T>(s: &CudaSlice<T>, stream: &Arc<CudaStream>) -> u64 {
-    let (p, _sync) = s.device_ptr(stream);
-    p
+fn mixed_devices() -> Error {
+    Error::InvalidArgument("CUDA: a buffer of one device used on another".into())
 }
 
-/// The kernels of kernels.cu, by name.
-pub struct Kernels {
-    pub dropout_apply: CudaFunction,
-    pub dropout_copy: CudaFunction,
-    pub embed_layernorm: CudaFunction,
-    pub bias_dropout_residual_layernorm: CudaFunction,
-    pub layernorm_backward: CudaFunction,
-    pub bias_gelu: CudaFunction,
-    pub gelu_backward: CudaFunction,
-    pub attention_forward: CudaFunction,
-    pub attention_delta: CudaFunction,
-    pub attention_backward_dq: CudaFunction,
-    pub attention_backward_dkv: CudaFunction,
-    pub expand_prefix: CudaFunction,
-    pub reduce_prefix: CudaFunction,
-    pub gather_rows: CudaFunction,
-    pub scatter_rows: CudaFunction,
-    pub broadcast_rows: CudaFunction,
-    pub to_bf16: CudaFunction,
+/// The kernels of kernels.cu.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    DropoutApply,
+    DropoutCopy,
+    EmbedLayernorm,
+    BiasDropoutResidualLayernorm,
+    LayernormBackward,
+    BiasGelu,
+    GeluBackward,
+    AttentionForward,
+    AttentionDelta,
+    AttentionBackwardDq,
+    AttentionBackwardDkv,
+    ExpandPrefix,
+    ReducePrefix,
+    GatherRows,
+    ScatterRows,
+    BroadcastRows,
+    ToBf16,
 }
 
-/// An open GPU with our kernels loaded for one head dimension.
+impl Kernel {
+    pub const ALL: [Kernel; 17] = [
+        Kernel::DropoutApply,
+        Kernel::DropoutCopy,
+        Kernel::EmbedLayernorm,
+        Kernel::BiasDropoutResidualLayernorm,
+        Kernel::LayernormBackward,
+        Kernel::BiasGelu,
+        Kernel::GeluBackward,
+        Kernel::AttentionForward,
+        Kernel::AttentionDelta,
+        Kernel::AttentionBackwardDq,
+        Kernel::AttentionBackwardDkv,
+        Kernel::ExpandPrefix,
+        Kernel::ReducePrefix,
+        Kernel::GatherRows,
+        Kernel::ScatterRows,
+        Kernel::BroadcastRows,
+        Kernel::ToBf16,
+    ];
+
+    /// Its name in kernels.cu.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::DropoutApply => "dropout_apply",
+            Kernel::DropoutCopy => "dropout_copy",
+            Kernel::EmbedLayernorm => "embed_layernorm",
+            Kernel::BiasDropoutResidualLayernorm => "bias_dropout_residual_layernorm",
+            Kernel::LayernormBackward => "layernorm_backward",
+            Kernel::BiasGelu => "bias_gelu",
+            Kernel::GeluBackward => "gelu_backward",
+            Kernel::AttentionForward => "attention_forward",
+            Kernel::AttentionDelta => "attention_delta",
+            Kernel::AttentionBackwardDq => "attention_backward_dq",
+            Kernel::AttentionBackwardDkv => "attention_backward_dkv",
+            Kernel::ExpandPrefix => "expand_prefix",
+            Kernel::ReducePrefix => "reduce_prefix",
+            Kernel::GatherRows => "gather_rows",
+            Kernel::ScatterRows => "scatter_rows",
+            Kernel::BroadcastRows => "broadcast_rows",
+            Kernel::ToBf16 => "to_bf16",
+        }
+    }
+}
+
+/// How a device runs: a real GPU, or kernels.cu on the CPU through
+/// tools/cuda_emu (tests of the engine on machines without a GPU).
+enum Backend {
+    Cuda {
+        // Kept alive for the stream, module and cuBLAS handle.
+        _ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        blas: CudaBlas,
+        /// Indexed by `Kernel as usize`.
+        functions: Vec<CudaFunction>,
+    },
+    Emulated(super::emulator::Emulator),
+}
+
+/// An open GPU (or its emulation) with our kernels loaded for one head
+/// dimension.
 pub struct CudaDevice {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    pub kernels: Kernels,
+    backend: Backend,
     /// e.g. "NVIDIA H200"
     pub name: String,
     pub compute_capability: (i32, i32),
@@ -266,77 +379,100 @@ impl CudaDevice {
         let module = ctx
             .load_module(ptx)
             .map_err(|e| driver_err("loading the kernels", e))?;
-        let f = |n: &str| {
-            module
-                .load_function(n)
-                .map_err(|e| driver_err(&format!("kernel {n}"), e))
-        };
-        let kernels = Kernels {
-            dropout_apply: f("dropout_apply")?,
-            dropout_copy: f("dropout_copy")?,
-            embed_layernorm: f("embed_layernorm")?,
-            bias_dropout_residual_layernorm: f("bias_dropout_residual_layernorm")?,
-            layernorm_backward: f("layernorm_backward")?,
-            bias_gelu: f("bias_gelu")?,
-            gelu_backward: f("gelu_backward")?,
-            attention_forward: f("attention_forward")?,
-            attention_delta: f("attention_delta")?,
-            attention_backward_dq: f("attention_backward_dq")?,
-            attention_backward_dkv: f("attention_backward_dkv")?,
-            expand_prefix: f("expand_prefix")?,
-            reduce_prefix: f("reduce_prefix")?,
-            gather_rows: f("gather_rows")?,
-            scatter_rows: f("scatter_rows")?,
-            broadcast_rows: f("broadcast_rows")?,
-            to_bf16: f("to_bf16")?,
-        };
+        let functions = Kernel::ALL
+            .iter()
+            .map(|k| {
+                module
+                    .load_function(k.name())
+                    .map_err(|e| driver_err(&format!("kernel {}", k.name()), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| driver_err("starting cuBLAS", e))?;
         Ok(CudaDevice {
-            ctx,
-            stream,
-            blas,
-            kernels,
+            backend: Backend::Cuda {
+                _ctx: ctx,
+                stream,
+                blas,
+                functions,
+            },
             name,
             compute_capability: cc,
             head_dim,
         })
     }
 
-    /// Waits for everything queued.
-    pub fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_err("running the kernels", e))
+    /// The kernels run on the CPU through tools/cuda_emu (built with g++ on
+    /// first use), with plain-loop GEMMs: every launch, pointer and GEMM of
+    /// the engine is exercised without a GPU. Slow; for tests.
+    pub fn emulated(head_dim: usize) -> Result<Self> {
+        Ok(CudaDevice {
+            backend: Backend::Emulated(super::emulator::Emulator::load(head_dim)?),
+            name: "CPU emulation of the CUDA kernels".into(),
+            compute_capability: (0, 0),
+            head_dim,
+        })
     }
 
-    /// Launches `f` with `args` pushed in order (raw pointers as u64).
+    /// Waits for everything queued.
+    pub fn sync(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Cuda { stream, .. } => stream
+                .synchronize()
+                .map_err(|e| driver_err("running the kernels", e)),
+            Backend::Emulated(_) => Ok(()),
+        }
+    }
+
+    /// Threads per block of the row kernels (LayerNorm: one block per row):
+    /// 256 on a GPU, one warp when emulated (each thread is an OS thread).
+    pub fn row_block(&self) -> u32 {
+        match self.backend {
+            Backend::Cuda { .. } => 256,
+            Backend::Emulated(_) => 32,
+        }
+    }
+
+    /// Launches `kernel` with `args` in order (raw pointers as u64).
     pub fn launch(
         &self,
-        f: &CudaFunction,
+        kernel: Kernel,
         grid: (u32, u32, u32),
         block: u32,
         args: &[&dyn KernelArg],
     ) -> Result<()> {
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            a.push(&mut b);
+        match &self.backend {
+            Backend::Cuda {
+                stream, functions, ..
+            } => {
+                let f = &functions[kernel as usize];
+                let mut b = stream.launch_builder(f);
+                for a in args {
+                    a.push(&mut b);
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: grid,
+                    block_dim: (block, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: the argument lists match kernels.cu's signatures
+                // (checked by the emulated engine tests), and every pointer is
+                // a live DevBuf.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(|e| driver_err(&format!("launching {}", kernel.name()), e))
+            }
+            Backend::Emulated(emu) => {
+                let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+                emu.launch(kernel.name(), grid, block, &slots)
+            }
         }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the argument lists match kernels.cu's signatures (checked by
-        // the GPU golden tests), and every pointer is a live DevBuf.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| driver_err("launching a kernel", e))
     }
 
     /// A grid-stride launch over `n` elements.
-    pub fn launch_1d(&self, f: &CudaFunction, n: usize, args: &[&dyn KernelArg]) -> Result<()> {
-        let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
-        self.launch(f, (blocks, 1, 1), 256, args)
+    pub fn launch_1d(&self, kernel: Kernel, n: usize, args: &[&dyn KernelArg]) -> Result<()> {
+        let block = self.row_block();
+        let blocks = n.div_ceil(block as usize).clamp(1, 65535) as u32;
+        self.launch(kernel, (blocks, 1, 1), block, args)
     }
 
     /// y[rows, out] (+)= x[rows, in] · Wᵀ with W [out, in] row-major, in
@@ -424,21 +560,36 @@ impl CudaDevice {
             Precision::Bf16 => {
                 let len = k * n;
                 b_bf16.ensure(self, len)?;
-                self.launch_1d(
-                    &self.kernels.to_bf16,
-                    len,
-                    &[&b, &b_bf16.ptr, &(len as u64)],
-                )?;
+                self.launch_1d(Kernel::ToBf16, len, &[&b, &b_bf16.ptr, &(len as u64)])?;
                 (b_bf16.ptr, Ty::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F)
             }
         };
         let alpha = 1.0f32;
         let beta = if accumulate { 1.0f32 } else { 0.0f32 };
+        let blas = match &self.backend {
+            Backend::Cuda { blas, .. } => blas,
+            Backend::Emulated(_) => {
+                let bf16 = ab_type == Ty::CUDA_R_16BF;
+                // SAFETY: as for cuBLAS below: live buffers of the described sizes.
+                unsafe {
+                    super::emulator::gemm(
+                        (ta, tb),
+                        (m, n, k),
+                        (a, lda),
+                        (b_ptr, ldb),
+                        (c, ldc),
+                        bf16,
+                        beta,
+                    )
+                };
+                return Ok(());
+            }
+        };
         // SAFETY: pointers are live device buffers of at least the sizes the
         // leading dimensions and m, n, k describe; alpha/beta are host f32.
         unsafe {
             blas::gemm_ex(
-                *self.blas.handle(),
+                *blas.handle(),
                 op(ta),
                 op(tb),
                 m as i32,
@@ -466,15 +617,22 @@ impl CudaDevice {
 /// A kernel argument: a scalar or a raw device address, by reference.
 pub trait KernelArg {
     fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+    /// As an emulator slot: u64 and addresses as they are, 32-bit integers
+    /// zero-extended, f32 by its bits.
+    fn slot(&self) -> u64;
 }
 
 macro_rules! kernel_arg {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $slot:expr),*) => {$(
         impl KernelArg for $t {
             fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
                 b.arg(self);
             }
+            fn slot(&self) -> u64 {
+                let f: fn(&$t) -> u64 = $slot;
+                f(self)
+            }
         }
     )*};
 }
-kernel_arg!(u64, i32, u32, f32);
+kernel_arg!(u64 => |x| *x, i32 => |x| *x as u32 as u64, u32 => |x| *x as u64, f32 => |x| x.to_bits() as u64);

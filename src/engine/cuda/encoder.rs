@@ -24,7 +24,7 @@
 //! the prefix table's gradient (P × Ls·2H) comes down. Nothing else crosses.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Precision};
+use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::{BertModel, LayerNorm, Linear};
@@ -186,8 +186,25 @@ impl CudaEncoder {
     /// Opens GPU `ordinal` and uploads `model`'s weights (matrices in bf16
     /// when `precision` is bf16).
     pub fn new(model: &BertModel, ordinal: usize, precision: Precision) -> Result<Self> {
+        Self::on(
+            CudaDevice::open(ordinal, model.config.head_dim())?,
+            model,
+            precision,
+        )
+    }
+
+    /// [`CudaEncoder::new`] on a device already open (e.g.
+    /// [`CudaDevice::emulated`]), whose kernels must be built for the
+    /// model's head dimension.
+    pub fn on(dev: CudaDevice, model: &BertModel, precision: Precision) -> Result<Self> {
         let config = model.config.clone();
-        let dev = CudaDevice::open(ordinal, config.head_dim())?;
+        if dev.head_dim != config.head_dim() {
+            return Err(Error::InvalidArgument(format!(
+                "CUDA: the kernels were built for head dimension {}, the model's is {}",
+                dev.head_dim,
+                config.head_dim()
+            )));
+        }
         let up = |v: &[f32]| -> Result<DevBuf<f32>> {
             let mut b = DevBuf::default();
             b.upload(&dev, v)?;
@@ -345,7 +362,7 @@ impl CudaEncoder {
                     ws.kv.ensure(dev, ls * b * p * two_h)?;
                     let (key, thr, scale, on) = site(prefix_dropout);
                     dev.launch_1d(
-                        &dev.kernels.expand_prefix,
+                        Kernel::ExpandPrefix,
                         ls * b * p * two_h,
                         &[
                             &ws.past.ptr,
@@ -386,9 +403,9 @@ impl CudaEncoder {
         let (key, thr, scale, on) = site(dropout.site(dropout.hidden, 0));
         let e = &self.embed_ln;
         dev.launch(
-            &dev.kernels.embed_layernorm,
+            Kernel::EmbedLayernorm,
             (rows as u32, 1, 1),
-            256,
+            dev.row_block(),
             &[
                 &ws.ids.ptr,
                 &ws.positions.ptr,
@@ -450,7 +467,7 @@ impl CudaEncoder {
             let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             dev.launch(
-                &dev.kernels.attention_forward,
+                Kernel::AttentionForward,
                 (t.div_ceil(64) as u32, nh as u32, b as u32),
                 64,
                 &[
@@ -486,9 +503,9 @@ impl CudaEncoder {
             let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
             let stats = if keep { s.ln1_stats.ptr } else { 0u64 };
             dev.launch(
-                &dev.kernels.bias_dropout_residual_layernorm,
+                Kernel::BiasDropoutResidualLayernorm,
                 (rows as u32, 1, 1),
-                256,
+                dev.row_block(),
                 &[
                     &s.ln1_in.ptr,
                     &layer.attn_out.bias.ptr,
@@ -519,7 +536,7 @@ impl CudaEncoder {
                 false,
             )?;
             dev.launch_1d(
-                &dev.kernels.bias_gelu,
+                Kernel::BiasGelu,
                 rows * inter,
                 &[
                     &s.inter_pre.ptr,
@@ -545,9 +562,9 @@ impl CudaEncoder {
             let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
             let stats = if keep { s.ln2_stats.ptr } else { 0u64 };
             dev.launch(
-                &dev.kernels.bias_dropout_residual_layernorm,
+                Kernel::BiasDropoutResidualLayernorm,
                 (rows as u32, 1, 1),
-                256,
+                dev.row_block(),
                 &[
                     &s.ln2_in.ptr,
                     &layer.output.bias.ptr,
@@ -577,7 +594,7 @@ impl CudaEncoder {
             Rows::Cls => {
                 self.ws.out.ensure(dev, b * h)?;
                 dev.launch_1d(
-                    &dev.kernels.gather_rows,
+                    Kernel::GatherRows,
                     b * h,
                     &[
                         &self.ws.x.ptr,
@@ -634,7 +651,7 @@ impl CudaEncoder {
                 ws.out.upload(dev, d_out)?;
                 ws.d_x.zero(dev)?;
                 dev.launch_1d(
-                    &dev.kernels.scatter_rows,
+                    Kernel::ScatterRows,
                     b * h,
                     &[
                         &ws.out.ptr,
@@ -661,9 +678,9 @@ impl CudaEncoder {
             let s = &ws.saved[l - lowest];
             // x = LN2(ln2_in): d_h = dLN2 · d_x
             dev.launch(
-                &dev.kernels.layernorm_backward,
+                Kernel::LayernormBackward,
                 (rows as u32, 1, 1),
-                256,
+                dev.row_block(),
                 &[
                     &ws.d_x.ptr,
                     &s.ln2_in.ptr,
@@ -676,7 +693,7 @@ impl CudaEncoder {
             // through the FFN output's dropout, W2, GELU, W1 (+ residual)
             let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
             dev.launch_1d(
-                &dev.kernels.dropout_copy,
+                Kernel::DropoutCopy,
                 rows * h,
                 &[
                     &ws.d_h.ptr,
@@ -700,7 +717,7 @@ impl CudaEncoder {
                 false,
             )?;
             dev.launch_1d(
-                &dev.kernels.gelu_backward,
+                Kernel::GeluBackward,
                 rows * inter,
                 &[&s.inter_pre.ptr, &ws.d_inter.ptr, &((rows * inter) as u64)],
             )?;
@@ -718,9 +735,9 @@ impl CudaEncoder {
 
             // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x)
             dev.launch(
-                &dev.kernels.layernorm_backward,
+                Kernel::LayernormBackward,
                 (rows as u32, 1, 1),
-                256,
+                dev.row_block(),
                 &[
                     &ws.d_h.ptr,
                     &s.ln1_in.ptr,
@@ -732,7 +749,7 @@ impl CudaEncoder {
             )?;
             let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
             dev.launch_1d(
-                &dev.kernels.dropout_copy,
+                Kernel::DropoutCopy,
                 rows * h,
                 &[
                     &ws.d_x.ptr,
@@ -764,7 +781,7 @@ impl CudaEncoder {
             let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
             let need_below = l > lowest;
             dev.launch(
-                &dev.kernels.attention_delta,
+                Kernel::AttentionDelta,
                 (rows.div_ceil(256) as u32, nh as u32, 1),
                 256,
                 &[
@@ -779,7 +796,7 @@ impl CudaEncoder {
             let row_stride = (pl * two_h) as u64;
             if need_below {
                 dev.launch(
-                    &dev.kernels.attention_backward_dq,
+                    Kernel::AttentionBackwardDq,
                     (t.div_ceil(64) as u32, nh as u32, b as u32),
                     64,
                     &[
@@ -808,7 +825,7 @@ impl CudaEncoder {
             if n_keys > 0 {
                 let dqkv = if need_below { ws.d_qkv.ptr } else { 0u64 };
                 dev.launch(
-                    &dev.kernels.attention_backward_dkv,
+                    Kernel::AttentionBackwardDkv,
                     (n_keys.div_ceil(64) as u32, nh as u32, b as u32),
                     64,
                     &[
@@ -854,7 +871,7 @@ impl CudaEncoder {
         ws.d_past.ensure(dev, p * width)?;
         let (key, thr, scale, on) = site(step.prefix_dropout);
         dev.launch_1d(
-            &dev.kernels.reduce_prefix,
+            Kernel::ReducePrefix,
             p * width,
             &[
                 &ws.d_kv.ptr,
@@ -882,7 +899,7 @@ fn broadcast_bias(
     width: usize,
 ) -> Result<()> {
     dev.launch_1d(
-        &dev.kernels.broadcast_rows,
+        Kernel::BroadcastRows,
         rows * width,
         &[&bias.ptr, &y, &(rows as i32), &(width as i32)],
     )

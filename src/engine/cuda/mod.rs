@@ -6,11 +6,13 @@
 //! machines without CUDA, where only `--device cuda` fails, and says why.
 //!
 //! - [`device`]: context, stream, cuBLAS, the compiled kernels, device buffers.
+//! - [`emulator`]: the same kernels run on the CPU (tests without a GPU).
 //! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
 //!   inference and training forward, activation-gradient backward down to
 //!   the lowest prefixed layer, as `model::encoder` does on the CPU.
 
 pub mod device;
+pub mod emulator;
 pub mod encoder;
 
 pub use device::{compile_kernels, missing_libraries, nvrtc_present, CudaDevice, Precision};

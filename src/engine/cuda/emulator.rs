@@ -1,0 +1,185 @@
+//! The CUDA device emulated on the CPU, for tests on machines without a GPU:
+//! kernels.cu built with g++ against tools/cuda_emu/emu.h into a shared
+//! library (threads of a block as OS threads, __syncthreads a barrier), and
+//! cuBLAS's column-major GEMM as a plain loop. Device memory is host memory,
+//! so the engine's raw pointers work unchanged. It checks semantics, never
+//! speed.
+
+use std::ffi::{c_char, CString};
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+const KERNELS_CU: &str = include_str!("kernels.cu");
+const EMU_H: &str = include_str!("../../../tools/cuda_emu/emu.h");
+const EMU_LIB_CPP: &str = include_str!("../../../tools/cuda_emu/emu_lib.cpp");
+
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *const u64, i32) -> i32;
+
+/// The loaded emulator library for one head dimension.
+pub struct Emulator {
+    launch: LaunchFn,
+    // Keeps `launch` valid.
+    _lib: libloading::Library,
+}
+
+fn emu_err(what: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("CUDA emulator: {what}"))
+}
+
+/// FNV-1a of the sources: the library's file name changes with them.
+fn sources_hash(head_dim: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in [KERNELS_CU, EMU_H, EMU_LIB_CPP]
+        .iter()
+        .flat_map(|s| s.bytes())
+        .chain(head_dim.to_le_bytes())
+    {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Emulator {
+    /// Builds (once per source version, in the temp dir) and loads the
+    /// emulator for `head_dim`. Needs g++ with C++20 ($CXX to choose another).
+    pub fn load(head_dim: usize) -> Result<Self> {
+        let lib_path = std::env::temp_dir().join(format!(
+            "ptuning-cuda-emu-{:016x}.so",
+            sources_hash(head_dim)
+        ));
+        if !lib_path.exists() {
+            build(head_dim, &lib_path)?;
+        }
+        // SAFETY: our own library, whose only exported symbols are the two
+        // C functions below with these signatures.
+        let lib = unsafe { libloading::Library::new(&lib_path) }.map_err(emu_err)?;
+        let launch: LaunchFn =
+            *unsafe { lib.get::<LaunchFn>(b"ptuning_emu_launch\0") }.map_err(emu_err)?;
+        let hd: unsafe extern "C" fn() -> i32 =
+            *unsafe { lib.get(b"ptuning_emu_head_dim\0") }.map_err(emu_err)?;
+        // SAFETY: a plain C function without arguments.
+        let built = unsafe { hd() };
+        if built as usize != head_dim {
+            return Err(emu_err(format!(
+                "{} was built for HEAD_DIM {built}, not {head_dim}",
+                lib_path.display()
+            )));
+        }
+        Ok(Emulator { launch, _lib: lib })
+    }
+
+    /// Runs kernel `name` over `grid` × `block` threads with `args` slots.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[u64],
+    ) -> Result<()> {
+        let c = CString::new(name).expect("kernel names have no NUL");
+        // The emulator's block state (shared memory, barriers) is global:
+        // one launch at a time in the process, whatever the device.
+        static ONE_LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the slots are the kernel's parameters, pointers into live
+        // host blocks (the emulated device memory).
+        let rc = unsafe {
+            (self.launch)(
+                c.as_ptr(),
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                args.as_ptr(),
+                args.len() as i32,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            -1 => Err(emu_err(format!("no kernel {name}"))),
+            _ => Err(emu_err(format!(
+                "kernel {name} takes another number of arguments than {}",
+                args.len()
+            ))),
+        }
+    }
+}
+
+/// Writes the sources to a scratch folder with their repository layout and
+/// compiles them into `out` (atomically: a temp name, then a rename).
+fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("ptuning-cuda-emu-src-{}", std::process::id()));
+    let files: [(PathBuf, &str); 3] = [
+        (dir.join("src/engine/cuda/kernels.cu"), KERNELS_CU),
+        (dir.join("tools/cuda_emu/emu.h"), EMU_H),
+        (dir.join("tools/cuda_emu/emu_lib.cpp"), EMU_LIB_CPP),
+    ];
+    for (path, text) in &files {
+        let parent = path.parent().expect("a file in a folder");
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let result = std::process::Command::new(&cxx)
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-Wno-unknown-pragmas",
+        ])
+        .arg(format!("-DHEAD_DIM={head_dim}"))
+        .arg(&files[2].0)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| emu_err(format!("cannot run {cxx}: {e}")))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !result.status.success() {
+        return Err(emu_err(format!(
+            "{cxx} failed:\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        )));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+/// cuBLAS's GEMM as a loop, column-major: C[m×n] = op(A)[m×k]·op(B)[k×n]
+/// (+ C when beta is 1), A and B f32 or (bf16) bf16 bits, C f32.
+///
+/// # Safety
+/// The pointers must address live memory of the sizes the leading
+/// dimensions and m, n, k describe.
+pub unsafe fn gemm(
+    (ta, tb): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (u64, usize),
+    (b, ldb): (u64, usize),
+    (c, ldc): (u64, usize),
+    bf16: bool,
+    beta: f32,
+) {
+    let read = |base: u64, i: usize| -> f32 {
+        if bf16 {
+            f32::from_bits((*(base as *const u16).add(i) as u32) << 16)
+        } else {
+            *(base as *const f32).add(i)
+        }
+    };
+    let c = c as *mut f32;
+    for j in 0..n {
+        for i in 0..m {
+            let mut s = 0.0f32;
+            for l in 0..k {
+                let av = read(a, if ta { l + i * lda } else { i + l * lda });
+                let bv = read(b, if tb { j + l * ldb } else { l + j * ldb });
+                s += av * bv;
+            }
+            let dst = c.add(i + j * ldc);
+            *dst = if beta == 0.0 { s } else { *dst * beta + s };
+        }
+    }
+}
