@@ -150,7 +150,6 @@ fn cuda_engine_matches_the_reference_fixtures() {
             }
             let case = Case::load(name);
             let batch = case.batch();
-            let labels = case.labels();
             // Emulation is slow (every CUDA thread an OS thread): there, fp32
             // on the cases with layer subsets (BERT and RoBERTa, plain and
             // MLP) and bf16 once; its GEMM has no TF32 mode.
@@ -205,15 +204,7 @@ fn cuda_engine_matches_the_reference_fixtures() {
                 let logits = model.predict(&batch).unwrap();
                 check("logits", &logits, &case.f32("logits"));
 
-                model.zero_grad();
-                let out = model
-                    .forward_backward(
-                        &batch,
-                        Targets::Classes(&labels),
-                        &DropoutConfig::OFF,
-                        &mut Activations::default(),
-                    )
-                    .unwrap();
+                let out = case.step(&mut model);
                 let loss = case.f32("loss")[0];
                 assert!(
                     ((out.loss - loss).abs() as f64)

@@ -8,15 +8,12 @@
 mod common;
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::model::encoder::{Activations, DropoutConfig};
-use ptuning::model::prompt_model::Targets;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
 
 fn check_case(name: &str) {
     let case = Case::load(name);
     let mut model = case.model();
     let batch = case.batch();
-    let labels = case.labels();
     let layers = model.backbone.layers.len();
 
     // The prefix encoder's output.
@@ -48,16 +45,7 @@ fn check_case(name: &str) {
     assert!(d <= 1e-4, "{name}: logits differ by {d}");
 
     // Loss and gradients, dropout off.
-    let mut acts = Activations::default();
-    model.zero_grad();
-    let out = model
-        .forward_backward(
-            &batch,
-            Targets::Classes(&labels),
-            &DropoutConfig::OFF,
-            &mut acts,
-        )
-        .unwrap();
+    let out = case.step(&mut model);
     let loss = case.f32("loss")[0];
     assert!(
         (out.loss - loss).abs() <= 1e-5 * loss.abs().max(1.0),

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
+use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::ClassificationHead;
 use ptuning::model::hub::default_model_dir;
 use ptuning::model::param::Param;
 use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
-use ptuning::model::prompt_model::PromptModel;
+use ptuning::model::prompt_model::{PromptModel, StepOutput, Targets};
 use ptuning::model::weights::WeightFile;
 
 /// tests/fixtures, or $PTUNING_TEST_ROOT/tests/fixtures when the test binary
@@ -131,6 +132,20 @@ impl Case {
             head,
             gpu: None,
         }
+    }
+
+    /// One forward and backward of `model` on the case's batch and labels,
+    /// dropout off, from zero gradients.
+    pub fn step(&self, model: &mut PromptModel) -> StepOutput {
+        model.zero_grad();
+        model
+            .forward_backward(
+                &self.batch(),
+                Targets::Classes(&self.labels()),
+                &DropoutConfig::OFF,
+                &mut Activations::default(),
+            )
+            .unwrap()
     }
 
     fn set(&self, p: &mut Param) {
