@@ -11,8 +11,8 @@ use crate::model::heads::HeadKind;
 use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::tasks::squad::{
-    qa_features, qa_features_vec, read_squad, squad_metrics, PostprocessOptions, Postprocessor,
-    QaFeature, SquadExample,
+    qa_features, read_squad, squad_metrics, PostprocessOptions, Postprocessor, QaFeature,
+    SquadExample,
 };
 use crate::training::trainer::TrainConfig;
 
@@ -74,8 +74,18 @@ impl QaData {
             }
         };
         let max_len = config.max_seq_len();
+        // Training reads ids, types and targets only: each window drops its
+        // char offsets (24 bytes a token) as it is built.
+        let train_windows = qa_features(tokenizer, &train, max_len, config.doc_stride)
+            .map(|w| {
+                w.map(|mut w| {
+                    w.context_offsets = Vec::new();
+                    w
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(QaData {
-            train: qa_features_vec(tokenizer, &train, max_len, config.doc_stride)?,
+            train: train_windows,
             train_questions: train.len(),
             skipped,
             name,
