@@ -399,7 +399,7 @@ fn kernels_pass_the_cpu_emulation() {
         eprintln!("skipped: no C++ compiler ({gxx}) to build tools/cuda_emu");
         return;
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("check_kernels");
     let build = std::process::Command::new(&gxx)

@@ -15,12 +15,16 @@ use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::{PromptModel, StepOutput, Targets};
 use ptuning::model::weights::WeightFile;
 
-/// tests/fixtures, or $PTUNING_TEST_ROOT/tests/fixtures when the test binary
-/// runs away from its source tree (bench/gpu.sh on a GPU machine).
-pub fn fixtures() -> PathBuf {
+/// The repository: $PTUNING_TEST_ROOT when the test binary runs away from
+/// its source tree (bench/gpu.sh on a GPU machine), else where it was built.
+pub fn repo_root() -> PathBuf {
     std::env::var_os("PTUNING_TEST_ROOT")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("tests/fixtures")
+}
+
+/// tests/fixtures of [`repo_root`].
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
 }
 
 fn minilm_dir() -> PathBuf {
