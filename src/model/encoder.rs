@@ -52,19 +52,19 @@ impl DropoutConfig {
         })
     }
 
-    fn embeddings(&self) -> Option<Dropout> {
+    pub fn embeddings(&self) -> Option<Dropout> {
         self.site(self.hidden, 0)
     }
 
-    fn attention_probs(&self, layer: usize) -> Option<Dropout> {
+    pub fn attention_probs(&self, layer: usize) -> Option<Dropout> {
         self.site(self.attention, 3 * layer as u64 + 1)
     }
 
-    fn attention_output(&self, layer: usize) -> Option<Dropout> {
+    pub fn attention_output(&self, layer: usize) -> Option<Dropout> {
         self.site(self.hidden, 3 * layer as u64 + 2)
     }
 
-    fn ffn_output(&self, layer: usize) -> Option<Dropout> {
+    pub fn ffn_output(&self, layer: usize) -> Option<Dropout> {
         self.site(self.hidden, 3 * layer as u64 + 3)
     }
 }

@@ -95,6 +95,7 @@ enum Plan {
     Qa {
         examples: Vec<SquadExample>,
         windows: Vec<(usize, ContextOffsets)>,
+        opts: PostprocessOptions,
     },
 }
 
@@ -341,7 +342,7 @@ fn encode_qa(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let (stride, _) = qa_settings(adapter);
+    let (stride, opts) = qa_settings(adapter);
     let featurizer =
         QaFeaturizer::with_raw(&tools.tokenizer, &tools.qa_raw, adapter.max_len, stride);
     let mut sequences = Vec::new();
@@ -362,7 +363,14 @@ fn encode_qa(
             windows.push((i, f.context_offsets));
         }
     }
-    Ok(Encoded::new(sequences, Plan::Qa { examples, windows }))
+    Ok(Encoded::new(
+        sequences,
+        Plan::Qa {
+            examples,
+            windows,
+            opts,
+        },
+    ))
 }
 
 fn label_of(adapter: &ServedAdapter, index: usize) -> String {
@@ -453,8 +461,11 @@ pub fn decode(
                 })
                 .collect())
         }
-        Plan::Qa { examples, windows } => {
-            let (_, opts) = qa_settings(adapter);
+        Plan::Qa {
+            examples,
+            windows,
+            opts,
+        } => {
             let mut post = Postprocessor::new(&examples, opts);
             for ((example, offsets), l) in windows.iter().zip(logits) {
                 if c != 2 || l.len() != offsets.len() * 2 {

@@ -400,7 +400,7 @@ impl CudaEncoder {
         ws.tmp.ensure(dev, rows * h)?;
         ws.x1.ensure(dev, rows * h)?;
         ws.act.ensure(dev, rows * inter)?;
-        let (key, thr, scale, on) = site(dropout.site(dropout.hidden, 0));
+        let (key, thr, scale, on) = site(dropout.embeddings());
         let e = &self.embed_ln;
         dev.launch(
             Kernel::EmbedLayernorm,
@@ -464,7 +464,7 @@ impl CudaEncoder {
             let k = layers.iter().position(|&x| x == l);
             let pl = if k.is_some() { p } else { 0 };
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
-            let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
+            let (key, thr, dscale, on) = site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             dev.launch(
                 Kernel::AttentionForward,
@@ -500,27 +500,16 @@ impl CudaEncoder {
                 s.ln1_in.ptr,
                 false,
             )?;
-            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
-            let stats = if keep { s.ln1_stats.ptr } else { 0u64 };
-            dev.launch(
-                Kernel::BiasDropoutResidualLayernorm,
-                (rows as u32, 1, 1),
-                dev.row_block(),
-                &[
-                    &s.ln1_in.ptr,
-                    &layer.attn_out.bias.ptr,
-                    &ws.x.ptr,
-                    &layer.ln1.weight.ptr,
-                    &layer.ln1.bias.ptr,
-                    &layer.ln1.eps,
-                    &ws.x1.ptr,
-                    &stats,
-                    &(h as i32),
-                    &key,
-                    &thr,
-                    &dscale,
-                    &on,
-                ],
+            residual_layernorm(
+                dev,
+                (rows, h),
+                s.ln1_in.ptr,
+                &layer.attn_out.bias,
+                ws.x.ptr,
+                &layer.ln1,
+                ws.x1.ptr,
+                if keep { s.ln1_stats.ptr } else { 0 },
+                dropout.attention_output(l),
             )?;
 
             // inter = gelu(x1·W1ᵀ + b1)
@@ -559,27 +548,16 @@ impl CudaEncoder {
                 s.ln2_in.ptr,
                 false,
             )?;
-            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
-            let stats = if keep { s.ln2_stats.ptr } else { 0u64 };
-            dev.launch(
-                Kernel::BiasDropoutResidualLayernorm,
-                (rows as u32, 1, 1),
-                dev.row_block(),
-                &[
-                    &s.ln2_in.ptr,
-                    &layer.output.bias.ptr,
-                    &ws.x1.ptr,
-                    &layer.ln2.weight.ptr,
-                    &layer.ln2.bias.ptr,
-                    &layer.ln2.eps,
-                    &ws.x.ptr,
-                    &stats,
-                    &(h as i32),
-                    &key,
-                    &thr,
-                    &dscale,
-                    &on,
-                ],
+            residual_layernorm(
+                dev,
+                (rows, h),
+                s.ln2_in.ptr,
+                &layer.output.bias,
+                ws.x1.ptr,
+                &layer.ln2,
+                ws.x.ptr,
+                if keep { s.ln2_stats.ptr } else { 0 },
+                dropout.ffn_output(l),
             )?;
         }
         self.download_rows(b, t, rows_out)
@@ -669,42 +647,26 @@ impl CudaEncoder {
         ws.d_inter.ensure(dev, rows * inter)?;
         ws.d_qkv.ensure(dev, rows * 3 * h)?;
         ws.delta.ensure(dev, b * nh * t)?;
+        // Not zeroed: every prefixed layer's dK/dV launch writes all of its
+        // [B, P, 2H] block.
         ws.d_kv.ensure(dev, ls * b * p * two_h)?;
-        ws.d_kv.zero(dev)?;
         let scale_qk = 1.0 / (c.head_dim() as f32).sqrt();
 
         for l in (lowest..self.layers.len()).rev() {
             let layer = &self.layers[l];
             let s = &ws.saved[l - lowest];
             // x = LN2(ln2_in): d_h = dLN2 · d_x
-            dev.launch(
-                Kernel::LayernormBackward,
-                (rows as u32, 1, 1),
-                dev.row_block(),
-                &[
-                    &ws.d_x.ptr,
-                    &s.ln2_in.ptr,
-                    &layer.ln2.weight.ptr,
-                    &s.ln2_stats.ptr,
-                    &ws.d_h.ptr,
-                    &(h as i32),
-                ],
+            layernorm_backward(
+                dev,
+                (rows, h),
+                ws.d_x.ptr,
+                s.ln2_in.ptr,
+                &layer.ln2,
+                s.ln2_stats.ptr,
+                ws.d_h.ptr,
             )?;
             // through the FFN output's dropout, W2, GELU, W1 (+ residual)
-            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 3));
-            dev.launch_1d(
-                Kernel::DropoutCopy,
-                rows * h,
-                &[
-                    &ws.d_h.ptr,
-                    &ws.tmp.ptr,
-                    &((rows * h) as u64),
-                    &key,
-                    &thr,
-                    &dscale,
-                    &on,
-                ],
-            )?;
+            dropout_copy(dev, ws.d_h.ptr, ws.tmp.ptr, rows * h, dropout.ffn_output(l))?;
             dev.linear_backward_input(
                 self.precision,
                 ws.tmp.ptr,
@@ -734,32 +696,21 @@ impl CudaEncoder {
             )?;
 
             // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x)
-            dev.launch(
-                Kernel::LayernormBackward,
-                (rows as u32, 1, 1),
-                dev.row_block(),
-                &[
-                    &ws.d_h.ptr,
-                    &s.ln1_in.ptr,
-                    &layer.ln1.weight.ptr,
-                    &s.ln1_stats.ptr,
-                    &ws.d_x.ptr,
-                    &(h as i32),
-                ],
+            layernorm_backward(
+                dev,
+                (rows, h),
+                ws.d_h.ptr,
+                s.ln1_in.ptr,
+                &layer.ln1,
+                s.ln1_stats.ptr,
+                ws.d_x.ptr,
             )?;
-            let (key, thr, dscale, on) = site(dropout.site(dropout.hidden, 3 * l as u64 + 2));
-            dev.launch_1d(
-                Kernel::DropoutCopy,
+            dropout_copy(
+                dev,
+                ws.d_x.ptr,
+                ws.tmp.ptr,
                 rows * h,
-                &[
-                    &ws.d_x.ptr,
-                    &ws.tmp.ptr,
-                    &((rows * h) as u64),
-                    &key,
-                    &thr,
-                    &dscale,
-                    &on,
-                ],
+                dropout.attention_output(l),
             )?;
             dev.linear_backward_input(
                 self.precision,
@@ -778,7 +729,7 @@ impl CudaEncoder {
             let pl = if k.is_some() { p } else { 0 };
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
             let dprefix_ptr = k.map_or(0, |k| ws.d_kv.ptr + (k * b * p * two_h * 4) as u64);
-            let (key, thr, dscale, on) = site(dropout.site(dropout.attention, 3 * l as u64 + 1));
+            let (key, thr, dscale, on) = site(dropout.attention_probs(l));
             let need_below = l > lowest;
             dev.launch(
                 Kernel::AttentionDelta,
@@ -888,6 +839,79 @@ impl CudaEncoder {
         )?;
         ws.d_past.download(dev, p * width)
     }
+}
+
+/// ln_in = dropout(y + bias) + residual, in place in `y` (the saved
+/// LayerNorm input), then x_out = LN(ln_in), with (mean, rstd) into `stats`
+/// unless it is 0. One block per row of [rows, h].
+#[allow(clippy::too_many_arguments)]
+fn residual_layernorm(
+    dev: &CudaDevice,
+    (rows, h): (usize, usize),
+    y: u64,
+    bias: &DevBuf<f32>,
+    residual: u64,
+    ln: &DevLayerNorm,
+    x_out: u64,
+    stats: u64,
+    dropout: Option<Dropout>,
+) -> Result<()> {
+    let (key, thr, scale, on) = site(dropout);
+    dev.launch(
+        Kernel::BiasDropoutResidualLayernorm,
+        (rows as u32, 1, 1),
+        dev.row_block(),
+        &[
+            &y,
+            &bias.ptr,
+            &residual,
+            &ln.weight.ptr,
+            &ln.bias.ptr,
+            &ln.eps,
+            &x_out,
+            &stats,
+            &(h as i32),
+            &key,
+            &thr,
+            &scale,
+            &on,
+        ],
+    )
+}
+
+/// dx = ∂LN/∂x · dy from the saved input `x` and its stats ([rows, h]).
+fn layernorm_backward(
+    dev: &CudaDevice,
+    (rows, h): (usize, usize),
+    dy: u64,
+    x: u64,
+    ln: &DevLayerNorm,
+    stats: u64,
+    dx: u64,
+) -> Result<()> {
+    dev.launch(
+        Kernel::LayernormBackward,
+        (rows as u32, 1, 1),
+        dev.row_block(),
+        &[&dy, &x, &ln.weight.ptr, &stats, &dx, &(h as i32)],
+    )
+}
+
+/// dst = dropout(src) over `n` elements (src itself when `dropout` is None):
+/// the backward of a dropout site on a gradient that is still needed.
+fn dropout_copy(
+    dev: &CudaDevice,
+    src: u64,
+    dst: u64,
+    n: usize,
+    dropout: Option<Dropout>,
+) -> Result<()> {
+    let (key, thr, scale, on) = site(dropout);
+    dev.launch_1d(
+        Kernel::DropoutCopy,
+        n,
+        &[&src, &dst, &(n as u64), &key, &thr, &scale, &on],
+    )
 }
 
 /// y[r, :] = bias for every row (the GEMM then adds x·Wᵀ with β = 1).

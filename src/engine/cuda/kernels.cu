@@ -232,6 +232,34 @@ __device__ __forceinline__ bool key_visible(const float* mask, int b, int j, int
     return j < p || mask[(u64)b * t + (j - p)] != 0.0f;
 }
 
+// Whether batch row b has any visible key (a prefix, or a real token).
+__device__ int any_visible(const float* mask, int b, int t, int p) {
+    int any = p > 0;
+    for (int j = 0; j < t && !any; j++) any = mask[(u64)b * t + j] != 0.0f;
+    return any;
+}
+
+// Keys and values j0 .. j0 + KEY_TILE of (batch row b, head hh) into shared
+// memory, with whether each is visible (all are when none is: a uniform
+// row). Called by every thread of the block between two __syncthreads.
+__device__ void load_key_tile(float ks[KEY_TILE][HEAD_DIM], float vs[KEY_TILE][HEAD_DIM], int* vis,
+                              const float* qkv, const float* prefix, u64 prefix_row_stride, const float* mask,
+                              int b, int hh, int j0, int t, int p, int h, int any) {
+    int n = p + t;
+    for (int e = threadIdx.x; e < KEY_TILE * HEAD_DIM; e += blockDim.x) {
+        int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
+        if (j < n) {
+            const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
+            ks[jj][d] = kp[d];
+            vs[jj][d] = kp[h + d];
+        }
+    }
+    for (int jj = threadIdx.x; jj < KEY_TILE; jj += blockDim.x) {
+        int j = j0 + jj;
+        vis[jj] = j < n && (!any || key_visible(mask, b, j, t, p));
+    }
+}
+
 extern "C" __global__ void attention_forward(const float* qkv, const float* prefix, u64 prefix_row_stride,
                                              const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                              float scale, u64 key, u64 threshold, float dscale, int dropout) {
@@ -242,9 +270,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int h = nh * HEAD_DIM, n = p + t;
     bool active = i < t;
-    // Any visible key at all in this batch row?
-    int any = p > 0;
-    for (int j = 0; j < t && !any; j++) any = mask[(u64)b * t + j] != 0.0f;
+    int any = any_visible(mask, b, t, p);
 
     float q[HEAD_DIM], acc[HEAD_DIM];
     const float* qrow = qkv + ((u64)b * t + (active ? i : 0)) * 3 * h + hh * HEAD_DIM;
@@ -257,18 +283,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
     u64 drop_base = (((u64)b * nh + hh) * t + (active ? i : 0)) * n;
     for (int j0 = 0; j0 < n; j0 += KEY_TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < KEY_TILE * HEAD_DIM; e += blockDim.x) {
-            int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
-            if (j < n) {
-                const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
-                ks[jj][d] = kp[d];
-                vs[jj][d] = kp[h + d];
-            }
-        }
-        for (int jj = threadIdx.x; jj < KEY_TILE; jj += blockDim.x) {
-            int j = j0 + jj;
-            vis[jj] = j < n && (!any || key_visible(mask, b, j, t, p));
-        }
+        load_key_tile(ks, vs, vis, qkv, prefix, prefix_row_stride, mask, b, hh, j0, t, p, h, any);
         __syncthreads();
         if (!active) continue;
         int tile = min(KEY_TILE, n - j0);
@@ -331,8 +346,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int h = nh * HEAD_DIM, n = p + t;
     bool active = i < t;
-    int any = p > 0;
-    for (int j = 0; j < t && !any; j++) any = mask[(u64)b * t + j] != 0.0f;
+    int any = any_visible(mask, b, t, p);
 
     float q[HEAD_DIM], dout[HEAD_DIM], dq[HEAD_DIM];
     u64 row = (u64)b * t + (active ? i : 0);
@@ -349,18 +363,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     u64 drop_base = stat * n;
     for (int j0 = 0; j0 < n; j0 += KEY_TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < KEY_TILE * HEAD_DIM; e += blockDim.x) {
-            int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
-            if (j < n) {
-                const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
-                ks[jj][d] = kp[d];
-                vs[jj][d] = kp[h + d];
-            }
-        }
-        for (int jj = threadIdx.x; jj < KEY_TILE; jj += blockDim.x) {
-            int j = j0 + jj;
-            vis[jj] = j < n && (!any || key_visible(mask, b, j, t, p));
-        }
+        load_key_tile(ks, vs, vis, qkv, prefix, prefix_row_stride, mask, b, hh, j0, t, p, h, any);
         __syncthreads();
         if (!active) continue;
         int tile = min(KEY_TILE, n - j0);
@@ -408,8 +411,7 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     int h = nh * HEAD_DIM, n = p + t;
     bool active = j < n_keys;
-    int any = p > 0;
-    for (int jj = 0; jj < t && !any; jj++) any = mask[(u64)b * t + jj] != 0.0f;
+    int any = any_visible(mask, b, t, p);
     bool visible = active && (!any || key_visible(mask, b, j, t, p));
 
     float k[HEAD_DIM], v[HEAD_DIM], dk[HEAD_DIM], dv[HEAD_DIM];
