@@ -6,12 +6,14 @@
 #   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
 #      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
 #      training step and inference, in fp32, tf32 and bf16;
-#   3. the table, printed and written to ${OUT:-.}/gpu-results.md.
-# Usage: bash bench/gpu.sh [--quick]   (--quick: bert-base only, fewer iters)
+#   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md;
+#   4. the table, printed and written to ${OUT:-.}/gpu-results.md.
+# Usage: bash bench/gpu.sh [--quick | --profile]
+#   --quick: bert-base only, fewer iterations; --profile: tests and step 3 only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
-quick="${1:-}"
+mode="${1:-}"
 python="${PTUNING_TORCH_PYTHON:-python3}"
 # CUDA 13's libraries: the toolkit's, else PyTorch's wheels.
 for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
@@ -20,25 +22,38 @@ done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== 1. GPU tests"
-PTUNING_TEST_ROOT="$PWD" timeout 300 .gpu/cuda-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
+PTUNING_TEST_ROOT="$PWD" PTUNING_TEST_BIN="$PWD/.gpu/ptuning" timeout 300 .gpu/cuda-tests --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== 2. speed against PyTorch"
 sizes="base large"; iters=20
-[ "$quick" = "--quick" ] && { sizes="base"; iters=5; }
+[ "$mode" = "--quick" ] && { sizes="base"; iters=5; }
 results="$out/gpu-runs.jsonl"; : > "$results"
 for size in $sizes; do
     dir="/tmp/bert-$size"
-    [ -f "$dir/model.safetensors" ] || "$python" bench/random_bert.py --size "$size" --out "$dir" > /dev/null
+    [ -f "$dir/model.safetensors" ] || "$python" bench/random_bert.py --size "$size" --out "$dir" > /dev/null 2>&1
+    [ "$mode" = "--profile" ] && continue
     for precision in fp32 tf32 bf16; do
         args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json)
-        ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2> "$out/err-$size-$precision.log")
-        peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/err-$size-$precision.log")
+        ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
+        peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
         echo "{\"size\": \"$size\", \"precision\": \"$precision\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
     done
 done
 
-echo "== 3. table"
+echo "== 3. where our time goes (bench --profile: device events around every launch)"
+: > "$out/gpu-profile.md"
+for size in $sizes; do
+    for precision in bf16 tf32; do
+        echo "### bert-$size $precision" >> "$out/gpu-profile.md"
+        timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" --model "/tmp/bert-$size" \
+            --batch 32 --seq 128 --prefix-len 20 --warmup 2 --iters 3 --profile > /dev/null 2>> "$out/gpu-profile.md"
+    done
+done
+cat "$out/gpu-profile.md"
+
+[ "$mode" = "--profile" ] && exit "$tests_rc"
+echo "== 4. table"
 "$python" - "$results" "$out/gpu.txt" > "$out/gpu-results.md" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

@@ -350,17 +350,22 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
 }
 
 /// `--device` from the command line: auto falls back to the CPU, cuda says
-/// why it cannot run, a typo is named.
+/// why it cannot run, a typo is named; `bench --profile` needs a GPU and
+/// reports its kernels there. PTUNING_TEST_BIN names the binary when the
+/// test runs away from its build (bench/gpu.sh).
 #[test]
 fn device_flag_from_the_command_line() {
     let tiny = common::fixtures().join("tiny-bert");
-    let bench = |device: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+    let bin = std::env::var_os("PTUNING_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into());
+    let bench = |device: &str, extra: &[&str]| {
+        let out = std::process::Command::new(&bin)
             .args(["--device", device, "bench", "--model"])
             .arg(&tiny)
             .args([
                 "--batch", "2", "--seq", "8", "--warmup", "0", "--iters", "1", "--json",
             ])
+            .args(extra)
             .output()
             .unwrap();
         (
@@ -369,18 +374,67 @@ fn device_flag_from_the_command_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, _, err) = bench("gpu");
+    let (ok, _, err) = bench("gpu", &[]);
     assert!(!ok && err.contains("unknown device \"gpu\""), "{err}");
     if !missing_libraries().is_empty() {
-        let (ok, out, err) = bench("auto");
+        let (ok, out, err) = bench("auto", &[]);
         assert!(ok, "{err}");
         assert!(out.contains("\"device\":\"cpu\""), "{out}");
-        let (ok, _, err) = bench("cuda");
+        let (ok, _, err) = bench("cuda", &[]);
         assert!(!ok && err.contains("CUDA is not usable here"), "{err}");
+        let (ok, _, err) = bench("auto", &["--profile"]);
+        assert!(!ok && err.contains("--profile times GPU kernels"), "{err}");
     } else {
-        let (ok, out, err) = bench("cuda");
+        let (ok, out, err) = bench("cuda", &["--profile"]);
         assert!(ok, "{err}");
         assert!(!out.contains("\"device\":\"cpu\""), "{out}");
+        assert!(out.contains("\"attention_forward\""), "{out}");
+        assert!(err.contains("ms of kernels per step"), "{err}");
+    }
+}
+
+/// The profile of a forward counts every launch: one embedding kernel, one
+/// attention per layer, four GEMMs per layer named by shape, and times them.
+#[test]
+fn profile_counts_every_launch() {
+    for target in targets("profile_counts_every_launch") {
+        let case = Case::load("tiny_bert_plain");
+        let mut model = case.model();
+        let batch = case.batch();
+        let past = model.prefix.forward().past;
+        attach(&mut model, target, Precision::Fp32);
+        let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+        let mut enc = gpu.lock().unwrap();
+        let layers_n = model.backbone.config.num_hidden_layers;
+        let (h, inter) = (
+            model.backbone.config.hidden_size,
+            model.backbone.config.intermediate_size,
+        );
+        enc.dev.start_profile();
+        let prompt = Prompt {
+            len: model.prefix.config.len,
+            layers: &model.prefix.config.layers,
+            source: PromptSource::Shared(&past),
+        };
+        enc.forward(&batch, Some(prompt), Rows::All).unwrap();
+        let times = enc.dev.take_profile().unwrap();
+        let launches = |name: &str| {
+            times
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(0, |t| t.launches)
+        };
+        assert_eq!(launches("embed_layernorm"), 1, "{times:?}");
+        assert_eq!(launches("attention_forward"), layers_n, "{times:?}");
+        let rows = batch.rows();
+        let gemm = format!("gemm fp32 {}x{rows}x{h} TN", 3 * h);
+        assert_eq!(launches(&gemm), layers_n, "{gemm} in {times:?}");
+        let ffn = format!("gemm fp32 {inter}x{rows}x{h} TN");
+        assert_eq!(launches(&ffn), layers_n, "{ffn} in {times:?}");
+        assert!(times.iter().all(|t| t.ms >= 0.0) && times.iter().any(|t| t.ms > 0.0));
+        // Profiling stopped: the next forward adds nothing.
+        enc.forward(&batch, None, Rows::All).unwrap();
+        assert!(enc.dev.take_profile().unwrap().is_empty());
     }
 }
 
@@ -401,28 +455,33 @@ fn kernels_pass_the_cpu_emulation() {
     }
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("check_kernels");
-    let build = std::process::Command::new(&gxx)
-        .args([
-            "-std=c++20",
-            "-O1",
-            "-pthread",
-            "-Wno-unknown-pragmas",
-            "-o",
-        ])
-        .arg(&exe)
-        .arg(root.join("tools/cuda_emu/check_kernels.cpp"))
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "building the emulator failed:\n{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let run = std::process::Command::new(&exe).output().unwrap();
-    let out = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{out}");
-    assert!(run.status.success(), "kernel checks failed:\n{out}");
-    let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-    assert!(passed >= 23 && out.contains("0 failed"), "{out}");
+    // The tiny models' head size, and BERT-base's (two column groups per
+    // thread in the attention tiles).
+    for head_dim in [8, 64] {
+        let exe = dir.path().join(format!("check_kernels_{head_dim}"));
+        let build = std::process::Command::new(&gxx)
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-Wno-unknown-pragmas",
+                &format!("-DHEAD_DIM={head_dim}"),
+                "-o",
+            ])
+            .arg(&exe)
+            .arg(root.join("tools/cuda_emu/check_kernels.cpp"))
+            .output()
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "building the emulator failed:\n{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let run = std::process::Command::new(&exe).output().unwrap();
+        let out = String::from_utf8_lossy(&run.stdout);
+        eprintln!("HEAD_DIM {head_dim}:\n{out}");
+        assert!(run.status.success(), "kernel checks failed:\n{out}");
+        let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
+        assert!(passed >= 23 && out.contains("0 failed"), "{out}");
+    }
 }

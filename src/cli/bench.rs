@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::engine::cuda::KernelTime;
 use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
@@ -44,6 +45,63 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// On a GPU: time every kernel and GEMM of the measured steps and print
+    /// where a training step and an inference go (stderr; "profile" in the
+    /// JSON). The events add a little time to the steps themselves.
+    #[arg(long)]
+    profile: bool,
+}
+
+/// Starts or reads the GPU profile of `model` (None on the CPU).
+fn profile_start(model: &PromptModel, on: bool) {
+    if let (true, Some(gpu)) = (on, &model.gpu) {
+        gpu.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dev
+            .start_profile();
+    }
+}
+
+/// The kernel times since `profile_start`, per step (`steps` of them), and
+/// printed to stderr as a table under `title`.
+fn profile_take(
+    model: &PromptModel,
+    on: bool,
+    steps: usize,
+    wall_ms: f64,
+    title: &str,
+) -> Result<Vec<KernelTime>> {
+    let Some(gpu) = model.gpu.as_ref().filter(|_| on) else {
+        return Ok(Vec::new());
+    };
+    let mut times = gpu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .dev
+        .take_profile()?;
+    for t in &mut times {
+        t.ms /= steps as f64;
+        t.launches /= steps;
+    }
+    let total: f64 = times.iter().map(|t| t.ms).sum();
+    eprintln!(
+        "\n{title}: {total:.2} ms of kernels per step ({} launches), {wall_ms:.2} ms wall (median)",
+        times.iter().map(|t| t.launches).sum::<usize>()
+    );
+    eprintln!(
+        "{:<44} {:>8} {:>9} {:>6}",
+        "kernel", "launches", "ms", "share"
+    );
+    for t in &times {
+        eprintln!(
+            "{:<44} {:>8} {:>9.3} {:>5.1}%",
+            t.name,
+            t.launches,
+            t.ms,
+            100.0 * t.ms / total.max(1e-12)
+        );
+    }
+    Ok(times)
 }
 
 /// Resident set size now and at its peak (VmRSS, VmHWM), in MB.
@@ -116,6 +174,12 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
 
     model.use_compute(compute)?;
+    if args.profile && model.gpu.is_none() {
+        return Err(Error::InvalidArgument(
+            "--profile times GPU kernels; it needs --device cuda (or auto on a machine with a GPU)"
+                .into(),
+        ));
+    }
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut acts = Activations::default();
     let mut train = Vec::new();
@@ -125,6 +189,9 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             attention: config.attention_probs_dropout_prob,
             seed: i as u64,
         };
+        if i == args.warmup {
+            profile_start(&model, args.profile);
+        }
         let start = Instant::now();
         model.zero_grad();
         // On a GPU, the prefix gradient's download waits for the device.
@@ -135,8 +202,13 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
     }
     drop(acts);
+    let train_ms = median_ms(train);
+    let train_profile = profile_take(&model, args.profile, args.iters, train_ms, "training step")?;
     let mut infer = Vec::new();
     for i in 0..args.warmup + args.iters {
+        if i == args.warmup {
+            profile_start(&model, args.profile);
+        }
         let start = Instant::now();
         let logits = model.predict(&batch)?;
         std::hint::black_box(logits);
@@ -144,16 +216,16 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             infer.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let infer_ms = median_ms(infer);
+    let infer_profile = profile_take(&model, args.profile, args.iters, infer_ms, "inference")?;
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
         let g = g.lock().unwrap_or_else(|e| e.into_inner());
         (g.dev.name.clone(), g.precision.as_str())
     });
-    let train_ms = median_ms(train);
-    let infer_ms = median_ms(infer);
     let threads = rayon::current_num_threads();
     if args.json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "impl": "ptuning",
             "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
             "precision": gpu.as_ref().map(|g| g.1),
@@ -167,6 +239,9 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "peak_rss_mb": peak,
             "working_mb": peak - rss_after_load,
         });
+        if args.profile {
+            out["profile"] = serde_json::json!({"train": train_profile, "infer": infer_profile});
+        }
         println!("{out}");
     } else {
         println!(

@@ -29,6 +29,15 @@ inline float shuffle_slots[1024];
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+// The attention kernels' dynamic shared memory: one static array per kernel,
+// larger than any launch asks for.
+#define ATTENTION_SHARED static __attribute__((aligned(16))) float smem[1 << 16]
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 

@@ -3,10 +3,13 @@
 //! (cudarc's dynamic loading), so a machine without CUDA builds and runs the
 //! binary and only `--device cuda` fails, saying which library is missing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+};
 use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
@@ -86,6 +89,7 @@ fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
 /// Compiles the kernels for `head_dim` (and `arch`, e.g. "sm_90", when
 /// given) with NVRTC. Needs libnvrtc, not a GPU.
 pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
+    check_head_dim(head_dim)?;
     if !nvrtc_present() {
         return Err(Error::InvalidArgument(
             "CUDA: libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
@@ -107,6 +111,16 @@ pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
         )),
         other => driver_err("NVRTC", other),
     })
+}
+
+/// The attention kernels move heads in 4-float vectors.
+fn check_head_dim(head_dim: usize) -> Result<()> {
+    if head_dim == 0 || !head_dim.is_multiple_of(4) {
+        return Err(Error::InvalidArgument(format!(
+            "CUDA: the attention kernels need a head size that is a multiple of 4, this model's is {head_dim}; use --device cpu"
+        )));
+    }
+    Ok(())
 }
 
 /// A device buffer and its raw address. Kernels get raw addresses: one
@@ -269,6 +283,20 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Dynamic shared memory of a launch, in bytes: the attention kernels'
+    /// tiles (TILE = 32 rows of HD + 4 floats, and [32, 36] score tiles, as
+    /// kernels.cu carves them); none for the others.
+    pub fn shared_bytes(self, head_dim: usize) -> u32 {
+        let (row, score) = (32 * (head_dim + 4), 32 * 36);
+        let floats = match self {
+            Kernel::AttentionForward => 3 * row + score,
+            Kernel::AttentionBackwardDq => 4 * row + score,
+            Kernel::AttentionBackwardDkv => 4 * row + 2 * score + 2 * 32,
+            _ => 0,
+        };
+        (floats * 4) as u32
+    }
+
     pub const ALL: [Kernel; 17] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
@@ -335,6 +363,28 @@ pub struct CudaDevice {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub head_dim: usize,
+    /// Spans of the launches since `start_profile`, when profiling.
+    profile: Mutex<Option<Vec<Span>>>,
+}
+
+/// One profiled launch: device events around it on a GPU, the host's clock
+/// around the (synchronous) emulated launch.
+struct Span {
+    name: String,
+    time: SpanTime,
+}
+
+enum SpanTime {
+    Events(CudaEvent, CudaEvent),
+    Host(f64),
+}
+
+/// The time of one kernel (or GEMM shape) over a profiled stretch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    pub name: String,
+    pub launches: usize,
+    pub ms: f64,
 }
 
 // SAFETY: the context, stream, cuBLAS handle and functions are used from one
@@ -387,6 +437,22 @@ impl CudaDevice {
                     .map_err(|e| driver_err(&format!("kernel {}", k.name()), e))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Past 48 KB of shared memory a kernel must ask for it.
+        for (k, f) in Kernel::ALL.iter().zip(&functions) {
+            let bytes = k.shared_bytes(head_dim);
+            if bytes > 48 * 1024 {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| {
+                    driver_err(
+                        &format!("{} with {bytes} bytes of shared memory (head size {head_dim})", k.name()),
+                        e,
+                    )
+                })?;
+            }
+        }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| driver_err("starting cuBLAS", e))?;
         Ok(CudaDevice {
             backend: Backend::Cuda {
@@ -398,6 +464,7 @@ impl CudaDevice {
             name,
             compute_capability: cc,
             head_dim,
+            profile: Mutex::new(None),
         })
     }
 
@@ -405,11 +472,13 @@ impl CudaDevice {
     /// first use), with plain-loop GEMMs: every launch, pointer and GEMM of
     /// the engine is exercised without a GPU. Slow; for tests.
     pub fn emulated(head_dim: usize) -> Result<Self> {
+        check_head_dim(head_dim)?;
         Ok(CudaDevice {
             backend: Backend::Emulated(super::emulator::Emulator::load(head_dim)?),
             name: "CPU emulation of the CUDA kernels".into(),
             compute_capability: (0, 0),
             head_dim,
+            profile: Mutex::new(None),
         })
     }
 
@@ -421,6 +490,75 @@ impl CudaDevice {
                 .map_err(|e| driver_err("running the kernels", e)),
             Backend::Emulated(_) => Ok(()),
         }
+    }
+
+    /// Starts timing every launch and GEMM (and forgets earlier spans). Adds
+    /// an event pair per launch: for `bench --profile`, not for production.
+    pub fn start_profile(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Stops timing; returns the time of each kernel name (GEMMs by shape)
+    /// since `start_profile`, longest first. Waits for the device.
+    pub fn take_profile(&self) -> Result<Vec<KernelTime>> {
+        self.sync()?;
+        let spans = self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        let mut times: Vec<KernelTime> = Vec::new();
+        for span in spans {
+            let ms = match &span.time {
+                SpanTime::Events(a, b) => {
+                    a.elapsed_ms(b)
+                        .map_err(|e| driver_err("reading an event", e))? as f64
+                }
+                SpanTime::Host(ms) => *ms,
+            };
+            match times.iter_mut().find(|t| t.name == span.name) {
+                Some(t) => {
+                    t.launches += 1;
+                    t.ms += ms;
+                }
+                None => times.push(KernelTime {
+                    name: span.name,
+                    launches: 1,
+                    ms,
+                }),
+            }
+        }
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(times)
+    }
+
+    /// Runs `f` (one launch or GEMM), timed as `name()` when profiling.
+    fn timed(&self, name: impl FnOnce() -> String, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut profile = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(spans) = profile.as_mut() else {
+            drop(profile);
+            return f();
+        };
+        let time = match &self.backend {
+            Backend::Cuda { stream, .. } => {
+                let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let record = |s: &CudaStream| {
+                    s.record_event(flags)
+                        .map_err(|e| driver_err("recording an event", e))
+                };
+                let start = record(stream)?;
+                f()?;
+                SpanTime::Events(start, record(stream)?)
+            }
+            Backend::Emulated(_) => {
+                let start = Instant::now();
+                f()?;
+                SpanTime::Host(start.elapsed().as_secs_f64() * 1e3)
+            }
+        };
+        spans.push(Span { name: name(), time });
+        Ok(())
     }
 
     /// Threads per block of the row kernels (LayerNorm: one block per row):
@@ -440,6 +578,19 @@ impl CudaDevice {
         block: u32,
         args: &[&dyn KernelArg],
     ) -> Result<()> {
+        self.timed(
+            || kernel.name().to_string(),
+            || self.launch_now(kernel, grid, block, args),
+        )
+    }
+
+    fn launch_now(
+        &self,
+        kernel: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[&dyn KernelArg],
+    ) -> Result<()> {
         match &self.backend {
             Backend::Cuda {
                 stream, functions, ..
@@ -452,7 +603,7 @@ impl CudaDevice {
                 let cfg = LaunchConfig {
                     grid_dim: grid,
                     block_dim: (block, 1, 1),
-                    shared_mem_bytes: 0,
+                    shared_mem_bytes: kernel.shared_bytes(self.head_dim),
                 };
                 // SAFETY: the argument lists match kernels.cu's signatures
                 // (checked by the emulated engine tests), and every pointer is
@@ -564,53 +715,59 @@ impl CudaDevice {
                 (b_bf16.ptr, Ty::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F)
             }
         };
-        let alpha = 1.0f32;
-        let beta = if accumulate { 1.0f32 } else { 0.0f32 };
-        let blas = match &self.backend {
-            Backend::Cuda { blas, .. } => blas,
-            Backend::Emulated(_) => {
-                let bf16 = ab_type == Ty::CUDA_R_16BF;
-                // SAFETY: as for cuBLAS below: live buffers of the described sizes.
-                unsafe {
-                    super::emulator::gemm(
-                        (ta, tb),
-                        (m, n, k),
-                        (a, lda),
-                        (b_ptr, ldb),
-                        (c, ldc),
-                        bf16,
-                        beta,
-                    )
-                };
-                return Ok(());
-            }
+        let name = || {
+            let t = |x: bool| if x { 'T' } else { 'N' };
+            format!("gemm {} {m}x{n}x{k} {}{}", precision.as_str(), t(ta), t(tb))
         };
-        // SAFETY: pointers are live device buffers of at least the sizes the
-        // leading dimensions and m, n, k describe; alpha/beta are host f32.
-        unsafe {
-            blas::gemm_ex(
-                *blas.handle(),
-                op(ta),
-                op(tb),
-                m as i32,
-                n as i32,
-                k as i32,
-                &alpha as *const f32 as *const _,
-                a as *const std::ffi::c_void,
-                ab_type,
-                lda as i32,
-                b_ptr as *const std::ffi::c_void,
-                ab_type,
-                ldb as i32,
-                &beta as *const f32 as *const _,
-                c as *mut std::ffi::c_void,
-                Ty::CUDA_R_32F,
-                ldc as i32,
-                compute,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| driver_err("cuBLAS GEMM", e))
+        self.timed(name, || {
+            let alpha = 1.0f32;
+            let beta = if accumulate { 1.0f32 } else { 0.0f32 };
+            let blas = match &self.backend {
+                Backend::Cuda { blas, .. } => blas,
+                Backend::Emulated(_) => {
+                    let bf16 = ab_type == Ty::CUDA_R_16BF;
+                    // SAFETY: as for cuBLAS below: live buffers of the described sizes.
+                    unsafe {
+                        super::emulator::gemm(
+                            (ta, tb),
+                            (m, n, k),
+                            (a, lda),
+                            (b_ptr, ldb),
+                            (c, ldc),
+                            bf16,
+                            beta,
+                        )
+                    };
+                    return Ok(());
+                }
+            };
+            // SAFETY: pointers are live device buffers of at least the sizes the
+            // leading dimensions and m, n, k describe; alpha/beta are host f32.
+            unsafe {
+                blas::gemm_ex(
+                    *blas.handle(),
+                    op(ta),
+                    op(tb),
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    &alpha as *const f32 as *const _,
+                    a as *const std::ffi::c_void,
+                    ab_type,
+                    lda as i32,
+                    b_ptr as *const std::ffi::c_void,
+                    ab_type,
+                    ldb as i32,
+                    &beta as *const f32 as *const _,
+                    c as *mut std::ffi::c_void,
+                    Ty::CUDA_R_32F,
+                    ldc as i32,
+                    compute,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| driver_err("cuBLAS GEMM", e))
+        })
     }
 }
 

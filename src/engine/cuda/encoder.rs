@@ -31,6 +31,10 @@ use crate::model::bert::{BertModel, LayerNorm, Linear};
 use crate::model::config::BertConfig;
 use crate::model::encoder::DropoutConfig;
 
+/// Queries (or keys) per block of the attention kernels (TILE in
+/// kernels.cu), each block 64 threads.
+const ATTENTION_TILE: usize = 32;
+
 /// A weight matrix in the precision's storage type.
 enum Weight {
     F32(DevBuf<f32>),
@@ -468,7 +472,7 @@ impl CudaEncoder {
             let lse = if keep { s.lse.ptr } else { 0u64 };
             dev.launch(
                 Kernel::AttentionForward,
-                (t.div_ceil(64) as u32, nh as u32, b as u32),
+                (t.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
                 64,
                 &[
                     &s.qkv.ptr,
@@ -748,7 +752,7 @@ impl CudaEncoder {
             if need_below {
                 dev.launch(
                     Kernel::AttentionBackwardDq,
-                    (t.div_ceil(64) as u32, nh as u32, b as u32),
+                    (t.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
                     64,
                     &[
                         &s.qkv.ptr,
@@ -777,7 +781,7 @@ impl CudaEncoder {
                 let dqkv = if need_below { ws.d_qkv.ptr } else { 0u64 };
                 dev.launch(
                     Kernel::AttentionBackwardDkv,
-                    (n_keys.div_ceil(64) as u32, nh as u32, b as u32),
+                    (n_keys.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
                     64,
                     &[
                         &s.qkv.ptr,

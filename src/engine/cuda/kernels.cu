@@ -202,24 +202,121 @@ extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n) {
 }
 
 // ---------------------------------------------------------------------------
-// Attention with a deep prompt, flash-style: one thread per query row keeps
-// q, the output accumulator and the running max and sum in registers; keys
-// and values stream through shared memory in tiles of KEY_TILE, so the
-// T x N score matrix never reaches global memory.
+// Attention with a deep prompt, flash-style: a block of 64 threads takes a
+// tile of 32 queries (or, for dK/dV, 32 keys) of one (batch row, head) and
+// streams the other side through shared memory in tiles of 32, so the
+// T x N score matrix never reaches global memory. Scores and products are
+// small register-tiled matrix products in shared memory: thread (ti, tj) =
+// (tid / 8, tid % 8) owns tile rows ti + 8r and tile columns tj + 8c
+// (r, c < 4) of a score tile, and the same rows by head dims c*32 + 4tj .. +3
+// of an output tile, so the softmax state of its rows is in its own
+// registers (the 8 threads of a row meet by warp shuffles). Rows 8 apart
+// and a row stride of HD + 4 floats put the 8 rows that a quarter-warp
+// reads as 16-byte vectors on 8 distinct groups of banks.
 //
 // qkv [rows, 3H] (q | k | v, head h at h*HD); prefix [B, P, 2H] (keys |
 // values; this layer's slice of expand_prefix's output) with
-// `prefix_row_stride` = P*2H; mask [B, T] (1 real, 0 padding). Key j < P is prefix
-// key j, key P + t is token t. Masked keys are skipped: probability exactly
-// 0, as HF's f32::MIN bias gives (a row with no visible key at all, P = 0
-// and only padding, is uniform over its T keys, as in HF).
+// `prefix_row_stride` = P*2H; mask [B, T] (1 real, 0 padding). Key j < P is
+// prefix key j, key P + t is token t. Masked keys get probability exactly 0,
+// as HF's f32::MIN bias gives (a row with no visible key at all, P = 0 and
+// only padding, is uniform over its T keys, as in HF).
 //
 // Dropout on the probabilities numbers element (b, h, i, j) by its flat index
 // in [B, NH, T, N]; the softmax denominator is computed before dropout.
 // ctx [rows, H]; lse [B, NH, T] (log-sum-exp of the scaled scores, for the
 // backward) when not null.
 
-#define KEY_TILE 32
+#if HEAD_DIM % 4 != 0
+#error "HEAD_DIM must be a multiple of 4"
+#endif
+#define TILE 32                       // queries and keys per tile
+#define ROW (HEAD_DIM + 4)            // shared row stride: 16-byte rows, rows on distinct banks
+#define PROW (TILE + 4)               // the same for a [TILE, TILE] tile
+#define CHUNKS ((HEAD_DIM + 31) / 32)  // 4-wide column groups of a thread in an output tile
+#define NEG_INF __int_as_float(0xff800000)
+
+// The attention kernels' tiles live in dynamic shared memory, sized at
+// launch by Kernel::shared_bytes (device.rs), which follows the carving
+// below (over 48 KB for large heads, so the loader raises the limit).
+#ifndef ATTENTION_SHARED
+#define ATTENTION_SHARED extern __shared__ __align__(16) float smem[]
+#endif
+
+__device__ __forceinline__ void ld4(const float* p, float* out) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
+
+__device__ __forceinline__ void st4(float* p, const float* v) {
+    float4 x;
+    x.x = v[0];
+    x.y = v[1];
+    x.z = v[2];
+    x.w = v[3];
+    *reinterpret_cast<float4*>(p) = x;
+}
+
+// c[i][j] += sum_k a[i*lda + k] * b[j*ldb + k] (i, j < 4; kn a multiple of 4).
+__device__ __forceinline__ void mm_nt(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+    for (int k = 0; k < kn; k += 4) {
+        float x[4][4], y[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            ld4(a + r * lda + k, x[r]);
+            ld4(b + r * ldb + k, y[r]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                c[i][j] += x[i][0] * y[j][0] + x[i][1] * y[j][1] + x[i][2] * y[j][2] + x[i][3] * y[j][3];
+    }
+}
+
+// c[i][j] += sum_k a[i*lda + k] * b[k*ldb + j].
+__device__ __forceinline__ void mm_nn(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+    for (int k = 0; k < kn; k += 4) {
+        float x[4][4], y[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            ld4(a + r * lda + k, x[r]);
+            ld4(b + (k + r) * ldb, y[r]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                c[i][j] += x[i][0] * y[0][j] + x[i][1] * y[1][j] + x[i][2] * y[2][j] + x[i][3] * y[3][j];
+    }
+}
+
+// c[i][j] += sum_k a[k*lda + i*astep] * b[k*ldb + j].
+__device__ __forceinline__ void mm_tn(const float* a, int astep, int lda, const float* b, int ldb, int kn,
+                                      float c[4][4]) {
+    for (int k = 0; k < kn; k++) {
+        float x[4], y[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[i] = a[k * lda + i * astep];
+        ld4(b + k * ldb, y);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) c[i][j] += x[i] * y[j];
+    }
+}
+
+// The max and the sum over the 8 threads of a tile row (lanes 8r .. 8r+7).
+__device__ __forceinline__ float row_max(float v) {
+    for (int o = 1; o < 8; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float row_sum(float v) {
+    for (int o = 1; o < 8; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
 
 // Key j of batch row b, head h: pointer to its HD key floats (value: + H).
 __device__ __forceinline__ const float* key_ptr(const float* qkv, const float* prefix, u64 prefix_row_stride,
@@ -228,8 +325,9 @@ __device__ __forceinline__ const float* key_ptr(const float* qkv, const float* p
     return qkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
 }
 
-__device__ __forceinline__ bool key_visible(const float* mask, int b, int j, int t, int p) {
-    return j < p || mask[(u64)b * t + (j - p)] != 0.0f;
+// Whether key j takes part: j < n and (visible, or none is: a uniform row).
+__device__ __forceinline__ bool key_used(const float* mask, int b, int j, int t, int p, int any) {
+    return j < p + t && (!any || j < p || mask[(u64)b * t + (j - p)] != 0.0f);
 }
 
 // Whether batch row b has any visible key (a prefix, or a real token).
@@ -239,78 +337,115 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
     return any;
 }
 
-// Keys and values j0 .. j0 + KEY_TILE of (batch row b, head hh) into shared
-// memory, with whether each is visible (all are when none is: a uniform
-// row). Called by every thread of the block between two __syncthreads.
-__device__ void load_key_tile(float ks[KEY_TILE][HEAD_DIM], float vs[KEY_TILE][HEAD_DIM], int* vis,
-                              const float* qkv, const float* prefix, u64 prefix_row_stride, const float* mask,
-                              int b, int hh, int j0, int t, int p, int h, int any) {
-    int n = p + t;
-    for (int e = threadIdx.x; e < KEY_TILE * HEAD_DIM; e += blockDim.x) {
-        int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
-        if (j < n) {
-            const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
-            ks[jj][d] = kp[d];
-            vs[jj][d] = kp[h + d];
+// Rows r0 .. r0 + TILE of a [*, HD] strided source into a [TILE, ROW] shared
+// tile, times `scale`; rows at or past `count` are zeros. `src(r)` points at
+// row r. Called by every thread of the block.
+template <typename Src>
+__device__ __forceinline__ void load_tile(float* dst, int r0, int count, float scale, Src src) {
+    for (int e = threadIdx.x; e < TILE * (HEAD_DIM / 4); e += blockDim.x) {
+        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (r0 + r < count) {
+            ld4(src(r0 + r) + d, v);
+#pragma unroll
+            for (int c = 0; c < 4; c++) v[c] *= scale;
         }
-    }
-    for (int jj = threadIdx.x; jj < KEY_TILE; jj += blockDim.x) {
-        int j = j0 + jj;
-        vis[jj] = j < n && (!any || key_visible(mask, b, j, t, p));
+        st4(dst + r * ROW + d, v);
     }
 }
+
+// The key and value tiles j0 .. j0 + TILE (zeros past the last key).
+__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const float* qkv, const float* prefix,
+                                              u64 prefix_row_stride, int b, int hh, int j0, int n_keys, int t,
+                                              int p, int h) {
+    load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h); });
+    load_tile(vs, j0, n_keys, 1.0f,
+              [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h) + h; });
+}
+
+// Output tile columns of thread tj: c*32 + 4tj, when inside the head.
+__device__ __forceinline__ bool chunk_in(int c, int tj) { return c * 32 + 4 * tj < HEAD_DIM; }
 
 extern "C" __global__ void attention_forward(const float* qkv, const float* prefix, u64 prefix_row_stride,
                                              const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                              float scale, u64 key, u64 threshold, float dscale, int dropout) {
-    __shared__ float ks[KEY_TILE][HEAD_DIM];
-    __shared__ float vs[KEY_TILE][HEAD_DIM];
-    __shared__ int vis[KEY_TILE];
-    int b = blockIdx.z, hh = blockIdx.y;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    ATTENTION_SHARED;  // 3 [TILE, ROW] + 1 [TILE, PROW]
+    float *qs = smem, *ks = qs + TILE * ROW, *vs = ks + TILE * ROW, *ps = vs + TILE * ROW;
+    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
-    bool active = i < t;
     int any = any_visible(mask, b, t, p);
+    load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
 
-    float q[HEAD_DIM], acc[HEAD_DIM];
-    const float* qrow = qkv + ((u64)b * t + (active ? i : 0)) * 3 * h + hh * HEAD_DIM;
+    float o[CHUNKS][4][4], m[4], l[4];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) {
-        q[d] = active ? qrow[d] * scale : 0.0f;
-        acc[d] = 0.0f;
+    for (int r = 0; r < 4; r++) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++)
+#pragma unroll
+            for (int d = 0; d < 4; d++) o[c][r][d] = 0.0f;
     }
-    float m = __int_as_float(0xff800000), l = 0.0f;  // -inf
-    u64 drop_base = (((u64)b * nh + hh) * t + (active ? i : 0)) * n;
-    for (int j0 = 0; j0 < n; j0 += KEY_TILE) {
+    for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
-        load_key_tile(ks, vs, vis, qkv, prefix, prefix_row_stride, mask, b, hh, j0, t, p, h, any);
+        load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n, t, p, h);
         __syncthreads();
-        if (!active) continue;
-        int tile = min(KEY_TILE, n - j0);
-        for (int jj = 0; jj < tile; jj++) {
-            if (!vis[jj]) continue;
-            float s = 0.0f;
+        float s[4][4] = {};
+        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
+        bool used[4];
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) s += q[d] * ks[jj][d];
-            // No visible key: every score is f32::MIN in HF, a uniform row.
-            if (!any) s = 0.0f;
-            float m_new = fmaxf(m, s);
-            float corr = expf(m - m_new);
-            float e = expf(s - m_new);
-            l = l * corr + e;
-            float w = e;
-            if (dropout) w *= drop_factor(key, threshold, dscale, drop_base + j0 + jj);
+        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) acc[d] = acc[d] * corr + w * vs[jj][d];
-            m = m_new;
+        for (int r = 0; r < 4; r++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                // No visible key: every score is f32::MIN in HF, a uniform row.
+                s[r][c] = used[c] ? (any ? s[r][c] : 0.0f) : NEG_INF;
+                mx = fmaxf(mx, s[r][c]);
+            }
+            float m_new = fmaxf(m[r], row_max(mx));
+            float base = m_new == NEG_INF ? 0.0f : m_new;
+            float corr = expf(m[r] - base), sum = 0.0f, w[4];
+            int i = i0 + ti + 8 * r;
+            u64 drop_base = (((u64)b * nh + hh) * t + min(i, t - 1)) * n + j0 + tj;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                float e = expf(s[r][c] - base);
+                sum += e;
+                w[c] = dropout && e != 0.0f ? e * drop_factor(key, threshold, dscale, drop_base + 8 * c) : e;
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++) ps[(ti + 8 * r) * PROW + tj + 8 * c] = w[c];
+            l[r] = l[r] * corr + row_sum(sum);
+            m[r] = m_new;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++)
+#pragma unroll
+                for (int d = 0; d < 4; d++) o[c][r][d] *= corr;
         }
-    }
-    if (!active) return;
-    float inv = 1.0f / l;
-    float* out = ctx + ((u64)b * t + i) * h + hh * HEAD_DIM;
+        __syncthreads();
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) out[d] = acc[d] * inv;
-    if (lse != 0) lse[((u64)b * nh + hh) * t + i] = m + logf(l);
+        for (int c = 0; c < CHUNKS; c++)
+            if (chunk_in(c, tj)) mm_nn(ps + ti * PROW, 8 * PROW, vs + c * 32 + 4 * tj, ROW, TILE, o[c]);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = i0 + ti + 8 * r;
+        if (i >= t) continue;
+        float inv = 1.0f / l[r];
+        float* out = ctx + ((u64)b * t + i) * h + hh * HEAD_DIM;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            if (!chunk_in(c, tj)) continue;
+            float v[4];
+#pragma unroll
+            for (int d = 0; d < 4; d++) v[d] = o[c][r][d] * inv;
+            st4(out + c * 32 + 4 * tj, v);
+        }
+        if (lse != 0 && tj == 0) lse[((u64)b * nh + hh) * t + i] = m[r] + logf(l[r]);
+    }
 }
 
 // delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row term.
@@ -330,7 +465,7 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
     delta[((u64)b * nh + hh) * t + i] = s;
 }
 
-// dQ: one thread per query row, keys streamed as in the forward:
+// dQ: a block per tile of 32 queries, keys streamed as in the forward:
 //   P_ij = exp(s_ij - lse_i), dP_ij = drop_ij * (dO_i · V_j),
 //   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
 // Writes the q columns of dqkv [rows, 3H].
@@ -339,61 +474,71 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
                                                  int dropout) {
-    __shared__ float ks[KEY_TILE][HEAD_DIM];
-    __shared__ float vs[KEY_TILE][HEAD_DIM];
-    __shared__ int vis[KEY_TILE];
-    int b = blockIdx.z, hh = blockIdx.y;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    ATTENTION_SHARED;  // 4 [TILE, ROW] + 1 [TILE, PROW]
+    float *qs = smem, *dos = qs + TILE * ROW, *ks = dos + TILE * ROW, *vs = ks + TILE * ROW;
+    float* dss = vs + TILE * ROW;
+    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
-    bool active = i < t;
     int any = any_visible(mask, b, t, p);
-
-    float q[HEAD_DIM], dout[HEAD_DIM], dq[HEAD_DIM];
-    u64 row = (u64)b * t + (active ? i : 0);
-    const float* qrow = qkv + row * 3 * h + hh * HEAD_DIM;
-    const float* drow = dctx + row * h + hh * HEAD_DIM;
+    load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
+    load_tile(dos, i0, t, 1.0f, [&](int i) { return dctx + ((u64)b * t + i) * h + hh * HEAD_DIM; });
+    float li[4], di[4], dq[CHUNKS][4][4];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) {
-        q[d] = active ? qrow[d] * scale : 0.0f;
-        dout[d] = active ? drow[d] : 0.0f;
-        dq[d] = 0.0f;
+    for (int r = 0; r < 4; r++) {
+        int i = min(i0 + ti + 8 * r, t - 1);
+        li[r] = lse[((u64)b * nh + hh) * t + i];
+        di[r] = delta[((u64)b * nh + hh) * t + i];
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++)
+#pragma unroll
+            for (int d = 0; d < 4; d++) dq[c][r][d] = 0.0f;
     }
-    u64 stat = ((u64)b * nh + hh) * t + (active ? i : 0);
-    float li = active ? lse[stat] : 0.0f, di = active ? delta[stat] : 0.0f;
-    u64 drop_base = stat * n;
-    for (int j0 = 0; j0 < n; j0 += KEY_TILE) {
+    for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
-        load_key_tile(ks, vs, vis, qkv, prefix, prefix_row_stride, mask, b, hh, j0, t, p, h, any);
+        load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n, t, p, h);
         __syncthreads();
-        if (!active) continue;
-        int tile = min(KEY_TILE, n - j0);
-        for (int jj = 0; jj < tile; jj++) {
-            if (!vis[jj]) continue;
-            float s = 0.0f, dp = 0.0f;
+        float s[4][4] = {}, dp[4][4] = {};
+        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
+        mm_nt(dos + ti * ROW, 8 * ROW, vs + tj * ROW, 8 * ROW, HEAD_DIM, dp);
+        bool used[4];
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) {
-                s += q[d] * ks[jj][d];
-                dp += dout[d] * vs[jj][d];
+        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = i0 + ti + 8 * r;
+            u64 drop_base = (((u64)b * nh + hh) * t + min(i, t - 1)) * n + j0 + tj;
+            float ds[4];
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                // A uniform row (no visible key) does not depend on q or k.
+                float pr = used[c] && any && i < t ? expf(s[r][c] - li[r]) : 0.0f;
+                float dpv = dropout && pr != 0.0f ? dp[r][c] * drop_factor(key, threshold, dscale, drop_base + 8 * c)
+                                                  : dp[r][c];
+                ds[c] = pr * (dpv - di[r]) * scale;
             }
-            float pr = expf((any ? s : 0.0f) - li);
-            if (dropout) dp *= drop_factor(key, threshold, dscale, drop_base + j0 + jj);
-            // A uniform row (no visible key) does not depend on q or k.
-            float ds = any ? pr * (dp - di) * scale : 0.0f;
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) dq[d] += ds * ks[jj][d];
+            for (int c = 0; c < 4; c++) dss[(ti + 8 * r) * PROW + tj + 8 * c] = ds[c];
         }
-    }
-    if (!active) return;
-    float* out = dqkv + row * 3 * h + hh * HEAD_DIM;
+        __syncthreads();
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) out[d] = dq[d];
+        for (int c = 0; c < CHUNKS; c++)
+            if (chunk_in(c, tj)) mm_nn(dss + ti * PROW, 8 * PROW, ks + c * 32 + 4 * tj, ROW, TILE, dq[c]);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = i0 + ti + 8 * r;
+        if (i >= t) continue;
+        float* out = dqkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++)
+            if (chunk_in(c, tj)) st4(out + c * 32 + 4 * tj, dq[c][r]);
+    }
 }
 
-#define QUERY_TILE 16
-
-// dK and dV: one thread per key (keys from `first_key` on: 0 for all, P for
-// tokens only is never used; the lowest prefixed layer passes n_keys = P to
-// get the prefix keys alone), queries streamed through shared memory:
+// dK and dV: a block per tile of 32 keys (keys 0 .. n_keys: all of them, or
+// the prefix keys alone at the lowest prefixed layer), queries streamed
+// through shared memory:
 //   dV_j = sum_i P_ij drop_ij dO_i,  dK_j = scale * sum_i dS_ij q_i.
 // Token keys go to the k and v columns of dqkv [rows, 3H] (when not null);
 // prefix keys to dprefix [B, P, 2H] (per batch row, reduced afterwards).
@@ -403,75 +548,87 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
                                                   int nh, int n_keys, float scale, u64 key, u64 threshold,
                                                   float dscale, int dropout) {
-    __shared__ float qs[QUERY_TILE][HEAD_DIM];
-    __shared__ float ds_[QUERY_TILE][HEAD_DIM];
-    __shared__ float ls[QUERY_TILE];
-    __shared__ float dl[QUERY_TILE];
-    int b = blockIdx.z, hh = blockIdx.y;
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    ATTENTION_SHARED;  // 4 [TILE, ROW] + 2 [TILE, PROW] + 2 [TILE]
+    float *ks = smem, *vs = ks + TILE * ROW, *qs = vs + TILE * ROW, *dos = qs + TILE * ROW;
+    float* pds = dos + TILE * ROW;  // [query][key]: P * dropout
+    float* dss = pds + TILE * PROW;  // [query][key]: dS
+    float *ls = dss + TILE * PROW, *dl = ls + TILE;
+    int b = blockIdx.z, hh = blockIdx.y, j0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
-    bool active = j < n_keys;
     int any = any_visible(mask, b, t, p);
-    bool visible = active && (!any || key_visible(mask, b, j, t, p));
-
-    float k[HEAD_DIM], v[HEAD_DIM], dk[HEAD_DIM], dv[HEAD_DIM];
-    const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, active ? j : 0, t, p, h);
+    load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n_keys, t, p, h);
+    bool used[4];
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) {
-        k[d] = visible ? kp[d] : 0.0f;
-        v[d] = visible ? kp[h + d] : 0.0f;
-        dk[d] = 0.0f;
-        dv[d] = 0.0f;
+    for (int r = 0; r < 4; r++) {
+        int j = j0 + ti + 8 * r;
+        used[r] = j < n_keys && key_used(mask, b, j, t, p, any);
     }
+    float dk[CHUNKS][4][4], dv[CHUNKS][4][4];
+#pragma unroll
+    for (int c = 0; c < CHUNKS; c++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int d = 0; d < 4; d++) dk[c][r][d] = dv[c][r][d] = 0.0f;
     u64 stat0 = ((u64)b * nh + hh) * t;
-    for (int i0 = 0; i0 < t; i0 += QUERY_TILE) {
+    for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < QUERY_TILE * HEAD_DIM; e += blockDim.x) {
-            int ii = e / HEAD_DIM, d = e % HEAD_DIM, i = i0 + ii;
-            if (i < t) {
-                u64 row = (u64)b * t + i;
-                qs[ii][d] = qkv[row * 3 * h + hh * HEAD_DIM + d] * scale;
-                ds_[ii][d] = dctx[row * h + hh * HEAD_DIM + d];
-            }
-        }
-        for (int ii = threadIdx.x; ii < QUERY_TILE; ii += blockDim.x) {
-            int i = i0 + ii;
-            ls[ii] = i < t ? lse[stat0 + i] : 0.0f;
-            dl[ii] = i < t ? delta[stat0 + i] : 0.0f;
+        load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
+        load_tile(dos, i0, t, 1.0f, [&](int i) { return dctx + ((u64)b * t + i) * h + hh * HEAD_DIM; });
+        for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
+            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
+            dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
         }
         __syncthreads();
-        if (!visible) continue;
-        int tile = min(QUERY_TILE, t - i0);
-        for (int ii = 0; ii < tile; ii++) {
-            float s = 0.0f, dp = 0.0f;
+        float st[4][4] = {}, dpt[4][4] = {};
+        mm_nt(ks + ti * ROW, 8 * ROW, qs + tj * ROW, 8 * ROW, HEAD_DIM, st);
+        mm_nt(vs + ti * ROW, 8 * ROW, dos + tj * ROW, 8 * ROW, HEAD_DIM, dpt);
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) {
-                s += qs[ii][d] * k[d];
-                dp += ds_[ii][d] * v[d];
+        for (int c = 0; c < 4; c++) {
+            int ii = tj + 8 * c, i = i0 + ii;
+            float pd[4], ds[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int j = j0 + ti + 8 * r;
+                // A uniform row (no visible key) averages the values: dV but
+                // no dK, as it does not depend on the keys.
+                float pr = used[r] && i < t ? expf((any ? st[r][c] : 0.0f) - ls[ii]) : 0.0f;
+                float f = dropout && pr != 0.0f ? drop_factor(key, threshold, dscale, (stat0 + i) * n + j) : 1.0f;
+                pd[r] = pr * f;
+                ds[r] = any ? pr * (dpt[r][c] * f - dl[ii]) : 0.0f;
             }
-            float pr = expf((any ? s : 0.0f) - ls[ii]);
-            float f = dropout ? drop_factor(key, threshold, dscale, (stat0 + i0 + ii) * n + j) : 1.0f;
-            float pd = pr * f;
-            float dsv = any ? pr * (dp * f - dl[ii]) : 0.0f;
 #pragma unroll
-            for (int d = 0; d < HEAD_DIM; d++) {
-                dv[d] += pd * ds_[ii][d];
-                dk[d] += dsv * qs[ii][d];  // qs holds q*scale: dK = scale * dS q
+            for (int r = 0; r < 4; r++) {
+                pds[ii * PROW + ti + 8 * r] = pd[r];
+                dss[ii * PROW + ti + 8 * r] = ds[r];
             }
         }
-    }
-    if (!active) return;
-    float* kout;
-    if (j < p) {
-        kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
-    } else {
-        if (dqkv == 0) return;
-        kout = dqkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            if (!chunk_in(c, tj)) continue;
+            mm_tn(pds + ti, 8, PROW, dos + c * 32 + 4 * tj, ROW, TILE, dv[c]);
+            mm_tn(dss + ti, 8, PROW, qs + c * 32 + 4 * tj, ROW, TILE, dk[c]);
+        }
     }
 #pragma unroll
-    for (int d = 0; d < HEAD_DIM; d++) {
-        kout[d] = dk[d];
-        kout[h + d] = dv[d];
+    for (int r = 0; r < 4; r++) {
+        int j = j0 + ti + 8 * r;
+        if (j >= n_keys) continue;
+        float* kout;
+        if (j < p) {
+            kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
+        } else {
+            if (dqkv == 0) continue;
+            kout = dqkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
+        }
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            if (!chunk_in(c, tj)) continue;
+            st4(kout + c * 32 + 4 * tj, dk[c][r]);
+            st4(kout + h + c * 32 + 4 * tj, dv[c][r]);
+        }
     }
 }
 

@@ -15,5 +15,7 @@ pub mod device;
 pub mod emulator;
 pub mod encoder;
 
-pub use device::{compile_kernels, missing_libraries, nvrtc_present, CudaDevice, Precision};
+pub use device::{
+    compile_kernels, missing_libraries, nvrtc_present, CudaDevice, KernelTime, Precision,
+};
 pub use encoder::CudaEncoder;
