@@ -44,7 +44,6 @@ fn kernels_compile_with_nvrtc() {
             "gather_rows",
             "scatter_rows",
             "broadcast_rows",
-            "to_bf16",
         ] {
             assert!(
                 ptx.contains(&format!(".entry {k}(")),

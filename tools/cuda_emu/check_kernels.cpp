@@ -39,6 +39,15 @@ static double rel(const std::vector<double>& a, const std::vector<double>& b) {
 template <typename T>
 static std::vector<double> dbl(const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// How many of `copy` differ from the bf16 rounding of `f32` (a producer's
+// bf16 copy of its own f32 output).
+static double bf16_mismatches(const std::vector<float>& f32, const std::vector<u16>& copy) {
+    double bad = 0;
+    for (size_t i = 0; i < f32.size(); i++) bad += copy[i] != bf16_bits(f32[i]);
+    return bad;
+}
+static u64 ptr16(std::vector<u16>& v) { return (u64)v.data(); }
+
 // Dropout site parameters (the CPU's Dropout::mask): p = 0.2.
 static const float P_DROP = 0.2f;
 static const u64 KEY = 0x1234567ULL ^ (5ULL * 0x9E3779B97F4A7C15ULL);
@@ -99,10 +108,12 @@ static void check_attention(bool dropout) {
     in.mask[1 * T + T - 2] = 0.0f;
     in.mask[0 * T + 2] = 0.0f;  // and a masked key inside row 0
     std::vector<float> ctx(B * T * H), lse(B * NH * T);
+    std::vector<u16> ctx16(B * T * H);
     float scale = 1.0f / std::sqrt((float)HD);
     int on = dropout ? 1 : 0;
     launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on);
+           ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
+    check("attention_forward ctx in bf16 too", bf16_mismatches(ctx, ctx16), 0.0);
     std::vector<double> want_lse;
     auto want = attention_ref(in, dropout, &want_lse);
     check(dropout ? "attention_forward ctx (dropout)" : "attention_forward ctx", rel(dbl(ctx), want), 1e-5);
@@ -113,9 +124,19 @@ static void check_attention(bool dropout) {
     std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * T, NH, T);
     launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on);
+           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on);
+           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+           (u64)0);
+    // The same gradients in bf16 (d(qkv) feeding a bf16 GEMM), d(prefix) still f32.
+    std::vector<u16> dqkv16(dqkv.size());
+    std::vector<float> dprefix_b(dprefix.size());
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(g), ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+           ptr16(dqkv16));
+    check("attention backward d(qkv) in bf16 instead", bf16_mismatches(dqkv, dqkv16) + (dprefix_b != dprefix), 0.0);
     auto loss = [&](const AttnInputs& x) {
         auto c = attention_ref(x, dropout);
         double l = 0;
@@ -146,7 +167,7 @@ static void check_attention(bool dropout) {
     // The lowest prefixed layer: prefix keys only, no d(qkv).
     std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
     launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on);
+           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
 }
 
@@ -156,7 +177,7 @@ static void check_attention_no_prefix() {
     std::vector<float> qkv = rand_vec(B * T * 3 * H), mask(B * T, 1.0f), ctx(B * T * H);
     for (int t = 0; t < T; t++) mask[1 * T + t] = 0.0f;
     launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
-           1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0);
+           1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0, (u64)0);
     // Row 1 attends uniformly to its T value rows.
     double err = 0;
     for (int h = 0; h < NH; h++)
@@ -175,9 +196,11 @@ static void check_layernorm() {
     const int rows = 5, h = 40;
     auto y = rand_vec(rows * h), bias = rand_vec(h), res = rand_vec(rows * h), gamma = rand_vec(h), beta = rand_vec(h);
     std::vector<float> ln_in = y, x(rows * h), stats(rows * 2);
+    std::vector<u16> x16(rows * h);
     float eps = 1e-12f;
     launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(ln_in), ptr(bias), ptr(res), ptr(gamma),
-           ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1);
+           ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1, ptr16(x16));
+    check("LayerNorm output in bf16 too", bf16_mismatches(x, x16), 0.0);
     std::vector<double> want_in(rows * h), want_x(rows * h);
     for (int r = 0; r < rows; r++) {
         double mean = 0, var = 0;
@@ -217,16 +240,26 @@ static void check_gelu() {
     const int rows = 3, w = 50;
     auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
     std::vector<float> act(rows * w);
-    auto pre0 = pre;
-    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w);
+    auto pre0 = pre, pre_b = pre;
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w, (u64)0);
+    // In bf16 the activation goes to its bf16 copy alone.
+    std::vector<float> act_b(rows * w, -7.0f);
+    std::vector<u16> act16(rows * w);
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), ptr(bias), ptr(act_b), (u64)(rows * w), w, ptr16(act16));
+    check("bias + GELU into bf16 instead",
+          bf16_mismatches(act, act16) + (pre_b != pre) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
     double err = 0;
     for (int i = 0; i < rows * w; i++) {
         double v = (double)pre0[i] + bias[i % w];
         err = std::max(err, std::fabs(act[i] - 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))));
     }
     check("bias + GELU (erf)", err, 1e-6);
-    std::vector<float> d(rows * w, 1.0f);
-    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d), (u64)(rows * w));
+    std::vector<float> d(rows * w, 1.0f), d_b(rows * w, 1.0f);
+    std::vector<u16> d16(rows * w);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d), (u64)(rows * w), (u64)0);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d_b), (u64)(rows * w), ptr16(d16));
+    check("GELU backward into bf16 instead",
+          bf16_mismatches(d, d16) + (d_b != std::vector<float>(rows * w, 1.0f)), 0.0);
     err = 0;
     for (int i = 0; i < rows * w; i++) {
         auto g = [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); };
@@ -261,15 +294,18 @@ static void check_prefix() {
     check("reduce_prefix is expand_prefix's adjoint", std::fabs(a - b2) / std::max(1.0, std::fabs(a)), 1e-6);
 }
 
+// The bf16 rounding every producer uses, through dropout_copy's bf16 output.
 static void check_bf16() {
     std::vector<float> x = {1.0f, 1.00390625f, 1.01171875f, -2.5f, 3.0e38f, __int_as_float(0x7fc00001)};
-    std::vector<unsigned short> out(x.size());
-    launch(to_bf16, Dim3{1, 1, 1}, 32, ptr(x), (u64)out.data(), (u64)x.size());
+    std::vector<float> unused(x.size(), -7.0f);
+    std::vector<u16> out(x.size());
+    launch(dropout_copy, Dim3{1, 1, 1}, 32, ptr(x), ptr(unused), (u64)x.size(), KEY, THRESHOLD, DSCALE, 0, ptr16(out));
     // 1+2^-8 ties to even (1.0); 1+3·2^-8 rounds up to 1+2^-6.
     std::vector<unsigned short> want = {0x3f80, 0x3f80, 0x3f82, 0xc020, 0x7f62, 0x7fc0};
     double bad = 0;
     for (size_t i = 0; i < x.size(); i++) bad += out[i] != want[i];
-    check("to_bf16 (round to nearest even, quiet NaN)", bad, 0.0);
+    bad += unused != std::vector<float>(x.size(), -7.0f);
+    check("bf16 copies (round to nearest even, quiet NaN)", bad, 0.0);
 }
 
 // The mask function against the CPU engine's: kept count and hash over
@@ -302,9 +338,11 @@ static void check_embedding_and_glue() {
          beta = rand_vec(h);
     std::vector<unsigned> ids = {3, 9, 0, 3}, positions = {0, 1, 2, 7}, types = {0, 1, 1, 0};
     std::vector<float> sum(rows * h), x(rows * h);
+    std::vector<u16> x16(rows * h);
     launch(embed_layernorm, Dim3{rows, 1, 1}, 256, (u64)ids.data(), (u64)positions.data(), (u64)types.data(),
            ptr(word), ptr(pos), ptr(type), ptr(gamma), ptr(beta), 1e-12f, ptr(sum), ptr(x), h, KEY, THRESHOLD,
-           DSCALE, 1);
+           DSCALE, 1, ptr16(x16));
+    check("embeddings in bf16 too", bf16_mismatches(x, x16), 0.0);
     std::vector<double> want(rows * h);
     for (int r = 0; r < rows; r++) {
         std::vector<double> e(h);
@@ -321,7 +359,7 @@ static void check_embedding_and_glue() {
     auto a = rand_vec(1000), b = a, c(a);
     std::vector<float> d(a.size());
     launch(dropout_apply, Dim3{2, 1, 1}, 128, ptr(b), (u64)b.size(), KEY, THRESHOLD, DSCALE);
-    launch(dropout_copy, Dim3{3, 1, 1}, 64, ptr(c), ptr(d), (u64)c.size(), KEY, THRESHOLD, DSCALE, 1);
+    launch(dropout_copy, Dim3{3, 1, 1}, 64, ptr(c), ptr(d), (u64)c.size(), KEY, THRESHOLD, DSCALE, 1, (u64)0);
     double err = 0;
     for (size_t i = 0; i < a.size(); i++)
         err = std::max(err, (double)std::fabs(b[i] - a[i] * drop_factor(KEY, THRESHOLD, DSCALE, i)) + std::fabs(d[i] - b[i]));

@@ -61,7 +61,6 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(gather_rows)
     KERNEL(scatter_rows)
     KERNEL(broadcast_rows)
-    KERNEL(to_bf16)
     return -1;
 }
 

@@ -279,7 +279,6 @@ pub enum Kernel {
     GatherRows,
     ScatterRows,
     BroadcastRows,
-    ToBf16,
 }
 
 impl Kernel {
@@ -297,7 +296,7 @@ impl Kernel {
         (floats * 4) as u32
     }
 
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -314,7 +313,6 @@ impl Kernel {
         Kernel::GatherRows,
         Kernel::ScatterRows,
         Kernel::BroadcastRows,
-        Kernel::ToBf16,
     ];
 
     /// Its name in kernels.cu.
@@ -336,7 +334,6 @@ impl Kernel {
             Kernel::GatherRows => "gather_rows",
             Kernel::ScatterRows => "scatter_rows",
             Kernel::BroadcastRows => "broadcast_rows",
-            Kernel::ToBf16 => "to_bf16",
         }
     }
 }
@@ -627,13 +624,13 @@ impl CudaDevice {
     }
 
     /// y[rows, out] (+)= x[rows, in] · Wᵀ with W [out, in] row-major, in
-    /// `precision`; `x_bf16` is scratch for the bf16 copy of x.
+    /// `precision`: x is f32 in fp32 and tf32, bf16 (as the kernel that
+    /// produced it wrote it) in bf16; y is f32.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
         precision: Precision,
         x: u64,
-        x_bf16: &mut DevBuf<u16>,
         w: u64,
         rows: usize,
         out: usize,
@@ -648,19 +645,18 @@ impl CudaDevice {
             (out, rows, inp),
             (w, inp),
             (x, inp),
-            x_bf16,
             (y, out),
             accumulate,
         )
     }
 
-    /// dx[rows, in] (+)= dy[rows, out] · W with W [out, in] row-major.
+    /// dx[rows, in] (+)= dy[rows, out] · W with W [out, in] row-major; dy
+    /// f32, or bf16 in bf16, as for `linear`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_backward_input(
         &self,
         precision: Precision,
         dy: u64,
-        dy_bf16: &mut DevBuf<u16>,
         w: u64,
         rows: usize,
         out: usize,
@@ -675,15 +671,13 @@ impl CudaDevice {
             (inp, rows, out),
             (w, inp),
             (dy, out),
-            dy_bf16,
             (dx, inp),
             accumulate,
         )
     }
 
-    /// C = op(A)·B (+ C) in column-major terms, A the weight (bf16 when
-    /// `precision` is bf16), B an f32 activation converted into `b_bf16` for
-    /// bf16, C f32.
+    /// C = op(A)·B (+ C) in column-major terms, A the weight and B the
+    /// activation (both bf16 when `precision` is bf16, else f32), C f32.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -692,7 +686,6 @@ impl CudaDevice {
         (m, n, k): (usize, usize, usize),
         (a, lda): (u64, usize),
         (b, ldb): (u64, usize),
-        b_bf16: &mut DevBuf<u16>,
         (c, ldc): (u64, usize),
         accumulate: bool,
     ) -> Result<()> {
@@ -705,15 +698,10 @@ impl CudaDevice {
                 blas_sys::cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let (b_ptr, ab_type, compute) = match precision {
-            Precision::Fp32 => (b, Ty::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F),
-            Precision::Tf32 => (b, Ty::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_TF32),
-            Precision::Bf16 => {
-                let len = k * n;
-                b_bf16.ensure(self, len)?;
-                self.launch_1d(Kernel::ToBf16, len, &[&b, &b_bf16.ptr, &(len as u64)])?;
-                (b_bf16.ptr, Ty::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F)
-            }
+        let (ab_type, compute) = match precision {
+            Precision::Fp32 => (Ty::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F),
+            Precision::Tf32 => (Ty::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_TF32),
+            Precision::Bf16 => (Ty::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F),
         };
         let name = || {
             let t = |x: bool| if x { 'T' } else { 'N' };
@@ -732,7 +720,7 @@ impl CudaDevice {
                             (ta, tb),
                             (m, n, k),
                             (a, lda),
-                            (b_ptr, ldb),
+                            (b, ldb),
                             (c, ldc),
                             bf16,
                             beta,
@@ -755,7 +743,7 @@ impl CudaDevice {
                     a as *const std::ffi::c_void,
                     ab_type,
                     lda as i32,
-                    b_ptr as *const std::ffi::c_void,
+                    b as *const std::ffi::c_void,
                     ab_type,
                     ldb as i32,
                     &beta as *const f32 as *const _,

@@ -403,7 +403,15 @@ impl CudaEncoder {
         ws.x.ensure(dev, rows * h)?;
         ws.tmp.ensure(dev, rows * h)?;
         ws.x1.ensure(dev, rows * h)?;
-        ws.act.ensure(dev, rows * inter)?;
+        // In bf16 the producer of each GEMM input writes its bf16 copy into
+        // ws.bf16, which the GEMM right after reads (`gemm_in`); the GELU
+        // output exists only there.
+        let bf16 = self.precision == Precision::Bf16;
+        let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
+        let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
+        if !bf16 {
+            ws.act.ensure(dev, rows * inter)?;
+        }
         let (key, thr, scale, on) = site(dropout.embeddings());
         let e = &self.embed_ln;
         dev.launch(
@@ -427,6 +435,7 @@ impl CudaEncoder {
                 &thr,
                 &scale,
                 &on,
+                &b16,
             ],
         )?;
 
@@ -455,8 +464,7 @@ impl CudaEncoder {
             broadcast_bias(dev, &layer.qkv.bias, s.qkv.ptr, rows, 3 * h)?;
             dev.linear(
                 self.precision,
-                ws.x.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.x.ptr),
                 layer.qkv.weight.ptr(),
                 rows,
                 3 * h,
@@ -489,14 +497,14 @@ impl CudaEncoder {
                     &thr,
                     &dscale,
                     &on,
+                    &b16,
                 ],
             )?;
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
             dev.linear(
                 self.precision,
-                s.ctx.ptr,
-                &mut ws.bf16,
+                gemm_in(s.ctx.ptr),
                 layer.attn_out.weight.ptr(),
                 rows,
                 h,
@@ -514,13 +522,13 @@ impl CudaEncoder {
                 ws.x1.ptr,
                 if keep { s.ln1_stats.ptr } else { 0 },
                 dropout.attention_output(l),
+                b16,
             )?;
 
             // inter = gelu(x1·W1ᵀ + b1)
             dev.linear(
                 self.precision,
-                ws.x1.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.x1.ptr),
                 layer.intermediate.weight.ptr(),
                 rows,
                 inter,
@@ -537,14 +545,14 @@ impl CudaEncoder {
                     &ws.act.ptr,
                     &((rows * inter) as u64),
                     &(inter as i32),
+                    &b16,
                 ],
             )?;
 
             // ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)
             dev.linear(
                 self.precision,
-                ws.act.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.act.ptr),
                 layer.output.weight.ptr(),
                 rows,
                 h,
@@ -562,6 +570,7 @@ impl CudaEncoder {
                 ws.x.ptr,
                 if keep { s.ln2_stats.ptr } else { 0 },
                 dropout.ffn_output(l),
+                b16,
             )?;
         }
         self.download_rows(b, t, rows_out)
@@ -650,6 +659,11 @@ impl CudaEncoder {
         ws.d_ctx.ensure(dev, rows * h)?;
         ws.d_inter.ensure(dev, rows * inter)?;
         ws.d_qkv.ensure(dev, rows * 3 * h)?;
+        // As in the forward: in bf16 the kernel before each GEMM writes the
+        // GEMM's input (a gradient) in bf16 only, into ws.bf16.
+        let bf16 = self.precision == Precision::Bf16;
+        let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
+        let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
         ws.delta.ensure(dev, b * nh * t)?;
         // Not zeroed: every prefixed layer's dK/dV launch writes all of its
         // [B, P, 2H] block.
@@ -670,11 +684,16 @@ impl CudaEncoder {
                 ws.d_h.ptr,
             )?;
             // through the FFN output's dropout, W2, GELU, W1 (+ residual)
-            dropout_copy(dev, ws.d_h.ptr, ws.tmp.ptr, rows * h, dropout.ffn_output(l))?;
+            dropout_copy(
+                dev,
+                ws.d_h.ptr,
+                (ws.tmp.ptr, b16),
+                rows * h,
+                dropout.ffn_output(l),
+            )?;
             dev.linear_backward_input(
                 self.precision,
-                ws.tmp.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.tmp.ptr),
                 layer.output.weight.ptr(),
                 rows,
                 h,
@@ -685,12 +704,16 @@ impl CudaEncoder {
             dev.launch_1d(
                 Kernel::GeluBackward,
                 rows * inter,
-                &[&s.inter_pre.ptr, &ws.d_inter.ptr, &((rows * inter) as u64)],
+                &[
+                    &s.inter_pre.ptr,
+                    &ws.d_inter.ptr,
+                    &((rows * inter) as u64),
+                    &b16,
+                ],
             )?;
             dev.linear_backward_input(
                 self.precision,
-                ws.d_inter.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.d_inter.ptr),
                 layer.intermediate.weight.ptr(),
                 rows,
                 inter,
@@ -712,14 +735,13 @@ impl CudaEncoder {
             dropout_copy(
                 dev,
                 ws.d_x.ptr,
-                ws.tmp.ptr,
+                (ws.tmp.ptr, b16),
                 rows * h,
                 dropout.attention_output(l),
             )?;
             dev.linear_backward_input(
                 self.precision,
-                ws.tmp.ptr,
-                &mut ws.bf16,
+                gemm_in(ws.tmp.ptr),
                 layer.attn_out.weight.ptr(),
                 rows,
                 h,
@@ -771,6 +793,7 @@ impl CudaEncoder {
                         &thr,
                         &dscale,
                         &on,
+                        &b16,
                     ],
                 )?;
             }
@@ -778,7 +801,11 @@ impl CudaEncoder {
             // the prefix keys.
             let n_keys = if need_below { pl + t } else { pl };
             if n_keys > 0 {
-                let dqkv = if need_below { ws.d_qkv.ptr } else { 0u64 };
+                let (dqkv, dqkv16) = if need_below {
+                    (ws.d_qkv.ptr, b16)
+                } else {
+                    (0u64, 0u64)
+                };
                 dev.launch(
                     Kernel::AttentionBackwardDkv,
                     (n_keys.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
@@ -802,6 +829,7 @@ impl CudaEncoder {
                         &thr,
                         &dscale,
                         &on,
+                        &dqkv16,
                     ],
                 )?;
             }
@@ -809,8 +837,7 @@ impl CudaEncoder {
                 // d x = residual (in d_x) + d(qkv)·Wqkv
                 dev.linear_backward_input(
                     self.precision,
-                    ws.d_qkv.ptr,
-                    &mut ws.bf16,
+                    gemm_in(ws.d_qkv.ptr),
                     layer.qkv.weight.ptr(),
                     rows,
                     3 * h,
@@ -847,7 +874,8 @@ impl CudaEncoder {
 
 /// ln_in = dropout(y + bias) + residual, in place in `y` (the saved
 /// LayerNorm input), then x_out = LN(ln_in), with (mean, rstd) into `stats`
-/// unless it is 0. One block per row of [rows, h].
+/// and x_out in bf16 into `x16` unless they are 0. One block per row of
+/// [rows, h].
 #[allow(clippy::too_many_arguments)]
 fn residual_layernorm(
     dev: &CudaDevice,
@@ -859,6 +887,7 @@ fn residual_layernorm(
     x_out: u64,
     stats: u64,
     dropout: Option<Dropout>,
+    x16: u64,
 ) -> Result<()> {
     let (key, thr, scale, on) = site(dropout);
     dev.launch(
@@ -879,6 +908,7 @@ fn residual_layernorm(
             &thr,
             &scale,
             &on,
+            &x16,
         ],
     )
 }
@@ -902,11 +932,12 @@ fn layernorm_backward(
 }
 
 /// dst = dropout(src) over `n` elements (src itself when `dropout` is None):
-/// the backward of a dropout site on a gradient that is still needed.
+/// the backward of a dropout site on a gradient that is still needed; into
+/// `dst16` in bf16 instead when it is not 0.
 fn dropout_copy(
     dev: &CudaDevice,
     src: u64,
-    dst: u64,
+    (dst, dst16): (u64, u64),
     n: usize,
     dropout: Option<Dropout>,
 ) -> Result<()> {
@@ -914,8 +945,23 @@ fn dropout_copy(
     dev.launch_1d(
         Kernel::DropoutCopy,
         n,
-        &[&src, &dst, &(n as u64), &key, &thr, &scale, &on],
+        &[&src, &dst, &(n as u64), &key, &thr, &scale, &on, &dst16],
     )
+}
+
+/// `scratch` sized for `len` bf16 values and its address when `bf16`, else
+/// 0 (no bf16 copies): where the kernels put the next GEMM's input.
+fn bf16_scratch(
+    dev: &CudaDevice,
+    scratch: &mut DevBuf<u16>,
+    bf16: bool,
+    len: usize,
+) -> Result<u64> {
+    if !bf16 {
+        return Ok(0);
+    }
+    scratch.ensure(dev, len)?;
+    Ok(scratch.ptr)
 }
 
 /// y[r, :] = bias for every row (the GEMM then adds x·Wᵀ with β = 1).

@@ -17,6 +17,18 @@ typedef unsigned long long u64;
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+// In bf16, every GEMM input is written in bf16 by the kernel that produces
+// it (a `u16*` argument, null in fp32/tf32): an activation that is needed
+// later in f32 too gets both copies, one that only feeds the GEMM gets the
+// bf16 copy alone. Round to nearest even, NaN kept quiet: what the bf16
+// GEMMs read.
+__device__ __forceinline__ u16 bf16_bits(float v) {
+    u32 bits = __float_as_uint(v);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (u16)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (u16)(bits >> 16);
+}
+
 // ---------------------------------------------------------------------------
 // Dropout: src/engine/cpu/dropout.rs, bit for bit.
 //   key = seed ^ (stream * 0x9E3779B97F4A7C15)
@@ -44,15 +56,21 @@ extern "C" __global__ void dropout_apply(float* x, u64 n, u64 key, u64 threshold
     }
 }
 
-// dst = dropout(src) (the backward of dropout on a gradient, keeping src).
+// dst = dropout(src) (the backward of dropout on a gradient, keeping src),
+// into dst16 in bf16 instead when it is not null (the gradient feeds a
+// bf16 GEMM and nothing else).
 extern "C" __global__ void dropout_copy(const float* src, float* dst, u64 n, u64 key, u64 threshold,
-                                        float scale, int enabled) {
+                                        float scale, int enabled, u16* dst16) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        if (!enabled) {
-            dst[i] = src[i];
-        } else {
+        float v = src[i];
+        if (enabled) {
             float f = drop_factor(key, threshold, scale, i);
-            dst[i] = f == 0.0f ? 0.0f : src[i] * f;
+            v = f == 0.0f ? 0.0f : v * f;
+        }
+        if (dst16 != 0) {
+            dst16[i] = bf16_bits(v);
+        } else {
+            dst[i] = v;
         }
     }
 }
@@ -106,13 +124,13 @@ __device__ void layernorm_row(const float* in, const float* gamma, const float* 
 
 // ---------------------------------------------------------------------------
 // Embeddings: sum[r] = word[ids[r]] + position[pos[r]] + type[types[r]], then
-// LayerNorm into x, then dropout (element index r*H + j). One block per row;
-// `sum` is scratch [rows, H].
+// LayerNorm into x, then dropout (element index r*H + j), and x in bf16 into
+// x16 when not null. One block per row; `sum` is scratch [rows, H].
 extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const u32* types,
                                            const float* word, const float* position, const float* type,
                                            const float* gamma, const float* beta, float eps, float* sum,
                                            float* x, int h, u64 key, u64 threshold, float scale,
-                                           int dropout) {
+                                           int dropout, u16* x16) {
     __shared__ float shared[32];
     u64 r = blockIdx.x;
     const float* w = word + (u64)ids[r] * h;
@@ -130,16 +148,21 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
             out[j] = f == 0.0f ? 0.0f : out[j] * f;
         }
     }
+    // Each thread reads back the elements it wrote.
+    if (x16 != 0)
+        for (int j = threadIdx.x; j < h; j += blockDim.x) x16[r * h + j] = bf16_bits(out[j]);
 }
 
 // ln_in = dropout(y + bias) + residual (in place in y: the saved LayerNorm
 // input), then x_out = LN(ln_in), stats (mean, rstd) when not null. The
 // dropout counter of (r, j) is r*H + j. One block per row. x_out may alias
-// residual (each row is read before it is written).
+// residual (each row is read before it is written). x_out in bf16 into x16
+// too when not null.
 extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const float* bias, const float* residual,
                                                            const float* gamma, const float* beta, float eps,
                                                            float* x_out, float* stats, int h, u64 key,
-                                                           u64 threshold, float scale, int dropout) {
+                                                           u64 threshold, float scale, int dropout,
+                                                           u16* x16) {
     __shared__ float shared[32];
     u64 r = blockIdx.x;
     float* row = y + r * h;
@@ -154,6 +177,9 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const float
     }
     __syncthreads();
     layernorm_row(row, gamma, beta, eps, x_out + r * h, stats == 0 ? 0 : stats + 2 * r, h, shared);
+    // Each thread reads back the elements it wrote.
+    if (x16 != 0)
+        for (int j = threadIdx.x; j < h; j += blockDim.x) x16[r * h + j] = bf16_bits(x_out[r * h + j]);
 }
 
 // dx = dLN/dx · dy from the saved input and (mean, rstd); no dgamma/dbeta
@@ -182,22 +208,34 @@ extern "C" __global__ void layernorm_backward(const float* dy, const float* x, c
 
 // ---------------------------------------------------------------------------
 // GELU (exact, erf), fused with the bias: pre += bias (kept for the
-// backward), act = gelu(pre). [rows, I].
-extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, u64 n, int width) {
+// backward), act = gelu(pre) [rows, I], into act16 in bf16 instead when it
+// is not null (act only feeds the next GEMM).
+extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, u64 n, int width, u16* act16) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         float v = pre[i] + bias[i % width];
         pre[i] = v;
-        act[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        float g = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        if (act16 != 0) {
+            act16[i] = bf16_bits(g);
+        } else {
+            act[i] = g;
+        }
     }
 }
 
-// d *= gelu'(pre), gelu'(x) = Φ(x) + x·φ(x).
-extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n) {
+// d *= gelu'(pre), gelu'(x) = Φ(x) + x·φ(x); into d16 in bf16 instead of d
+// when d16 is not null.
+extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n, u16* d16) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         float x = pre[i];
         float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
         float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        d[i] *= cdf + x * pdf;
+        float v = d[i] * (cdf + x * pdf);
+        if (d16 != 0) {
+            d16[i] = bf16_bits(v);
+        } else {
+            d[i] = v;
+        }
     }
 }
 
@@ -223,8 +261,8 @@ extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n) {
 //
 // Dropout on the probabilities numbers element (b, h, i, j) by its flat index
 // in [B, NH, T, N]; the softmax denominator is computed before dropout.
-// ctx [rows, H]; lse [B, NH, T] (log-sum-exp of the scaled scores, for the
-// backward) when not null.
+// ctx [rows, H] (and in bf16 into ctx16 when not null); lse [B, NH, T]
+// (log-sum-exp of the scaled scores, for the backward) when not null.
 
 #if HEAD_DIM % 4 != 0
 #error "HEAD_DIM must be a multiple of 4"
@@ -363,12 +401,23 @@ __device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const float*
               [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h) + h; });
 }
 
+// Four gradients at element `at` of d(qkv): f32, or bf16 when dqkv16 is set.
+__device__ __forceinline__ void store_grad(float* dqkv, u16* dqkv16, u64 at, const float* v) {
+    if (dqkv16 != 0) {
+#pragma unroll
+        for (int d = 0; d < 4; d++) dqkv16[at + d] = bf16_bits(v[d]);
+    } else {
+        st4(dqkv + at, v);
+    }
+}
+
 // Output tile columns of thread tj: c*32 + 4tj, when inside the head.
 __device__ __forceinline__ bool chunk_in(int c, int tj) { return c * 32 + 4 * tj < HEAD_DIM; }
 
 extern "C" __global__ void attention_forward(const float* qkv, const float* prefix, u64 prefix_row_stride,
                                              const float* mask, float* ctx, float* lse, int t, int p, int nh,
-                                             float scale, u64 key, u64 threshold, float dscale, int dropout) {
+                                             float scale, u64 key, u64 threshold, float dscale, int dropout,
+                                             u16* ctx16) {
     ATTENTION_SHARED;  // 3 [TILE, ROW] + 1 [TILE, PROW]
     float *qs = smem, *ks = qs + TILE * ROW, *vs = ks + TILE * ROW, *ps = vs + TILE * ROW;
     int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
@@ -443,6 +492,11 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
 #pragma unroll
             for (int d = 0; d < 4; d++) v[d] = o[c][r][d] * inv;
             st4(out + c * 32 + 4 * tj, v);
+            if (ctx16 != 0) {
+                u16* out16 = ctx16 + ((u64)b * t + i) * h + hh * HEAD_DIM + c * 32 + 4 * tj;
+#pragma unroll
+                for (int d = 0; d < 4; d++) out16[d] = bf16_bits(v[d]);
+            }
         }
         if (lse != 0 && tj == 0) lse[((u64)b * nh + hh) * t + i] = m[r] + logf(l[r]);
     }
@@ -468,12 +522,13 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
 // dQ: a block per tile of 32 queries, keys streamed as in the forward:
 //   P_ij = exp(s_ij - lse_i), dP_ij = drop_ij * (dO_i · V_j),
 //   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
-// Writes the q columns of dqkv [rows, 3H].
+// Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
+// is not null.
 extern "C" __global__ void attention_backward_dq(const float* qkv, const float* prefix, u64 prefix_row_stride,
                                                  const float* mask, const float* dctx, const float* lse,
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
-                                                 int dropout) {
+                                                 int dropout, u16* dqkv16) {
     ATTENTION_SHARED;  // 4 [TILE, ROW] + 1 [TILE, PROW]
     float *qs = smem, *dos = qs + TILE * ROW, *ks = dos + TILE * ROW, *vs = ks + TILE * ROW;
     float* dss = vs + TILE * ROW;
@@ -529,10 +584,10 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     for (int r = 0; r < 4; r++) {
         int i = i0 + ti + 8 * r;
         if (i >= t) continue;
-        float* out = dqkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM;
+        u64 at = ((u64)b * t + i) * 3 * h + hh * HEAD_DIM;
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++)
-            if (chunk_in(c, tj)) st4(out + c * 32 + 4 * tj, dq[c][r]);
+            if (chunk_in(c, tj)) store_grad(dqkv, dqkv16, at + c * 32 + 4 * tj, dq[c][r]);
     }
 }
 
@@ -540,14 +595,14 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
 // the prefix keys alone at the lowest prefixed layer), queries streamed
 // through shared memory:
 //   dV_j = sum_i P_ij drop_ij dO_i,  dK_j = scale * sum_i dS_ij q_i.
-// Token keys go to the k and v columns of dqkv [rows, 3H] (when not null);
-// prefix keys to dprefix [B, P, 2H] (per batch row, reduced afterwards).
-// Masked keys get zero gradients.
+// Token keys go to the k and v columns of dqkv [rows, 3H], or of dqkv16 in
+// bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
+// row, reduced afterwards). Masked keys get zero gradients.
 extern "C" __global__ void attention_backward_dkv(const float* qkv, const float* prefix, u64 prefix_row_stride,
                                                   const float* mask, const float* dctx, const float* lse,
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
                                                   int nh, int n_keys, float scale, u64 key, u64 threshold,
-                                                  float dscale, int dropout) {
+                                                  float dscale, int dropout, u16* dqkv16) {
     ATTENTION_SHARED;  // 4 [TILE, ROW] + 2 [TILE, PROW] + 2 [TILE]
     float *ks = smem, *vs = ks + TILE * ROW, *qs = vs + TILE * ROW, *dos = qs + TILE * ROW;
     float* pds = dos + TILE * ROW;  // [query][key]: P * dropout
@@ -616,18 +671,22 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
     for (int r = 0; r < 4; r++) {
         int j = j0 + ti + 8 * r;
         if (j >= n_keys) continue;
-        float* kout;
         if (j < p) {
-            kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
-        } else {
-            if (dqkv == 0) continue;
-            kout = dqkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
-        }
+            float* kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
 #pragma unroll
-        for (int c = 0; c < CHUNKS; c++) {
-            if (!chunk_in(c, tj)) continue;
-            st4(kout + c * 32 + 4 * tj, dk[c][r]);
-            st4(kout + h + c * 32 + 4 * tj, dv[c][r]);
+            for (int c = 0; c < CHUNKS; c++) {
+                if (!chunk_in(c, tj)) continue;
+                st4(kout + c * 32 + 4 * tj, dk[c][r]);
+                st4(kout + h + c * 32 + 4 * tj, dv[c][r]);
+            }
+        } else if (dqkv != 0 || dqkv16 != 0) {
+            u64 at = ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++) {
+                if (!chunk_in(c, tj)) continue;
+                store_grad(dqkv, dqkv16, at + c * 32 + 4 * tj, dk[c][r]);
+                store_grad(dqkv, dqkv16, at + h + c * 32 + 4 * tj, dv[c][r]);
+            }
         }
     }
 }
@@ -697,17 +756,4 @@ extern "C" __global__ void scatter_rows(const float* src, float* dst, int rows, 
 extern "C" __global__ void broadcast_rows(const float* bias, float* y, int rows, int width) {
     for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < (u64)rows * width; e += (u64)gridDim.x * blockDim.x)
         y[e] = bias[e % width];
-}
-
-// f32 → bf16, round to nearest even (NaN kept quiet), for bf16 GEMM inputs.
-extern "C" __global__ void to_bf16(const float* src, u16* dst, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u32 bits = __float_as_uint(src[i]);
-        if ((bits & 0x7fffffffu) > 0x7f800000u) {
-            dst[i] = (u16)((bits >> 16) | 0x40u);
-        } else {
-            bits += 0x7fffu + ((bits >> 16) & 1u);
-            dst[i] = (u16)(bits >> 16);
-        }
-    }
 }
