@@ -13,6 +13,7 @@ use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, Precision,
 };
 use ptuning::engine::device::{Compute, Device};
+use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prompt_model::{PromptModel, Targets};
@@ -36,6 +37,8 @@ fn kernels_compile_with_nvrtc() {
             "bias_gelu",
             "gelu_backward",
             "attention_forward",
+            "attention_forward_mma",
+            "mma_self_test",
             "attention_delta",
             "attention_backward_dq",
             "attention_backward_dkv",
@@ -482,5 +485,82 @@ fn kernels_pass_the_cpu_emulation() {
         assert!(run.status.success(), "kernel checks failed:\n{out}");
         let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
         assert!(passed >= 23 && out.contains("0 failed"), "{out}");
+    }
+}
+
+/// Inference in bf16 runs attention on the tensor cores when the head size
+/// is a multiple of 16 (the tiny BERT with 2 heads of 16), and its logits
+/// stay within bf16's error of the CPU engine's; training keeps the f32
+/// attention (its backward needs the same forward), and 8-wide heads never
+/// take the tensor-core path.
+#[test]
+fn bf16_inference_attention_on_the_tensor_cores() {
+    for target in targets("bf16_inference_attention_on_the_tensor_cores") {
+        let case = Case::load("tiny_bert_plain");
+        let dir = tempfile::tempdir().unwrap();
+        let src = common::fixtures().join("tiny-bert");
+        for f in ["model.safetensors", "tokenizer.json"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+            }
+        }
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        config["num_attention_heads"] = 2.into();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let backbone = Arc::new(BertModel::load(dir.path()).unwrap());
+        assert_eq!(backbone.config.head_dim(), 16);
+
+        let mut cpu = case.model();
+        cpu.backbone = Arc::clone(&backbone);
+        let mut gpu = case.model();
+        gpu.backbone = backbone;
+        attach(&mut gpu, target, Precision::Bf16);
+        let batch = case.batch();
+        let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
+        assert!(enc.lock().unwrap().dev.tensor_core_attention);
+        enc.lock().unwrap().dev.start_profile();
+        let got = gpu.predict(&batch).unwrap();
+        let times = enc.lock().unwrap().dev.take_profile().unwrap();
+        let launches = |times: &[ptuning::engine::cuda::KernelTime], name: &str| {
+            times
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(0, |t| t.launches)
+        };
+        let layers = cpu.backbone.config.num_hidden_layers;
+        assert_eq!(
+            launches(&times, "attention_forward_mma"),
+            layers,
+            "{times:?}"
+        );
+        assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
+        let want = cpu.predict(&batch).unwrap();
+        let e = rel_err(&got, &want);
+        eprintln!("{target:?}: bf16 tensor-core inference, logits error {e:e}");
+        assert!(e <= 2e-2, "logits relative error {e}");
+
+        // A training step keeps the f32 attention.
+        enc.lock().unwrap().dev.start_profile();
+        gpu.zero_grad();
+        gpu.forward_backward(
+            &batch,
+            Targets::Classes(&case.labels()),
+            &DropoutConfig {
+                hidden: 0.0,
+                attention: 0.0,
+                seed: 1,
+            },
+            &mut Activations::default(),
+        )
+        .unwrap();
+        let times = enc.lock().unwrap().dev.take_profile().unwrap();
+        assert_eq!(launches(&times, "attention_forward_mma"), 0, "{times:?}");
+        assert_eq!(launches(&times, "attention_forward"), layers, "{times:?}");
+    }
+    // Heads of 8 never take the tensor-core path.
+    if targets("8-wide heads").contains(&Target::Emulated) {
+        assert!(!CudaDevice::emulated(8).unwrap().tensor_core_attention);
     }
 }

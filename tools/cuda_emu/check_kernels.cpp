@@ -189,6 +189,46 @@ static void check_attention_no_prefix() {
     check("attention of an all-padding row without prefix is uniform", err, 1e-5);
 }
 
+// The tensor-core inference kernel: its fragment layout (mma_self_test),
+// then its output against the f32 kernel (checked against the definition
+// above) over two query tiles and two key tiles with partial last ones,
+// masked keys, and a padding-only row without prefix.
+static void check_attention_mma() {
+#if HEAD_DIM % 16 == 0
+    std::vector<float> d(16 * 8, -1.0f);
+    launch(mma_self_test, Dim3{1, 1, 1}, 32, ptr(d));
+    double bad = 0;
+    for (int r = 0; r < 16; r++)
+        for (int n = 0; n < 8; n++) {
+            int want = 0;
+            for (int k = 0; k < 16; k++) want += ((r + 2 * k) % 7 - 3) * ((3 * k + n) % 5 - 2);
+            bad += d[r * 8 + n] != (float)want;
+        }
+    check("mma_self_test (m16n8k16 fragment layout)", bad, 0.0);
+    for (int p : {5, 0}) {
+        const int t = 70;
+        auto qkv = rand_vec(B * t * 3 * H), prefix = rand_vec(B * std::max(p, 1) * 2 * H);
+        std::vector<float> mask(B * t, 1.0f);
+        for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
+        mask[0 * t + 40] = 0.0f;
+        std::vector<float> want(B * t * H), got(B * t * H, -1.0f);
+        std::vector<u16> got16(B * t * H);
+        float scale = 1.0f / std::sqrt((float)HD);
+        u64 pre = p > 0 ? ptr(prefix) : 0;
+        launch(attention_forward, Dim3{(t + 31) / 32, NH, B}, 64, ptr(qkv), pre, (u64)(p * 2 * H), ptr(mask),
+               ptr(want), (u64)0, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 0, (u64)0);
+        launch(attention_forward_mma, Dim3{(t + 63) / 64, NH, B}, 128, ptr(qkv), pre, (u64)(p * 2 * H), ptr(mask),
+               ptr(got), t, p, NH, scale, ptr16(got16));
+        check(p > 0 ? "attention_forward_mma (bf16) = f32 kernel, prefix 5, T 70"
+                    : "attention_forward_mma (bf16) = f32 kernel, no prefix, a padding row",
+              rel(dbl(got), dbl(want)), 2e-2);
+        check("attention_forward_mma ctx in bf16 too", bf16_mismatches(got, got16), 0.0);
+    }
+#else
+    std::printf("attention_forward_mma: skipped (HEAD_DIM %d is not a multiple of 16)\n", HEAD_DIM);
+#endif
+}
+
 // ---------------------------------------------------------------------------
 // LayerNorm, GELU, prefix, bf16.
 
@@ -387,6 +427,7 @@ int main() {
     check_attention(false);
     check_attention(true);
     check_attention_no_prefix();
+    check_attention_mma();
     check_layernorm();
     check_gelu();
     check_prefix();

@@ -51,6 +51,40 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return r;
 }
 
+// mma.sync.m16n8k16 (bf16 in, f32 accumulate) for one warp, with the
+// fragment layout of the PTX ISA that kernels.cu documents: the lanes
+// publish their fragments, meet, and each computes its own four outputs.
+#define MMA_BF16_16816
+inline unsigned mma_a_slots[1024][4], mma_b_slots[1024][2];
+
+inline float bf16_value(unsigned bits16) {
+    unsigned u = bits16 << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    unsigned t = threadIdx.x, base = t / 32 * 32, lane = t % 32;
+    auto& bar = *warp_barriers[t / 32];
+    for (int i = 0; i < 4; i++) mma_a_slots[t][i] = a[i];
+    for (int i = 0; i < 2; i++) mma_b_slots[t][i] = b[i];
+    float acc[4] = {c[0], c[1], c[2], c[3]};
+    bar.arrive_and_wait();
+    auto half = [](unsigned w, int k) { return bf16_value(k % 2 ? w >> 16 : w & 0xffffu); };
+    auto av = [&](int r, int k) {
+        return half(mma_a_slots[base + (r % 8) * 4 + (k % 8) / 2][(k >= 8 ? 2 : 0) + (r >= 8 ? 1 : 0)], k);
+    };
+    auto bv = [&](int k, int n) { return half(mma_b_slots[base + n * 4 + (k % 8) / 2][k >= 8 ? 1 : 0], k); };
+    int g = lane / 4, tq = lane % 4;
+    for (int e = 0; e < 4; e++) {
+        int r = g + (e >= 2 ? 8 : 0), col = 2 * tq + (e & 1);
+        for (int k = 0; k < 16; k++) acc[e] += av(r, k) * bv(k, col);
+    }
+    bar.arrive_and_wait();
+    for (int e = 0; e < 4; e++) d[e] = acc[e];
+}
+
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);

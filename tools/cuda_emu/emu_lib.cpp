@@ -53,6 +53,8 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(bias_gelu)
     KERNEL(gelu_backward)
     KERNEL(attention_forward)
+    KERNEL(attention_forward_mma)
+    KERNEL(mma_self_test)
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)
     KERNEL(attention_backward_dkv)

@@ -271,6 +271,8 @@ pub enum Kernel {
     BiasGelu,
     GeluBackward,
     AttentionForward,
+    AttentionForwardMma,
+    MmaSelfTest,
     AttentionDelta,
     AttentionBackwardDq,
     AttentionBackwardDkv,
@@ -288,6 +290,8 @@ impl Kernel {
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         let floats = match self {
+            // bf16: q and k [64, HD + 8], v transposed [HD, 72].
+            Kernel::AttentionForwardMma => (2 * 64 * (head_dim + 8) + head_dim * 72).div_ceil(2),
             Kernel::AttentionForward => 3 * row + score,
             Kernel::AttentionBackwardDq => 4 * row + score,
             Kernel::AttentionBackwardDkv => 4 * row + 2 * score + 2 * 32,
@@ -296,7 +300,7 @@ impl Kernel {
         (floats * 4) as u32
     }
 
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -305,6 +309,8 @@ impl Kernel {
         Kernel::BiasGelu,
         Kernel::GeluBackward,
         Kernel::AttentionForward,
+        Kernel::AttentionForwardMma,
+        Kernel::MmaSelfTest,
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
         Kernel::AttentionBackwardDkv,
@@ -326,6 +332,8 @@ impl Kernel {
             Kernel::BiasGelu => "bias_gelu",
             Kernel::GeluBackward => "gelu_backward",
             Kernel::AttentionForward => "attention_forward",
+            Kernel::AttentionForwardMma => "attention_forward_mma",
+            Kernel::MmaSelfTest => "mma_self_test",
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",
             Kernel::AttentionBackwardDkv => "attention_backward_dkv",
@@ -360,6 +368,10 @@ pub struct CudaDevice {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub head_dim: usize,
+    /// Whether inference attention in bf16 may run on the tensor cores
+    /// (attention_forward_mma): the head size is a multiple of 16 and
+    /// mma_self_test found the fragment layout the kernel assumes.
+    pub tensor_core_attention: bool,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
 }
@@ -451,7 +463,7 @@ impl CudaDevice {
             }
         }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| driver_err("starting cuBLAS", e))?;
-        Ok(CudaDevice {
+        CudaDevice {
             backend: Backend::Cuda {
                 _ctx: ctx,
                 stream,
@@ -461,8 +473,10 @@ impl CudaDevice {
             name,
             compute_capability: cc,
             head_dim,
+            tensor_core_attention: false,
             profile: Mutex::new(None),
-        })
+        }
+        .with_tensor_cores(cc >= (8, 0))
     }
 
     /// The kernels run on the CPU through tools/cuda_emu (built with g++ on
@@ -470,13 +484,49 @@ impl CudaDevice {
     /// the engine is exercised without a GPU. Slow; for tests.
     pub fn emulated(head_dim: usize) -> Result<Self> {
         check_head_dim(head_dim)?;
-        Ok(CudaDevice {
+        CudaDevice {
             backend: Backend::Emulated(super::emulator::Emulator::load(head_dim)?),
             name: "CPU emulation of the CUDA kernels".into(),
             compute_capability: (0, 0),
             head_dim,
+            tensor_core_attention: false,
             profile: Mutex::new(None),
-        })
+        }
+        .with_tensor_cores(true)
+    }
+
+    /// Enables the tensor-core attention when `supported` (bf16 mma needs
+    /// compute capability 8.0), the head size allows it, and the self-test
+    /// passes; otherwise the f32 kernels serve inference too.
+    fn with_tensor_cores(mut self, supported: bool) -> Result<Self> {
+        if supported && self.head_dim.is_multiple_of(16) {
+            self.tensor_core_attention = self.mma_self_test()?;
+            if !self.tensor_core_attention {
+                tracing::warn!(
+                    "{}: the tensor-core attention's self-test failed; inference attention stays on the f32 kernels",
+                    self.name
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    /// One warp's m16n8k16 product of small integers (kernels.cu,
+    /// mma_self_test) against the same product here: whether the fragment
+    /// layout attention_forward_mma assumes is this device's.
+    pub fn mma_self_test(&self) -> Result<bool> {
+        let a = |r: i32, k: i32| (r + 2 * k) % 7 - 3;
+        let b = |k: i32, n: i32| (3 * k + n) % 5 - 2;
+        let mut out = DevBuf::<f32>::default();
+        out.ensure(self, 16 * 8)?;
+        self.launch(Kernel::MmaSelfTest, (1, 1, 1), 32, &[&out.ptr])?;
+        let got = out.download(self, 16 * 8)?;
+        Ok((0..16).all(|r| {
+            (0..8).all(|n| {
+                let want: i32 = (0..16).map(|k| a(r, k) * b(k, n)).sum();
+                got[(r * 8 + n) as usize] == want as f32
+            })
+        }))
     }
 
     /// Waits for everything queued.

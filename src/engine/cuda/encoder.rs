@@ -24,7 +24,7 @@
 //! the prefix table's gradient (P × Ls·2H) comes down. Nothing else crosses.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
+use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, Precision};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::{BertModel, LayerNorm, Linear};
@@ -478,28 +478,26 @@ impl CudaEncoder {
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
             let (key, thr, dscale, on) = site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
-            dev.launch(
-                Kernel::AttentionForward,
-                (t.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
-                64,
-                &[
-                    &s.qkv.ptr,
-                    &prefix_ptr,
-                    &((pl * two_h) as u64),
-                    &ws.mask.ptr,
-                    &s.ctx.ptr,
-                    &lse,
-                    &(t as i32),
-                    &(pl as i32),
-                    &(nh as i32),
-                    &scale_qk,
-                    &key,
-                    &thr,
-                    &dscale,
-                    &on,
-                    &b16,
-                ],
-            )?;
+            let call =
+                AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
+            if bf16 && dev.tensor_core_attention && lse == 0 && on == 0 {
+                // Inference in bf16: the tensor cores (no lse, no dropout).
+                call.launch(
+                    dev,
+                    Kernel::AttentionForwardMma,
+                    (t.div_ceil(64), 128),
+                    &[&s.ctx.ptr],
+                    &[&scale_qk, &b16],
+                )?;
+            } else {
+                call.launch(
+                    dev,
+                    Kernel::AttentionForward,
+                    (t.div_ceil(ATTENTION_TILE), 64),
+                    &[&s.ctx.ptr, &lse],
+                    &[&scale_qk, &key, &thr, &dscale, &on, &b16],
+                )?;
+            }
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
             dev.linear(
@@ -770,31 +768,16 @@ impl CudaEncoder {
                     &(t as i32),
                 ],
             )?;
-            let row_stride = (pl * two_h) as u64;
+            let call =
+                AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
+            let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
-                dev.launch(
+                call.launch(
+                    dev,
                     Kernel::AttentionBackwardDq,
-                    (t.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
-                    64,
-                    &[
-                        &s.qkv.ptr,
-                        &prefix_ptr,
-                        &row_stride,
-                        &ws.mask.ptr,
-                        &ws.d_ctx.ptr,
-                        &s.lse.ptr,
-                        &ws.delta.ptr,
-                        &ws.d_qkv.ptr,
-                        &(t as i32),
-                        &(pl as i32),
-                        &(nh as i32),
-                        &scale_qk,
-                        &key,
-                        &thr,
-                        &dscale,
-                        &on,
-                        &b16,
-                    ],
+                    (t.div_ceil(ATTENTION_TILE), 64),
+                    &[&stats[..], &[&ws.d_qkv.ptr]].concat(),
+                    &[&scale_qk, &key, &thr, &dscale, &on, &b16],
                 )?;
             }
             // Keys: all of them when the layer below needs d(qkv), else only
@@ -806,23 +789,12 @@ impl CudaEncoder {
                 } else {
                     (0u64, 0u64)
                 };
-                dev.launch(
+                call.launch(
+                    dev,
                     Kernel::AttentionBackwardDkv,
-                    (n_keys.div_ceil(ATTENTION_TILE) as u32, nh as u32, b as u32),
-                    64,
+                    (n_keys.div_ceil(ATTENTION_TILE), 64),
+                    &[&stats[..], &[&dqkv, &dprefix_ptr]].concat(),
                     &[
-                        &s.qkv.ptr,
-                        &prefix_ptr,
-                        &row_stride,
-                        &ws.mask.ptr,
-                        &ws.d_ctx.ptr,
-                        &s.lse.ptr,
-                        &ws.delta.ptr,
-                        &dqkv,
-                        &dprefix_ptr,
-                        &(t as i32),
-                        &(pl as i32),
-                        &(nh as i32),
                         &(n_keys as i32),
                         &scale_qk,
                         &key,
@@ -869,6 +841,59 @@ impl CudaEncoder {
             ],
         )?;
         ws.d_past.download(dev, p * width)
+    }
+}
+
+/// What every attention kernel of kernels.cu takes first: the layer's qkv
+/// [rows, 3H], its prefix keys and values (0 without) with their row
+/// stride, and the mask; then its own buffers; then (T, P, NH); then the
+/// rest. Grid: (tiles, NH, B).
+struct AttentionCall {
+    qkv: u64,
+    prefix: u64,
+    row_stride: u64,
+    mask: u64,
+    shape: (i32, i32, i32),
+    batch: usize,
+}
+
+impl AttentionCall {
+    /// For a layer with `p` prefix keys (0 without) in `prefix`, rows of 2H.
+    fn new(
+        qkv: u64,
+        prefix: u64,
+        mask: u64,
+        (b, t, p, nh, two_h): (usize, usize, usize, usize, usize),
+    ) -> Self {
+        AttentionCall {
+            qkv,
+            prefix,
+            row_stride: (p * two_h) as u64,
+            mask,
+            shape: (t as i32, p as i32, nh as i32),
+            batch: b,
+        }
+    }
+
+    /// Launches `kernel` over (tiles, NH, B) blocks of `block` threads.
+    fn launch(
+        &self,
+        dev: &CudaDevice,
+        kernel: Kernel,
+        (tiles, block): (usize, u32),
+        buffers: &[&dyn KernelArg],
+        rest: &[&dyn KernelArg],
+    ) -> Result<()> {
+        let (t, p, nh) = &self.shape;
+        let head: [&dyn KernelArg; 4] = [&self.qkv, &self.prefix, &self.row_stride, &self.mask];
+        let shape: [&dyn KernelArg; 3] = [t, p, nh];
+        let args = [&head[..], buffers, &shape[..], rest].concat();
+        dev.launch(
+            kernel,
+            (tiles as u32, *nh as u32, self.batch as u32),
+            block,
+            &args,
+        )
     }
 }
 

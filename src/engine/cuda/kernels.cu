@@ -502,6 +502,193 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
     }
 }
 
+// ---------------------------------------------------------------------------
+// Inference attention in bf16 on the tensor cores (mma.sync m16n8k16, bf16
+// inputs, f32 accumulation): the same function as attention_forward with q,
+// k, v and the probabilities rounded to bf16, as the bf16 GEMMs round their
+// inputs. Used for inference only (no lse: training keeps the f32 kernels,
+// whose forward and backward agree exactly), when HEAD_DIM is a multiple of
+// 16 and mma_self_test passed on the device.
+//
+// A block of 4 warps takes 64 queries (16 per warp) of one (batch row,
+// head); keys stream through shared memory 64 at a time. Fragments of
+// m16n8k16 (g = lane / 4, t = lane % 4):
+//   A (16 x 16, row-major): reg 0 = (row g, k 2t..2t+1), reg 1 = (g + 8, 2t..),
+//     reg 2 = (g, 2t + 8..), reg 3 = (g + 8, 2t + 8..); the lower half of a
+//     register holds the lower k.
+//   B (16 x 8): reg 0 = (k 2t..2t+1, col g), reg 1 = (k 2t + 8.., col g).
+//   C (16 x 8, f32): c0, c1 = (row g, cols 2t, 2t + 1); c2, c3 = row g + 8.
+// Two neighbouring C tiles of scores (16 keys) are then exactly the A
+// fragment of the probabilities for the product with V.
+
+#define MMA_ROWS 64                  // queries per block, and keys per tile
+#define MROW (HEAD_DIM + 8)          // bf16 row stride of the q and k tiles
+#define VROW (MMA_ROWS + 8)          // bf16 row stride of the transposed v tile
+
+#ifndef MMA_BF16_16816
+// d = a · b + c for one warp (PTX ISA, mma.sync.aligned.m16n8k16.row.col).
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+}
+#endif
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16);
+}
+
+// Two consecutive bf16 of a shared tile as one register.
+__device__ __forceinline__ u32 ld_pair(const u16* p) { return *reinterpret_cast<const u32*>(p); }
+
+// Checks the fragment layout above on this device: one warp multiplies
+// A[r][k] = (r + 2k) % 7 - 3 by B[k][n] = (3k + n) % 5 - 2 (small integers,
+// exact in bf16 and in the sums) and writes D [16, 8] row-major to `out`;
+// the loader compares it with the product computed on the host.
+extern "C" __global__ void mma_self_test(float* out) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    auto av = [](int r, int k) { return (float)((r + 2 * k) % 7 - 3); };
+    auto bv = [](int k, int n) { return (float)((3 * k + n) % 5 - 2); };
+    u32 a[4] = {pack_bf16(av(g, 2 * t), av(g, 2 * t + 1)), pack_bf16(av(g + 8, 2 * t), av(g + 8, 2 * t + 1)),
+                pack_bf16(av(g, 2 * t + 8), av(g, 2 * t + 9)), pack_bf16(av(g + 8, 2 * t + 8), av(g + 8, 2 * t + 9))};
+    u32 b[2] = {pack_bf16(bv(2 * t, g), bv(2 * t + 1, g)), pack_bf16(bv(2 * t + 8, g), bv(2 * t + 9, g))};
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
+    mma_bf16_16816(d, a, b, c);
+    out[g * 8 + 2 * t] = d[0];
+    out[g * 8 + 2 * t + 1] = d[1];
+    out[(g + 8) * 8 + 2 * t] = d[2];
+    out[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// Arguments as attention_forward's, less lse and the dropout (inference).
+extern "C" __global__ void attention_forward_mma(const float* qkv, const float* prefix, u64 prefix_row_stride,
+                                                 const float* mask, float* ctx, int t, int p, int nh, float scale,
+                                                 u16* ctx16) {
+#if HEAD_DIM % 16 == 0
+    ATTENTION_SHARED;  // bf16: q [64, MROW], k [64, MROW], v transposed [HD, VROW]
+    u16* qs = reinterpret_cast<u16*>(smem);
+    u16* ks = qs + MMA_ROWS * MROW;
+    u16* vt = ks + MMA_ROWS * MROW;
+    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * MMA_ROWS;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    int h = nh * HEAD_DIM, n = p + t;
+    int any = any_visible(mask, b, t, p);
+    for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
+        int r = e / HEAD_DIM, d = e % HEAD_DIM, i = i0 + r;
+        float v = i < t ? qkv[((u64)b * t + i) * 3 * h + hh * HEAD_DIM + d] * scale : 0.0f;
+        qs[r * MROW + d] = bf16_bits(v);
+    }
+    // Rows g and g + 8 of this warp's 16 queries: running max and sum.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    float o[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < HEAD_DIM / 8; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
+    const u16* qw = qs + warp * 16 * MROW;
+    for (int j0 = 0; j0 < n; j0 += MMA_ROWS) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
+            int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
+            float kv = 0.0f, vv = 0.0f;
+            if (j < n) {
+                const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
+                kv = kp[d];
+                vv = kp[h + d];
+            }
+            ks[jj * MROW + d] = bf16_bits(kv);
+            vt[d * VROW + jj] = bf16_bits(vv);
+        }
+        __syncthreads();
+        // Scores: 8 tiles of 8 keys, s[nt] = Q (16 x HD) · K[nt]ᵀ.
+        float s[MMA_ROWS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM; kk += 16) {
+            u32 a[4] = {ld_pair(qw + g * MROW + kk + 2 * tq), ld_pair(qw + (g + 8) * MROW + kk + 2 * tq),
+                        ld_pair(qw + g * MROW + kk + 2 * tq + 8), ld_pair(qw + (g + 8) * MROW + kk + 2 * tq + 8)};
+#pragma unroll
+            for (int nt = 0; nt < MMA_ROWS / 8; nt++) {
+                const u16* kr = ks + (nt * 8 + g) * MROW + kk + 2 * tq;
+                u32 bb[2] = {ld_pair(kr), ld_pair(kr + 8)};
+                mma_bf16_16816(s[nt], a, bb, s[nt]);
+            }
+        }
+        // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                bool used = key_used(mask, b, j0 + nt * 8 + 2 * tq + (e & 1), t, p, any);
+                s[nt][e] = used ? (any ? s[nt][e] : 0.0f) : NEG_INF;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+            }
+        float base[2], corr[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
+            float m_new = fmaxf(m[r], mx[r]);
+            base[r] = m_new == NEG_INF ? 0.0f : m_new;
+            corr[r] = expf(m[r] - base[r]);
+            m[r] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = expf(s[nt][e] - base[e >> 1]);
+                sum[e >> 1] += s[nt][e];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
+            l[r] = l[r] * corr[r] + sum[r];
+        }
+#pragma unroll
+        for (int dn = 0; dn < HEAD_DIM / 8; dn++) {
+            o[dn][0] *= corr[0];
+            o[dn][1] *= corr[0];
+            o[dn][2] *= corr[1];
+            o[dn][3] *= corr[1];
+        }
+        // O += P (16 x 64 keys) · V (64 keys x HD), 16 keys at a time.
+#pragma unroll
+        for (int kk = 0; kk < MMA_ROWS / 16; kk++) {
+            u32 a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < HEAD_DIM / 8; dn++) {
+                const u16* vr = vt + (dn * 8 + g) * VROW + kk * 16 + 2 * tq;
+                u32 bb[2] = {ld_pair(vr), ld_pair(vr + 8)};
+                mma_bf16_16816(o[dn], a, bb, o[dn]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int i = i0 + warp * 16 + g + 8 * r;
+        if (i >= t) continue;
+        float inv = 1.0f / l[r];
+        u64 at = ((u64)b * t + i) * h + hh * HEAD_DIM;
+#pragma unroll
+        for (int dn = 0; dn < HEAD_DIM / 8; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float v = o[dn][2 * r + e] * inv;
+                ctx[at + dn * 8 + 2 * tq + e] = v;
+                if (ctx16 != 0) ctx16[at + dn * 8 + 2 * tq + e] = bf16_bits(v);
+            }
+    }
+#endif
+}
+
 // delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row term.
 extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, float* delta, int rows, int nh,
                                            int t) {
