@@ -42,6 +42,8 @@ fn kernels_compile_with_nvrtc() {
             "attention_delta",
             "attention_backward_dq",
             "attention_backward_dkv",
+            "attention_backward_dq_mma",
+            "attention_backward_dkv_mma",
             "expand_prefix",
             "reduce_prefix",
             "gather_rows",
@@ -488,22 +490,21 @@ fn kernels_pass_the_cpu_emulation() {
     }
 }
 
-/// Inference in bf16 runs attention on the tensor cores when the head size
-/// is a multiple of 16 (the tiny BERT with 2 heads of 16), and its logits
-/// stay within bf16's error of the CPU engine's; training keeps the f32
-/// attention (its backward needs the same forward), and 8-wide heads never
-/// take the tensor-core path.
+/// In bf16, attention runs on the tensor cores when the head size is a
+/// multiple of 16 (the tiny BERT with 2 heads of 16): inference logits and a
+/// training step's gradients stay within bf16's error of the CPU engine's;
+/// 8-wide heads never take that path.
 #[test]
-fn bf16_inference_attention_on_the_tensor_cores() {
-    for target in targets("bf16_inference_attention_on_the_tensor_cores") {
+fn bf16_attention_on_the_tensor_cores() {
+    for target in targets("bf16_attention_on_the_tensor_cores") {
         let case = Case::load("tiny_bert_plain");
         let dir = tempfile::tempdir().unwrap();
         let src = common::fixtures().join("tiny-bert");
-        for f in ["model.safetensors", "tokenizer.json"] {
-            if src.join(f).exists() {
-                std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-            }
-        }
+        std::fs::copy(
+            src.join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
                 .unwrap();
@@ -520,44 +521,72 @@ fn bf16_inference_attention_on_the_tensor_cores() {
         let batch = case.batch();
         let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
         assert!(enc.lock().unwrap().dev.tensor_core_attention);
-        enc.lock().unwrap().dev.start_profile();
-        let got = gpu.predict(&batch).unwrap();
-        let times = enc.lock().unwrap().dev.take_profile().unwrap();
+        let layers = cpu.backbone.config.num_hidden_layers;
         let launches = |times: &[ptuning::engine::cuda::KernelTime], name: &str| {
             times
                 .iter()
                 .find(|t| t.name == name)
                 .map_or(0, |t| t.launches)
         };
-        let layers = cpu.backbone.config.num_hidden_layers;
+
+        enc.lock().unwrap().dev.start_profile();
+        let got = gpu.predict(&batch).unwrap();
+        let times = enc.lock().unwrap().dev.take_profile().unwrap();
         assert_eq!(
             launches(&times, "attention_forward_mma"),
             layers,
             "{times:?}"
         );
         assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
-        let want = cpu.predict(&batch).unwrap();
-        let e = rel_err(&got, &want);
+        let e = rel_err(&got, &cpu.predict(&batch).unwrap());
         eprintln!("{target:?}: bf16 tensor-core inference, logits error {e:e}");
         assert!(e <= 2e-2, "logits relative error {e}");
 
-        // A training step keeps the f32 attention.
+        let labels = case.labels();
+        let dropout = DropoutConfig {
+            hidden: 0.0,
+            attention: 0.0,
+            seed: 1,
+        };
+        let step = |model: &mut PromptModel| {
+            model.zero_grad();
+            model
+                .forward_backward(
+                    &batch,
+                    Targets::Classes(&labels),
+                    &dropout,
+                    &mut Activations::default(),
+                )
+                .unwrap();
+        };
+        step(&mut cpu);
         enc.lock().unwrap().dev.start_profile();
-        gpu.zero_grad();
-        gpu.forward_backward(
-            &batch,
-            Targets::Classes(&case.labels()),
-            &DropoutConfig {
-                hidden: 0.0,
-                attention: 0.0,
-                seed: 1,
-            },
-            &mut Activations::default(),
-        )
-        .unwrap();
+        step(&mut gpu);
         let times = enc.lock().unwrap().dev.take_profile().unwrap();
-        assert_eq!(launches(&times, "attention_forward_mma"), 0, "{times:?}");
-        assert_eq!(launches(&times, "attention_forward"), layers, "{times:?}");
+        assert_eq!(
+            launches(&times, "attention_forward_mma"),
+            layers,
+            "{times:?}"
+        );
+        assert!(
+            launches(&times, "attention_backward_dkv_mma") > 0,
+            "{times:?}"
+        );
+        for name in [
+            "attention_forward",
+            "attention_backward_dq",
+            "attention_backward_dkv",
+        ] {
+            assert_eq!(launches(&times, name), 0, "{name} in {times:?}");
+        }
+        for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
+            let e = rel_err(&q.grad, &p.grad);
+            eprintln!(
+                "{target:?}: bf16 tensor-core training, grad of {} error {e:e}",
+                p.name
+            );
+            assert!(e <= 5e-2, "grad of {} relative error {e}", p.name);
+        }
     }
     // Heads of 8 never take the tensor-core path.
     if targets("8-wide heads").contains(&Target::Emulated) {

@@ -189,10 +189,39 @@ static void check_attention_no_prefix() {
     check("attention of an all-padding row without prefix is uniform", err, 1e-5);
 }
 
-// The tensor-core inference kernel: its fragment layout (mma_self_test),
-// then its output against the f32 kernel (checked against the definition
-// above) over two query tiles and two key tiles with partial last ones,
-// masked keys, and a padding-only row without prefix.
+// The tensor-core kernels: their fragment layout (mma_self_test), then the
+// whole chain (forward, delta, dQ, dK/dV) against the f32 kernels (checked
+// against the definition above) over two query tiles and two key tiles with
+// partial last ones, masked keys, dropout, and a padding-only row without
+// prefix; bf16 rounding of q, k, v, dO, P and dS allows about 1e-2.
+struct AttnChain {
+    std::vector<float> ctx, lse, dqkv, dprefix, dprefix_only;
+};
+
+template <typename Fwd, typename Dq, typename Dkv>
+static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv,
+                           std::vector<float>& prefix, std::vector<float>& mask, std::vector<float>& g, int t, int p,
+                           int on) {
+    AttnChain c{std::vector<float>(B * t * H), std::vector<float>(B * NH * t), std::vector<float>(B * t * 3 * H, 0.0f),
+                std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f), std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f)};
+    float scale = 1.0f / std::sqrt((float)HD);
+    u64 pre = p > 0 ? ptr(prefix) : 0, stride = (u64)(p * 2 * H);
+    unsigned qt = (t + tile - 1) / tile, kt = (p + t + tile - 1) / tile;
+    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
+           THRESHOLD, DSCALE, on, (u64)0);
+    std::vector<float> delta(B * NH * t);
+    launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), ptr(delta), B * t,
+           NH, t);
+    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+           t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+           ptr(c.dprefix), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    if (p > 0)
+        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse),
+               ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    return c;
+}
+
 static void check_attention_mma() {
 #if HEAD_DIM % 16 == 0
     std::vector<float> d(16 * 8, -1.0f);
@@ -205,27 +234,49 @@ static void check_attention_mma() {
             bad += d[r * 8 + n] != (float)want;
         }
     check("mma_self_test (m16n8k16 fragment layout)", bad, 0.0);
-    for (int p : {5, 0}) {
-        const int t = 70;
-        auto qkv = rand_vec(B * t * 3 * H), prefix = rand_vec(B * std::max(p, 1) * 2 * H);
-        std::vector<float> mask(B * t, 1.0f);
-        for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
-        mask[0 * t + 40] = 0.0f;
-        std::vector<float> want(B * t * H), got(B * t * H, -1.0f);
-        std::vector<u16> got16(B * t * H);
-        float scale = 1.0f / std::sqrt((float)HD);
-        u64 pre = p > 0 ? ptr(prefix) : 0;
-        launch(attention_forward, Dim3{(t + 31) / 32, NH, B}, 64, ptr(qkv), pre, (u64)(p * 2 * H), ptr(mask),
-               ptr(want), (u64)0, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 0, (u64)0);
-        launch(attention_forward_mma, Dim3{(t + 63) / 64, NH, B}, 128, ptr(qkv), pre, (u64)(p * 2 * H), ptr(mask),
-               ptr(got), t, p, NH, scale, ptr16(got16));
-        check(p > 0 ? "attention_forward_mma (bf16) = f32 kernel, prefix 5, T 70"
-                    : "attention_forward_mma (bf16) = f32 kernel, no prefix, a padding row",
-              rel(dbl(got), dbl(want)), 2e-2);
-        check("attention_forward_mma ctx in bf16 too", bf16_mismatches(got, got16), 0.0);
+    for (int p : {5, 0})
+        for (int on : {0, 1}) {
+            const int t = 70;
+            auto qkv = rand_vec(B * t * 3 * H), prefix = rand_vec(B * std::max(p, 1) * 2 * H), g = rand_vec(B * t * H);
+            std::vector<float> mask(B * t, 1.0f);
+            for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
+            mask[0 * t + 40] = 0.0f;
+            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv,
+                                  prefix, mask, g, t, p, on);
+            auto got = run_chain(attention_forward_mma, attention_backward_dq_mma, attention_backward_dkv_mma, 64, 128,
+                                 qkv, prefix, mask, g, t, p, on);
+            char what[96];
+            std::snprintf(what, sizeof what, "attention on tensor cores, %s%s: ctx",
+                          p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
+            check(what, rel(dbl(got.ctx), dbl(want.ctx)), 2e-2);
+            check("  lse", rel(dbl(got.lse), dbl(want.lse)), 2e-2);
+            check("  d(qkv)", rel(dbl(got.dqkv), dbl(want.dqkv)), 3e-2);
+            check("  d(prefix), and of the prefix keys alone",
+                  std::max(rel(dbl(got.dprefix), dbl(want.dprefix)), rel(dbl(got.dprefix_only), dbl(want.dprefix))),
+                  3e-2);
+        }
+    // bf16 outputs: ctx16 and dqkv16 are the f32 results rounded.
+    const int t = 70, p = 5;
+    auto qkv = rand_vec(B * t * 3 * H), prefix = rand_vec(B * p * 2 * H), g = rand_vec(B * t * H);
+    std::vector<float> mask(B * t, 1.0f), ctx(B * t * H), lse(B * NH * t), delta(B * NH * t),
+        dqkv(B * t * 3 * H), dpre(B * p * 2 * H), dpre16(B * p * 2 * H);
+    std::vector<u16> ctx16(B * t * H), dqkv16(B * t * 3 * H);
+    float scale = 1.0f / std::sqrt((float)HD);
+    launch(attention_forward_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx),
+           ptr(lse), t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
+    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * t, NH, t);
+    for (int pass = 0; pass < 2; pass++) {
+        u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
+        launch(attention_backward_dq_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask),
+               ptr(g), ptr(lse), ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
+        launch(attention_backward_dkv_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask),
+               ptr(g), ptr(lse), ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY,
+               THRESHOLD, DSCALE, 1, out16);
     }
+    check("tensor-core attention: ctx and d(qkv) in bf16 too",
+          bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
 #else
-    std::printf("attention_forward_mma: skipped (HEAD_DIM %d is not a multiple of 16)\n", HEAD_DIM);
+    std::printf("attention on tensor cores: skipped (HEAD_DIM %d is not a multiple of 16)\n", HEAD_DIM);
 #endif
 }
 

@@ -58,6 +58,8 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)
     KERNEL(attention_backward_dkv)
+    KERNEL(attention_backward_dq_mma)
+    KERNEL(attention_backward_dkv_mma)
     KERNEL(expand_prefix)
     KERNEL(reduce_prefix)
     KERNEL(gather_rows)

@@ -276,6 +276,8 @@ pub enum Kernel {
     AttentionDelta,
     AttentionBackwardDq,
     AttentionBackwardDkv,
+    AttentionBackwardDqMma,
+    AttentionBackwardDkvMma,
     ExpandPrefix,
     ReducePrefix,
     GatherRows,
@@ -290,8 +292,12 @@ impl Kernel {
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         let floats = match self {
-            // bf16: q and k [64, HD + 8], v transposed [HD, 72].
+            // bf16 tiles [64, HD + 8] and transposed [HD, 72] (kernels.cu).
             Kernel::AttentionForwardMma => (2 * 64 * (head_dim + 8) + head_dim * 72).div_ceil(2),
+            Kernel::AttentionBackwardDqMma => (4 * 64 * (head_dim + 8) + head_dim * 72).div_ceil(2),
+            Kernel::AttentionBackwardDkvMma => {
+                (4 * 64 * (head_dim + 8) + 2 * head_dim * 72).div_ceil(2) + 2 * 64
+            }
             Kernel::AttentionForward => 3 * row + score,
             Kernel::AttentionBackwardDq => 4 * row + score,
             Kernel::AttentionBackwardDkv => 4 * row + 2 * score + 2 * 32,
@@ -300,7 +306,7 @@ impl Kernel {
         (floats * 4) as u32
     }
 
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -314,6 +320,8 @@ impl Kernel {
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
         Kernel::AttentionBackwardDkv,
+        Kernel::AttentionBackwardDqMma,
+        Kernel::AttentionBackwardDkvMma,
         Kernel::ExpandPrefix,
         Kernel::ReducePrefix,
         Kernel::GatherRows,
@@ -337,6 +345,8 @@ impl Kernel {
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",
             Kernel::AttentionBackwardDkv => "attention_backward_dkv",
+            Kernel::AttentionBackwardDqMma => "attention_backward_dq_mma",
+            Kernel::AttentionBackwardDkvMma => "attention_backward_dkv_mma",
             Kernel::ExpandPrefix => "expand_prefix",
             Kernel::ReducePrefix => "reduce_prefix",
             Kernel::GatherRows => "gather_rows",
@@ -368,9 +378,9 @@ pub struct CudaDevice {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub head_dim: usize,
-    /// Whether inference attention in bf16 may run on the tensor cores
-    /// (attention_forward_mma): the head size is a multiple of 16 and
-    /// mma_self_test found the fragment layout the kernel assumes.
+    /// Whether attention in bf16 runs on the tensor cores (the *_mma
+    /// kernels): the head size is a multiple of 16 and mma_self_test found
+    /// the fragment layout the kernels assume.
     pub tensor_core_attention: bool,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
@@ -497,13 +507,13 @@ impl CudaDevice {
 
     /// Enables the tensor-core attention when `supported` (bf16 mma needs
     /// compute capability 8.0), the head size allows it, and the self-test
-    /// passes; otherwise the f32 kernels serve inference too.
+    /// passes; otherwise bf16 runs the f32 attention kernels.
     fn with_tensor_cores(mut self, supported: bool) -> Result<Self> {
         if supported && self.head_dim.is_multiple_of(16) {
             self.tensor_core_attention = self.mma_self_test()?;
             if !self.tensor_core_attention {
                 tracing::warn!(
-                    "{}: the tensor-core attention's self-test failed; inference attention stays on the f32 kernels",
+                    "{}: the tensor-core attention's self-test failed; bf16 attention stays on the f32 kernels",
                     self.name
                 );
             }
@@ -513,7 +523,7 @@ impl CudaDevice {
 
     /// One warp's m16n8k16 product of small integers (kernels.cu,
     /// mma_self_test) against the same product here: whether the fragment
-    /// layout attention_forward_mma assumes is this device's.
+    /// layout the *_mma kernels assume is this device's.
     pub fn mma_self_test(&self) -> Result<bool> {
         let a = |r: i32, k: i32| (r + 2 * k) % 7 - 3;
         let b = |k: i32, n: i32| (3 * k + n) % 5 - 2;

@@ -35,6 +35,10 @@ use crate::model::encoder::DropoutConfig;
 /// kernels.cu), each block 64 threads.
 const ATTENTION_TILE: usize = 32;
 
+/// Queries (or keys) per block of the tensor-core attention kernels
+/// (MMA_ROWS in kernels.cu), each block 128 threads.
+const MMA_TILE: usize = 64;
+
 /// A weight matrix in the precision's storage type.
 enum Weight {
     F32(DevBuf<f32>),
@@ -480,24 +484,15 @@ impl CudaEncoder {
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call =
                 AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
-            if bf16 && dev.tensor_core_attention && lse == 0 && on == 0 {
-                // Inference in bf16: the tensor cores (no lse, no dropout).
-                call.launch(
-                    dev,
-                    Kernel::AttentionForwardMma,
-                    (t.div_ceil(64), 128),
-                    &[&s.ctx.ptr],
-                    &[&scale_qk, &b16],
-                )?;
-            } else {
-                call.launch(
-                    dev,
-                    Kernel::AttentionForward,
-                    (t.div_ceil(ATTENTION_TILE), 64),
-                    &[&s.ctx.ptr, &lse],
-                    &[&scale_qk, &key, &thr, &dscale, &on, &b16],
-                )?;
-            }
+            // bf16 on the tensor cores when the device allows, else f32.
+            let (kernel, tile, block) = attention_kernel(dev, bf16, Kernel::AttentionForward);
+            call.launch(
+                dev,
+                kernel,
+                (t.div_ceil(tile), block),
+                &[&s.ctx.ptr, &lse],
+                &[&scale_qk, &key, &thr, &dscale, &on, &b16],
+            )?;
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
             dev.linear(
@@ -772,10 +767,12 @@ impl CudaEncoder {
                 AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
             let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
+                let (kernel, tile, block) =
+                    attention_kernel(dev, bf16, Kernel::AttentionBackwardDq);
                 call.launch(
                     dev,
-                    Kernel::AttentionBackwardDq,
-                    (t.div_ceil(ATTENTION_TILE), 64),
+                    kernel,
+                    (t.div_ceil(tile), block),
                     &[&stats[..], &[&ws.d_qkv.ptr]].concat(),
                     &[&scale_qk, &key, &thr, &dscale, &on, &b16],
                 )?;
@@ -789,10 +786,12 @@ impl CudaEncoder {
                 } else {
                     (0u64, 0u64)
                 };
+                let (kernel, tile, block) =
+                    attention_kernel(dev, bf16, Kernel::AttentionBackwardDkv);
                 call.launch(
                     dev,
-                    Kernel::AttentionBackwardDkv,
-                    (n_keys.div_ceil(ATTENTION_TILE), 64),
+                    kernel,
+                    (n_keys.div_ceil(tile), block),
                     &[&stats[..], &[&dqkv, &dprefix_ptr]].concat(),
                     &[
                         &(n_keys as i32),
@@ -842,6 +841,22 @@ impl CudaEncoder {
         )?;
         ws.d_past.download(dev, p * width)
     }
+}
+
+/// The attention kernel to run for `f32_kernel` (AttentionForward,
+/// AttentionBackwardDq or AttentionBackwardDkv): its tensor-core twin in
+/// bf16 when the device passed the self-test, with its rows per block and
+/// threads per block.
+fn attention_kernel(dev: &CudaDevice, bf16: bool, f32_kernel: Kernel) -> (Kernel, usize, u32) {
+    if !(bf16 && dev.tensor_core_attention) {
+        return (f32_kernel, ATTENTION_TILE, 64);
+    }
+    let mma = match f32_kernel {
+        Kernel::AttentionBackwardDq => Kernel::AttentionBackwardDqMma,
+        Kernel::AttentionBackwardDkv => Kernel::AttentionBackwardDkvMma,
+        _ => Kernel::AttentionForwardMma,
+    };
+    (mma, MMA_TILE, 128)
 }
 
 /// What every attention kernel of kernels.cu takes first: the layer's qkv

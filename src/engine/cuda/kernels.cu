@@ -503,27 +503,30 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
 }
 
 // ---------------------------------------------------------------------------
-// Inference attention in bf16 on the tensor cores (mma.sync m16n8k16, bf16
-// inputs, f32 accumulation): the same function as attention_forward with q,
-// k, v and the probabilities rounded to bf16, as the bf16 GEMMs round their
-// inputs. Used for inference only (no lse: training keeps the f32 kernels,
-// whose forward and backward agree exactly), when HEAD_DIM is a multiple of
-// 16 and mma_self_test passed on the device.
+// Attention in bf16 on the tensor cores (mma.sync m16n8k16, bf16 inputs, f32
+// accumulation), forward and backward: the functions of the f32 kernels
+// above, with q, k, v, dO, the probabilities and dS rounded to bf16 where
+// they enter a product, as the bf16 GEMMs round their inputs. The three
+// kernels round alike, so the backward recomputes exactly the forward's
+// scores. Used in bf16 when HEAD_DIM is a multiple of 16 and mma_self_test
+// passed on the device.
 //
-// A block of 4 warps takes 64 queries (16 per warp) of one (batch row,
-// head); keys stream through shared memory 64 at a time. Fragments of
+// A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
+// other side streams through shared memory 64 at a time. Fragments of
 // m16n8k16 (g = lane / 4, t = lane % 4):
 //   A (16 x 16, row-major): reg 0 = (row g, k 2t..2t+1), reg 1 = (g + 8, 2t..),
 //     reg 2 = (g, 2t + 8..), reg 3 = (g + 8, 2t + 8..); the lower half of a
 //     register holds the lower k.
 //   B (16 x 8): reg 0 = (k 2t..2t+1, col g), reg 1 = (k 2t + 8.., col g).
 //   C (16 x 8, f32): c0, c1 = (row g, cols 2t, 2t + 1); c2, c3 = row g + 8.
-// Two neighbouring C tiles of scores (16 keys) are then exactly the A
-// fragment of the probabilities for the product with V.
+// Two neighbouring C tiles (16 columns) are exactly an A fragment, so scores
+// turn into probabilities (and dS) in registers and feed the next product.
 
-#define MMA_ROWS 64                  // queries per block, and keys per tile
-#define MROW (HEAD_DIM + 8)          // bf16 row stride of the q and k tiles
-#define VROW (MMA_ROWS + 8)          // bf16 row stride of the transposed v tile
+#define MMA_ROWS 64                  // queries (keys) per block and per streamed tile
+#define MROW (HEAD_DIM + 8)          // bf16 row stride of [64, HD] tiles
+#define VROW (MMA_ROWS + 8)          // bf16 row stride of transposed [HD, 64] tiles
+#define KT (MMA_ROWS / 8)            // C tiles across 64 columns
+#define DT (HEAD_DIM / 8)            // C tiles across the head
 
 #ifndef MMA_BF16_16816
 // d = a · b + c for one warp (PTX ISA, mma.sync.aligned.m16n8k16.row.col).
@@ -544,6 +547,87 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
 // Two consecutive bf16 of a shared tile as one register.
 __device__ __forceinline__ u32 ld_pair(const u16* p) { return *reinterpret_cast<const u32*>(p); }
 
+// c[nt] += A (16 rows of `a`, stride MROW) · B[nt]ᵀ over the head, for the
+// KT tiles of 8 rows of `b` (stride MROW): scores (or dP) of 16 rows against
+// 64 columns.
+__device__ __forceinline__ void mma_rows_by_rows(const u16* a, const u16* b, float c[KT][4], int g, int tq) {
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM; kk += 16) {
+        u32 x[4] = {ld_pair(a + g * MROW + kk + 2 * tq), ld_pair(a + (g + 8) * MROW + kk + 2 * tq),
+                    ld_pair(a + g * MROW + kk + 2 * tq + 8), ld_pair(a + (g + 8) * MROW + kk + 2 * tq + 8)};
+#pragma unroll
+        for (int nt = 0; nt < KT; nt++) {
+            const u16* br = b + (nt * 8 + g) * MROW + kk + 2 * tq;
+            u32 y[2] = {ld_pair(br), ld_pair(br + 8)};
+            mma_bf16_16816(c[nt], x, y, c[nt]);
+        }
+    }
+}
+
+// o[dn] += W (16 x 64, the C tiles w) · M (64 x HD), M given transposed
+// (`mt` [HD, VROW]): probabilities times values, dS times keys or queries.
+__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const u16* mt, float o[DT][4], int g, int tq) {
+#pragma unroll
+    for (int kk = 0; kk < KT / 2; kk++) {
+        u32 x[4] = {pack_bf16(w[2 * kk][0], w[2 * kk][1]), pack_bf16(w[2 * kk][2], w[2 * kk][3]),
+                    pack_bf16(w[2 * kk + 1][0], w[2 * kk + 1][1]), pack_bf16(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++) {
+            const u16* mr = mt + (dn * 8 + g) * VROW + kk * 16 + 2 * tq;
+            u32 y[2] = {ld_pair(mr), ld_pair(mr + 8)};
+            mma_bf16_16816(o[dn], x, y, o[dn]);
+        }
+    }
+}
+
+// Rows r0 .. r0 + 64 of a strided [*, HD] f32 source, times `scale`, in bf16
+// into `rows` [64, MROW] and transposed into `cols` [HD, VROW] (each when not
+// null); zeros from row `count` on. Every thread calls it.
+template <typename Src>
+__device__ __forceinline__ void load_bf16_tile(u16* rows, u16* cols, int r0, int count, float scale, Src src) {
+    for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
+        int r = e / HEAD_DIM, d = e % HEAD_DIM;
+        u16 v = bf16_bits(r0 + r < count ? src(r0 + r)[d] * scale : 0.0f);
+        if (rows != 0) rows[r * MROW + d] = v;
+        if (cols != 0) cols[d * VROW + r] = v;
+    }
+}
+
+__device__ __forceinline__ void zero_tiles(float c[][4], int n) {
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < 4; e++) c[i][e] = 0.0f;
+}
+
+// s = A1 · B1ᵀ and dp = A2 · B2ᵀ over the head (16 rows against 64, from
+// zero): the backward's scores and dP, or their transposes.
+__device__ __forceinline__ void scores_and_dp(const u16* a1, const u16* b1, const u16* a2, const u16* b2,
+                                              float s[KT][4], float dp[KT][4], int g, int tq) {
+    zero_tiles(s, KT);
+    zero_tiles(dp, KT);
+    mma_rows_by_rows(a1, b1, s, g, tq);
+    mma_rows_by_rows(a2, b2, dp, g, tq);
+}
+
+// f(nt, e, col, r) for every element e of the KT C tiles nt of a thread:
+// column col = nt*8 + 2tq + (e & 1) of the 64, row g + 8r with r = e >> 1.
+template <typename F>
+__device__ __forceinline__ void each_element(int tq, F f) {
+#pragma unroll
+    for (int nt = 0; nt < KT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) f(nt, e, nt * 8 + 2 * tq + (e & 1), e >> 1);
+}
+
+// Where a block of a tensor-core kernel works: batch row b, head hh; this
+// thread's warp and fragment coordinates g = lane / 4, tq = lane % 4; H,
+// the number of keys n = P + T, and whether any key is visible.
+struct MmaBlock {
+    int b, hh, warp, g, tq, h, n, any;
+    __device__ MmaBlock(const float* mask, int t, int p, int nh)
+        : b(blockIdx.z), hh(blockIdx.y), warp(threadIdx.x >> 5), g((threadIdx.x & 31) >> 2), tq(threadIdx.x & 3),
+          h(nh * HEAD_DIM), n(p + t), any(any_visible(mask, blockIdx.z, t, p)) {}
+};
+
 // Checks the fragment layout above on this device: one warp multiplies
 // A[r][k] = (r + 2k) % 7 - 3 by B[k][n] = (3k + n) % 5 - 2 (small integers,
 // exact in bf16 and in the sums) and writes D [16, 8] row-major to `out`;
@@ -563,73 +647,41 @@ extern "C" __global__ void mma_self_test(float* out) {
     out[(g + 8) * 8 + 2 * t + 1] = d[3];
 }
 
-// Arguments as attention_forward's, less lse and the dropout (inference).
+// Arguments and outputs as attention_forward's.
 extern "C" __global__ void attention_forward_mma(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                 const float* mask, float* ctx, int t, int p, int nh, float scale,
+                                                 const float* mask, float* ctx, float* lse, int t, int p, int nh,
+                                                 float scale, u64 key, u64 threshold, float dscale, int dropout,
                                                  u16* ctx16) {
 #if HEAD_DIM % 16 == 0
     ATTENTION_SHARED;  // bf16: q [64, MROW], k [64, MROW], v transposed [HD, VROW]
     u16* qs = reinterpret_cast<u16*>(smem);
     u16* ks = qs + MMA_ROWS * MROW;
     u16* vt = ks + MMA_ROWS * MROW;
-    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * MMA_ROWS;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    int h = nh * HEAD_DIM, n = p + t;
-    int any = any_visible(mask, b, t, p);
-    for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
-        int r = e / HEAD_DIM, d = e % HEAD_DIM, i = i0 + r;
-        float v = i < t ? qkv[((u64)b * t + i) * 3 * h + hh * HEAD_DIM + d] * scale : 0.0f;
-        qs[r * MROW + d] = bf16_bits(v);
-    }
+    const MmaBlock blk(mask, t, p, nh);
+    int i0 = blockIdx.x * MMA_ROWS;
+    load_bf16_tile(qs, (u16*)0, i0, t, scale, [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
     // Rows g and g + 8 of this warp's 16 queries: running max and sum.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    float o[HEAD_DIM / 8][4];
-#pragma unroll
-    for (int dn = 0; dn < HEAD_DIM / 8; dn++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[dn][e] = 0.0f;
-    const u16* qw = qs + warp * 16 * MROW;
-    for (int j0 = 0; j0 < n; j0 += MMA_ROWS) {
+    float o[DT][4];
+    zero_tiles(o, DT);
+    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    const u16* qw = qs + blk.warp * 16 * MROW;
+    for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
-            int jj = e / HEAD_DIM, d = e % HEAD_DIM, j = j0 + jj;
-            float kv = 0.0f, vv = 0.0f;
-            if (j < n) {
-                const float* kp = key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h);
-                kv = kp[d];
-                vv = kp[h + d];
-            }
-            ks[jj * MROW + d] = bf16_bits(kv);
-            vt[d * VROW + jj] = bf16_bits(vv);
-        }
+        auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
+        load_bf16_tile(ks, (u16*)0, j0, blk.n, 1.0f, kp);
+        load_bf16_tile((u16*)0, vt, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
         __syncthreads();
-        // Scores: 8 tiles of 8 keys, s[nt] = Q (16 x HD) · K[nt]ᵀ.
-        float s[MMA_ROWS / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[nt][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < HEAD_DIM; kk += 16) {
-            u32 a[4] = {ld_pair(qw + g * MROW + kk + 2 * tq), ld_pair(qw + (g + 8) * MROW + kk + 2 * tq),
-                        ld_pair(qw + g * MROW + kk + 2 * tq + 8), ld_pair(qw + (g + 8) * MROW + kk + 2 * tq + 8)};
-#pragma unroll
-            for (int nt = 0; nt < MMA_ROWS / 8; nt++) {
-                const u16* kr = ks + (nt * 8 + g) * MROW + kk + 2 * tq;
-                u32 bb[2] = {ld_pair(kr), ld_pair(kr + 8)};
-                mma_bf16_16816(s[nt], a, bb, s[nt]);
-            }
-        }
+        float s[KT][4];
+        zero_tiles(s, KT);
+        mma_rows_by_rows(qw, ks, s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                bool used = key_used(mask, b, j0 + nt * 8 + 2 * tq + (e & 1), t, p, any);
-                s[nt][e] = used ? (any ? s[nt][e] : 0.0f) : NEG_INF;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            }
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            bool used = key_used(mask, blk.b, j0 + col, t, p, blk.any);
+            s[nt][e] = used ? (blk.any ? s[nt][e] : 0.0f) : NEG_INF;
+            mx[r] = fmaxf(mx[r], s[nt][e]);
+        });
         float base[2], corr[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -639,51 +691,180 @@ extern "C" __global__ void attention_forward_mma(const float* qkv, const float* 
             corr[r] = expf(m[r] - base[r]);
             m[r] = m_new;
         }
-#pragma unroll
-        for (int nt = 0; nt < MMA_ROWS / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[nt][e] = expf(s[nt][e] - base[e >> 1]);
-                sum[e >> 1] += s[nt][e];
-            }
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            float ex = expf(s[nt][e] - base[r]);
+            sum[r] += ex;
+            u64 at = (((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1)) * blk.n + j0 + col;
+            s[nt][e] = dropout && ex != 0.0f ? ex * drop_factor(key, threshold, dscale, at) : ex;
+        });
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
             l[r] = l[r] * corr[r] + sum[r];
         }
 #pragma unroll
-        for (int dn = 0; dn < HEAD_DIM / 8; dn++) {
-            o[dn][0] *= corr[0];
-            o[dn][1] *= corr[0];
-            o[dn][2] *= corr[1];
-            o[dn][3] *= corr[1];
-        }
-        // O += P (16 x 64 keys) · V (64 keys x HD), 16 keys at a time.
+        for (int dn = 0; dn < DT; dn++)
 #pragma unroll
-        for (int kk = 0; kk < MMA_ROWS / 16; kk++) {
-            u32 a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int dn = 0; dn < HEAD_DIM / 8; dn++) {
-                const u16* vr = vt + (dn * 8 + g) * VROW + kk * 16 + 2 * tq;
-                u32 bb[2] = {ld_pair(vr), ld_pair(vr + 8)};
-                mma_bf16_16816(o[dn], a, bb, o[dn]);
-            }
-        }
+            for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+        mma_tiles_by_cols(s, vt, o, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int i = i0 + warp * 16 + g + 8 * r;
+        int i = rows[r];
         if (i >= t) continue;
         float inv = 1.0f / l[r];
-        u64 at = ((u64)b * t + i) * h + hh * HEAD_DIM;
+        u64 at = ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM;
 #pragma unroll
-        for (int dn = 0; dn < HEAD_DIM / 8; dn++)
+        for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 float v = o[dn][2 * r + e] * inv;
-                ctx[at + dn * 8 + 2 * tq + e] = v;
-                if (ctx16 != 0) ctx16[at + dn * 8 + 2 * tq + e] = bf16_bits(v);
+                ctx[at + dn * 8 + 2 * blk.tq + e] = v;
+                if (ctx16 != 0) ctx16[at + dn * 8 + 2 * blk.tq + e] = bf16_bits(v);
+            }
+        if (lse != 0 && blk.tq == 0) lse[((u64)blk.b * nh + blk.hh) * t + i] = m[r] + logf(l[r]);
+    }
+#endif
+}
+
+// A gradient into d(qkv) [rows, 3H] at `at`: f32, or bf16 when dqkv16 is set.
+__device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, float v) {
+    if (dqkv16 != 0) {
+        dqkv16[at] = bf16_bits(v);
+    } else {
+        dqkv[at] = v;
+    }
+}
+
+// Arguments and outputs as attention_backward_dq's.
+extern "C" __global__ void attention_backward_dq_mma(const float* qkv, const float* prefix, u64 prefix_row_stride,
+                                                     const float* mask, const float* dctx, const float* lse,
+                                                     const float* delta, float* dqkv, int t, int p, int nh,
+                                                     float scale, u64 key, u64 threshold, float dscale, int dropout,
+                                                     u16* dqkv16) {
+#if HEAD_DIM % 16 == 0
+    ATTENTION_SHARED;  // bf16: q, dO, k, v [64, MROW]; k transposed [HD, VROW]
+    u16* qs = reinterpret_cast<u16*>(smem);
+    u16* dos = qs + MMA_ROWS * MROW;
+    u16* ks = dos + MMA_ROWS * MROW;
+    u16* vs = ks + MMA_ROWS * MROW;
+    u16* kt = vs + MMA_ROWS * MROW;
+    const MmaBlock blk(mask, t, p, nh);
+    int i0 = blockIdx.x * MMA_ROWS;
+    load_bf16_tile(qs, (u16*)0, i0, t, scale, [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
+    load_bf16_tile(dos, (u16*)0, i0, t, 1.0f, [&](int i) { return dctx + ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM; });
+    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    float li[2], di[2];
+    for (int r = 0; r < 2; r++) {
+        u64 stat = ((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1);
+        li[r] = lse[stat];
+        di[r] = delta[stat];
+    }
+    float dq[DT][4];
+    zero_tiles(dq, DT);
+    const u16* qw = qs + blk.warp * 16 * MROW;
+    const u16* dw = dos + blk.warp * 16 * MROW;
+    for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
+        __syncthreads();
+        auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
+        load_bf16_tile(ks, kt, j0, blk.n, 1.0f, kp);
+        load_bf16_tile(vs, (u16*)0, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
+        __syncthreads();
+        float s[KT][4], dp[KT][4];
+        scores_and_dp(qw, ks, dw, vs, s, dp, blk.g, blk.tq);
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            int j = j0 + col;
+            // A uniform row (no visible key) does not depend on q or k.
+            float pr = key_used(mask, blk.b, j, t, p, blk.any) && blk.any && rows[r] < t ? expf(s[nt][e] - li[r]) : 0.0f;
+            u64 at = (((u64)blk.b * nh + blk.hh) * t + rows[r]) * blk.n + j;
+            float dpv = dropout && pr != 0.0f ? dp[nt][e] * drop_factor(key, threshold, dscale, at) : dp[nt][e];
+            s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
+        });
+        mma_tiles_by_cols(s, kt, dq, blk.g, blk.tq);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= t) continue;
+        u64 at = ((u64)blk.b * t + rows[r]) * 3 * blk.h + blk.hh * HEAD_DIM;
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) store_grad1(dqkv, dqkv16, at + dn * 8 + 2 * blk.tq + e, dq[dn][2 * r + e]);
+    }
+#endif
+}
+
+// Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
+extern "C" __global__ void attention_backward_dkv_mma(const float* qkv, const float* prefix, u64 prefix_row_stride,
+                                                      const float* mask, const float* dctx, const float* lse,
+                                                      const float* delta, float* dqkv, float* dprefix, int t, int p,
+                                                      int nh, int n_keys, float scale, u64 key, u64 threshold,
+                                                      float dscale, int dropout, u16* dqkv16) {
+#if HEAD_DIM % 16 == 0
+    ATTENTION_SHARED;  // bf16: k, v, q, dO [64, MROW]; q, dO transposed [HD, VROW]; f32 lse, delta [64]
+    u16* ks = reinterpret_cast<u16*>(smem);
+    u16* vs = ks + MMA_ROWS * MROW;
+    u16* qs = vs + MMA_ROWS * MROW;
+    u16* dos = qs + MMA_ROWS * MROW;
+    u16* qt = dos + MMA_ROWS * MROW;
+    u16* dot = qt + HEAD_DIM * VROW;
+    float* ls = reinterpret_cast<float*>(dot + HEAD_DIM * VROW);
+    float* dl = ls + MMA_ROWS;
+    const MmaBlock blk(mask, t, p, nh);
+    int j0 = blockIdx.x * MMA_ROWS;
+    auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
+    load_bf16_tile(ks, (u16*)0, j0, n_keys, 1.0f, kp);
+    load_bf16_tile(vs, (u16*)0, j0, n_keys, 1.0f, [&](int j) { return kp(j) + blk.h; });
+    int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
+    bool used[2];
+    for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
+    float dk[DT][4], dv[DT][4];
+    zero_tiles(dk, DT);
+    zero_tiles(dv, DT);
+    const u16* kw = ks + blk.warp * 16 * MROW;
+    const u16* vw = vs + blk.warp * 16 * MROW;
+    u64 stat0 = ((u64)blk.b * nh + blk.hh) * t;
+    for (int i0 = 0; i0 < t; i0 += MMA_ROWS) {
+        __syncthreads();
+        load_bf16_tile(qs, qt, i0, t, scale, [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
+        load_bf16_tile(dos, dot, i0, t, 1.0f, [&](int i) { return dctx + ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM; });
+        for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
+            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
+            dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
+        }
+        __syncthreads();
+        // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
+        float st[KT][4], dpt[KT][4];
+        scores_and_dp(kw, qs, vw, dos, st, dpt, blk.g, blk.tq);
+        each_element(blk.tq, [&](int nt, int e, int c, int r) {
+            int i = i0 + c;
+            // A uniform row averages the values: dV but no dK.
+            float pr = used[r] && i < t ? expf((blk.any ? st[nt][e] : 0.0f) - ls[c]) : 0.0f;
+            float f = dropout && pr != 0.0f ? drop_factor(key, threshold, dscale, (stat0 + i) * blk.n + keys[r]) : 1.0f;
+            dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - dl[c]) : 0.0f;  // dSᵀ
+            st[nt][e] = pr * f;                                             // (P · dropout)ᵀ
+        });
+        mma_tiles_by_cols(st, dot, dv, blk.g, blk.tq);
+        mma_tiles_by_cols(dpt, qt, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int j = keys[r];
+        if (j >= n_keys) continue;
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int col = dn * 8 + 2 * blk.tq + e;
+                if (j < p) {
+                    float* out = dprefix + ((u64)blk.b * p + j) * 2 * blk.h + blk.hh * HEAD_DIM;
+                    out[col] = dk[dn][2 * r + e];
+                    out[blk.h + col] = dv[dn][2 * r + e];
+                } else if (dqkv != 0 || dqkv16 != 0) {
+                    u64 at = ((u64)blk.b * t + (j - p)) * 3 * blk.h + blk.h + blk.hh * HEAD_DIM + col;
+                    store_grad1(dqkv, dqkv16, at, dk[dn][2 * r + e]);
+                    store_grad1(dqkv, dqkv16, at + blk.h, dv[dn][2 * r + e]);
+                }
             }
     }
 #endif
