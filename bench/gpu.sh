@@ -59,8 +59,8 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 card = open(sys.argv[2]).read().strip()
 print(f"GPU: {card}; batch 32 x seq 128, prefix 20 on every layer; medians in ms\n")
-print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio | ptuning attention |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     o, p = r["ours"] or {}, r["peer"] or {}
     def cell(d, k):
@@ -68,7 +68,8 @@ for r in rows:
     def ratio(k):
         return f"{o[k] / p[k]:.2f}x" if k in o and k in p else "-"
     print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
-          f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} |")
+          f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} | "
+          f"{o.get('attention', '-')} |")
 PY
 cat "$out/gpu-results.md"
 exit "$tests_rc"

@@ -393,6 +393,7 @@ fn device_flag_from_the_command_line() {
         assert!(ok, "{err}");
         assert!(!out.contains("\"device\":\"cpu\""), "{out}");
         assert!(out.contains("\"attention_forward\""), "{out}");
+        assert!(out.contains("\"attention\":\"f32\""), "{out}");
         assert!(err.contains("ms of kernels per step"), "{err}");
     }
 }

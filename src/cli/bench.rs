@@ -221,7 +221,15 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
         let g = g.lock().unwrap_or_else(|e| e.into_inner());
-        (g.dev.name.clone(), g.precision.as_str())
+        // Which attention kernels run: the tensor cores in bf16 when the
+        // device passed their self-test, else the f32 ones.
+        let attention =
+            if g.precision == crate::engine::cuda::Precision::Bf16 && g.dev.tensor_core_attention {
+                "tensor cores (bf16)"
+            } else {
+                "f32"
+            };
+        (g.dev.name.clone(), g.precision.as_str(), attention)
     });
     let threads = rayon::current_num_threads();
     if args.json {
@@ -229,6 +237,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "impl": "ptuning",
             "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
             "precision": gpu.as_ref().map(|g| g.1),
+            "attention": gpu.as_ref().map(|g| g.2),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -254,8 +263,8 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             args.prefix_len,
             threads
         );
-        if let Some((name, precision)) = &gpu {
-            println!("device {name} ({precision})");
+        if let Some((name, precision, attention)) = &gpu {
+            println!("device {name} ({precision}, attention on {attention})");
         }
         println!(
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",
