@@ -17,6 +17,7 @@ use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prompt_model::{PromptModel, Targets};
+use ptuning::training::adamw::{AdamW, AdamWConfig};
 
 #[test]
 fn kernels_compile_with_nvrtc() {
@@ -286,6 +287,7 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
             let b = gpu
                 .forward_backward(&batch, targets, &dropout, &mut Activations::default())
                 .unwrap();
+            gpu.grads_to_host().unwrap();
             assert!(
                 (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
                 "{kind:?}: loss {} vs {}",
@@ -543,26 +545,9 @@ fn bf16_attention_on_the_tensor_cores() {
         eprintln!("{target:?}: bf16 tensor-core inference, logits error {e:e}");
         assert!(e <= 2e-2, "logits relative error {e}");
 
-        let labels = case.labels();
-        let dropout = DropoutConfig {
-            hidden: 0.0,
-            attention: 0.0,
-            seed: 1,
-        };
-        let step = |model: &mut PromptModel| {
-            model.zero_grad();
-            model
-                .forward_backward(
-                    &batch,
-                    Targets::Classes(&labels),
-                    &dropout,
-                    &mut Activations::default(),
-                )
-                .unwrap();
-        };
-        step(&mut cpu);
+        case.step(&mut cpu);
         enc.lock().unwrap().dev.start_profile();
-        step(&mut gpu);
+        case.step(&mut gpu);
         let times = enc.lock().unwrap().dev.take_profile().unwrap();
         assert_eq!(
             launches(&times, "attention_forward_mma"),
@@ -592,5 +577,89 @@ fn bf16_attention_on_the_tensor_cores() {
     // Heads of 8 never take the tensor-core path.
     if targets("8-wide heads").contains(&Target::Emulated) {
         assert!(!CudaDevice::emulated(8).unwrap().tensor_core_attention);
+    }
+}
+
+/// Training on a GPU keeps a plain prefix table there: the update
+/// (optimizer_step, adamw_step on the device) is the host's AdamW bit for
+/// bit on the same gradients, clipping agrees, and sync_host brings the
+/// table and the moments back.
+#[test]
+fn device_optimizer_matches_the_host() {
+    for target in targets("device_optimizer_matches_the_host") {
+        let case = Case::load("tiny_bert_plain");
+        let mut model = case.model();
+        attach(&mut model, target, Precision::Fp32);
+        let mut host = case.model();
+        let batch = case.batch();
+        let labels = case.labels();
+        let config = AdamWConfig::default();
+        let (mut opt_dev, mut opt_host) = (AdamW::new(config.clone()), AdamW::new(config));
+        let dropout = DropoutConfig {
+            hidden: 0.1,
+            attention: 0.1,
+            seed: 3,
+        };
+        // No clipping, then a norm small enough to clip every step.
+        for (step, max_norm) in [0.0f32, 1e-3, 1e-3].into_iter().enumerate() {
+            case.step_with(&mut model, &dropout);
+            // The host model gets the same values and gradients.
+            let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+            let prefix_grad = {
+                let enc = gpu.lock().unwrap();
+                let r = enc
+                    .resident
+                    .as_ref()
+                    .expect("a plain table stays on the device");
+                r.grad.download(&enc.dev, r.len).unwrap()
+            };
+            for (h, m) in host.params_mut().into_iter().zip(model.params_mut()) {
+                h.value.clone_from(&m.value);
+                h.grad.clone_from(&m.grad);
+            }
+            host.prefix.embedding.grad = prefix_grad;
+            host.optimizer_step(&mut opt_host, 1e-2, max_norm).unwrap();
+            model.optimizer_step(&mut opt_dev, 1e-2, max_norm).unwrap();
+            model.sync_host(&mut opt_dev).unwrap();
+            let (a, b) = (&model.prefix.embedding.value, &host.prefix.embedding.value);
+            if max_norm == 0.0 {
+                assert_eq!(
+                    a, b,
+                    "step {step}: the table differs from the host's update"
+                );
+                assert_eq!(opt_dev.moments, opt_host.moments, "step {step}");
+            } else {
+                let e = max_abs_diff(a, b);
+                assert!(e <= 1e-6, "step {step}, clipped: table differs by {e}");
+                for (x, y) in opt_dev.moments.iter().zip(&opt_host.moments) {
+                    assert!(rel_err(&x.m, &y.m) <= 1e-5 && rel_err(&x.v, &y.v) <= 1e-5);
+                }
+            }
+            for (h, m) in host.params_mut().into_iter().zip(model.params_mut()) {
+                assert!(max_abs_diff(&h.value, &m.value) <= 1e-6, "{}", h.name);
+            }
+            assert_eq!(opt_dev.step, opt_host.step);
+        }
+        // zero_grad, then two backwards: the device gradient accumulates as
+        // a host parameter's does.
+        let once = {
+            case.step(&mut model);
+            model.prefix.embedding.grad.clone()
+        };
+        model.zero_grad();
+        model.grads_to_host().unwrap();
+        assert!(model.prefix.embedding.grad.iter().all(|&g| g == 0.0));
+        case.step(&mut model);
+        model
+            .forward_backward(
+                &batch,
+                Targets::Classes(&labels),
+                &DropoutConfig::OFF,
+                &mut Activations::default(),
+            )
+            .unwrap();
+        model.grads_to_host().unwrap();
+        let doubled: Vec<f32> = once.iter().map(|g| g + g).collect();
+        assert_eq!(model.prefix.embedding.grad, doubled);
     }
 }

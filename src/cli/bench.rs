@@ -194,9 +194,11 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
         let start = Instant::now();
         model.zero_grad();
-        // On a GPU, the prefix gradient's download waits for the device.
         model.forward_backward(&batch, Targets::Classes(&labels), &dropout, &mut acts)?;
-        opt.step(&mut model.params_mut(), opt.config.lr);
+        let lr = opt.config.lr;
+        model.optimizer_step(&mut opt, lr, 0.0)?;
+        // On a GPU the backward and the update may still be running.
+        model.synchronize()?;
         if i >= args.warmup {
             train.push(start.elapsed().as_secs_f64() * 1e3);
         }

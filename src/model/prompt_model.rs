@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
 use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
-use crate::engine::cuda::CudaEncoder;
+use crate::engine::cuda::optim::ResidentPrefix;
+use crate::engine::cuda::{CudaDevice, CudaEncoder};
 use crate::engine::device::{Compute, Device};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
@@ -16,6 +17,8 @@ use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::{ClassificationHead, POOLED_DROPOUT_STREAM};
 use crate::model::param::Param;
 use crate::model::prefix::{PrefixEncoder, PREFIX_DROPOUT_STREAM};
+use crate::training::adamw::AdamW;
+use crate::training::clip::clip_grad_norm;
 
 pub struct PromptModel {
     pub backbone: Arc<BertModel>,
@@ -150,8 +153,31 @@ impl PromptModel {
         params
     }
 
+    /// Zeroes every gradient, a prefix table's kept on a GPU included.
     pub fn zero_grad(&mut self) {
         self.params_mut().into_iter().for_each(Param::zero_grad);
+        if let Some(gpu) = &self.gpu {
+            if let Some(r) = lock(gpu).resident.as_mut() {
+                r.grad_fresh = true;
+            }
+        }
+    }
+
+    /// Copies the gradient of a prefix table kept on a GPU into its
+    /// parameter (training itself never needs it there: the update runs on
+    /// the device). Nothing to do otherwise.
+    pub fn grads_to_host(&mut self) -> Result<()> {
+        if let Some(gpu) = &self.gpu {
+            let enc = lock(gpu);
+            if let Some(r) = &enc.resident {
+                self.prefix.embedding.grad = if r.grad_fresh {
+                    vec![0.0; r.len]
+                } else {
+                    r.grad.download(&enc.dev, r.len)?
+                };
+            }
+        }
+        Ok(())
     }
 
     /// Logits [B, C] in inference mode: no dropout, nothing kept.
@@ -173,7 +199,9 @@ impl PromptModel {
     }
 
     /// Forward, loss and backward: the gradients of the prefix and of the head
-    /// are accumulated into their parameters.
+    /// are accumulated into their parameters; on a GPU, a plain prefix
+    /// table's gradient is accumulated on the device (see
+    /// [`PromptModel::grads_to_host`] and [`PromptModel::optimizer_step`]).
     pub fn forward_backward(
         &mut self,
         batch: &Batch,
@@ -268,7 +296,10 @@ impl PromptModel {
     }
 
     /// [`PromptModel::forward_backward`] with the encoder on a GPU: the same
-    /// dropout masks, the same head, loss and prefix backward on the host.
+    /// dropout masks, the same head and loss on the host. A plain prefix
+    /// table stays on the device with its gradient (see
+    /// [`PromptModel::optimizer_step`]); an MLP prefix runs on the host and
+    /// its table goes up and its gradient comes down each step.
     fn forward_backward_cuda(
         &mut self,
         encoder: &mut CudaEncoder,
@@ -278,7 +309,18 @@ impl PromptModel {
     ) -> Result<StepOutput> {
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
         let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
-        let prefix = self.prefix.forward();
+        let resident = !self.prefix.config.projection;
+        let prefix = if resident {
+            if encoder.resident.is_none() {
+                encoder.resident = Some(ResidentPrefix::new(
+                    &encoder.dev,
+                    &self.prefix.embedding.value,
+                )?);
+            }
+            None
+        } else {
+            Some(self.prefix.forward())
+        };
         let (rows, seq) = self.rows();
         let seq = seq.unwrap_or(batch.seq);
         let hidden = encoder.forward_train(
@@ -286,7 +328,9 @@ impl PromptModel {
             Prompt {
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
-                source: PromptSource::Shared(&prefix.past),
+                source: prefix
+                    .as_ref()
+                    .map_or(PromptSource::Resident, |f| PromptSource::Shared(&f.past)),
             },
             dropout,
             prefix_dropout,
@@ -294,9 +338,93 @@ impl PromptModel {
         )?;
         let (loss, logits, d_hidden) =
             self.head_step(&hidden, batch.batch, seq, targets, pooled_dropout.as_ref());
-        let d_past = encoder.backward(&d_hidden)?;
-        self.prefix.backward(&prefix, &d_past);
+        if let (Some(d_past), Some(prefix)) = (encoder.backward(&d_hidden)?, &prefix) {
+            self.prefix.backward(prefix, &d_past);
+        }
         Ok(StepOutput { loss, logits })
+    }
+
+    /// Clips the gradients to `max_grad_norm` (0: no clipping) and takes
+    /// one AdamW step, as the trainer does after each batch: on the host, or
+    /// on the GPU for a prefix table kept there (bit for bit the same update;
+    /// the global norm adds the device's and the host's squares in f64).
+    pub fn optimizer_step(&mut self, opt: &mut AdamW, lr: f32, max_grad_norm: f32) -> Result<()> {
+        if let Some(gpu) = self.gpu.clone() {
+            let mut guard = lock(&gpu);
+            let enc = &mut *guard;
+            if let Some(resident) = enc.resident.as_mut() {
+                return self.device_step(&enc.dev, resident, opt, lr, max_grad_norm);
+            }
+        }
+        if max_grad_norm > 0.0 {
+            clip_grad_norm(&mut self.params_mut(), max_grad_norm);
+        }
+        opt.step(&mut self.params_mut(), lr);
+        Ok(())
+    }
+
+    /// [`PromptModel::optimizer_step`] with the prefix table (the first of
+    /// [`PromptModel::params_mut`]) on the device.
+    fn device_step(
+        &mut self,
+        dev: &CudaDevice,
+        resident: &mut ResidentPrefix,
+        opt: &mut AdamW,
+        lr: f32,
+        max_grad_norm: f32,
+    ) -> Result<()> {
+        let mut params = self.params_mut();
+        if max_grad_norm > 0.0 {
+            let host: f64 = params[1..]
+                .iter()
+                .flat_map(|p| p.grad.iter())
+                .map(|&g| (g as f64) * (g as f64))
+                .sum();
+            let norm = (resident.grad_sum_squares(dev)? + host).sqrt() as f32;
+            let coef = max_grad_norm / (norm + 1e-6);
+            if coef < 1.0 {
+                resident.scale_grad(dev, coef)?;
+                params[1..]
+                    .iter_mut()
+                    .for_each(|p| p.grad.iter_mut().for_each(|g| *g *= coef));
+            }
+        }
+        opt.ensure_moments(&params);
+        let s = opt.begin_step(lr);
+        let (prefix_moments, head_moments) = opt.moments.split_at_mut(1);
+        resident.adamw(dev, &s, s.decay(params[0]), &prefix_moments[0])?;
+        for (p, m) in params[1..].iter_mut().zip(head_moments) {
+            s.update(p, m);
+        }
+        Ok(())
+    }
+
+    /// Waits for the GPU's queued work (nothing on the CPU): for timing.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.gpu {
+            Some(gpu) => lock(gpu).dev.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings a prefix table kept on the GPU back to the host, with its
+    /// AdamW moments into `opt`: before evaluating, checkpointing or
+    /// exporting. Nothing to do on the CPU.
+    pub fn sync_host(&mut self, opt: &mut AdamW) -> Result<()> {
+        let Some(gpu) = self.gpu.clone() else {
+            return Ok(());
+        };
+        let enc = lock(&gpu);
+        let Some(resident) = &enc.resident else {
+            return Ok(());
+        };
+        let (table, moments) = resident.download(&enc.dev)?;
+        self.prefix.embedding.value = table;
+        if let Some(m) = moments {
+            opt.ensure_moments(&self.params_mut());
+            opt.moments[0] = m;
+        }
+        Ok(())
     }
 
     /// [`PromptModel::predict`] with the encoder on a GPU.

@@ -55,6 +55,15 @@ impl AdamW {
     /// One update of `params` from their gradients, with learning rate `lr`
     /// (the schedule's value for this step).
     pub fn step(&mut self, params: &mut [&mut Param], lr: f32) {
+        self.ensure_moments(params);
+        let s = self.begin_step(lr);
+        for (param, mom) in params.iter_mut().zip(&mut self.moments) {
+            s.update(param, mom);
+        }
+    }
+
+    /// Zero moments for `params` unless they have theirs (a fresh optimizer).
+    pub fn ensure_moments(&mut self, params: &[&mut Param]) {
         if self.moments.len() != params.len() {
             self.moments = params
                 .iter()
@@ -64,34 +73,70 @@ impl AdamW {
                 })
                 .collect();
         }
+    }
+
+    /// Counts a step and returns its scalars, for [`StepScalars::update`]
+    /// here and the same update on a GPU (the adamw_step kernel).
+    pub fn begin_step(&mut self, lr: f32) -> StepScalars {
         self.step += 1;
         let (b1, b2) = self.config.betas;
         let t = self.step as i32;
         // Bias corrections in f64, as torch computes them on the host.
         let bc1 = 1.0 - (b1 as f64).powi(t);
         let bc2_sqrt = (1.0 - (b2 as f64).powi(t)).sqrt();
-        let step_size = (lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2_sqrt as f32;
-        let eps = self.config.eps;
-        for (param, mom) in params.iter_mut().zip(&mut self.moments) {
-            let decay = if param.decay {
-                1.0 - lr * self.config.weight_decay
-            } else {
-                1.0
-            };
-            for (((p, g), m), v) in param
-                .value
-                .iter_mut()
-                .zip(&param.grad)
-                .zip(&mut mom.m)
-                .zip(&mut mom.v)
-            {
-                *p *= decay;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
+        StepScalars {
+            lr,
+            weight_decay: self.config.weight_decay,
+            b1,
+            b2,
+            eps: self.config.eps,
+            step_size: (lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2_sqrt as f32,
+        }
+    }
+}
+
+/// What one AdamW step needs besides each parameter and its moments.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScalars {
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub b1: f32,
+    pub b2: f32,
+    pub eps: f32,
+    /// lr / (1 − β1ᵗ)
+    pub step_size: f32,
+    /// √(1 − β2ᵗ)
+    pub bc2_sqrt: f32,
+}
+
+impl StepScalars {
+    /// The factor applied to a parameter before its update: 1 − lr·wd for
+    /// weights, 1 for biases.
+    pub fn decay(&self, param: &Param) -> f32 {
+        if param.decay {
+            1.0 - self.lr * self.weight_decay
+        } else {
+            1.0
+        }
+    }
+
+    /// The update of one parameter and its moments.
+    pub fn update(&self, param: &mut Param, mom: &mut Moments) {
+        let decay = self.decay(param);
+        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
+        for (((p, g), m), v) in param
+            .value
+            .iter_mut()
+            .zip(&param.grad)
+            .zip(&mut mom.m)
+            .zip(&mut mom.v)
+        {
+            *p *= decay;
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            let denom = v.sqrt() / self.bc2_sqrt + eps;
+            *p -= self.step_size * *m / denom;
         }
     }
 }

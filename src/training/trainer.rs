@@ -28,7 +28,6 @@ use crate::training::checkpoint::{
     created_by, load_checkpoint, save_checkpoint, weights_hash, BackboneInfo, CheckpointRef,
     PrefixInfo, RunInfo, TokenizerInfo, TrainerState, FORMAT_VERSION,
 };
-use crate::training::clip::clip_grad_norm;
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
     derive_seed, load_task_data, shuffled, DevSource, Family, DROPOUT, INIT_HEAD, INIT_PREFIX,
@@ -451,11 +450,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                     state.global_step
                 )));
             }
-            if config.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut model.params_mut(), config.max_grad_norm);
-            }
             lr = schedule.lr(config.lr, state.global_step, epoch);
-            opt.step(&mut model.params_mut(), lr);
+            model.optimizer_step(&mut opt, lr, config.max_grad_norm)?;
             state.global_step += 1;
             loss_sum += step.loss as f64 * chunk.len() as f64;
             seen += chunk.len();
@@ -467,6 +463,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             );
         }
         reporter.end_epoch();
+        // A prefix table trained on a GPU comes back for evaluation and the
+        // checkpoints.
+        model.sync_host(&mut opt)?;
         let train_loss = loss_sum / seen.max(1) as f64;
         state.epoch_completed = epoch + 1;
         state.adamw_step = opt.step;

@@ -139,17 +139,25 @@ impl Case {
     }
 
     /// One forward and backward of `model` on the case's batch and labels,
-    /// dropout off, from zero gradients.
+    /// dropout off, from zero gradients, with every gradient in its
+    /// parameter (also a prefix table's kept on a GPU).
     pub fn step(&self, model: &mut PromptModel) -> StepOutput {
+        self.step_with(model, &DropoutConfig::OFF)
+    }
+
+    /// [`Case::step`] with `dropout`.
+    pub fn step_with(&self, model: &mut PromptModel, dropout: &DropoutConfig) -> StepOutput {
         model.zero_grad();
-        model
+        let out = model
             .forward_backward(
                 &self.batch(),
                 Targets::Classes(&self.labels()),
-                &DropoutConfig::OFF,
+                dropout,
                 &mut Activations::default(),
             )
-            .unwrap()
+            .unwrap();
+        model.grads_to_host().unwrap();
+        out
     }
 
     fn set(&self, p: &mut Param) {

@@ -378,11 +378,17 @@ static void check_prefix() {
     // reduce is expand's adjoint: <expand(x), r> = <x, reduce(r)>.
     auto r = rand_vec(kv.size());
     std::vector<float> red(p * w);
-    launch(reduce_prefix, Dim3{2, 1, 1}, 32, ptr(r), ptr(red), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1);
+    launch(reduce_prefix, Dim3{2, 1, 1}, 32, ptr(r), ptr(red), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1, 0);
     double a = 0, b2 = 0;
     for (size_t i = 0; i < kv.size(); i++) a += (double)kv[i] * r[i];
     for (size_t i = 0; i < red.size(); i++) b2 += (double)past[i] * red[i];
     check("reduce_prefix is expand_prefix's adjoint", std::fabs(a - b2) / std::max(1.0, std::fabs(a)), 1e-6);
+    // Accumulating: a second reduce adds the same gradient again.
+    auto twice = red;
+    launch(reduce_prefix, Dim3{2, 1, 1}, 32, ptr(r), ptr(twice), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1, 1);
+    double off = 0;
+    for (size_t i = 0; i < red.size(); i++) off += twice[i] != red[i] + red[i];
+    check("reduce_prefix accumulating adds", off, 0.0);
 }
 
 // The bf16 rounding every producer uses, through dropout_copy's bf16 output.
@@ -397,6 +403,36 @@ static void check_bf16() {
     for (size_t i = 0; i < x.size(); i++) bad += out[i] != want[i];
     bad += unused != std::vector<float>(x.size(), -7.0f);
     check("bf16 copies (round to nearest even, quiet NaN)", bad, 0.0);
+}
+
+// The optimizer kernels: adamw_step against src/training/adamw.rs's
+// arithmetic written out in f32 (bit for bit), sum_squares against a double
+// sum, scale exact.
+static void check_optimizer() {
+    const int n = 1000;
+    auto p = rand_vec(n), g = rand_vec(n, 0.1f), m = rand_vec(n, 0.01f), v = rand_vec(n, 0.01f);
+    for (auto& x : v) x = x * x;
+    const float decay = 0.9999f, b1 = 0.9f, b2 = 0.999f, step = 0.0123f, bc2 = 0.0447f, eps = 1e-8f;
+    auto want_p = p, want_m = m, want_v = v;
+    for (int i = 0; i < n; i++) {
+        float pi = want_p[i] * decay;
+        want_m[i] = b1 * want_m[i] + (1.0f - b1) * g[i];
+        want_v[i] = b2 * want_v[i] + (1.0f - b2) * g[i] * g[i];
+        float denom = std::sqrt(want_v[i]) / bc2 + eps;
+        want_p[i] = pi - step * want_m[i] / denom;
+    }
+    launch(adamw_step, Dim3{3, 1, 1}, 128, ptr(p), ptr(g), ptr(m), ptr(v), (u64)n, decay, b1, 1.0f - b1, b2,
+           1.0f - b2, step, bc2, eps);
+    check("adamw_step = the host's AdamW, bit for bit", (p != want_p) + (m != want_m) + (v != want_v), 0.0);
+    std::vector<double> partial(4);
+    launch(sum_squares, Dim3{4, 1, 1}, 64, ptr(g), (u64)n, (u64)partial.data());
+    double want = 0, got = partial[0] + partial[1] + partial[2] + partial[3];
+    for (float x : g) want += (double)x * x;
+    auto scaled = g;
+    launch(scale, Dim3{2, 1, 1}, 64, ptr(scaled), (u64)n, 0.3f);
+    double bad = 0;
+    for (int i = 0; i < n; i++) bad += scaled[i] != g[i] * 0.3f;
+    check("sum_squares and scale (gradient clipping)", std::fabs(got - want) / want + bad, 1e-12);
 }
 
 // The mask function against the CPU engine's: kept count and hash over
@@ -482,6 +518,7 @@ int main() {
     check_layernorm();
     check_gelu();
     check_prefix();
+    check_optimizer();
     check_bf16();
     std::printf("%d failed\n", failures);
     return failures != 0;

@@ -96,6 +96,13 @@ inline unsigned __float_as_uint(float f) {
     return u;
 }
 // expf, logf, sqrtf, erff, fmaxf: the C library's, from <math.h>.
+// The round-to-nearest arithmetic intrinsics: plain IEEE f32 operations here
+// (x86-64 without FMA contracts nothing).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline int min(int a, int b) { return a < b ? a : b; }
 
 // A launch argument as the kernel's parameter type: addresses come as u64,

@@ -65,6 +65,9 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(gather_rows)
     KERNEL(scatter_rows)
     KERNEL(broadcast_rows)
+    KERNEL(adamw_step)
+    KERNEL(scale)
+    KERNEL(sum_squares)
     return -1;
 }
 

@@ -283,6 +283,9 @@ pub enum Kernel {
     GatherRows,
     ScatterRows,
     BroadcastRows,
+    AdamwStep,
+    Scale,
+    SumSquares,
 }
 
 impl Kernel {
@@ -306,7 +309,7 @@ impl Kernel {
         (floats * 4) as u32
     }
 
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -327,6 +330,9 @@ impl Kernel {
         Kernel::GatherRows,
         Kernel::ScatterRows,
         Kernel::BroadcastRows,
+        Kernel::AdamwStep,
+        Kernel::Scale,
+        Kernel::SumSquares,
     ];
 
     /// Its name in kernels.cu.
@@ -352,6 +358,9 @@ impl Kernel {
             Kernel::GatherRows => "gather_rows",
             Kernel::ScatterRows => "scatter_rows",
             Kernel::BroadcastRows => "broadcast_rows",
+            Kernel::AdamwStep => "adamw_step",
+            Kernel::Scale => "scale",
+            Kernel::SumSquares => "sum_squares",
         }
     }
 }

@@ -25,6 +25,7 @@
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, Precision};
+use crate::engine::cuda::optim::ResidentPrefix;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::{BertModel, LayerNorm, Linear};
@@ -117,6 +118,9 @@ pub enum PromptSource<'a> {
     Shared(&'a [f32]),
     /// Per prefixed layer, [B, P, 2H]: rows of different adapters (serving).
     PerRow(&'a [Vec<f32>]),
+    /// The table already on the device ([`CudaEncoder::resident`]), shared
+    /// as `Shared` is; the backward leaves its gradient there.
+    Resident,
 }
 
 /// Device buffers reused from call to call (grown, never shrunk).
@@ -163,6 +167,8 @@ struct Step {
     dropout: DropoutConfig,
     prefix_dropout: Option<Dropout>,
     rows: Rows,
+    /// The prompt was the resident table: its gradient stays on the device.
+    resident: bool,
 }
 
 /// The encoder's weights on one GPU and the buffers of its passes.
@@ -177,6 +183,9 @@ pub struct CudaEncoder {
     layers: Vec<DevLayer>,
     ws: Workspace,
     step: Option<Step>,
+    /// A training run's prefix table with its gradient and moments, when
+    /// the model keeps it here (PromptModel on a GPU, plain tables).
+    pub resident: Option<ResidentPrefix>,
 }
 
 /// (key, threshold, scale, enabled) of a dropout site for the kernels.
@@ -267,6 +276,7 @@ impl CudaEncoder {
             layers,
             ws: Workspace::default(),
             step: None,
+            resident: None,
             dev,
             config,
             precision,
@@ -297,7 +307,7 @@ impl CudaEncoder {
         prefix_dropout: Option<Dropout>,
         rows: Rows,
     ) -> Result<Vec<f32>> {
-        if !matches!(prompt.source, PromptSource::Shared(_)) {
+        if matches!(prompt.source, PromptSource::PerRow(_)) {
             return Err(Error::InvalidArgument(
                 "CUDA training takes the prefix table shared by all rows".into(),
             ));
@@ -311,6 +321,7 @@ impl CudaEncoder {
             dropout: *dropout,
             prefix_dropout,
             rows,
+            resident: matches!(prompt.source, PromptSource::Resident),
         });
         Ok(out)
     }
@@ -358,22 +369,36 @@ impl CudaEncoder {
         if let Some(pr) = prompt {
             let ls = pr.layers.len();
             match pr.source {
-                PromptSource::Shared(past) => {
-                    if past.len() != p * ls * two_h {
-                        return Err(Error::InvalidArgument(format!(
-                            "prefix table has {} values, expected P·Ls·2H = {}",
-                            past.len(),
-                            p * ls * two_h
-                        )));
-                    }
-                    ws.past.upload(dev, past)?;
+                PromptSource::Shared(_) | PromptSource::Resident => {
+                    let past = match pr.source {
+                        PromptSource::Shared(past) => {
+                            if past.len() != p * ls * two_h {
+                                return Err(Error::InvalidArgument(format!(
+                                    "prefix table has {} values, expected P·Ls·2H = {}",
+                                    past.len(),
+                                    p * ls * two_h
+                                )));
+                            }
+                            ws.past.upload(dev, past)?;
+                            ws.past.ptr
+                        }
+                        _ => match &self.resident {
+                            Some(r) if r.len == p * ls * two_h => r.table.ptr,
+                            _ => {
+                                return Err(Error::InvalidArgument(format!(
+                                    "no prefix table of P·Ls·2H = {} values on the device",
+                                    p * ls * two_h
+                                )))
+                            }
+                        },
+                    };
                     ws.kv.ensure(dev, ls * b * p * two_h)?;
                     let (key, thr, scale, on) = site(prefix_dropout);
                     dev.launch_1d(
                         Kernel::ExpandPrefix,
                         ls * b * p * two_h,
                         &[
-                            &ws.past.ptr,
+                            &past,
                             &ws.kv.ptr,
                             &(ls as i32),
                             &(b as i32),
@@ -595,8 +620,9 @@ impl CudaEncoder {
 
     /// Backward of the last [`CudaEncoder::forward_train`] from the gradient
     /// of its output rows (same [`Rows`] as returned). Returns the gradient
-    /// of the prefix table, [P, Ls·2H].
-    pub fn backward(&mut self, d_out: &[f32]) -> Result<Vec<f32>> {
+    /// of the prefix table, [P, Ls·2H], or None when the prompt was the
+    /// resident table, whose gradient it wrote on the device.
+    pub fn backward(&mut self, d_out: &[f32]) -> Result<Option<Vec<f32>>> {
         let step = self.step.take().ok_or_else(|| {
             Error::InvalidArgument("CUDA backward without a training forward".into())
         })?;
@@ -819,16 +845,27 @@ impl CudaEncoder {
             }
         }
 
-        // d(prefix table), through the prefix dropout, summed over rows.
+        // d(prefix table), through the prefix dropout, summed over rows:
+        // into the resident table's gradient, or down to the host.
         let width = ls * two_h;
-        ws.d_past.ensure(dev, p * width)?;
+        let (d_past, accumulate) = match (self.resident.as_mut(), step.resident) {
+            (Some(r), true) => {
+                let add = !r.grad_fresh;
+                r.grad_fresh = false;
+                (r.grad.ptr, add as i32)
+            }
+            _ => {
+                ws.d_past.ensure(dev, p * width)?;
+                (ws.d_past.ptr, 0)
+            }
+        };
         let (key, thr, scale, on) = site(step.prefix_dropout);
         dev.launch_1d(
             Kernel::ReducePrefix,
             p * width,
             &[
                 &ws.d_kv.ptr,
-                &ws.d_past.ptr,
+                &d_past,
                 &(ls as i32),
                 &(b as i32),
                 &(p as i32),
@@ -837,9 +874,14 @@ impl CudaEncoder {
                 &thr,
                 &scale,
                 &on,
+                &accumulate,
             ],
         )?;
-        ws.d_past.download(dev, p * width)
+        if step.resident {
+            Ok(None)
+        } else {
+            ws.d_past.download(dev, p * width).map(Some)
+        }
     }
 }
 

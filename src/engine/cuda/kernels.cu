@@ -1060,6 +1060,52 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
 }
 
 // ---------------------------------------------------------------------------
+// The optimizer on a device-resident prefix table (training on a GPU).
+
+// AdamW as src/training/adamw.rs computes it, operation by operation and
+// without fused multiply-adds (the _rn intrinsics), so the result is the
+// host's bit for bit:
+//   p *= decay; m = b1·m + (1 − b1)·g; v = b2·v + ((1 − b2)·g)·g;
+//   p −= (step_size·m) / (√v / bc2_sqrt + eps).
+// `one_minus_b1`, `one_minus_b2` are computed in f32 on the host, as there.
+extern "C" __global__ void adamw_step(float* p, const float* g, float* m, float* v, u64 n, float decay, float b1,
+                                      float one_minus_b1, float b2, float one_minus_b2, float step_size,
+                                      float bc2_sqrt, float eps) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float pi = __fmul_rn(p[i], decay);
+        float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(one_minus_b1, gi));
+        float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(one_minus_b2, gi), gi));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        p[i] = __fsub_rn(pi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// x *= s (gradient clipping), rounded as the host's f32 product.
+extern "C" __global__ void scale(float* x, u64 n, float s) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        x[i] = __fmul_rn(x[i], s);
+}
+
+// partial[block] = Σ x² over the block's grid-stride share, in f64 (the
+// host adds the partials: the gradient's squared norm for clipping).
+extern "C" __global__ void sum_squares(const float* x, u64 n, double* partial) {
+    __shared__ double part[1024];
+    double s = 0.0;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (unsigned k = 0; k < blockDim.x; k++) total += part[k];
+        partial[blockIdx.x] = total;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Glue.
 
 // The deep prompt of every row from the prefix encoder's output, with the
@@ -1083,10 +1129,12 @@ extern "C" __global__ void expand_prefix(const float* past, float* kv, int layer
     }
 }
 
-// Its backward (PrefixEncoder::reduce): d_past[i, k*2H + c] =
-// sum_b dkv[k, b, i, c] * factor((b*P + i)*W + k*2H + c).
+// Its backward (PrefixEncoder::reduce): d_past[i, k*2H + c] (+)=
+// sum_b dkv[k, b, i, c] * factor((b*P + i)*W + k*2H + c), added to d_past
+// when `accumulate` (a gradient kept on the device across backwards).
 extern "C" __global__ void reduce_prefix(const float* dkv, float* d_past, int layers, int batch, int p,
-                                         int two_h, u64 key, u64 threshold, float scale, int dropout) {
+                                         int two_h, u64 key, u64 threshold, float scale, int dropout,
+                                         int accumulate) {
     u64 w = (u64)layers * two_h;
     u64 n = (u64)p * w;
     for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
@@ -1100,7 +1148,7 @@ extern "C" __global__ void reduce_prefix(const float* dkv, float* d_past, int la
             }
             s += v;
         }
-        d_past[e] = s;
+        d_past[e] = accumulate ? d_past[e] + s : s;
     }
 }
 

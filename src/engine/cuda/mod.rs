@@ -10,10 +10,13 @@
 //! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
 //!   inference and training forward, activation-gradient backward down to
 //!   the lowest prefixed layer, as `model::encoder` does on the CPU.
+//! - [`optim`]: a training run's prefix table, its gradient and AdamW
+//!   moments kept on the device.
 
 pub mod device;
 pub mod emulator;
 pub mod encoder;
+pub mod optim;
 
 pub use device::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, KernelTime, Precision,
