@@ -18,7 +18,7 @@ use crate::model::heads::{ClassificationHead, POOLED_DROPOUT_STREAM};
 use crate::model::param::Param;
 use crate::model::prefix::{PrefixEncoder, PREFIX_DROPOUT_STREAM};
 use crate::training::adamw::AdamW;
-use crate::training::clip::clip_grad_norm;
+use crate::training::clip::{clip_coef, clip_grad_norm, grad_sum_squares, scale_grads};
 
 pub struct PromptModel {
     pub backbone: Arc<BertModel>,
@@ -375,18 +375,11 @@ impl PromptModel {
     ) -> Result<()> {
         let mut params = self.params_mut();
         if max_grad_norm > 0.0 {
-            let host: f64 = params[1..]
-                .iter()
-                .flat_map(|p| p.grad.iter())
-                .map(|&g| (g as f64) * (g as f64))
-                .sum();
+            let host = grad_sum_squares(&params[1..]);
             let norm = (resident.grad_sum_squares(dev)? + host).sqrt() as f32;
-            let coef = max_grad_norm / (norm + 1e-6);
-            if coef < 1.0 {
+            if let Some(coef) = clip_coef(norm, max_grad_norm) {
                 resident.scale_grad(dev, coef)?;
-                params[1..]
-                    .iter_mut()
-                    .for_each(|p| p.grad.iter_mut().for_each(|g| *g *= coef));
+                scale_grads(&mut params[1..], coef);
             }
         }
         opt.ensure_moments(&params);

@@ -6,19 +6,35 @@ use crate::model::param::Param;
 /// Scales every gradient by max_norm/(norm + 1e-6) when the global L2 norm
 /// exceeds max_norm. Returns the norm before clipping.
 pub fn clip_grad_norm(params: &mut [&mut Param], max_norm: f32) -> f32 {
-    let sum: f64 = params
+    let norm = grad_sum_squares(params).sqrt() as f32;
+    if let Some(coef) = clip_coef(norm, max_norm) {
+        scale_grads(params, coef);
+    }
+    norm
+}
+
+/// Σ g² over every gradient of `params`, in f64 (the global norm's square;
+/// a GPU-resident gradient adds its own part to it).
+pub fn grad_sum_squares(params: &[&mut Param]) -> f64 {
+    params
         .iter()
         .flat_map(|p| p.grad.iter())
         .map(|&g| (g as f64) * (g as f64))
-        .sum();
-    let norm = sum.sqrt() as f32;
+        .sum()
+}
+
+/// The factor max_norm/(norm + 1e-6) that clipping applies to every
+/// gradient, when it is below 1.
+pub fn clip_coef(norm: f32, max_norm: f32) -> Option<f32> {
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for p in params.iter_mut() {
-            p.grad.iter_mut().for_each(|g| *g *= coef);
-        }
+    (coef < 1.0).then_some(coef)
+}
+
+/// g *= coef for every gradient of `params`.
+pub fn scale_grads(params: &mut [&mut Param], coef: f32) {
+    for p in params.iter_mut() {
+        p.grad.iter_mut().for_each(|g| *g *= coef);
     }
-    norm
 }
 
 #[cfg(test)]

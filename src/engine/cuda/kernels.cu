@@ -426,16 +426,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
     int any = any_visible(mask, b, t, p);
     load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
 
-    float o[CHUNKS][4][4], m[4], l[4];
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        m[r] = NEG_INF;
-        l[r] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < CHUNKS; c++)
-#pragma unroll
-            for (int d = 0; d < 4; d++) o[c][r][d] = 0.0f;
-    }
+    float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
     for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
         load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n, t, p, h);
@@ -593,17 +584,10 @@ __device__ __forceinline__ void load_bf16_tile(u16* rows, u16* cols, int r0, int
     }
 }
 
-__device__ __forceinline__ void zero_tiles(float c[][4], int n) {
-    for (int i = 0; i < n; i++)
-        for (int e = 0; e < 4; e++) c[i][e] = 0.0f;
-}
-
-// s = A1 · B1ᵀ and dp = A2 · B2ᵀ over the head (16 rows against 64, from
-// zero): the backward's scores and dP, or their transposes.
+// s += A1 · B1ᵀ and dp += A2 · B2ᵀ over the head (16 rows against 64): the
+// backward's scores and dP, or their transposes.
 __device__ __forceinline__ void scores_and_dp(const u16* a1, const u16* b1, const u16* a2, const u16* b2,
                                               float s[KT][4], float dp[KT][4], int g, int tq) {
-    zero_tiles(s, KT);
-    zero_tiles(dp, KT);
     mma_rows_by_rows(a1, b1, s, g, tq);
     mma_rows_by_rows(a2, b2, dp, g, tq);
 }
@@ -662,8 +646,7 @@ extern "C" __global__ void attention_forward_mma(const float* qkv, const float* 
     load_bf16_tile(qs, (u16*)0, i0, t, scale, [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
     // Rows g and g + 8 of this warp's 16 queries: running max and sum.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    float o[DT][4];
-    zero_tiles(o, DT);
+    float o[DT][4] = {};
     int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     const u16* qw = qs + blk.warp * 16 * MROW;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
@@ -672,8 +655,7 @@ extern "C" __global__ void attention_forward_mma(const float* qkv, const float* 
         load_bf16_tile(ks, (u16*)0, j0, blk.n, 1.0f, kp);
         load_bf16_tile((u16*)0, vt, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
         __syncthreads();
-        float s[KT][4];
-        zero_tiles(s, KT);
+        float s[KT][4] = {};
         mma_rows_by_rows(qw, ks, s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
@@ -760,8 +742,7 @@ extern "C" __global__ void attention_backward_dq_mma(const float* qkv, const flo
         li[r] = lse[stat];
         di[r] = delta[stat];
     }
-    float dq[DT][4];
-    zero_tiles(dq, DT);
+    float dq[DT][4] = {};
     const u16* qw = qs + blk.warp * 16 * MROW;
     const u16* dw = dos + blk.warp * 16 * MROW;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
@@ -770,7 +751,7 @@ extern "C" __global__ void attention_backward_dq_mma(const float* qkv, const flo
         load_bf16_tile(ks, kt, j0, blk.n, 1.0f, kp);
         load_bf16_tile(vs, (u16*)0, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
         __syncthreads();
-        float s[KT][4], dp[KT][4];
+        float s[KT][4] = {}, dp[KT][4] = {};
         scores_and_dp(qw, ks, dw, vs, s, dp, blk.g, blk.tq);
         each_element(blk.tq, [&](int nt, int e, int col, int r) {
             int j = j0 + col;
@@ -818,9 +799,7 @@ extern "C" __global__ void attention_backward_dkv_mma(const float* qkv, const fl
     int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
     bool used[2];
     for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
-    float dk[DT][4], dv[DT][4];
-    zero_tiles(dk, DT);
-    zero_tiles(dv, DT);
+    float dk[DT][4] = {}, dv[DT][4] = {};
     const u16* kw = ks + blk.warp * 16 * MROW;
     const u16* vw = vs + blk.warp * 16 * MROW;
     u64 stat0 = ((u64)blk.b * nh + blk.hh) * t;
@@ -834,7 +813,7 @@ extern "C" __global__ void attention_backward_dkv_mma(const float* qkv, const fl
         }
         __syncthreads();
         // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
-        float st[KT][4], dpt[KT][4];
+        float st[KT][4] = {}, dpt[KT][4] = {};
         scores_and_dp(kw, qs, vw, dos, st, dpt, blk.g, blk.tq);
         each_element(blk.tq, [&](int nt, int e, int c, int r) {
             int i = i0 + c;
@@ -906,16 +885,12 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     int any = any_visible(mask, b, t, p);
     load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
     load_tile(dos, i0, t, 1.0f, [&](int i) { return dctx + ((u64)b * t + i) * h + hh * HEAD_DIM; });
-    float li[4], di[4], dq[CHUNKS][4][4];
+    float li[4], di[4], dq[CHUNKS][4][4] = {};
 #pragma unroll
     for (int r = 0; r < 4; r++) {
         int i = min(i0 + ti + 8 * r, t - 1);
         li[r] = lse[((u64)b * nh + hh) * t + i];
         di[r] = delta[((u64)b * nh + hh) * t + i];
-#pragma unroll
-        for (int c = 0; c < CHUNKS; c++)
-#pragma unroll
-            for (int d = 0; d < 4; d++) dq[c][r][d] = 0.0f;
     }
     for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
@@ -987,13 +962,7 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
         int j = j0 + ti + 8 * r;
         used[r] = j < n_keys && key_used(mask, b, j, t, p, any);
     }
-    float dk[CHUNKS][4][4], dv[CHUNKS][4][4];
-#pragma unroll
-    for (int c = 0; c < CHUNKS; c++)
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-            for (int d = 0; d < 4; d++) dk[c][r][d] = dv[c][r][d] = 0.0f;
+    float dk[CHUNKS][4][4] = {}, dv[CHUNKS][4][4] = {};
     u64 stat0 = ((u64)b * nh + hh) * t;
     for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
