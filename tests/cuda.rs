@@ -25,10 +25,17 @@ fn kernels_compile_with_nvrtc() {
         eprintln!("skipped: libnvrtc.so.13 cannot be loaded here (no CUDA toolkit)");
         return;
     }
-    for (hd, arch) in [(32, "sm_80"), (64, "sm_90"), (128, "sm_90")] {
+    for (hd, arch) in [(32, "sm_75"), (32, "sm_80"), (64, "sm_90"), (128, "sm_90")] {
         let ptx = compile_kernels(hd, Some(arch.into()))
             .unwrap_or_else(|e| panic!("HEAD_DIM {hd}, {arch}: {e}"))
             .to_src();
+        // mma.sync needs sm_80: before it the module must still load (the
+        // tensor-core kernels are then never enabled).
+        assert_eq!(
+            ptx.contains("mma.sync"),
+            arch != "sm_75",
+            "HEAD_DIM {hd}, {arch}"
+        );
         for k in [
             "dropout_apply",
             "dropout_copy",
@@ -38,13 +45,17 @@ fn kernels_compile_with_nvrtc() {
             "bias_gelu",
             "gelu_backward",
             "attention_forward",
-            "attention_forward_mma",
-            "mma_self_test",
             "attention_delta",
             "attention_backward_dq",
             "attention_backward_dkv",
-            "attention_backward_dq_mma",
-            "attention_backward_dkv_mma",
+            "mma_self_test_tf32",
+            "attention_forward_tf32",
+            "attention_backward_dq_tf32",
+            "attention_backward_dkv_tf32",
+            "mma_self_test_bf16",
+            "attention_forward_bf16",
+            "attention_backward_dq_bf16",
+            "attention_backward_dkv_bf16",
             "expand_prefix",
             "reduce_prefix",
             "gather_rows",
@@ -488,18 +499,25 @@ fn kernels_pass_the_cpu_emulation() {
         let out = String::from_utf8_lossy(&run.stdout);
         eprintln!("HEAD_DIM {head_dim}:\n{out}");
         assert!(run.status.success(), "kernel checks failed:\n{out}");
+        // Every check ran: head size 8 has the tf32 tensor-core checks, 64
+        // the bf16 ones too (18 more).
         let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-        assert!(passed >= 23 && out.contains("0 failed"), "{out}");
+        let want = if head_dim == 64 { 70 } else { 52 };
+        assert!(
+            passed == want && out.contains("0 failed"),
+            "{passed} of {want}:\n{out}"
+        );
     }
 }
 
-/// In bf16, attention runs on the tensor cores when the head size is a
-/// multiple of 16 (the tiny BERT with 2 heads of 16): inference logits and a
-/// training step's gradients stay within bf16's error of the CPU engine's;
-/// 8-wide heads never take that path.
+/// In bf16 and tf32, attention runs on the tensor cores when the head size
+/// is a multiple of the format's k (the tiny BERT with 2 heads of 16):
+/// inference logits and a training step's gradients stay within the
+/// format's error of the CPU engine's. 8-wide heads take the tf32 path
+/// only; fp32 never does.
 #[test]
-fn bf16_attention_on_the_tensor_cores() {
-    for target in targets("bf16_attention_on_the_tensor_cores") {
+fn attention_on_the_tensor_cores() {
+    for target in targets("attention_on_the_tensor_cores") {
         let case = Case::load("tiny_bert_plain");
         let dir = tempfile::tempdir().unwrap();
         let src = common::fixtures().join("tiny-bert");
@@ -515,68 +533,72 @@ fn bf16_attention_on_the_tensor_cores() {
         std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
         let backbone = Arc::new(BertModel::load(dir.path()).unwrap());
         assert_eq!(backbone.config.head_dim(), 16);
-
         let mut cpu = case.model();
         cpu.backbone = Arc::clone(&backbone);
-        let mut gpu = case.model();
-        gpu.backbone = backbone;
-        attach(&mut gpu, target, Precision::Bf16);
-        let batch = case.batch();
-        let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
-        assert!(enc.lock().unwrap().dev.tensor_core_attention);
-        let layers = cpu.backbone.config.num_hidden_layers;
-        let launches = |times: &[ptuning::engine::cuda::KernelTime], name: &str| {
-            times
-                .iter()
-                .find(|t| t.name == name)
-                .map_or(0, |t| t.launches)
-        };
-
-        enc.lock().unwrap().dev.start_profile();
-        let got = gpu.predict(&batch).unwrap();
-        let times = enc.lock().unwrap().dev.take_profile().unwrap();
-        assert_eq!(
-            launches(&times, "attention_forward_mma"),
-            layers,
-            "{times:?}"
-        );
-        assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
-        let e = rel_err(&got, &cpu.predict(&batch).unwrap());
-        eprintln!("{target:?}: bf16 tensor-core inference, logits error {e:e}");
-        assert!(e <= 2e-2, "logits relative error {e}");
-
+        let want_logits = cpu.predict(&case.batch()).unwrap();
         case.step(&mut cpu);
-        enc.lock().unwrap().dev.start_profile();
-        case.step(&mut gpu);
-        let times = enc.lock().unwrap().dev.take_profile().unwrap();
-        assert_eq!(
-            launches(&times, "attention_forward_mma"),
-            layers,
-            "{times:?}"
-        );
-        assert!(
-            launches(&times, "attention_backward_dkv_mma") > 0,
-            "{times:?}"
-        );
-        for name in [
-            "attention_forward",
-            "attention_backward_dq",
-            "attention_backward_dkv",
-        ] {
-            assert_eq!(launches(&times, name), 0, "{name} in {times:?}");
-        }
-        for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
-            let e = rel_err(&q.grad, &p.grad);
-            eprintln!(
-                "{target:?}: bf16 tensor-core training, grad of {} error {e:e}",
-                p.name
+
+        for (precision, suffix) in [(Precision::Bf16, "bf16"), (Precision::Tf32, "tf32")] {
+            let (tol_out, tol_grad) = tolerances(precision);
+            let mut gpu = case.model();
+            gpu.backbone = Arc::clone(&backbone);
+            attach(&mut gpu, target, precision);
+            let batch = case.batch();
+            let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
+            assert!(enc.lock().unwrap().dev.tensor_core_attention(precision));
+            let layers = cpu.backbone.config.num_hidden_layers;
+            let launches = |times: &[ptuning::engine::cuda::KernelTime], name: &str| {
+                times
+                    .iter()
+                    .find(|t| t.name == name)
+                    .map_or(0, |t| t.launches)
+            };
+            let forward = format!("attention_forward_{suffix}");
+
+            enc.lock().unwrap().dev.start_profile();
+            let got = gpu.predict(&batch).unwrap();
+            let times = enc.lock().unwrap().dev.take_profile().unwrap();
+            assert_eq!(launches(&times, &forward), layers, "{times:?}");
+            assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
+            let e = rel_err(&got, &want_logits);
+            eprintln!("{target:?}: {suffix} tensor-core inference, logits error {e:e}");
+            assert!(e <= tol_out, "{suffix}: logits relative error {e}");
+
+            enc.lock().unwrap().dev.start_profile();
+            case.step(&mut gpu);
+            let times = enc.lock().unwrap().dev.take_profile().unwrap();
+            assert_eq!(launches(&times, &forward), layers, "{times:?}");
+            assert!(
+                launches(&times, &format!("attention_backward_dkv_{suffix}")) > 0,
+                "{times:?}"
             );
-            assert!(e <= 5e-2, "grad of {} relative error {e}", p.name);
+            for name in [
+                "attention_forward",
+                "attention_backward_dq",
+                "attention_backward_dkv",
+            ] {
+                assert_eq!(launches(&times, name), 0, "{name} in {times:?}");
+            }
+            for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
+                let e = rel_err(&q.grad, &p.grad);
+                eprintln!(
+                    "{target:?}: {suffix} tensor-core training, grad of {} error {e:e}",
+                    p.name
+                );
+                assert!(
+                    e <= tol_grad,
+                    "{suffix}: grad of {} relative error {e}",
+                    p.name
+                );
+            }
         }
     }
-    // Heads of 8 never take the tensor-core path.
+    // Heads of 8: tf32 only; fp32 stays on the f32 kernels.
     if targets("8-wide heads").contains(&Target::Emulated) {
-        assert!(!CudaDevice::emulated(8).unwrap().tensor_core_attention);
+        let dev = CudaDevice::emulated(8).unwrap();
+        assert!(dev.tensor_core_attention(Precision::Tf32));
+        assert!(!dev.tensor_core_attention(Precision::Bf16));
+        assert!(!dev.tensor_core_attention(Precision::Fp32));
     }
 }
 

@@ -223,14 +223,13 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
         let g = g.lock().unwrap_or_else(|e| e.into_inner());
-        // Which attention kernels run: the tensor cores in bf16 when the
-        // device passed their self-test, else the f32 ones.
-        let attention =
-            if g.precision == crate::engine::cuda::Precision::Bf16 && g.dev.tensor_core_attention {
-                "tensor cores (bf16)"
-            } else {
-                "f32"
-            };
+        // Which attention kernels run: the tensor cores in bf16 and tf32
+        // when the device passed their self-test, else the f32 ones.
+        let attention = if g.dev.tensor_core_attention(g.precision) {
+            format!("tensor cores ({})", g.precision.as_str())
+        } else {
+            "f32".to_string()
+        };
         (g.dev.name.clone(), g.precision.as_str(), attention)
     });
     let threads = rayon::current_num_threads();
@@ -239,7 +238,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "impl": "ptuning",
             "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
             "precision": gpu.as_ref().map(|g| g.1),
-            "attention": gpu.as_ref().map(|g| g.2),
+            "attention": gpu.as_ref().map(|g| g.2.as_str()),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,

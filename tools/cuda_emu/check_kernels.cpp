@@ -189,11 +189,12 @@ static void check_attention_no_prefix() {
     check("attention of an all-padding row without prefix is uniform", err, 1e-5);
 }
 
-// The tensor-core kernels: their fragment layout (mma_self_test), then the
-// whole chain (forward, delta, dQ, dK/dV) against the f32 kernels (checked
-// against the definition above) over two query tiles and two key tiles with
-// partial last ones, masked keys, dropout, and a padding-only row without
-// prefix; bf16 rounding of q, k, v, dO, P and dS allows about 1e-2.
+// The tensor-core kernels of one format: their fragment layout (the
+// format's self-test), then the whole chain (forward, delta, dQ, dK/dV)
+// against the f32 kernels (checked against the definition above) over two
+// query tiles and two key tiles with partial last ones, masked keys,
+// dropout, and a padding-only row without prefix. The format's rounding of
+// q, k, v, dO, P and dS bounds the differences (`tol_out`, `tol_grad`).
 struct AttnChain {
     std::vector<float> ctx, lse, dqkv, dprefix, dprefix_only;
 };
@@ -222,18 +223,21 @@ static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned bloc
     return c;
 }
 
-static void check_attention_mma() {
-#if HEAD_DIM % 16 == 0
+template <typename SelfTest, typename Fwd, typename Dq, typename Dkv>
+static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd fwd, Dq dq, Dkv dkv, double tol_out,
+                               double tol_grad) {
+    char what[96];
     std::vector<float> d(16 * 8, -1.0f);
-    launch(mma_self_test, Dim3{1, 1, 1}, 32, ptr(d));
+    launch(self_test, Dim3{1, 1, 1}, 32, ptr(d));
     double bad = 0;
     for (int r = 0; r < 16; r++)
         for (int n = 0; n < 8; n++) {
             int want = 0;
-            for (int k = 0; k < 16; k++) want += ((r + 2 * k) % 7 - 3) * ((3 * k + n) % 5 - 2);
+            for (int kk = 0; kk < k; kk++) want += ((r + 2 * kk) % 7 - 3) * ((3 * kk + n) % 5 - 2);
             bad += d[r * 8 + n] != (float)want;
         }
-    check("mma_self_test (m16n8k16 fragment layout)", bad, 0.0);
+    std::snprintf(what, sizeof what, "mma_self_test_%s (m16n8k%d fragment layout)", fmt, k);
+    check(what, bad, 0.0);
     for (int p : {5, 0})
         for (int on : {0, 1}) {
             const int t = 70;
@@ -243,17 +247,15 @@ static void check_attention_mma() {
             mask[0 * t + 40] = 0.0f;
             auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv,
                                   prefix, mask, g, t, p, on);
-            auto got = run_chain(attention_forward_mma, attention_backward_dq_mma, attention_backward_dkv_mma, 64, 128,
-                                 qkv, prefix, mask, g, t, p, on);
-            char what[96];
-            std::snprintf(what, sizeof what, "attention on tensor cores, %s%s: ctx",
+            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, prefix, mask, g, t, p, on);
+            std::snprintf(what, sizeof what, "attention on tensor cores (%s), %s%s: ctx", fmt,
                           p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
-            check(what, rel(dbl(got.ctx), dbl(want.ctx)), 2e-2);
-            check("  lse", rel(dbl(got.lse), dbl(want.lse)), 2e-2);
-            check("  d(qkv)", rel(dbl(got.dqkv), dbl(want.dqkv)), 3e-2);
+            check(what, rel(dbl(got.ctx), dbl(want.ctx)), tol_out);
+            check("  lse", rel(dbl(got.lse), dbl(want.lse)), tol_out);
+            check("  d(qkv)", rel(dbl(got.dqkv), dbl(want.dqkv)), tol_grad);
             check("  d(prefix), and of the prefix keys alone",
                   std::max(rel(dbl(got.dprefix), dbl(want.dprefix)), rel(dbl(got.dprefix_only), dbl(want.dprefix))),
-                  3e-2);
+                  tol_grad);
         }
     // bf16 outputs: ctx16 and dqkv16 are the f32 results rounded.
     const int t = 70, p = 5;
@@ -262,22 +264,34 @@ static void check_attention_mma() {
         dqkv(B * t * 3 * H), dpre(B * p * 2 * H), dpre16(B * p * 2 * H);
     std::vector<u16> ctx16(B * t * H), dqkv16(B * t * 3 * H);
     float scale = 1.0f / std::sqrt((float)HD);
-    launch(attention_forward_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx),
-           ptr(lse), t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
+    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
+           scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * t, NH, t);
     for (int pass = 0; pass < 2; pass++) {
         u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
-        launch(attention_backward_dq_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask),
-               ptr(g), ptr(lse), ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
-        launch(attention_backward_dkv_mma, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask),
-               ptr(g), ptr(lse), ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY,
-               THRESHOLD, DSCALE, 1, out16);
+        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+               ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
+        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+               ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, 1,
+               out16);
     }
-    check("tensor-core attention: ctx and d(qkv) in bf16 too",
-          bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
-#else
-    std::printf("attention on tensor cores: skipped (HEAD_DIM %d is not a multiple of 16)\n", HEAD_DIM);
+    std::snprintf(what, sizeof what, "tensor-core attention (%s): ctx and d(qkv) in bf16 too", fmt);
+    check(what, bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
+}
+
+// tf32 where the head size is a multiple of 8, bf16 where it is one of 16.
+static void check_attention_mma() {
+#if HEAD_DIM % 8 == 0
+    check_attention_tc("tf32", 8, mma_self_test_tf32, attention_forward_tf32, attention_backward_dq_tf32,
+                       attention_backward_dkv_tf32, 3e-3, 5e-3);
 #endif
+#if HEAD_DIM % 16 == 0
+    check_attention_tc("bf16", 16, mma_self_test_bf16, attention_forward_bf16, attention_backward_dq_bf16,
+                       attention_backward_dkv_bf16, 2e-2, 3e-2);
+#endif
+    if (HEAD_DIM % 16 != 0)
+        std::printf("attention on tensor cores (%s): skipped (HEAD_DIM %d is not a multiple of %d)\n",
+                    HEAD_DIM % 8 != 0 ? "tf32, bf16" : "bf16", HEAD_DIM, HEAD_DIM % 8 != 0 ? 8 : 16);
 }
 
 // ---------------------------------------------------------------------------

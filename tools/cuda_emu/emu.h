@@ -51,38 +51,49 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return r;
 }
 
-// mma.sync.m16n8k16 (bf16 in, f32 accumulate) for one warp, with the
-// fragment layout of the PTX ISA that kernels.cu documents: the lanes
-// publish their fragments, meet, and each computes its own four outputs.
-#define MMA_BF16_16816
+// mma.sync for one warp, f32 accumulation, with the fragment layouts that
+// kernels.cu documents: bf16 m16n8k16 (two k in a register) and tf32
+// m16n8k8 (one k in a register, of which the tensor cores read the top 19
+// bits). The lanes publish their fragments, meet, and each computes its own
+// four outputs.
+#define MMA_EMULATED
 inline unsigned mma_a_slots[1024][4], mma_b_slots[1024][2];
 
-inline float bf16_value(unsigned bits16) {
-    unsigned u = bits16 << 16;
+inline float bits_value(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);
     return f;
 }
 
-inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+// K: the k of the instruction; value(register, k): the input of that k.
+template <int K, typename Value>
+inline void mma_emulated(float d[4], const unsigned a[4], const unsigned b[2], const float c[4], Value value) {
+    constexpr int per_reg = K / 8;
     unsigned t = threadIdx.x, base = t / 32 * 32, lane = t % 32;
     auto& bar = *warp_barriers[t / 32];
     for (int i = 0; i < 4; i++) mma_a_slots[t][i] = a[i];
     for (int i = 0; i < 2; i++) mma_b_slots[t][i] = b[i];
     float acc[4] = {c[0], c[1], c[2], c[3]};
     bar.arrive_and_wait();
-    auto half = [](unsigned w, int k) { return bf16_value(k % 2 ? w >> 16 : w & 0xffffu); };
     auto av = [&](int r, int k) {
-        return half(mma_a_slots[base + (r % 8) * 4 + (k % 8) / 2][(k >= 8 ? 2 : 0) + (r >= 8 ? 1 : 0)], k);
+        return value(mma_a_slots[base + (r % 8) * 4 + (k % (K / 2)) / per_reg][(k >= K / 2 ? 2 : 0) + (r >= 8 ? 1 : 0)], k);
     };
-    auto bv = [&](int k, int n) { return half(mma_b_slots[base + n * 4 + (k % 8) / 2][k >= 8 ? 1 : 0], k); };
+    auto bv = [&](int k, int n) { return value(mma_b_slots[base + n * 4 + (k % (K / 2)) / per_reg][k >= K / 2 ? 1 : 0], k); };
     int g = lane / 4, tq = lane % 4;
     for (int e = 0; e < 4; e++) {
         int r = g + (e >= 2 ? 8 : 0), col = 2 * tq + (e & 1);
-        for (int k = 0; k < 16; k++) acc[e] += av(r, k) * bv(k, col);
+        for (int k = 0; k < K; k++) acc[e] += av(r, k) * bv(k, col);
     }
     bar.arrive_and_wait();
     for (int e = 0; e < 4; e++) d[e] = acc[e];
+}
+
+inline void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    mma_emulated<16>(d, a, b, c, [](unsigned w, int k) { return bits_value((k % 2 ? w >> 16 : w & 0xffffu) << 16); });
+}
+
+inline void mma_tf32_1688(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    mma_emulated<8>(d, a, b, c, [](unsigned w, int) { return bits_value(w & 0xffffe000u); });
 }
 
 inline float __int_as_float(int i) {
@@ -90,6 +101,7 @@ inline float __int_as_float(int i) {
     std::memcpy(&f, &i, 4);
     return f;
 }
+inline float __uint_as_float(unsigned u) { return bits_value(u); }
 inline unsigned __float_as_uint(float f) {
     unsigned u;
     std::memcpy(&u, &f, 4);

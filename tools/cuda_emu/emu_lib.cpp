@@ -53,13 +53,21 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(bias_gelu)
     KERNEL(gelu_backward)
     KERNEL(attention_forward)
-    KERNEL(attention_forward_mma)
-    KERNEL(mma_self_test)
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)
     KERNEL(attention_backward_dkv)
-    KERNEL(attention_backward_dq_mma)
-    KERNEL(attention_backward_dkv_mma)
+#if HEAD_DIM % 8 == 0
+    KERNEL(mma_self_test_tf32)
+    KERNEL(attention_forward_tf32)
+    KERNEL(attention_backward_dq_tf32)
+    KERNEL(attention_backward_dkv_tf32)
+#endif
+#if HEAD_DIM % 16 == 0
+    KERNEL(mma_self_test_bf16)
+    KERNEL(attention_forward_bf16)
+    KERNEL(attention_backward_dq_bf16)
+    KERNEL(attention_backward_dkv_bf16)
+#endif
     KERNEL(expand_prefix)
     KERNEL(reduce_prefix)
     KERNEL(gather_rows)

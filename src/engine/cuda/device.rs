@@ -271,13 +271,17 @@ pub enum Kernel {
     BiasGelu,
     GeluBackward,
     AttentionForward,
-    AttentionForwardMma,
-    MmaSelfTest,
     AttentionDelta,
     AttentionBackwardDq,
     AttentionBackwardDkv,
-    AttentionBackwardDqMma,
-    AttentionBackwardDkvMma,
+    MmaSelfTestTf32,
+    AttentionForwardTf32,
+    AttentionBackwardDqTf32,
+    AttentionBackwardDkvTf32,
+    MmaSelfTestBf16,
+    AttentionForwardBf16,
+    AttentionBackwardDqBf16,
+    AttentionBackwardDkvBf16,
     ExpandPrefix,
     ReducePrefix,
     GatherRows,
@@ -294,22 +298,42 @@ impl Kernel {
     /// kernels.cu carves them); none for the others.
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
-        let floats = match self {
-            // bf16 tiles [64, HD + 8] and transposed [HD, 72] (kernels.cu).
-            Kernel::AttentionForwardMma => (2 * 64 * (head_dim + 8) + head_dim * 72).div_ceil(2),
-            Kernel::AttentionBackwardDqMma => (4 * 64 * (head_dim + 8) + head_dim * 72).div_ceil(2),
-            Kernel::AttentionBackwardDkvMma => {
-                (4 * 64 * (head_dim + 8) + 2 * head_dim * 72).div_ceil(2) + 2 * 64
-            }
-            Kernel::AttentionForward => 3 * row + score,
-            Kernel::AttentionBackwardDq => 4 * row + score,
-            Kernel::AttentionBackwardDkv => 4 * row + 2 * score + 2 * 32,
-            _ => 0,
+        // Tensor-core kernels: (tiles [64, HD + pad], transposed [HD, 72],
+        // f32 [64] rows of statistics), as kernels.cu carves them; bf16 (2
+        // bytes, pad 8) keeps a transposed copy of every tile it reads as
+        // columns, tf32 (4 bytes, pad 4) reads the tiles themselves.
+        let tensor_cores = |format: MmaFormat, tiles: usize, transposed: usize, stats: usize| {
+            let bytes = match format {
+                MmaFormat::Bf16 => 2 * (tiles * 64 * (head_dim + 8) + transposed * head_dim * 72),
+                MmaFormat::Tf32 => 4 * tiles * 64 * (head_dim + 4),
+            };
+            (bytes + 4 * stats * 64) as u32
         };
-        (floats * 4) as u32
+        let (bf16, tf32) = (MmaFormat::Bf16, MmaFormat::Tf32);
+        match self {
+            Kernel::AttentionForwardBf16 => tensor_cores(bf16, 2, 1, 0),
+            Kernel::AttentionBackwardDqBf16 => tensor_cores(bf16, 4, 1, 0),
+            Kernel::AttentionBackwardDkvBf16 => tensor_cores(bf16, 4, 2, 2),
+            Kernel::AttentionForwardTf32 => tensor_cores(tf32, 3, 0, 0),
+            Kernel::AttentionBackwardDqTf32 => tensor_cores(tf32, 4, 0, 0),
+            Kernel::AttentionBackwardDkvTf32 => tensor_cores(tf32, 4, 0, 2),
+            Kernel::AttentionForward => (4 * (3 * row + score)) as u32,
+            Kernel::AttentionBackwardDq => (4 * (4 * row + score)) as u32,
+            Kernel::AttentionBackwardDkv => (4 * (4 * row + 2 * score + 2 * 32)) as u32,
+            _ => 0,
+        }
     }
 
-    pub const ALL: [Kernel; 23] = [
+    /// Whether kernels.cu builds this kernel for `head_dim`: the
+    /// tensor-core ones need its multiple of their format's k step.
+    pub fn built_for(self, head_dim: usize) -> bool {
+        MmaFormat::ALL
+            .iter()
+            .find(|f| f.kernels().contains(&self))
+            .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
+    }
+
+    pub const ALL: [Kernel; 27] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -318,13 +342,17 @@ impl Kernel {
         Kernel::BiasGelu,
         Kernel::GeluBackward,
         Kernel::AttentionForward,
-        Kernel::AttentionForwardMma,
-        Kernel::MmaSelfTest,
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
         Kernel::AttentionBackwardDkv,
-        Kernel::AttentionBackwardDqMma,
-        Kernel::AttentionBackwardDkvMma,
+        Kernel::MmaSelfTestTf32,
+        Kernel::AttentionForwardTf32,
+        Kernel::AttentionBackwardDqTf32,
+        Kernel::AttentionBackwardDkvTf32,
+        Kernel::MmaSelfTestBf16,
+        Kernel::AttentionForwardBf16,
+        Kernel::AttentionBackwardDqBf16,
+        Kernel::AttentionBackwardDkvBf16,
         Kernel::ExpandPrefix,
         Kernel::ReducePrefix,
         Kernel::GatherRows,
@@ -346,13 +374,17 @@ impl Kernel {
             Kernel::BiasGelu => "bias_gelu",
             Kernel::GeluBackward => "gelu_backward",
             Kernel::AttentionForward => "attention_forward",
-            Kernel::AttentionForwardMma => "attention_forward_mma",
-            Kernel::MmaSelfTest => "mma_self_test",
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",
             Kernel::AttentionBackwardDkv => "attention_backward_dkv",
-            Kernel::AttentionBackwardDqMma => "attention_backward_dq_mma",
-            Kernel::AttentionBackwardDkvMma => "attention_backward_dkv_mma",
+            Kernel::MmaSelfTestTf32 => "mma_self_test_tf32",
+            Kernel::AttentionForwardTf32 => "attention_forward_tf32",
+            Kernel::AttentionBackwardDqTf32 => "attention_backward_dq_tf32",
+            Kernel::AttentionBackwardDkvTf32 => "attention_backward_dkv_tf32",
+            Kernel::MmaSelfTestBf16 => "mma_self_test_bf16",
+            Kernel::AttentionForwardBf16 => "attention_forward_bf16",
+            Kernel::AttentionBackwardDqBf16 => "attention_backward_dq_bf16",
+            Kernel::AttentionBackwardDkvBf16 => "attention_backward_dkv_bf16",
             Kernel::ExpandPrefix => "expand_prefix",
             Kernel::ReducePrefix => "reduce_prefix",
             Kernel::GatherRows => "gather_rows",
@@ -365,6 +397,61 @@ impl Kernel {
     }
 }
 
+/// The input format of the tensor-core attention kernels (kernels.cu):
+/// bf16 (mma m16n8k16) for `Precision::Bf16`, tf32 (m16n8k8) for
+/// `Precision::Tf32`. fp32 keeps the f32 kernels: it promises f32 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmaFormat {
+    Bf16,
+    Tf32,
+}
+
+impl MmaFormat {
+    pub const ALL: [MmaFormat; 2] = [MmaFormat::Bf16, MmaFormat::Tf32];
+
+    /// The format of `precision`'s attention on the tensor cores, if any.
+    pub fn of(precision: Precision) -> Option<Self> {
+        match precision {
+            Precision::Bf16 => Some(MmaFormat::Bf16),
+            Precision::Tf32 => Some(MmaFormat::Tf32),
+            Precision::Fp32 => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MmaFormat::Bf16 => "bf16",
+            MmaFormat::Tf32 => "tf32",
+        }
+    }
+
+    /// The k of one mma instruction: the head size must be a multiple.
+    pub fn head_dim_multiple(self) -> usize {
+        match self {
+            MmaFormat::Bf16 => 16,
+            MmaFormat::Tf32 => 8,
+        }
+    }
+
+    /// [self-test, forward, dQ, dK/dV].
+    pub fn kernels(self) -> [Kernel; 4] {
+        match self {
+            MmaFormat::Bf16 => [
+                Kernel::MmaSelfTestBf16,
+                Kernel::AttentionForwardBf16,
+                Kernel::AttentionBackwardDqBf16,
+                Kernel::AttentionBackwardDkvBf16,
+            ],
+            MmaFormat::Tf32 => [
+                Kernel::MmaSelfTestTf32,
+                Kernel::AttentionForwardTf32,
+                Kernel::AttentionBackwardDqTf32,
+                Kernel::AttentionBackwardDkvTf32,
+            ],
+        }
+    }
+}
+
 /// How a device runs: a real GPU, or kernels.cu on the CPU through
 /// tools/cuda_emu (tests of the engine on machines without a GPU).
 enum Backend {
@@ -373,8 +460,9 @@ enum Backend {
         _ctx: Arc<CudaContext>,
         stream: Arc<CudaStream>,
         blas: CudaBlas,
-        /// Indexed by `Kernel as usize`.
-        functions: Vec<CudaFunction>,
+        /// Indexed by `Kernel as usize`; None where not built for the
+        /// head size ([`Kernel::built_for`]).
+        functions: Vec<Option<CudaFunction>>,
     },
     Emulated(super::emulator::Emulator),
 }
@@ -387,10 +475,10 @@ pub struct CudaDevice {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub head_dim: usize,
-    /// Whether attention in bf16 runs on the tensor cores (the *_mma
-    /// kernels): the head size is a multiple of 16 and mma_self_test found
-    /// the fragment layout the kernels assume.
-    pub tensor_core_attention: bool,
+    /// The formats whose attention runs on the tensor cores: the head size
+    /// is a multiple of the format's k, the kernels' shared memory fits, and
+    /// the format's self-test found the fragment layout they assume.
+    pub tensor_cores: Vec<MmaFormat>,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
 }
@@ -460,15 +548,29 @@ impl CudaDevice {
         let functions = Kernel::ALL
             .iter()
             .map(|k| {
-                module
-                    .load_function(k.name())
-                    .map_err(|e| driver_err(&format!("kernel {}", k.name()), e))
+                k.built_for(head_dim)
+                    .then(|| {
+                        module
+                            .load_function(k.name())
+                            .map_err(|e| driver_err(&format!("kernel {}", k.name()), e))
+                    })
+                    .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
-        // Past 48 KB of shared memory a kernel must ask for it.
+        // Past 48 KB of shared memory a kernel must ask for it, up to the
+        // block's limit. The f32 kernels must fit; a tensor-core format
+        // whose kernels do not is left off (with_tensor_cores).
+        let max_shared = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver_err("reading the shared memory per block", e))?
+            as u32;
         for (k, f) in Kernel::ALL.iter().zip(&functions) {
             let bytes = k.shared_bytes(head_dim);
-            if bytes > 48 * 1024 {
+            let tensor_cores = MmaFormat::ALL.iter().any(|m| m.kernels().contains(k));
+            if let (Some(f), true) = (
+                f,
+                bytes > 48 * 1024 && !(tensor_cores && bytes > max_shared),
+            ) {
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     bytes as i32,
@@ -492,10 +594,10 @@ impl CudaDevice {
             name,
             compute_capability: cc,
             head_dim,
-            tensor_core_attention: false,
+            tensor_cores: Vec::new(),
             profile: Mutex::new(None),
         }
-        .with_tensor_cores(cc >= (8, 0))
+        .with_tensor_cores(cc >= (8, 0), max_shared)
     }
 
     /// The kernels run on the CPU through tools/cuda_emu (built with g++ on
@@ -508,41 +610,67 @@ impl CudaDevice {
             name: "CPU emulation of the CUDA kernels".into(),
             compute_capability: (0, 0),
             head_dim,
-            tensor_core_attention: false,
+            tensor_cores: Vec::new(),
             profile: Mutex::new(None),
         }
-        .with_tensor_cores(true)
+        .with_tensor_cores(true, u32::MAX)
     }
 
-    /// Enables the tensor-core attention when `supported` (bf16 mma needs
-    /// compute capability 8.0), the head size allows it, and the self-test
-    /// passes; otherwise bf16 runs the f32 attention kernels.
-    fn with_tensor_cores(mut self, supported: bool) -> Result<Self> {
-        if supported && self.head_dim.is_multiple_of(16) {
-            self.tensor_core_attention = self.mma_self_test()?;
-            if !self.tensor_core_attention {
+    /// Enables the tensor-core attention of each format when `supported`
+    /// (mma.sync needs compute capability 8.0), the kernels are built for
+    /// the head size, their shared memory fits in `max_shared` bytes, and
+    /// the format's self-test passes; otherwise that precision runs the f32
+    /// attention kernels.
+    fn with_tensor_cores(mut self, supported: bool, max_shared: u32) -> Result<Self> {
+        for format in MmaFormat::ALL {
+            let kernels = format.kernels();
+            if !supported || !kernels[0].built_for(self.head_dim) {
+                continue;
+            }
+            let shared = kernels
+                .iter()
+                .map(|k| k.shared_bytes(self.head_dim))
+                .max()
+                .unwrap_or(0);
+            if shared > max_shared {
+                tracing::info!(
+                    "{}: {} attention stays on the f32 kernels: its tensor-core kernels need {shared} bytes of shared memory per block at head size {}, the device has {max_shared}",
+                    self.name,
+                    format.as_str(),
+                    self.head_dim
+                );
+            } else if self.mma_self_test(format)? {
+                self.tensor_cores.push(format);
+            } else {
                 tracing::warn!(
-                    "{}: the tensor-core attention's self-test failed; bf16 attention stays on the f32 kernels",
-                    self.name
+                    "{}: the {} tensor-core attention's self-test failed; that precision's attention stays on the f32 kernels",
+                    self.name,
+                    format.as_str()
                 );
             }
         }
         Ok(self)
     }
 
-    /// One warp's m16n8k16 product of small integers (kernels.cu,
+    /// Whether attention in `precision` runs on the tensor cores.
+    pub fn tensor_core_attention(&self, precision: Precision) -> bool {
+        MmaFormat::of(precision).is_some_and(|f| self.tensor_cores.contains(&f))
+    }
+
+    /// One warp's mma of small integers in `format` (kernels.cu,
     /// mma_self_test) against the same product here: whether the fragment
-    /// layout the *_mma kernels assume is this device's.
-    pub fn mma_self_test(&self) -> Result<bool> {
+    /// layout that format's kernels assume is this device's.
+    pub fn mma_self_test(&self, format: MmaFormat) -> Result<bool> {
         let a = |r: i32, k: i32| (r + 2 * k) % 7 - 3;
         let b = |k: i32, n: i32| (3 * k + n) % 5 - 2;
+        let k_step = format.head_dim_multiple() as i32;
         let mut out = DevBuf::<f32>::default();
         out.ensure(self, 16 * 8)?;
-        self.launch(Kernel::MmaSelfTest, (1, 1, 1), 32, &[&out.ptr])?;
+        self.launch(format.kernels()[0], (1, 1, 1), 32, &[&out.ptr])?;
         let got = out.download(self, 16 * 8)?;
         Ok((0..16).all(|r| {
             (0..8).all(|n| {
-                let want: i32 = (0..16).map(|k| a(r, k) * b(k, n)).sum();
+                let want: i32 = (0..k_step).map(|k| a(r, k) * b(k, n)).sum();
                 got[(r * 8 + n) as usize] == want as f32
             })
         }))
@@ -661,7 +789,13 @@ impl CudaDevice {
             Backend::Cuda {
                 stream, functions, ..
             } => {
-                let f = &functions[kernel as usize];
+                let f = functions[kernel as usize].as_ref().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "CUDA: kernel {} is not built for head size {}",
+                        kernel.name(),
+                        self.head_dim
+                    ))
+                })?;
                 let mut b = stream.launch_builder(f);
                 for a in args {
                     a.push(&mut b);

@@ -24,7 +24,7 @@
 //! the prefix table's gradient (P × Ls·2H) comes down. Nothing else crosses.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, Precision};
+use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision};
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
@@ -509,8 +509,9 @@ impl CudaEncoder {
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call =
                 AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
-            // bf16 on the tensor cores when the device allows, else f32.
-            let (kernel, tile, block) = attention_kernel(dev, bf16, Kernel::AttentionForward);
+            // On the tensor cores in bf16 and tf32 when the device allows.
+            let (kernel, tile, block) =
+                attention_kernel(dev, self.precision, Kernel::AttentionForward);
             call.launch(
                 dev,
                 kernel,
@@ -794,7 +795,7 @@ impl CudaEncoder {
             let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
                 let (kernel, tile, block) =
-                    attention_kernel(dev, bf16, Kernel::AttentionBackwardDq);
+                    attention_kernel(dev, self.precision, Kernel::AttentionBackwardDq);
                 call.launch(
                     dev,
                     kernel,
@@ -813,7 +814,7 @@ impl CudaEncoder {
                     (0u64, 0u64)
                 };
                 let (kernel, tile, block) =
-                    attention_kernel(dev, bf16, Kernel::AttentionBackwardDkv);
+                    attention_kernel(dev, self.precision, Kernel::AttentionBackwardDkv);
                 call.launch(
                     dev,
                     kernel,
@@ -886,19 +887,25 @@ impl CudaEncoder {
 }
 
 /// The attention kernel to run for `f32_kernel` (AttentionForward,
-/// AttentionBackwardDq or AttentionBackwardDkv): its tensor-core twin in
-/// bf16 when the device passed the self-test, with its rows per block and
-/// threads per block.
-fn attention_kernel(dev: &CudaDevice, bf16: bool, f32_kernel: Kernel) -> (Kernel, usize, u32) {
-    if !(bf16 && dev.tensor_core_attention) {
+/// AttentionBackwardDq or AttentionBackwardDkv) in `precision`: its
+/// tensor-core twin when the device runs that precision's attention there,
+/// with its rows per block and threads per block.
+fn attention_kernel(
+    dev: &CudaDevice,
+    precision: Precision,
+    f32_kernel: Kernel,
+) -> (Kernel, usize, u32) {
+    let format = MmaFormat::of(precision).filter(|f| dev.tensor_cores.contains(f));
+    let Some(format) = format else {
         return (f32_kernel, ATTENTION_TILE, 64);
-    }
-    let mma = match f32_kernel {
-        Kernel::AttentionBackwardDq => Kernel::AttentionBackwardDqMma,
-        Kernel::AttentionBackwardDkv => Kernel::AttentionBackwardDkvMma,
-        _ => Kernel::AttentionForwardMma,
     };
-    (mma, MMA_TILE, 128)
+    let [_, forward, dq, dkv] = format.kernels();
+    let kernel = match f32_kernel {
+        Kernel::AttentionBackwardDq => dq,
+        Kernel::AttentionBackwardDkv => dkv,
+        _ => forward,
+    };
+    (kernel, MMA_TILE, 128)
 }
 
 /// What every attention kernel of kernels.cu takes first: the layer's qkv
