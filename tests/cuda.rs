@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
 use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, Precision,
 };
@@ -44,6 +44,8 @@ fn kernels_compile_with_nvrtc() {
             "layernorm_backward",
             "bias_gelu",
             "gelu_backward",
+            "bias_tanh",
+            "tanh_backward",
             "attention_forward",
             "attention_delta",
             "attention_backward_dq",
@@ -209,7 +211,6 @@ fn cuda_engine_matches_the_reference_fixtures() {
                             layers: &model.prefix.config.layers,
                             source: PromptSource::Shared(&past),
                         }),
-                        Rows::All,
                     )
                     .unwrap();
                 check(
@@ -247,8 +248,9 @@ fn cuda_engine_matches_the_reference_fixtures() {
     }
 }
 
-/// A training step with every dropout on gives the CPU's gradients: the
-/// masks are the same functions of (seed, stream, index) on both devices.
+/// A training step with every dropout on gives the CPU's gradients, for
+/// every head (run on the device) and a backbone without a pooler: the masks
+/// are the same functions of (seed, stream, index) on both devices.
 #[test]
 fn cuda_engine_dropout_and_heads_match_the_cpu() {
     for target in targets("cuda_engine_dropout_and_heads_match_the_cpu") {
@@ -270,13 +272,19 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
             .collect();
         let starts: Vec<usize> = (0..batch.batch).map(|b| b % batch.seq).collect();
         let ends: Vec<usize> = (0..batch.batch).map(|b| (b + 2) % batch.seq).collect();
-        for (kind, outputs) in [
-            (HeadKind::Classification, case.usize("num_labels")),
-            (HeadKind::TokenClassification, 3),
-            (HeadKind::QuestionAnswering, 2),
+        let scores: Vec<f32> = (0..batch.batch).map(|b| b as f32 * 0.5 - 1.0).collect();
+        // (head, outputs, whether the backbone keeps its pooler): the head
+        // runs on the device, with dropout on its input.
+        for (kind, outputs, pooler) in [
+            (HeadKind::Classification, case.usize("num_labels"), true),
+            (HeadKind::Classification, case.usize("num_labels"), false),
+            (HeadKind::Regression, 1, true),
+            (HeadKind::TokenClassification, 3, true),
+            (HeadKind::QuestionAnswering, 2, true),
         ] {
             let targets = match kind {
                 HeadKind::Classification => Targets::Classes(&labels),
+                HeadKind::Regression => Targets::Scores(&scores),
                 HeadKind::TokenClassification => Targets::Tokens(&tags),
                 _ => Targets::Spans {
                     start: &starts,
@@ -284,9 +292,15 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
                 },
             };
             let mut cpu = case.model();
+            if !pooler {
+                let mut backbone = (*cpu.backbone).clone();
+                backbone.pooler = None;
+                cpu.backbone = Arc::new(backbone);
+            }
             cpu.head =
                 ClassificationHead::for_kind(kind, cpu.backbone.config.hidden_size, outputs, 5);
             let mut gpu = case.model();
+            gpu.backbone = Arc::clone(&cpu.backbone);
             gpu.head = cpu.head.clone();
             attach(&mut gpu, target, Precision::Fp32);
             let mut acts = Activations::default();
@@ -304,6 +318,12 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
                 "{kind:?}: loss {} vs {}",
                 b.loss,
                 a.loss
+            );
+            // Inference: the head on the device, no dropout.
+            let e = rel_err(&gpu.predict(&batch).unwrap(), &cpu.predict(&batch).unwrap());
+            assert!(
+                e <= 1e-4,
+                "{kind:?} (pooler {pooler}): logits relative error {e}"
             );
             for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
                 // The QA bias gradient sums a softmax minus a one-hot over
@@ -346,7 +366,6 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
                     layers,
                     source: PromptSource::Shared(&past),
                 }),
-                Rows::All,
             )
             .unwrap();
         let per_row = enc
@@ -357,7 +376,6 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
                     layers,
                     source: PromptSource::PerRow(&prompt.kv),
                 }),
-                Rows::All,
             )
             .unwrap();
         assert_eq!(shared, per_row);
@@ -434,7 +452,7 @@ fn profile_counts_every_launch() {
             layers: &model.prefix.config.layers,
             source: PromptSource::Shared(&past),
         };
-        enc.forward(&batch, Some(prompt), Rows::All).unwrap();
+        enc.forward(&batch, Some(prompt)).unwrap();
         let times = enc.dev.take_profile().unwrap();
         let launches = |name: &str| {
             times
@@ -451,8 +469,27 @@ fn profile_counts_every_launch() {
         assert_eq!(launches(&ffn), layers_n, "{ffn} in {times:?}");
         assert!(times.iter().all(|t| t.ms >= 0.0) && times.iter().any(|t| t.ms > 0.0));
         // Profiling stopped: the next forward adds nothing.
-        enc.forward(&batch, None, Rows::All).unwrap();
+        enc.forward(&batch, None).unwrap();
         assert!(enc.dev.take_profile().unwrap().is_empty());
+        drop(enc);
+
+        // A training step runs the pooled head on the device: the [CLS]
+        // rows out, the pooler's tanh and its backward, the rows back.
+        gpu.lock().unwrap().dev.start_profile();
+        case.step(&mut model);
+        let times = gpu.lock().unwrap().dev.take_profile().unwrap();
+        let launches = |name: &str| {
+            times
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(0, |t| t.launches)
+        };
+        for name in ["gather_rows", "bias_tanh", "tanh_backward", "scatter_rows"] {
+            assert_eq!(launches(name), 1, "{name} in {times:?}");
+        }
+        let classes = model.head.num_labels();
+        let d_weight = format!("gemm fp32 {h}x{classes}x{} NT", batch.batch);
+        assert_eq!(launches(&d_weight), 1, "{d_weight} in {times:?}");
     }
 }
 
@@ -502,7 +539,7 @@ fn kernels_pass_the_cpu_emulation() {
         // Every check ran: head size 8 has the tf32 tensor-core checks, 64
         // the bf16 ones too (18 more).
         let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-        let want = if head_dim == 64 { 70 } else { 52 };
+        let want = if head_dim == 64 { 72 } else { 54 };
         assert!(
             passed == want && out.contains("0 failed"),
             "{passed} of {want}:\n{out}"

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
-use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use crate::engine::cuda::encoder::{Prompt, PromptSource};
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::{CudaDevice, CudaEncoder};
 use crate::engine::device::{Compute, Device};
@@ -26,7 +26,8 @@ pub struct PromptModel {
     pub head: ClassificationHead,
     /// The backbone's copy on a GPU, when it runs there
     /// ([`PromptModel::use_compute`]): `predict` and `forward_backward` then
-    /// run the encoder on it; the prefix, head, loss and optimizer stay here.
+    /// run the encoder and the head on it; the loss, an MLP prefix and the
+    /// head's optimizer stay here.
     pub gpu: Option<Arc<Mutex<CudaEncoder>>>,
 }
 
@@ -237,8 +238,7 @@ impl PromptModel {
     }
 
     /// The head, its loss and its backward on the encoder's output `hidden`
-    /// ([B·seq, H]; seq = 1 when only the [CLS] rows are given to a pooled
-    /// head): (loss, logits, d hidden).
+    /// ([B·seq, H]): (loss, logits, d hidden).
     fn head_step(
         &mut self,
         hidden: &[f32],
@@ -251,23 +251,7 @@ impl PromptModel {
         let head = self
             .head
             .forward(pooler, hidden, batch, seq, pooled_dropout);
-        let mut d_logits = vec![0.0; head.logits.len()];
-        let loss = match targets {
-            Targets::Classes(labels) => {
-                cross_entropy(&head.logits, labels, self.head.num_labels(), &mut d_logits)
-            }
-            // [B*N, 1] scores are [B, N] logits over the choices.
-            Targets::Choices { choices, labels } => {
-                cross_entropy(&head.logits, labels, choices, &mut d_logits)
-            }
-            Targets::Scores(values) => mse(&head.logits, values, &mut d_logits),
-            Targets::Tokens(tags) => {
-                cross_entropy_masked(&head.logits, tags, self.head.num_labels(), &mut d_logits)
-            }
-            Targets::Spans { start, end } => {
-                span_loss(&head.logits, seq, start, end, &mut d_logits)
-            }
-        };
+        let (loss, d_logits) = self.loss(&head.logits, seq, targets);
         let mut d_hidden = vec![0.0; hidden.len()];
         self.head.backward(
             pooler,
@@ -279,6 +263,27 @@ impl PromptModel {
             &mut d_hidden,
         );
         (loss, head.logits, d_hidden)
+    }
+
+    /// The loss of the head's `logits` against `targets` (sequences of
+    /// `seq` tokens) and its gradient.
+    fn loss(&self, logits: &[f32], seq: usize, targets: Targets<'_>) -> (f32, Vec<f32>) {
+        let mut d_logits = vec![0.0; logits.len()];
+        let loss = match targets {
+            Targets::Classes(labels) => {
+                cross_entropy(logits, labels, self.head.num_labels(), &mut d_logits)
+            }
+            // [B*N, 1] scores are [B, N] logits over the choices.
+            Targets::Choices { choices, labels } => {
+                cross_entropy(logits, labels, choices, &mut d_logits)
+            }
+            Targets::Scores(values) => mse(logits, values, &mut d_logits),
+            Targets::Tokens(tags) => {
+                cross_entropy_masked(logits, tags, self.head.num_labels(), &mut d_logits)
+            }
+            Targets::Spans { start, end } => span_loss(logits, seq, start, end, &mut d_logits),
+        };
+        (loss, d_logits)
     }
 
     /// Runs the encoder where `compute` says: on the CPU (drops any GPU copy)
@@ -295,11 +300,12 @@ impl PromptModel {
         Ok(())
     }
 
-    /// [`PromptModel::forward_backward`] with the encoder on a GPU: the same
-    /// dropout masks, the same head and loss on the host. A plain prefix
-    /// table stays on the device with its gradient (see
-    /// [`PromptModel::optimizer_step`]); an MLP prefix runs on the host and
-    /// its table goes up and its gradient comes down each step.
+    /// [`PromptModel::forward_backward`] with the encoder and the head on a
+    /// GPU: the same dropout masks, the same loss (on the host, from the
+    /// logits). A plain prefix table stays on the device with its gradient
+    /// (see [`PromptModel::optimizer_step`]); an MLP prefix runs on the host
+    /// and its table goes up and its gradient comes down each step. The
+    /// classifier's gradients come down to its parameters here.
     fn forward_backward_cuda(
         &mut self,
         encoder: &mut CudaEncoder,
@@ -321,9 +327,7 @@ impl PromptModel {
         } else {
             Some(self.prefix.forward())
         };
-        let (rows, seq) = self.rows();
-        let seq = seq.unwrap_or(batch.seq);
-        let hidden = encoder.forward_train(
+        encoder.forward_train(
             batch,
             Prompt {
                 len: self.prefix.config.len,
@@ -334,11 +338,19 @@ impl PromptModel {
             },
             dropout,
             prefix_dropout,
-            rows,
         )?;
-        let (loss, logits, d_hidden) =
-            self.head_step(&hidden, batch.batch, seq, targets, pooled_dropout.as_ref());
-        if let (Some(d_past), Some(prefix)) = (encoder.backward(&d_hidden)?, &prefix) {
+        let logits = encoder.head_forward(&self.head, pooled_dropout)?;
+        let (loss, d_logits) = self.loss(&logits, batch.seq, targets);
+        let d_weight = encoder.head_backward(&d_logits)?;
+        for (g, d) in self.head.weight.grad.iter_mut().zip(&d_weight) {
+            *g += d;
+        }
+        for row in d_logits.chunks(self.head.num_labels()) {
+            for (g, d) in self.head.bias.grad.iter_mut().zip(row) {
+                *g += d;
+            }
+        }
+        if let (Some(d_past), Some(prefix)) = (encoder.backward()?, &prefix) {
             self.prefix.backward(prefix, &d_past);
         }
         Ok(StepOutput { loss, logits })
@@ -420,36 +432,17 @@ impl PromptModel {
         Ok(())
     }
 
-    /// [`PromptModel::predict`] with the encoder on a GPU.
+    /// [`PromptModel::predict`] with the encoder and the head on a GPU.
     fn predict_cuda(&self, encoder: &mut CudaEncoder, batch: &Batch) -> Result<Vec<f32>> {
         let prefix = self.prefix.forward();
-        let (rows, seq) = self.rows();
-        let hidden = encoder.forward(
+        encoder.encode(
             batch,
             Some(Prompt {
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
                 source: PromptSource::Shared(&prefix.past),
             }),
-            rows,
         )?;
-        let head = self.head.forward(
-            self.backbone.pooler.as_ref(),
-            &hidden,
-            batch.batch,
-            seq.unwrap_or(batch.seq),
-            None,
-        );
-        Ok(head.logits)
-    }
-
-    /// The encoder rows the head reads: [CLS] rows (seq 1) for pooled heads,
-    /// every token (the batch's seq) for per-token heads.
-    fn rows(&self) -> (Rows, Option<usize>) {
-        if self.head.per_token {
-            (Rows::All, None)
-        } else {
-            (Rows::Cls, Some(1))
-        }
+        encoder.head_forward(&self.head, None)
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::engine::cuda::encoder::{Prompt, PromptSource, Rows};
+use crate::engine::cuda::encoder::{Prompt, PromptSource};
 use crate::engine::cuda::CudaEncoder;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
@@ -160,7 +160,6 @@ pub fn forward_group(
                 layers: &prompt.layers,
                 source: PromptSource::PerRow(&prompt.kv),
             }),
-            Rows::All,
         )?,
         None => backbone.forward(&batch, Some(&prompt))?,
     };

@@ -374,6 +374,24 @@ static void check_gelu() {
     check("GELU backward vs differences", err, 1e-5);
 }
 
+// The pooler's tanh and its backward.
+static void check_tanh() {
+    const int rows = 3, w = 50;
+    auto y = rand_vec(rows * w, 2.0f), bias = rand_vec(w), d = rand_vec(rows * w);
+    auto y0 = y, d0 = d;
+    launch(bias_tanh, Dim3{1, 1, 1}, 256, ptr(y), ptr(bias), (u64)(rows * w), w);
+    launch(tanh_backward, Dim3{1, 1, 1}, 256, ptr(y), ptr(d), (u64)(rows * w));
+    double err = 0, err_d = 0;
+    for (int i = 0; i < rows * w; i++) {
+        double x = (double)y0[i] + bias[i % w];
+        err = std::max(err, std::fabs(y[i] - std::tanh(x)));
+        double slope = (std::tanh(x + 1e-5) - std::tanh(x - 1e-5)) / 2e-5;
+        err_d = std::max(err_d, std::fabs(d[i] - d0[i] * slope));
+    }
+    check("bias + tanh (pooler)", err, 1e-6);
+    check("tanh backward vs differences", err_d, 1e-5);
+}
+
 static void check_prefix() {
     const int layers = 3, batch = 2, p = 4, two_h = 6, w = layers * two_h;
     auto past = rand_vec(p * w);
@@ -531,6 +549,7 @@ int main() {
     check_attention_mma();
     check_layernorm();
     check_gelu();
+    check_tanh();
     check_prefix();
     check_optimizer();
     check_bf16();

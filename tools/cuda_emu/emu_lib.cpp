@@ -52,6 +52,8 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(layernorm_backward)
     KERNEL(bias_gelu)
     KERNEL(gelu_backward)
+    KERNEL(bias_tanh)
+    KERNEL(tanh_backward)
     KERNEL(attention_forward)
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)

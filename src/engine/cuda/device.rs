@@ -270,6 +270,8 @@ pub enum Kernel {
     LayernormBackward,
     BiasGelu,
     GeluBackward,
+    BiasTanh,
+    TanhBackward,
     AttentionForward,
     AttentionDelta,
     AttentionBackwardDq,
@@ -333,7 +335,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -341,6 +343,8 @@ impl Kernel {
         Kernel::LayernormBackward,
         Kernel::BiasGelu,
         Kernel::GeluBackward,
+        Kernel::BiasTanh,
+        Kernel::TanhBackward,
         Kernel::AttentionForward,
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
@@ -373,6 +377,8 @@ impl Kernel {
             Kernel::LayernormBackward => "layernorm_backward",
             Kernel::BiasGelu => "bias_gelu",
             Kernel::GeluBackward => "gelu_backward",
+            Kernel::BiasTanh => "bias_tanh",
+            Kernel::TanhBackward => "tanh_backward",
             Kernel::AttentionForward => "attention_forward",
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",
@@ -875,6 +881,31 @@ impl CudaDevice {
             (w, inp),
             (dy, out),
             (dx, inp),
+            accumulate,
+        )
+    }
+
+    /// dW[out, in] (+)= dyᵀ · x with dy [rows, out] and x [rows, in], all
+    /// f32 (a trainable weight's gradient: the head's classifier).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_backward_weight(
+        &self,
+        dy: u64,
+        x: u64,
+        rows: usize,
+        out: usize,
+        inp: usize,
+        dw: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        // Column-major: dWᶜ[in, out] = Xᶜ[in, rows] · (dYᶜ[out, rows])ᵀ.
+        self.gemm(
+            Precision::Fp32,
+            (false, true),
+            (inp, out, rows),
+            (x, inp),
+            (dy, out),
+            (dw, inp),
             accumulate,
         )
     }

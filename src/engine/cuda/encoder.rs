@@ -19,18 +19,24 @@
 //!
 //! Where tensors are born and die: weights are uploaded once in
 //! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) and the
-//! prefix table (P × Ls·2H) go up at each forward; the encoder's output rows
-//! ([CLS] rows or all) come down; at the backward their gradient goes up and
-//! the prefix table's gradient (P × Ls·2H) comes down. Nothing else crosses.
+//! prefix table (P × Ls·2H, unless it lives here: [`PromptSource::Resident`])
+//! go up at each forward. The last hidden state stays here for the task head
+//! ([`CudaEncoder::head_forward`], engine/cuda/head.rs), whose backward
+//! leaves its gradient here for [`CudaEncoder::backward`]; only the logits
+//! and their gradient cross. The prefix table's gradient comes down unless
+//! it stays with a resident table. [`CudaEncoder::forward`] brings output
+//! rows down instead (serving, tests).
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision};
+use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::{BertModel, LayerNorm, Linear};
 use crate::model::config::BertConfig;
 use crate::model::encoder::DropoutConfig;
+use crate::model::heads::ClassificationHead;
 
 /// Queries (or keys) per block of the attention kernels (TILE in
 /// kernels.cu), each block 64 threads.
@@ -93,15 +99,6 @@ struct Saved {
     ln2_stats: DevBuf<f32>,
 }
 
-/// Which rows of the last hidden state come back to the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rows {
-    /// Each sequence's first ([CLS]) row: [B, H].
-    Cls,
-    /// Every token: [B·T, H].
-    All,
-}
-
 /// The deep prompt of a forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Prompt<'a> {
@@ -152,8 +149,6 @@ struct Workspace {
     d_inter: DevBuf<f32>,
     d_qkv: DevBuf<f32>,
     delta: DevBuf<f32>,
-    /// Output rows, gathered.
-    out: DevBuf<f32>,
     /// bf16 copies of GEMM inputs.
     bf16: DevBuf<u16>,
 }
@@ -166,9 +161,10 @@ struct Step {
     layers: Vec<usize>,
     dropout: DropoutConfig,
     prefix_dropout: Option<Dropout>,
-    rows: Rows,
     /// The prompt was the resident table: its gradient stays on the device.
     resident: bool,
+    /// The head's backward has written the output's gradient into d_x.
+    d_out_ready: bool,
 }
 
 /// The encoder's weights on one GPU and the buffers of its passes.
@@ -182,7 +178,10 @@ pub struct CudaEncoder {
     embed_ln: DevLayerNorm,
     layers: Vec<DevLayer>,
     ws: Workspace,
+    /// (B, T) of the last forward, whose output the head reads.
+    last: Option<(usize, usize)>,
     step: Option<Step>,
+    head: CudaHead,
     /// A training run's prefix table with its gradient and moments, when
     /// the model keeps it here (PromptModel on a GPU, plain tables).
     pub resident: Option<ResidentPrefix>,
@@ -269,6 +268,8 @@ impl CudaEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let enc = CudaEncoder {
+            head: CudaHead::new(&dev, model.pooler.as_ref())?,
+            last: None,
             word: up(&e.word_embeddings)?,
             position: up(&e.position_embeddings)?,
             token_type: up(&e.token_type_embeddings)?,
@@ -285,34 +286,39 @@ impl CudaEncoder {
         Ok(enc)
     }
 
-    /// Inference: the last hidden state's `rows`. No dropout, nothing saved.
-    pub fn forward(
-        &mut self,
-        batch: &Batch,
-        prompt: Option<Prompt<'_>>,
-        rows: Rows,
-    ) -> Result<Vec<f32>> {
-        self.run_forward(batch, prompt, &DropoutConfig::OFF, None, rows, false)
+    /// Inference: the last hidden state [B·T, H], brought to the host. No
+    /// dropout, nothing saved.
+    pub fn forward(&mut self, batch: &Batch, prompt: Option<Prompt<'_>>) -> Result<Vec<f32>> {
+        self.encode(batch, prompt)?;
+        self.ws
+            .x
+            .download(&self.dev, batch.rows() * self.config.hidden_size)
     }
 
-    /// Training forward: like [`CudaEncoder::forward`] with dropout, saving
+    /// Inference whose output stays on the device for
+    /// [`CudaEncoder::head_forward`].
+    pub fn encode(&mut self, batch: &Batch, prompt: Option<Prompt<'_>>) -> Result<()> {
+        self.run_forward(batch, prompt, &DropoutConfig::OFF, None, false)
+    }
+
+    /// Training forward: like [`CudaEncoder::encode`] with dropout, saving
     /// what [`CudaEncoder::backward`] reads from the lowest prefixed layer up.
-    /// `prompt` must be [`PromptSource::Shared`]; `prefix_dropout` is the
-    /// prefix encoder's output dropout (per row, as PrefixEncoder::expand).
+    /// `prompt` must be shared by all rows (not [`PromptSource::PerRow`]);
+    /// `prefix_dropout` is the prefix encoder's output dropout (per row, as
+    /// PrefixEncoder::expand).
     pub fn forward_train(
         &mut self,
         batch: &Batch,
         prompt: Prompt<'_>,
         dropout: &DropoutConfig,
         prefix_dropout: Option<Dropout>,
-        rows: Rows,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         if matches!(prompt.source, PromptSource::PerRow(_)) {
             return Err(Error::InvalidArgument(
                 "CUDA training takes the prefix table shared by all rows".into(),
             ));
         }
-        let out = self.run_forward(batch, Some(prompt), dropout, prefix_dropout, rows, true)?;
+        self.run_forward(batch, Some(prompt), dropout, prefix_dropout, true)?;
         self.step = Some(Step {
             batch: batch.batch,
             seq: batch.seq,
@@ -320,10 +326,41 @@ impl CudaEncoder {
             layers: prompt.layers.to_vec(),
             dropout: *dropout,
             prefix_dropout,
-            rows,
             resident: matches!(prompt.source, PromptSource::Resident),
+            d_out_ready: false,
         });
-        Ok(out)
+        Ok(())
+    }
+
+    /// `head` on the last forward's output: logits [R, C] (R = B pooled, B·T
+    /// per token), with `dropout` on the classifier's input when training.
+    pub fn head_forward(
+        &mut self,
+        head: &ClassificationHead,
+        dropout: Option<Dropout>,
+    ) -> Result<Vec<f32>> {
+        let (b, t) = self.last.ok_or_else(|| {
+            Error::InvalidArgument("CUDA head forward without an encoder forward".into())
+        })?;
+        let h = self.config.hidden_size;
+        self.head
+            .forward(&self.dev, head, self.ws.x.ptr, (b, t, h), dropout)
+    }
+
+    /// The head's backward from the logits' gradient [R, C] after a training
+    /// forward: the output's gradient stays here for
+    /// [`CudaEncoder::backward`]; returns the classifier's weight gradient
+    /// [C, H].
+    pub fn head_backward(&mut self, d_logits: &[f32]) -> Result<Vec<f32>> {
+        let step = self.step.as_mut().ok_or_else(|| {
+            Error::InvalidArgument("CUDA head backward without a training forward".into())
+        })?;
+        let h = self.config.hidden_size;
+        let d_weight = self
+            .head
+            .backward(&self.dev, d_logits, &mut self.ws.d_x, h)?;
+        step.d_out_ready = true;
+        Ok(d_weight)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -333,9 +370,9 @@ impl CudaEncoder {
         prompt: Option<Prompt<'_>>,
         dropout: &DropoutConfig,
         prefix_dropout: Option<Dropout>,
-        rows_out: Rows,
         train: bool,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
+        self.last = None;
         let c = &self.config;
         let p = prompt.map_or(0, |p| p.len);
         batch.validate(c, p)?;
@@ -592,41 +629,23 @@ impl CudaEncoder {
                 b16,
             )?;
         }
-        self.download_rows(b, t, rows_out)
-    }
-
-    /// The last hidden state's `rows` to the host.
-    fn download_rows(&mut self, b: usize, t: usize, rows: Rows) -> Result<Vec<f32>> {
-        let h = self.config.hidden_size;
-        let dev = &self.dev;
-        match rows {
-            Rows::All => self.ws.x.download(dev, b * t * h),
-            Rows::Cls => {
-                self.ws.out.ensure(dev, b * h)?;
-                dev.launch_1d(
-                    Kernel::GatherRows,
-                    b * h,
-                    &[
-                        &self.ws.x.ptr,
-                        &self.ws.out.ptr,
-                        &(b as i32),
-                        &(h as i32),
-                        &((t * h) as u64),
-                    ],
-                )?;
-                self.ws.out.download(dev, b * h)
-            }
-        }
+        self.last = Some((b, t));
+        Ok(())
     }
 
     /// Backward of the last [`CudaEncoder::forward_train`] from the gradient
-    /// of its output rows (same [`Rows`] as returned). Returns the gradient
-    /// of the prefix table, [P, Ls·2H], or None when the prompt was the
-    /// resident table, whose gradient it wrote on the device.
-    pub fn backward(&mut self, d_out: &[f32]) -> Result<Option<Vec<f32>>> {
+    /// of its output that [`CudaEncoder::head_backward`] left here. Returns
+    /// the gradient of the prefix table, [P, Ls·2H], or None when the prompt
+    /// was the resident table, whose gradient it wrote on the device.
+    pub fn backward(&mut self) -> Result<Option<Vec<f32>>> {
         let step = self.step.take().ok_or_else(|| {
             Error::InvalidArgument("CUDA backward without a training forward".into())
         })?;
+        if !step.d_out_ready {
+            return Err(Error::InvalidArgument(
+                "CUDA backward before the head's backward (head_backward)".into(),
+            ));
+        }
         let c = &self.config;
         let (h, inter, nh) = (c.hidden_size, c.intermediate_size, c.num_attention_heads);
         let (b, t, p) = (step.batch, step.seq, step.prefix);
@@ -638,42 +657,6 @@ impl CudaEncoder {
         let ws = &mut self.ws;
         let dropout = step.dropout;
 
-        // d(output) into d_x [rows, H].
-        ws.d_x.ensure(dev, rows * h)?;
-        match step.rows {
-            Rows::All => {
-                if d_out.len() != rows * h {
-                    return Err(Error::InvalidArgument(format!(
-                        "d_out has {} values, expected {}",
-                        d_out.len(),
-                        rows * h
-                    )));
-                }
-                ws.d_x.upload(dev, d_out)?;
-            }
-            Rows::Cls => {
-                if d_out.len() != b * h {
-                    return Err(Error::InvalidArgument(format!(
-                        "d_out has {} values, expected {}",
-                        d_out.len(),
-                        b * h
-                    )));
-                }
-                ws.out.upload(dev, d_out)?;
-                ws.d_x.zero(dev)?;
-                dev.launch_1d(
-                    Kernel::ScatterRows,
-                    b * h,
-                    &[
-                        &ws.out.ptr,
-                        &ws.d_x.ptr,
-                        &(b as i32),
-                        &(h as i32),
-                        &((t * h) as u64),
-                    ],
-                )?;
-            }
-        }
         ws.d_h.ensure(dev, rows * h)?;
         ws.tmp.ensure(dev, rows * h)?;
         ws.d_ctx.ensure(dev, rows * h)?;

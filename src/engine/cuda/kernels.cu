@@ -239,6 +239,19 @@ extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n, u16*
     }
 }
 
+// The pooler's tanh, fused with its bias: y = tanh(y + bias) [rows, width]
+// (model::heads: tanh(W·h_cls + b)).
+extern "C" __global__ void bias_tanh(float* y, const float* bias, u64 n, int width) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        y[i] = tanhf(y[i] + bias[i % width]);
+}
+
+// d *= 1 - y², tanh's derivative from its output y.
+extern "C" __global__ void tanh_backward(const float* y, float* d, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        d[i] *= 1.0f - y[i] * y[i];
+}
+
 // ---------------------------------------------------------------------------
 // Attention with a deep prompt, flash-style: a block of 64 threads takes a
 // tile of 32 queries (or, for dK/dV, 32 keys) of one (batch row, head) and

@@ -10,12 +10,15 @@
 //! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
 //!   inference and training forward, activation-gradient backward down to
 //!   the lowest prefixed layer, as `model::encoder` does on the CPU.
+//! - [`head`]: the task head (pooler, dropout, classifier) on the encoder's
+//!   output where it lies; only logits and their gradient cross the bus.
 //! - [`optim`]: a training run's prefix table, its gradient and AdamW
 //!   moments kept on the device.
 
 pub mod device;
 pub mod emulator;
 pub mod encoder;
+pub mod head;
 pub mod optim;
 
 pub use device::{

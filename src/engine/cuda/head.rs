@@ -1,0 +1,307 @@
+//! The task head on the GPU: `model::heads::ClassificationHead` on the
+//! device, forward and backward, reading the encoder's last hidden state where
+//! it lies and writing its gradient there.
+//!
+//! ```text
+//! pooled heads:    cls = x[b, 0]  [B, H]  (gather_rows)
+//!                  pooled = tanh(cls·Wpᵀ + bp)          (GEMM, bias_tanh; the frozen pooler)
+//! per-token heads: pooled = x     [B·T, H]
+//! input = dropout(pooled) ; logits = input·Wᵀ + b      [R, C]
+//! ```
+//!
+//! Only small things cross the bus: the classifier's weight and bias go up
+//! at each forward (the optimizer changes them on the host), the logits
+//! [R, C] come down, their gradient goes up (the loss stays on the host, the
+//! same functions as on the CPU), and the classifier's weight gradient
+//! [C, H] comes down. Neither the hidden states [B·T, H] nor their gradient
+//! cross any more. All of it is f32 whatever the precision, as the head is on
+//! the CPU.
+
+use crate::engine::cpu::dropout::Dropout;
+use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
+use crate::error::{Error, Result};
+use crate::model::bert::BertPooler;
+use crate::model::heads::ClassificationHead;
+
+/// The head's device buffers, reused from call to call.
+#[derive(Default)]
+pub struct CudaHead {
+    /// The backbone's frozen pooler, weight [H, H] and bias [H], if it has one.
+    pooler: Option<(DevBuf<f32>, DevBuf<f32>)>,
+    /// classifier.weight [C, H] and bias [C], as of the last forward.
+    weight: DevBuf<f32>,
+    bias: DevBuf<f32>,
+    /// [B, H]: the pooled rows (after tanh), kept for tanh's backward.
+    pooled: DevBuf<f32>,
+    /// [R, H]: the classifier's input after dropout (when there is dropout),
+    /// and scratch.
+    input: DevBuf<f32>,
+    /// [R, C]: the logits, then their gradient.
+    logits: DevBuf<f32>,
+    /// [B, H]: the gradient of the pooled rows, then of the [CLS] rows.
+    d_pooled: DevBuf<f32>,
+    d_cls: DevBuf<f32>,
+    /// [C, H]
+    d_weight: DevBuf<f32>,
+    step: Option<HeadStep>,
+}
+
+/// What the backward needs to know about the last forward.
+struct HeadStep {
+    batch: usize,
+    seq: usize,
+    rows: usize,
+    classes: usize,
+    per_token: bool,
+    dropout: Option<Dropout>,
+    /// The classifier's input [R, H] (`input`, the pooled rows or the
+    /// encoder's hidden state), for the weight gradient.
+    input: u64,
+}
+
+/// (key, threshold, scale) of a dropout site for the kernels.
+fn dropout_args(d: &Dropout) -> (u64, u64, f32) {
+    let m = d.mask();
+    (m.key(), m.threshold(), m.scale())
+}
+
+impl CudaHead {
+    /// Uploads the backbone's pooler (once per encoder).
+    pub fn new(dev: &CudaDevice, pooler: Option<&BertPooler>) -> Result<Self> {
+        let pooler = match pooler {
+            Some(p) => {
+                let (mut w, mut b) = (DevBuf::default(), DevBuf::default());
+                w.upload(dev, &p.dense.weight)?;
+                b.upload(dev, &p.dense.bias)?;
+                Some((w, b))
+            }
+            None => None,
+        };
+        Ok(CudaHead {
+            pooler,
+            ..Default::default()
+        })
+    }
+
+    /// Logits [R, C] of `head` on `hidden` [B·T, H] (R = B for pooled heads,
+    /// B·T per token), with the classifier's input dropout when training.
+    pub fn forward(
+        &mut self,
+        dev: &CudaDevice,
+        head: &ClassificationHead,
+        hidden: u64,
+        (batch, seq, h): (usize, usize, usize),
+        dropout: Option<Dropout>,
+    ) -> Result<Vec<f32>> {
+        let classes = head.num_labels();
+        if head.weight.shape != [classes, h] {
+            return Err(Error::InvalidArgument(format!(
+                "the classifier's weight is {:?}, the encoder gives rows of {h}",
+                head.weight.shape
+            )));
+        }
+        self.weight.upload(dev, &head.weight.value)?;
+        self.bias.upload(dev, &head.bias.value)?;
+        let rows = if head.per_token { batch * seq } else { batch };
+        self.logits.ensure(dev, rows * classes)?;
+        // The classifier's input before dropout: the hidden rows themselves,
+        // or the pooled [CLS] rows.
+        let pooled = if head.per_token {
+            hidden
+        } else {
+            self.pooled.ensure(dev, batch * h)?;
+            dev.launch_1d(
+                Kernel::GatherRows,
+                batch * h,
+                &[
+                    &hidden,
+                    &self.pooled.ptr,
+                    &(batch as i32),
+                    &(h as i32),
+                    &((seq * h) as u64),
+                ],
+            )?;
+            if let Some((w, b)) = &self.pooler {
+                // pooled = tanh(cls·Wpᵀ + bp), into `input`, then the two swap.
+                self.input.ensure(dev, batch * h)?;
+                dev.linear(
+                    Precision::Fp32,
+                    self.pooled.ptr,
+                    w.ptr,
+                    batch,
+                    h,
+                    h,
+                    self.input.ptr,
+                    false,
+                )?;
+                dev.launch_1d(
+                    Kernel::BiasTanh,
+                    batch * h,
+                    &[&self.input.ptr, &b.ptr, &((batch * h) as u64), &(h as i32)],
+                )?;
+                std::mem::swap(&mut self.pooled, &mut self.input);
+            }
+            self.pooled.ptr
+        };
+        let input = match &dropout {
+            Some(d) => {
+                let (key, thr, scale) = dropout_args(d);
+                self.input.ensure(dev, rows * h)?;
+                dev.launch_1d(
+                    Kernel::DropoutCopy,
+                    rows * h,
+                    &[
+                        &pooled,
+                        &self.input.ptr,
+                        &((rows * h) as u64),
+                        &key,
+                        &thr,
+                        &scale,
+                        &1i32,
+                        &0u64,
+                    ],
+                )?;
+                self.input.ptr
+            }
+            None => pooled,
+        };
+        // logits = input·Wᵀ + b: the bias rows first, then β = 1.
+        dev.launch_1d(
+            Kernel::BroadcastRows,
+            rows * classes,
+            &[
+                &self.bias.ptr,
+                &self.logits.ptr,
+                &(rows as i32),
+                &(classes as i32),
+            ],
+        )?;
+        dev.linear(
+            Precision::Fp32,
+            input,
+            self.weight.ptr,
+            rows,
+            classes,
+            h,
+            self.logits.ptr,
+            true,
+        )?;
+        self.step = Some(HeadStep {
+            batch,
+            seq,
+            rows,
+            classes,
+            per_token: head.per_token,
+            dropout,
+            input,
+        });
+        self.logits.download(dev, rows * classes)
+    }
+
+    /// Backward of the last forward from `d_logits` [R, C]: writes the
+    /// gradient of the hidden state into `d_hidden` [B·T, H] (zero but the
+    /// [CLS] rows for pooled heads) and returns the classifier's weight
+    /// gradient [C, H] (its bias gradient is the column sums of `d_logits`,
+    /// which the caller has).
+    pub fn backward(
+        &mut self,
+        dev: &CudaDevice,
+        d_logits: &[f32],
+        d_hidden: &mut DevBuf<f32>,
+        h: usize,
+    ) -> Result<Vec<f32>> {
+        let step = self
+            .step
+            .take()
+            .ok_or_else(|| Error::InvalidArgument("CUDA head backward without a forward".into()))?;
+        let (rows, classes) = (step.rows, step.classes);
+        if d_logits.len() != rows * classes {
+            return Err(Error::InvalidArgument(format!(
+                "d_logits has {} values, expected R·C = {}",
+                d_logits.len(),
+                rows * classes
+            )));
+        }
+        self.logits.upload(dev, d_logits)?;
+        self.d_weight.ensure(dev, classes * h)?;
+        dev.linear_backward_weight(
+            self.logits.ptr,
+            step.input,
+            rows,
+            classes,
+            h,
+            self.d_weight.ptr,
+            false,
+        )?;
+        d_hidden.ensure(dev, step.batch * step.seq * h)?;
+        // d(input) = d_logits · W, through the dropout: into d_hidden for a
+        // per-token head, else into d_pooled.
+        let d_input = if step.per_token {
+            d_hidden.ptr
+        } else {
+            self.d_pooled.ensure(dev, step.batch * h)?;
+            self.d_pooled.ptr
+        };
+        dev.linear_backward_input(
+            Precision::Fp32,
+            self.logits.ptr,
+            self.weight.ptr,
+            rows,
+            classes,
+            h,
+            d_input,
+            false,
+        )?;
+        if let Some(d) = &step.dropout {
+            let (key, thr, scale) = dropout_args(d);
+            dev.launch_1d(
+                Kernel::DropoutApply,
+                rows * h,
+                &[&d_input, &((rows * h) as u64), &key, &thr, &scale],
+            )?;
+        }
+        if !step.per_token {
+            // Through the pooler (tanh, then its frozen weight) to the [CLS]
+            // rows, then into an otherwise zero d_hidden.
+            let d_cls = match &self.pooler {
+                Some((w, _)) => {
+                    dev.launch_1d(
+                        Kernel::TanhBackward,
+                        step.batch * h,
+                        &[
+                            &self.pooled.ptr,
+                            &self.d_pooled.ptr,
+                            &((step.batch * h) as u64),
+                        ],
+                    )?;
+                    self.d_cls.ensure(dev, step.batch * h)?;
+                    dev.linear_backward_input(
+                        Precision::Fp32,
+                        self.d_pooled.ptr,
+                        w.ptr,
+                        step.batch,
+                        h,
+                        h,
+                        self.d_cls.ptr,
+                        false,
+                    )?;
+                    self.d_cls.ptr
+                }
+                None => self.d_pooled.ptr,
+            };
+            d_hidden.zero(dev)?;
+            dev.launch_1d(
+                Kernel::ScatterRows,
+                step.batch * h,
+                &[
+                    &d_cls,
+                    &d_hidden.ptr,
+                    &(step.batch as i32),
+                    &(h as i32),
+                    &((step.seq * h) as u64),
+                ],
+            )?;
+        }
+        self.d_weight.download(dev, classes * h)
+    }
+}
