@@ -346,13 +346,14 @@ static void check_gelu() {
     auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
     std::vector<float> act(rows * w);
     auto pre0 = pre, pre_b = pre;
-    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w, (u64)0);
-    // In bf16 the activation goes to its bf16 copy alone.
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w, (u64)0, 1);
+    // In bf16 the activation goes to its bf16 copy alone; without `keep`
+    // the input stays as it was.
     std::vector<float> act_b(rows * w, -7.0f);
     std::vector<u16> act16(rows * w);
-    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), ptr(bias), ptr(act_b), (u64)(rows * w), w, ptr16(act16));
-    check("bias + GELU into bf16 instead",
-          bf16_mismatches(act, act16) + (pre_b != pre) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), ptr(bias), ptr(act_b), (u64)(rows * w), w, ptr16(act16), 0);
+    check("bias + GELU into bf16 instead, input kept",
+          bf16_mismatches(act, act16) + (pre_b != pre0) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
     double err = 0;
     for (int i = 0; i < rows * w; i++) {
         double v = (double)pre0[i] + bias[i % w];

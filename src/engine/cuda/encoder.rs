@@ -602,6 +602,7 @@ impl CudaEncoder {
                     &((rows * inter) as u64),
                     &(inter as i32),
                     &b16,
+                    &(keep as i32),
                 ],
             )?;
 

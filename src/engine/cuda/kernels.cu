@@ -207,13 +207,15 @@ extern "C" __global__ void layernorm_backward(const float* dy, const float* x, c
 }
 
 // ---------------------------------------------------------------------------
-// GELU (exact, erf), fused with the bias: pre += bias (kept for the
-// backward), act = gelu(pre) [rows, I], into act16 in bf16 instead when it
-// is not null (act only feeds the next GEMM).
-extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, u64 n, int width, u16* act16) {
+// GELU (exact, erf), fused with the bias: act = gelu(pre + bias) [rows, I],
+// into act16 in bf16 instead when it is not null (act only feeds the next
+// GEMM); pre += bias too when `keep` (the backward reads it; inference and
+// layers below the prompt skip that write).
+extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, u64 n, int width, u16* act16,
+                                     int keep) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         float v = pre[i] + bias[i % width];
-        pre[i] = v;
+        if (keep) pre[i] = v;
         float g = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         if (act16 != 0) {
             act16[i] = bf16_bits(g);
