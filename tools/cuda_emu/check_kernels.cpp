@@ -111,7 +111,7 @@ static void check_attention(bool dropout) {
     std::vector<u16> ctx16(B * T * H);
     float scale = 1.0f / std::sqrt((float)HD);
     int on = dropout ? 1 : 0;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
     check("attention_forward ctx in bf16 too", bf16_mismatches(ctx, ctx16), 0.0);
     std::vector<double> want_lse;
@@ -123,17 +123,17 @@ static void check_attention(bool dropout) {
     auto g = rand_vec(B * T * H);
     std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * T, NH, T);
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            (u64)0);
     // The same gradients in bf16 (d(qkv) feeding a bf16 GEMM), d(prefix) still f32.
     std::vector<u16> dqkv16(dqkv.size());
     std::vector<float> dprefix_b(dprefix.size());
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            ptr16(dqkv16));
     check("attention backward d(qkv) in bf16 instead", bf16_mismatches(dqkv, dqkv16) + (dprefix_b != dprefix), 0.0);
@@ -166,7 +166,7 @@ static void check_attention(bool dropout) {
 
     // The lowest prefixed layer: prefix keys only, no d(qkv).
     std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
-    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
 }
@@ -176,7 +176,7 @@ static void check_attention(bool dropout) {
 static void check_attention_no_prefix() {
     std::vector<float> qkv = rand_vec(B * T * 3 * H), mask(B * T, 1.0f), ctx(B * T * H);
     for (int t = 0; t < T; t++) mask[1 * T + t] = 0.0f;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
            1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0, (u64)0);
     // Row 1 attends uniformly to its T value rows.
     double err = 0;
@@ -195,12 +195,20 @@ static void check_attention_no_prefix() {
 // query tiles and two key tiles with partial last ones, masked keys,
 // dropout, and a padding-only row without prefix. The format's rounding of
 // q, k, v, dO, P and dS bounds the differences (`tol_out`, `tol_grad`).
+// qkv [rows, 3H] with `bias` [3H] added to every row, in f32.
+static std::vector<float> with_bias(const std::vector<float>& qkv, const std::vector<float>& bias, int rows) {
+    std::vector<float> out = qkv;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < 3 * H; c++) out[(size_t)r * 3 * H + c] += bias[c];
+    return out;
+}
+
 struct AttnChain {
     std::vector<float> ctx, lse, dqkv, dprefix, dprefix_only;
 };
 
 template <typename Fwd, typename Dq, typename Dkv>
-static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv,
+static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv, u64 bias,
                            std::vector<float>& prefix, std::vector<float>& mask, std::vector<float>& g, int t, int p,
                            int on) {
     AttnChain c{std::vector<float>(B * t * H), std::vector<float>(B * NH * t), std::vector<float>(B * t * 3 * H, 0.0f),
@@ -208,17 +216,17 @@ static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned bloc
     float scale = 1.0f / std::sqrt((float)HD);
     u64 pre = p > 0 ? ptr(prefix) : 0, stride = (u64)(p * 2 * H);
     unsigned qt = (t + tile - 1) / tile, kt = (p + t + tile - 1) / tile;
-    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
+    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
            THRESHOLD, DSCALE, on, (u64)0);
     std::vector<float> delta(B * NH * t);
     launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), ptr(delta), B * t,
            NH, t);
-    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
            t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
            ptr(c.dprefix), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     if (p > 0)
-        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), pre, stride, ptr(mask), ptr(g), ptr(c.lse),
+        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse),
                ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     return c;
 }
@@ -245,9 +253,12 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
             std::vector<float> mask(B * t, 1.0f);
             for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
             mask[0 * t + 40] = 0.0f;
-            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv,
+            // The tensor-core kernels add the qkv bias as they read; the f32
+            // ones read it added (the same sums: check_qkv_bias).
+            auto bias = rand_vec(3 * H), biased = with_bias(qkv, bias, B * t);
+            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0,
                                   prefix, mask, g, t, p, on);
-            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, prefix, mask, g, t, p, on);
+            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, ptr(bias), prefix, mask, g, t, p, on);
             std::snprintf(what, sizeof what, "attention on tensor cores (%s), %s%s: ctx", fmt,
                           p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
             check(what, rel(dbl(got.ctx), dbl(want.ctx)), tol_out);
@@ -264,19 +275,37 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
         dqkv(B * t * 3 * H), dpre(B * p * 2 * H), dpre16(B * p * 2 * H);
     std::vector<u16> ctx16(B * t * H), dqkv16(B * t * 3 * H);
     float scale = 1.0f / std::sqrt((float)HD);
-    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
+    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
            scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * t, NH, t);
     for (int pass = 0; pass < 2; pass++) {
         u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
-        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
                ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
-        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
                ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, 1,
                out16);
     }
     std::snprintf(what, sizeof what, "tensor-core attention (%s): ctx and d(qkv) in bf16 too", fmt);
     check(what, bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
+}
+
+// The qkv bias added as the f32 kernels read qkv equals it added beforehand,
+// bit for bit: forward, dQ, dK/dV, with dropout and a prefix.
+static void check_qkv_bias() {
+    const int t = 70, p = 5;
+    auto qkv = rand_vec(B * t * 3 * H), bias = rand_vec(3 * H), prefix = rand_vec(B * p * 2 * H),
+         g = rand_vec(B * t * H), biased = with_bias(qkv, bias, B * t);
+    std::vector<float> mask(B * t, 1.0f);
+    for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
+    auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0, prefix,
+                          mask, g, t, p, 1);
+    auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv, ptr(bias),
+                         prefix, mask, g, t, p, 1);
+    check("qkv bias added as read = added before (f32 kernels)",
+          (got.ctx != want.ctx) + (got.lse != want.lse) + (got.dqkv != want.dqkv) + (got.dprefix != want.dprefix) +
+              (got.dprefix_only != want.dprefix_only),
+          0.0);
 }
 
 // tf32 where the head size is a multiple of 8, bf16 where it is one of 16.
@@ -547,6 +576,7 @@ int main() {
     check_attention(false);
     check_attention(true);
     check_attention_no_prefix();
+    check_qkv_bias();
     check_attention_mma();
     check_layernorm();
     check_gelu();

@@ -4,16 +4,16 @@
 //! Per layer (rows = B·T; see model/encoder.rs for the same picture):
 //!
 //! ```text
-//! x ─ qkv = x·Wqkvᵀ (cuBLAS) ─ attention_forward(qkv + bias?, prefix kv) → ctx, lse
+//! x ─ qkv = x·Wqkvᵀ (cuBLAS) ─ attention_forward(qkv + bqkv, prefix kv) → ctx, lse
 //!   ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)     (one fused kernel)
 //!   inter_pre = x1·W1ᵀ + b1 ; inter = gelu(inter_pre)          (GEMM, fused bias+GELU)
 //!   ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)    (GEMM, fused kernel)
 //! ```
 //!
-//! The qkv bias is added by the GEMM: cuBLAS computes y = x·Wᵀ + y with y
-//! pre-filled with the bias rows (β = 1), which keeps the attention kernel
-//! free of it. Training saves per layer, from the lowest prefixed one up:
-//! qkv, ctx and the log-sum-exp of each softmax row (instead of the T×N
+//! The qkv bias is added by the attention kernels as they read q, k and v
+//! (forward and backward), which saves a pass that would write it into
+//! [rows, 3H] and the GEMM's read of it. Training saves per layer, from the
+//! lowest prefixed one up: qkv (without its bias), ctx and the log-sum-exp of each softmax row (instead of the T×N
 //! probabilities the CPU keeps: the flash-style backward recomputes them),
 //! ln1_in and its stats, inter_pre, ln2_in and its stats.
 //!
@@ -526,8 +526,7 @@ impl CudaEncoder {
             s.ln2_in.ensure(dev, rows * h)?;
             s.ln2_stats.ensure(dev, rows * 2)?;
 
-            // qkv = x·Wᵀ + b: the bias rows first, then β = 1.
-            broadcast_bias(dev, &layer.qkv.bias, s.qkv.ptr, rows, 3 * h)?;
+            // qkv = x·Wᵀ (the attention kernels add the bias).
             dev.linear(
                 self.precision,
                 gemm_in(ws.x.ptr),
@@ -536,7 +535,7 @@ impl CudaEncoder {
                 3 * h,
                 h,
                 s.qkv.ptr,
-                true,
+                false,
             )?;
 
             let k = layers.iter().position(|&x| x == l);
@@ -544,8 +543,12 @@ impl CudaEncoder {
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
             let (key, thr, dscale, on) = site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
-            let call =
-                AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
+            let call = AttentionCall::new(
+                (s.qkv.ptr, layer.qkv.bias.ptr),
+                prefix_ptr,
+                ws.mask.ptr,
+                (b, t, pl, nh, two_h),
+            );
             // On the tensor cores in bf16 and tf32 when the device allows.
             let (kernel, tile, block) =
                 attention_kernel(dev, self.precision, Kernel::AttentionForward);
@@ -774,8 +777,12 @@ impl CudaEncoder {
                     &(t as i32),
                 ],
             )?;
-            let call =
-                AttentionCall::new(s.qkv.ptr, prefix_ptr, ws.mask.ptr, (b, t, pl, nh, two_h));
+            let call = AttentionCall::new(
+                (s.qkv.ptr, layer.qkv.bias.ptr),
+                prefix_ptr,
+                ws.mask.ptr,
+                (b, t, pl, nh, two_h),
+            );
             let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
                 let (kernel, tile, block) =
@@ -893,11 +900,12 @@ fn attention_kernel(
 }
 
 /// What every attention kernel of kernels.cu takes first: the layer's qkv
-/// [rows, 3H], its prefix keys and values (0 without) with their row
-/// stride, and the mask; then its own buffers; then (T, P, NH); then the
-/// rest. Grid: (tiles, NH, B).
+/// [rows, 3H] (without its bias) and the bias [3H], its prefix keys and
+/// values (0 without) with their row stride, and the mask; then its own
+/// buffers; then (T, P, NH); then the rest. Grid: (tiles, NH, B).
 struct AttentionCall {
     qkv: u64,
+    qkv_bias: u64,
     prefix: u64,
     row_stride: u64,
     mask: u64,
@@ -908,13 +916,14 @@ struct AttentionCall {
 impl AttentionCall {
     /// For a layer with `p` prefix keys (0 without) in `prefix`, rows of 2H.
     fn new(
-        qkv: u64,
+        (qkv, qkv_bias): (u64, u64),
         prefix: u64,
         mask: u64,
         (b, t, p, nh, two_h): (usize, usize, usize, usize, usize),
     ) -> Self {
         AttentionCall {
             qkv,
+            qkv_bias,
             prefix,
             row_stride: (p * two_h) as u64,
             mask,
@@ -933,7 +942,13 @@ impl AttentionCall {
         rest: &[&dyn KernelArg],
     ) -> Result<()> {
         let (t, p, nh) = &self.shape;
-        let head: [&dyn KernelArg; 4] = [&self.qkv, &self.prefix, &self.row_stride, &self.mask];
+        let head: [&dyn KernelArg; 5] = [
+            &self.qkv,
+            &self.qkv_bias,
+            &self.prefix,
+            &self.row_stride,
+            &self.mask,
+        ];
         let shape: [&dyn KernelArg; 3] = [t, p, nh];
         let args = [&head[..], buffers, &shape[..], rest].concat();
         dev.launch(
@@ -1035,19 +1050,4 @@ fn bf16_scratch(
     }
     scratch.ensure(dev, len)?;
     Ok(scratch.ptr)
-}
-
-/// y[r, :] = bias for every row (the GEMM then adds x·Wᵀ with β = 1).
-fn broadcast_bias(
-    dev: &CudaDevice,
-    bias: &DevBuf<f32>,
-    y: u64,
-    rows: usize,
-    width: usize,
-) -> Result<()> {
-    dev.launch_1d(
-        Kernel::BroadcastRows,
-        rows * width,
-        &[&bias.ptr, &y, &(rows as i32), &(width as i32)],
-    )
 }

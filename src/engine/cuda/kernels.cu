@@ -267,9 +267,10 @@ extern "C" __global__ void tanh_backward(const float* y, float* d, u64 n) {
 // and a row stride of HD + 4 floats put the 8 rows that a quarter-warp
 // reads as 16-byte vectors on 8 distinct groups of banks.
 //
-// qkv [rows, 3H] (q | k | v, head h at h*HD); prefix [B, P, 2H] (keys |
-// values; this layer's slice of expand_prefix's output) with
-// `prefix_row_stride` = P*2H; mask [B, T] (1 real, 0 padding). Key j < P is
+// qkv [rows, 3H] (q | k | v, head h at h*HD) without its bias, qkv_bias [3H]
+// (added as rows are read; null: none); prefix [B, P, 2H] (keys | values;
+// this layer's slice of expand_prefix's output) with `prefix_row_stride` =
+// P*2H; mask [B, T] (1 real, 0 padding). Key j < P is
 // prefix key j, key P + t is token t. Masked keys get probability exactly 0,
 // as HF's f32::MIN bias gives (a row with no visible key at all, P = 0 and
 // only padding, is uniform over its T keys, as in HF).
@@ -371,11 +372,40 @@ __device__ __forceinline__ float row_sum(float v) {
     return v;
 }
 
-// Key j of batch row b, head h: pointer to its HD key floats (value: + H).
-__device__ __forceinline__ const float* key_ptr(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                int b, int hh, int j, int t, int p, int h) {
-    if (j < p) return prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM;
-    return qkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
+// A row of HEAD_DIM floats to load, and the bias to add to it (null: none).
+struct RowRef {
+    const float* at;
+    const float* bias;
+    // Element d, its bias added.
+    __device__ float operator[](int d) const { return bias != 0 ? at[d] + bias[d] : at[d]; }
+};
+
+// Where the attention of batch row b, head hh reads queries, keys and
+// values: qkv [rows, 3H] as the GEMM wrote it, without its bias, which is
+// added as the rows are read (qkv_bias [3H]; null in the kernel checks),
+// instead of a pass over qkv per layer; and this layer's prefix keys and
+// values [B, P, 2H] (keys | values, batch rows `prefix_row_stride` apart),
+// which have none. Key j < P is prefix key j, key P + t is token t.
+struct QkvRows {
+    const float *qkv, *bias, *prefix;
+    u64 prefix_row_stride;
+    int b, hh, t, p, h;
+    __device__ RowRef q(int i) const {
+        return {qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM, bias != 0 ? bias + hh * HEAD_DIM : 0};
+    }
+    __device__ RowRef k(int j) const {
+        if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0};
+        return {qkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM, bias != 0 ? bias + h + hh * HEAD_DIM : 0};
+    }
+    __device__ RowRef v(int j) const {
+        RowRef key = k(j);
+        return {key.at + h, key.bias != 0 ? key.bias + h : 0};
+    }
+};
+
+// Row i of a [rows, H] gradient (dO) for batch row b, head hh.
+__device__ __forceinline__ RowRef grad_row(const float* d, int b, int hh, int i, int t, int h) {
+    return {d + ((u64)b * t + i) * h + hh * HEAD_DIM, 0};
 }
 
 // Whether key j takes part: j < n and (visible, or none is: a uniform row).
@@ -391,15 +421,22 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
 }
 
 // Rows r0 .. r0 + TILE of a [*, HD] strided source into a [TILE, ROW] shared
-// tile, times `scale`; rows at or past `count` are zeros. `src(r)` points at
-// row r. Called by every thread of the block.
+// tile, plus their bias, times `scale`; rows at or past `count` are zeros.
+// `src(r)` is row r's RowRef. Called by every thread of the block.
 template <typename Src>
 __device__ __forceinline__ void load_tile(float* dst, int r0, int count, float scale, Src src) {
     for (int e = threadIdx.x; e < TILE * (HEAD_DIM / 4); e += blockDim.x) {
         int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (r0 + r < count) {
-            ld4(src(r0 + r) + d, v);
+            RowRef row = src(r0 + r);
+            ld4(row.at + d, v);
+            if (row.bias != 0) {
+                float bias[4];
+                ld4(row.bias + d, bias);
+#pragma unroll
+                for (int c = 0; c < 4; c++) v[c] += bias[c];
+            }
 #pragma unroll
             for (int c = 0; c < 4; c++) v[c] *= scale;
         }
@@ -408,12 +445,9 @@ __device__ __forceinline__ void load_tile(float* dst, int r0, int count, float s
 }
 
 // The key and value tiles j0 .. j0 + TILE (zeros past the last key).
-__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const float* qkv, const float* prefix,
-                                              u64 prefix_row_stride, int b, int hh, int j0, int n_keys, int t,
-                                              int p, int h) {
-    load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h); });
-    load_tile(vs, j0, n_keys, 1.0f,
-              [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, b, hh, j, t, p, h) + h; });
+__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const QkvRows& src, int j0, int n_keys) {
+    load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
+    load_tile(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
 }
 
 // Four gradients at element `at` of d(qkv): f32, or bf16 when dqkv16 is set.
@@ -429,8 +463,8 @@ __device__ __forceinline__ void store_grad(float* dqkv, u16* dqkv16, u64 at, con
 // Output tile columns of thread tj: c*32 + 4tj, when inside the head.
 __device__ __forceinline__ bool chunk_in(int c, int tj) { return c * 32 + 4 * tj < HEAD_DIM; }
 
-extern "C" __global__ void attention_forward(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                             const float* mask, float* ctx, float* lse, int t, int p, int nh,
+extern "C" __global__ void attention_forward(const float* qkv, const float* qkv_bias, const float* prefix,
+                                             u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                              float scale, u64 key, u64 threshold, float dscale, int dropout,
                                              u16* ctx16) {
     ATTENTION_SHARED;  // 3 [TILE, ROW] + 1 [TILE, PROW]
@@ -439,12 +473,13 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* pref
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
 
     float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
     for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
-        load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n, t, p, h);
+        load_kv_tiles(ks, vs, src, j0, n);
         __syncthreads();
         float s[4][4] = {};
         mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
@@ -768,8 +803,8 @@ __device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, fl
 
 // Arguments and outputs as attention_forward's.
 template <typename F>
-__device__ __forceinline__ void attention_forward_tc(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                     const float* mask, float* ctx, float* lse, int t, int p, int nh,
+__device__ __forceinline__ void attention_forward_tc(const float* qkv, const float* qkv_bias, const float* prefix,
+                                                     u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                                      float scale, u64 key, u64 threshold, float dscale, int dropout,
                                                      u16* ctx16) {
     typedef typename F::T T;
@@ -779,9 +814,10 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
     T *qs = tiles[0], *ks = tiles[1], *next = vs;
     T* vc = cols_tile<F>(vs, next);
     const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
     load_mma_tile<F>(qs, (T*)0, i0, t, scale,
-                     [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
+                     [&](int i) { return src.q(i); });
     // Rows g and g + 8 of this warp's 16 queries: running max and sum.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[DT][4] = {};
@@ -789,9 +825,8 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
-        load_mma_tile<F>(ks, (T*)0, j0, blk.n, 1.0f, kp);
-        load_mma_tile<F>(F::TRANSPOSED ? (T*)0 : vs, vc, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
+        load_mma_tile<F>(ks, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(F::TRANSPOSED ? (T*)0 : vs, vc, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
         float s[KT][4] = {};
         mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
@@ -848,8 +883,8 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
 
 // Arguments and outputs as attention_backward_dq's.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                         const float* mask, const float* dctx, const float* lse,
+__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const float* qkv_bias,
+                                                         const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                          const float* delta, float* dqkv, int t, int p, int nh,
                                                          float scale, u64 key, u64 threshold, float dscale,
                                                          int dropout, u16* dqkv16) {
@@ -860,11 +895,12 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
     T *qs = tiles[0], *dos = tiles[1], *ks = tiles[2], *vs = tiles[3];
     T* kc = cols_tile<F>(ks, next);
     const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
     load_mma_tile<F>(qs, (T*)0, i0, t, scale,
-                     [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
+                     [&](int i) { return src.q(i); });
     load_mma_tile<F>(dos, (T*)0, i0, t, 1.0f,
-                     [&](int i) { return dctx + ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM; });
+                     [&](int i) { return grad_row(dctx, blk.b, blk.hh, i, t, blk.h); });
     int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     float li[2], di[2];
     for (int r = 0; r < 2; r++) {
@@ -877,9 +913,8 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
     const T* dw = dos + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
-        load_mma_tile<F>(ks, kc, j0, blk.n, 1.0f, kp);
-        load_mma_tile<F>(vs, (T*)0, j0, blk.n, 1.0f, [&](int j) { return kp(j) + blk.h; });
+        load_mma_tile<F>(ks, kc, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(vs, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
         float s[KT][4] = {}, dp[KT][4] = {};
         mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
@@ -907,8 +942,8 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
 
 // Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const float* prefix,
-                                                          u64 prefix_row_stride, const float* mask, const float* dctx,
+__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const float* qkv_bias,
+                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx,
                                                           const float* lse, const float* delta, float* dqkv,
                                                           float* dprefix, int t, int p, int nh, int n_keys,
                                                           float scale, u64 key, u64 threshold, float dscale,
@@ -923,10 +958,10 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     float* ls = reinterpret_cast<float*>(next);
     float* dl = ls + MMA_ROWS;
     const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int j0 = blockIdx.x * MMA_ROWS;
-    auto kp = [&](int j) { return key_ptr(qkv, prefix, prefix_row_stride, blk.b, blk.hh, j, t, p, blk.h); };
-    load_mma_tile<F>(ks, (T*)0, j0, n_keys, 1.0f, kp);
-    load_mma_tile<F>(vs, (T*)0, j0, n_keys, 1.0f, [&](int j) { return kp(j) + blk.h; });
+    load_mma_tile<F>(ks, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
+    load_mma_tile<F>(vs, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
     int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
     bool used[2];
     for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
@@ -937,9 +972,9 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     for (int i0 = 0; i0 < t; i0 += MMA_ROWS) {
         __syncthreads();
         load_mma_tile<F>(qs, qc, i0, t, scale,
-                         [&](int i) { return qkv + ((u64)blk.b * t + i) * 3 * blk.h + blk.hh * HEAD_DIM; });
+                         [&](int i) { return src.q(i); });
         load_mma_tile<F>(dos, doc, i0, t, 1.0f,
-                         [&](int i) { return dctx + ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM; });
+                         [&](int i) { return grad_row(dctx, blk.b, blk.hh, i, t, blk.h); });
         for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
@@ -985,28 +1020,28 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
 // The kernels of one format: mma_self_test_<fmt> and
 // attention_{forward,backward_dq,backward_dkv}_<fmt>, whose arguments are
 // those of the f32 kernels.
-#define TENSOR_CORE_ATTENTION(fmt, F)                                                                                 \
-    extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                            \
-    extern "C" __global__ void attention_forward_##fmt(const float* qkv, const float* prefix, u64 prefix_row_stride, \
-                                                       const float* mask, float* ctx, float* lse, int t, int p,       \
-                                                       int nh, float scale, u64 key, u64 threshold, float dscale,     \
-                                                       int dropout, u16* ctx16) {                                     \
-        attention_forward_tc<F>(qkv, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key, threshold,     \
-                                dscale, dropout, ctx16);                                                              \
-    }                                                                                                                 \
-    extern "C" __global__ void attention_backward_dq_##fmt(                                                          \
-        const float* qkv, const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx,           \
-        const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale, u64 key,               \
-        u64 threshold, float dscale, int dropout, u16* dqkv16) {                                                      \
-        attention_backward_dq_tc<F>(qkv, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, t, p, nh, scale,   \
-                                    key, threshold, dscale, dropout, dqkv16);                                         \
-    }                                                                                                                 \
-    extern "C" __global__ void attention_backward_dkv_##fmt(                                                         \
-        const float* qkv, const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx,           \
-        const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh, int n_keys,          \
-        float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                \
-        attention_backward_dkv_tc<F>(qkv, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, dprefix, t, p,    \
-                                     nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);                     \
+#define TENSOR_CORE_ATTENTION(fmt, F)                                                                                \
+    extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                           \
+    extern "C" __global__ void attention_forward_##fmt(                                                             \
+        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        float* ctx, float* lse, int t, int p, int nh, float scale, u64 key, u64 threshold, float dscale, int dropout, \
+        u16* ctx16) {                                                                                                \
+        attention_forward_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key,     \
+                                threshold, dscale, dropout, ctx16);                                                  \
+    }                                                                                                                \
+    extern "C" __global__ void attention_backward_dq_##fmt(                                                         \
+        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* dctx, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
+        u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                            \
+        attention_backward_dq_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, t, p,   \
+                                    nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
+    }                                                                                                                \
+    extern "C" __global__ void attention_backward_dkv_##fmt(                                                        \
+        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* dctx, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
+        int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
+        attention_backward_dkv_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv,        \
+                                     dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
     }
 
 TENSOR_CORE_ATTENTION(tf32, Tf32Format)
@@ -1037,8 +1072,8 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
 //   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
 // Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
 // is not null.
-extern "C" __global__ void attention_backward_dq(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                 const float* mask, const float* dctx, const float* lse,
+extern "C" __global__ void attention_backward_dq(const float* qkv, const float* qkv_bias, const float* prefix,
+                                                 u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
                                                  int dropout, u16* dqkv16) {
@@ -1049,8 +1084,9 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
-    load_tile(dos, i0, t, 1.0f, [&](int i) { return dctx + ((u64)b * t + i) * h + hh * HEAD_DIM; });
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
+    load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, b, hh, i, t, h); });
     float li[4], di[4], dq[CHUNKS][4][4] = {};
 #pragma unroll
     for (int r = 0; r < 4; r++) {
@@ -1060,7 +1096,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     }
     for (int j0 = 0; j0 < n; j0 += TILE) {
         __syncthreads();
-        load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n, t, p, h);
+        load_kv_tiles(ks, vs, src, j0, n);
         __syncthreads();
         float s[4][4] = {}, dp[4][4] = {};
         mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
@@ -1107,8 +1143,8 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
 // Token keys go to the k and v columns of dqkv [rows, 3H], or of dqkv16 in
 // bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
 // row, reduced afterwards). Masked keys get zero gradients.
-extern "C" __global__ void attention_backward_dkv(const float* qkv, const float* prefix, u64 prefix_row_stride,
-                                                  const float* mask, const float* dctx, const float* lse,
+extern "C" __global__ void attention_backward_dkv(const float* qkv, const float* qkv_bias, const float* prefix,
+                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
                                                   int nh, int n_keys, float scale, u64 key, u64 threshold,
                                                   float dscale, int dropout, u16* dqkv16) {
@@ -1121,7 +1157,8 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    load_kv_tiles(ks, vs, qkv, prefix, prefix_row_stride, b, hh, j0, n_keys, t, p, h);
+    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_kv_tiles(ks, vs, src, j0, n_keys);
     bool used[4];
 #pragma unroll
     for (int r = 0; r < 4; r++) {
@@ -1132,8 +1169,8 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
     u64 stat0 = ((u64)b * nh + hh) * t;
     for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
-        load_tile(qs, i0, t, scale, [&](int i) { return qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM; });
-        load_tile(dos, i0, t, 1.0f, [&](int i) { return dctx + ((u64)b * t + i) * h + hh * HEAD_DIM; });
+        load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
+        load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, b, hh, i, t, h); });
         for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
