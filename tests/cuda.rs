@@ -344,6 +344,37 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
     }
 }
 
+/// Inference sends the prefix table only when it changed since the last
+/// call: a table changed on the host (a training step, a loaded
+/// checkpoint) reaches the device, and the same table gives the same logits.
+#[test]
+fn a_changed_prefix_table_reaches_the_device() {
+    for target in targets("a_changed_prefix_table_reaches_the_device") {
+        let case = Case::load("tiny_bert_plain");
+        let batch = case.batch();
+        let mut cpu = case.model();
+        let mut gpu = case.model();
+        attach(&mut gpu, target, Precision::Fp32);
+        let first = gpu.predict(&batch).unwrap();
+        assert_eq!(gpu.predict(&batch).unwrap(), first);
+        for model in [&mut cpu, &mut gpu] {
+            for (i, x) in model.prefix.embedding.value.iter_mut().enumerate() {
+                *x += 0.5 * ((i % 7) as f32 - 3.0);
+            }
+        }
+        let changed = gpu.predict(&batch).unwrap();
+        assert!(
+            max_abs_diff(&changed, &first) > 1e-3,
+            "the new table was not used"
+        );
+        let want = cpu.predict(&batch).unwrap();
+        assert!(
+            max_abs_diff(&changed, &want) <= 1e-4,
+            "{changed:?} vs {want:?}"
+        );
+    }
+}
+
 /// Rows with their own prefixes (how the server batches adapters) equal the
 /// shared table expanded per row.
 #[test]

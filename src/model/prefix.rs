@@ -7,6 +7,8 @@
 //! Embedding(P, H) → Linear(H, h) → tanh → Linear(h, Ls*2*H), which folds back
 //! into a plain table for export.
 
+use std::borrow::Cow;
+
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::gemm::{linear_backward_input, linear_backward_params, linear_forward};
 use crate::error::{Error, Result};
@@ -230,6 +232,15 @@ impl PrefixEncoder {
             out.extend([&mut t0.weight, &mut t0.bias, &mut t2.weight, &mut t2.bias]);
         }
         out
+    }
+
+    /// The table [P, Ls*2*H] for inference: a plain table itself, without
+    /// a copy, or the MLP's output.
+    pub fn table(&self) -> Cow<'_, [f32]> {
+        match self.trans {
+            None => Cow::Borrowed(&self.embedding.value),
+            Some(_) => Cow::Owned(self.forward().past),
+        }
     }
 
     /// The table `past` [P, Ls*2*H].

@@ -186,8 +186,7 @@ impl PromptModel {
         if let Some(gpu) = &self.gpu {
             return self.predict_cuda(&mut lock(gpu), batch);
         }
-        let prefix = self.prefix.forward();
-        let prompt = self.prefix.expand(&prefix.past, batch.batch, None);
+        let prompt = self.prefix.expand(&self.prefix.table(), batch.batch, None);
         let hidden = self.backbone.forward(batch, Some(&prompt))?;
         let head = self.head.forward(
             self.backbone.pooler.as_ref(),
@@ -434,13 +433,12 @@ impl PromptModel {
 
     /// [`PromptModel::predict`] with the encoder and the head on a GPU.
     fn predict_cuda(&self, encoder: &mut CudaEncoder, batch: &Batch) -> Result<Vec<f32>> {
-        let prefix = self.prefix.forward();
         encoder.encode(
             batch,
             Some(Prompt {
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
-                source: PromptSource::Shared(&prefix.past),
+                source: PromptSource::Shared(&self.prefix.table()),
             }),
         )?;
         encoder.head_forward(&self.head, None)

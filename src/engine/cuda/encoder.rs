@@ -139,6 +139,9 @@ struct Workspace {
     saved: Vec<Saved>,
     /// [P, Ls·2H] and [Ls, B, P, 2H]
     past: DevBuf<f32>,
+    /// What `past` holds, on the host: a table already there is not sent
+    /// again (inference and evaluation reuse one prompt batch after batch).
+    past_host: Vec<f32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
     d_past: DevBuf<f32>,
@@ -416,7 +419,17 @@ impl CudaEncoder {
                                     p * ls * two_h
                                 )));
                             }
-                            ws.past.upload(dev, past)?;
+                            let same = ws.past_host.len() == past.len()
+                                && ws
+                                    .past_host
+                                    .iter()
+                                    .zip(past)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                            if !same {
+                                ws.past_host.clear();
+                                ws.past.upload(dev, past)?;
+                                ws.past_host.extend_from_slice(past);
+                            }
                             ws.past.ptr
                         }
                         _ => match &self.resident {
