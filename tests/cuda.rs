@@ -46,6 +46,8 @@ fn kernels_compile_with_nvrtc() {
             "gelu_backward",
             "bias_tanh",
             "tanh_backward",
+            "cross_entropy",
+            "squared_error",
             "attention_forward",
             "attention_delta",
             "attention_backward_dq",
@@ -248,9 +250,10 @@ fn cuda_engine_matches_the_reference_fixtures() {
     }
 }
 
-/// A training step with every dropout on gives the CPU's gradients, for
-/// every head (run on the device) and a backbone without a pooler: the masks
-/// are the same functions of (seed, stream, index) on both devices.
+/// A training step with every dropout on gives the CPU's loss and gradients,
+/// for every head and loss (run on the device) and a backbone without a
+/// pooler: the masks are the same functions of (seed, stream, index) on
+/// both devices.
 #[test]
 fn cuda_engine_dropout_and_heads_match_the_cpu() {
     for target in targets("cuda_engine_dropout_and_heads_match_the_cpu") {
@@ -279,12 +282,18 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
             (HeadKind::Classification, case.usize("num_labels"), true),
             (HeadKind::Classification, case.usize("num_labels"), false),
             (HeadKind::Regression, 1, true),
+            (HeadKind::MultipleChoice, 1, true),
             (HeadKind::TokenClassification, 3, true),
             (HeadKind::QuestionAnswering, 2, true),
         ] {
             let targets = match kind {
                 HeadKind::Classification => Targets::Classes(&labels),
                 HeadKind::Regression => Targets::Scores(&scores),
+                // The batch's rows are the choices of one example.
+                HeadKind::MultipleChoice => Targets::Choices {
+                    choices: batch.batch,
+                    labels: &[2],
+                },
                 HeadKind::TokenClassification => Targets::Tokens(&tags),
                 _ => Targets::Spans {
                     start: &starts,
@@ -504,8 +513,9 @@ fn profile_counts_every_launch() {
         assert!(enc.dev.take_profile().unwrap().is_empty());
         drop(enc);
 
-        // A training step runs the pooled head on the device: the [CLS]
-        // rows out, the pooler's tanh and its backward, the rows back.
+        // A training step runs the pooled head and its loss on the device:
+        // the [CLS] rows out, the pooler's tanh, the cross-entropy, tanh's
+        // backward, the rows back.
         gpu.lock().unwrap().dev.start_profile();
         case.step(&mut model);
         let times = gpu.lock().unwrap().dev.take_profile().unwrap();
@@ -515,7 +525,13 @@ fn profile_counts_every_launch() {
                 .find(|t| t.name == name)
                 .map_or(0, |t| t.launches)
         };
-        for name in ["gather_rows", "bias_tanh", "tanh_backward", "scatter_rows"] {
+        for name in [
+            "gather_rows",
+            "bias_tanh",
+            "cross_entropy",
+            "tanh_backward",
+            "scatter_rows",
+        ] {
             assert_eq!(launches(name), 1, "{name} in {times:?}");
         }
         let classes = model.head.num_labels();
@@ -570,7 +586,7 @@ fn kernels_pass_the_cpu_emulation() {
         // Every check ran: head size 8 has the tf32 tensor-core checks, 64
         // the bf16 ones too (18 more).
         let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-        let want = if head_dim == 64 { 73 } else { 55 };
+        let want = if head_dim == 64 { 75 } else { 57 };
         assert!(
             passed == want && out.contains("0 failed"),
             "{passed} of {want}:\n{out}"

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::loss::{cross_entropy, cross_entropy_masked, mse, span_loss, IGNORE};
 use crate::engine::cuda::encoder::{Prompt, PromptSource};
+use crate::engine::cuda::head::CrossEntropy;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::{CudaDevice, CudaEncoder};
 use crate::engine::device::{Compute, Device};
@@ -285,6 +286,78 @@ impl PromptModel {
         (loss, d_logits)
     }
 
+    /// [`PromptModel::loss`] on the logits a GPU holds: the same losses as
+    /// kernels (cross_entropy, squared_error) that leave the logits'
+    /// gradient there for the head's backward; the host sums the per-row
+    /// terms in f64, as the CPU functions do.
+    fn device_loss(
+        &self,
+        encoder: &mut CudaEncoder,
+        seq: usize,
+        targets: Targets<'_>,
+    ) -> Result<f32> {
+        let (dev, head) = encoder.head();
+        // The mean of per-row terms over n rows (0 without rows).
+        let mean = |terms: &[f32], n: usize| {
+            if n == 0 {
+                0.0
+            } else {
+                (terms.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32
+            }
+        };
+        let ids = |labels: &[usize]| labels.iter().map(|&y| y as i32).collect::<Vec<_>>();
+        Ok(match targets {
+            Targets::Classes(labels) => {
+                let n = labels.len();
+                let labels = ids(labels);
+                let ce = CrossEntropy::rows(&labels, self.head.num_labels(), 1.0 / n as f32);
+                mean(&head.cross_entropy(dev, &ce)?, n)
+            }
+            // [B*N, 1] scores are [B, N] logits over the choices.
+            Targets::Choices { choices, labels } => {
+                let n = labels.len();
+                mean(
+                    &head.cross_entropy(
+                        dev,
+                        &CrossEntropy::rows(&ids(labels), choices, 1.0 / n as f32),
+                    )?,
+                    n,
+                )
+            }
+            Targets::Scores(values) => {
+                let n = values.len();
+                let diffs = head.squared_error(dev, values, 1.0 / n as f32)?;
+                let squares: f64 = diffs.iter().map(|&d| d as f64 * d as f64).sum();
+                (squares / n.max(1) as f64) as f32
+            }
+            Targets::Tokens(tags) => {
+                let labels: Vec<i32> = tags.iter().map(|&t| t as i32).collect();
+                let n = tags.iter().filter(|&&t| t != IGNORE).count();
+                let ce = CrossEntropy::rows(&labels, self.head.num_labels(), 1.0 / n.max(1) as f32);
+                mean(&head.cross_entropy(dev, &ce)?, n)
+            }
+            // [B·T, 2]: the start column, then the end column, each a softmax
+            // over a sequence's T positions; the loss is their mean.
+            Targets::Spans { start, end } => {
+                let n = start.len();
+                let mut loss = 0.0;
+                for (column, positions) in [(0, start), (1, end)] {
+                    let labels = ids(positions);
+                    let ce = CrossEntropy {
+                        labels: &labels,
+                        classes: seq,
+                        offset: column,
+                        row_stride: 2 * seq,
+                        col_stride: 2,
+                        weight: 0.5 / n as f32,
+                    };
+                    loss += 0.5 * mean(&head.cross_entropy(dev, &ce)?, n);
+                }
+                loss
+            }
+        })
+    }
+
     /// Runs the encoder where `compute` says: on the CPU (drops any GPU copy)
     /// or on GPU N, whose copy of the backbone is made here.
     pub fn use_compute(&mut self, compute: Compute) -> Result<()> {
@@ -338,16 +411,18 @@ impl PromptModel {
             dropout,
             prefix_dropout,
         )?;
-        let logits = encoder.head_forward(&self.head, pooled_dropout)?;
-        let (loss, d_logits) = self.loss(&logits, batch.seq, targets);
-        let d_weight = encoder.head_backward(&d_logits)?;
+        encoder.head_forward(&self.head, pooled_dropout)?;
+        let loss = self.device_loss(encoder, batch.seq, targets)?;
+        let logits = {
+            let (dev, head) = encoder.head();
+            head.logits(dev)?
+        };
+        let (d_weight, d_bias) = encoder.head_backward()?;
         for (g, d) in self.head.weight.grad.iter_mut().zip(&d_weight) {
             *g += d;
         }
-        for row in d_logits.chunks(self.head.num_labels()) {
-            for (g, d) in self.head.bias.grad.iter_mut().zip(row) {
-                *g += d;
-            }
+        for (g, d) in self.head.bias.grad.iter_mut().zip(&d_bias) {
+            *g += d;
         }
         if let (Some(d_past), Some(prefix)) = (encoder.backward()?, &prefix) {
             self.prefix.backward(prefix, &d_past);
@@ -441,6 +516,8 @@ impl PromptModel {
                 source: PromptSource::Shared(&self.prefix.table()),
             }),
         )?;
-        encoder.head_forward(&self.head, None)
+        encoder.head_forward(&self.head, None)?;
+        let (dev, head) = encoder.head();
+        head.logits(dev)
     }
 }

@@ -422,6 +422,40 @@ static void check_tanh() {
     check("tanh backward vs differences", err_d, 1e-5);
 }
 
+// The heads' losses: cross-entropy over strided rows (a QA column), an
+// ignored row, and the squared error, against the definitions in double.
+static void check_losses() {
+    const int rows = 5, classes = 7, stride = 2 * classes;  // column 1 of [rows * classes, 2]
+    auto z = rand_vec(rows * stride, 3.0f);
+    std::vector<float> dz(rows * stride, 9.0f), row_loss(rows);
+    std::vector<int> labels = {3, -100, 0, 6, 2};
+    const float weight = 0.5f / 4;
+    launch(cross_entropy, Dim3{1, 1, 1}, 32, ptr(z) + 4, ptr(dz) + 4, (u64)labels.data(), ptr(row_loss), rows, classes,
+           stride, 2, weight);
+    double err = 0;
+    for (int r = 0; r < rows; r++) {
+        auto zv = [&](int c) { return (double)z[r * stride + 1 + 2 * c]; };
+        double m = -1e300, s = 0;
+        for (int c = 0; c < classes; c++) m = std::max(m, zv(c));
+        for (int c = 0; c < classes; c++) s += std::exp(zv(c) - m);
+        int y = labels[r];
+        for (int c = 0; c < classes; c++) {
+            double want = y < 0 ? 0.0 : (std::exp(zv(c) - m) / s - (c == y)) * weight;
+            err = std::max(err, std::fabs(dz[r * stride + 1 + 2 * c] - want));
+            err = std::max(err, std::fabs(dz[r * stride + 2 * c] - 9.0));  // the other column untouched
+        }
+        err = std::max(err, std::fabs(row_loss[r] - (y < 0 ? 0.0 : m + std::log(s) - zv(y))));
+    }
+    check("cross-entropy (strided, an ignored row)", err, 1e-6);
+    auto x = rand_vec(rows), t = rand_vec(rows);
+    std::vector<float> dx(rows), diff(rows);
+    launch(squared_error, Dim3{1, 1, 1}, 32, ptr(x), ptr(t), ptr(dx), ptr(diff), rows, 0.2f);
+    err = 0;
+    for (int i = 0; i < rows; i++)
+        err = std::max({err, std::fabs(diff[i] - ((double)x[i] - t[i])), std::fabs(dx[i] - 0.4 * ((double)x[i] - t[i]))});
+    check("squared error", err, 1e-6);
+}
+
 static void check_prefix() {
     const int layers = 3, batch = 2, p = 4, two_h = 6, w = layers * two_h;
     auto past = rand_vec(p * w);
@@ -581,6 +615,7 @@ int main() {
     check_layernorm();
     check_gelu();
     check_tanh();
+    check_losses();
     check_prefix();
     check_optimizer();
     check_bf16();

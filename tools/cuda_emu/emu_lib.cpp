@@ -54,6 +54,8 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(gelu_backward)
     KERNEL(bias_tanh)
     KERNEL(tanh_backward)
+    KERNEL(cross_entropy)
+    KERNEL(squared_error)
     KERNEL(attention_forward)
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)

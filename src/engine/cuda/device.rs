@@ -272,6 +272,8 @@ pub enum Kernel {
     GeluBackward,
     BiasTanh,
     TanhBackward,
+    CrossEntropy,
+    SquaredError,
     AttentionForward,
     AttentionDelta,
     AttentionBackwardDq,
@@ -335,7 +337,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -345,6 +347,8 @@ impl Kernel {
         Kernel::GeluBackward,
         Kernel::BiasTanh,
         Kernel::TanhBackward,
+        Kernel::CrossEntropy,
+        Kernel::SquaredError,
         Kernel::AttentionForward,
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
@@ -379,6 +383,8 @@ impl Kernel {
             Kernel::GeluBackward => "gelu_backward",
             Kernel::BiasTanh => "bias_tanh",
             Kernel::TanhBackward => "tanh_backward",
+            Kernel::CrossEntropy => "cross_entropy",
+            Kernel::SquaredError => "squared_error",
             Kernel::AttentionForward => "attention_forward",
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",

@@ -335,13 +335,14 @@ impl CudaEncoder {
         Ok(())
     }
 
-    /// `head` on the last forward's output: logits [R, C] (R = B pooled, B·T
-    /// per token), with `dropout` on the classifier's input when training.
+    /// `head` on the last forward's output, with `dropout` on the
+    /// classifier's input when training: its logits [R, C] (R = B pooled,
+    /// B·T per token) stay on the device for [`CudaEncoder::head`]'s losses.
     pub fn head_forward(
         &mut self,
         head: &ClassificationHead,
         dropout: Option<Dropout>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         let (b, t) = self.last.ok_or_else(|| {
             Error::InvalidArgument("CUDA head forward without an encoder forward".into())
         })?;
@@ -350,20 +351,22 @@ impl CudaEncoder {
             .forward(&self.dev, head, self.ws.x.ptr, (b, t, h), dropout)
     }
 
-    /// The head's backward from the logits' gradient [R, C] after a training
-    /// forward: the output's gradient stays here for
-    /// [`CudaEncoder::backward`]; returns the classifier's weight gradient
-    /// [C, H].
-    pub fn head_backward(&mut self, d_logits: &[f32]) -> Result<Vec<f32>> {
+    /// The device and the head, for the logits and the losses.
+    pub fn head(&mut self) -> (&CudaDevice, &mut CudaHead) {
+        (&self.dev, &mut self.head)
+    }
+
+    /// The head's backward after a training forward and a loss: the
+    /// output's gradient stays here for [`CudaEncoder::backward`]; returns
+    /// the classifier's gradients, weight [C, H] and bias [C].
+    pub fn head_backward(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
         let step = self.step.as_mut().ok_or_else(|| {
             Error::InvalidArgument("CUDA head backward without a training forward".into())
         })?;
         let h = self.config.hidden_size;
-        let d_weight = self
-            .head
-            .backward(&self.dev, d_logits, &mut self.ws.d_x, h)?;
+        let grads = self.head.backward(&self.dev, &mut self.ws.d_x, h)?;
         step.d_out_ready = true;
-        Ok(d_weight)
+        Ok(grads)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,13 +9,17 @@
 //! input = dropout(pooled) ; logits = input·Wᵀ + b      [R, C]
 //! ```
 //!
+//! The losses run here too (kernels cross_entropy and squared_error, the
+//! CPU's losses of src/engine/cpu/loss.rs): the logits' gradient is born and
+//! dies on the device, and only per-row loss terms come down, which the host
+//! sums in f64 as the CPU functions do.
+//!
 //! Only small things cross the bus: the classifier's weight and bias go up
-//! at each forward (the optimizer changes them on the host), the logits
-//! [R, C] come down, their gradient goes up (the loss stays on the host, the
-//! same functions as on the CPU), and the classifier's weight gradient
-//! [C, H] comes down. Neither the hidden states [B·T, H] nor their gradient
-//! cross any more. All of it is f32 whatever the precision, as the head is on
-//! the CPU.
+//! at each forward (the optimizer changes them on the host), the targets go
+//! up, the per-row loss terms and the logits [R, C] come down, and so do the
+//! classifier's gradients [C, H] and [C]. Neither the hidden states [B·T, H]
+//! nor their gradient cross. All of it is f32 whatever the precision, as the
+//! head is on the CPU.
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
@@ -36,13 +40,21 @@ pub struct CudaHead {
     /// [R, H]: the classifier's input after dropout (when there is dropout),
     /// and scratch.
     input: DevBuf<f32>,
-    /// [R, C]: the logits, then their gradient.
+    /// [R, C]: the logits and their gradient.
     logits: DevBuf<f32>,
+    d_logits: DevBuf<f32>,
+    /// A loss's targets and per-row terms.
+    labels: DevBuf<i32>,
+    values: DevBuf<f32>,
+    row_loss: DevBuf<f32>,
+    /// [R] ones: the bias gradient is d_logitsᵀ · 1.
+    ones: DevBuf<f32>,
     /// [B, H]: the gradient of the pooled rows, then of the [CLS] rows.
     d_pooled: DevBuf<f32>,
     d_cls: DevBuf<f32>,
-    /// [C, H]
+    /// [C, H] and [C]
     d_weight: DevBuf<f32>,
+    d_bias: DevBuf<f32>,
     step: Option<HeadStep>,
 }
 
@@ -57,6 +69,33 @@ struct HeadStep {
     /// The classifier's input [R, H] (`input`, the pooled rows or the
     /// encoder's hidden state), for the weight gradient.
     input: u64,
+}
+
+/// One softmax cross-entropy over rows of the logits (the `cross_entropy`
+/// kernel): row r's `classes` values at offset + r·row_stride +
+/// c·col_stride, against labels[r] (negative: the row is ignored). Its
+/// gradient is (softmax − onehot)·weight.
+pub struct CrossEntropy<'a> {
+    pub labels: &'a [i32],
+    pub classes: usize,
+    pub offset: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+    pub weight: f32,
+}
+
+impl<'a> CrossEntropy<'a> {
+    /// Over consecutive rows of `classes` logits ([R, C]).
+    pub fn rows(labels: &'a [i32], classes: usize, weight: f32) -> Self {
+        CrossEntropy {
+            labels,
+            classes,
+            offset: 0,
+            row_stride: classes,
+            col_stride: 1,
+            weight,
+        }
+    }
 }
 
 /// (key, threshold, scale) of a dropout site for the kernels.
@@ -84,7 +123,8 @@ impl CudaHead {
     }
 
     /// Logits [R, C] of `head` on `hidden` [B·T, H] (R = B for pooled heads,
-    /// B·T per token), with the classifier's input dropout when training.
+    /// B·T per token), with the classifier's input dropout when training;
+    /// they stay here ([`CudaHead::logits`], the losses).
     pub fn forward(
         &mut self,
         dev: &CudaDevice,
@@ -92,7 +132,7 @@ impl CudaHead {
         hidden: u64,
         (batch, seq, h): (usize, usize, usize),
         dropout: Option<Dropout>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         let classes = head.num_labels();
         if head.weight.shape != [classes, h] {
             return Err(Error::InvalidArgument(format!(
@@ -104,6 +144,9 @@ impl CudaHead {
         self.bias.upload(dev, &head.bias.value)?;
         let rows = if head.per_token { batch * seq } else { batch };
         self.logits.ensure(dev, rows * classes)?;
+        // A loss writes its part of the gradient (QA: one column each).
+        self.d_logits.ensure(dev, rows * classes)?;
+        self.d_logits.zero(dev)?;
         // The classifier's input before dropout: the hidden rows themselves,
         // or the pooled [CLS] rows.
         let pooled = if head.per_token {
@@ -195,42 +238,140 @@ impl CudaHead {
             dropout,
             input,
         });
-        self.logits.download(dev, rows * classes)
+        Ok(())
     }
 
-    /// Backward of the last forward from `d_logits` [R, C]: writes the
-    /// gradient of the hidden state into `d_hidden` [B·T, H] (zero but the
-    /// [CLS] rows for pooled heads) and returns the classifier's weight
-    /// gradient [C, H] (its bias gradient is the column sums of `d_logits`,
-    /// which the caller has).
+    /// The last forward's logits [R, C].
+    pub fn logits(&self, dev: &CudaDevice) -> Result<Vec<f32>> {
+        let step = self.last_step()?;
+        self.logits.download(dev, step.rows * step.classes)
+    }
+
+    fn last_step(&self) -> Result<&HeadStep> {
+        self.step
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("CUDA head: no forward yet".into()))
+    }
+
+    /// A cross-entropy of the last forward's logits: writes its part of
+    /// their gradient and returns the per-row terms lse − z_label (0 for
+    /// ignored rows).
+    pub fn cross_entropy(&mut self, dev: &CudaDevice, ce: &CrossEntropy<'_>) -> Result<Vec<f32>> {
+        let len = {
+            let step = self.last_step()?;
+            step.rows * step.classes
+        };
+        let rows = ce.labels.len();
+        let reach = ce.offset
+            + rows.saturating_sub(1) * ce.row_stride
+            + ce.classes.saturating_sub(1) * ce.col_stride;
+        if ce.classes == 0 || (rows > 0 && reach >= len) {
+            return Err(Error::InvalidArgument(format!(
+                "a cross-entropy over {rows} rows of {} classes reaches past the {len} logits",
+                ce.classes
+            )));
+        }
+        if let Some(&bad) = ce.labels.iter().find(|&&y| y >= ce.classes as i32) {
+            return Err(Error::InvalidArgument(format!(
+                "label {bad} is out of range for {} classes",
+                ce.classes
+            )));
+        }
+        self.labels.upload(dev, ce.labels)?;
+        self.row_loss.ensure(dev, rows)?;
+        let (z, dz) = (
+            self.logits.ptr + 4 * ce.offset as u64,
+            self.d_logits.ptr + 4 * ce.offset as u64,
+        );
+        dev.launch_1d(
+            Kernel::CrossEntropy,
+            rows,
+            &[
+                &z,
+                &dz,
+                &self.labels.ptr,
+                &self.row_loss.ptr,
+                &(rows as i32),
+                &(ce.classes as i32),
+                &(ce.row_stride as i32),
+                &(ce.col_stride as i32),
+                &ce.weight,
+            ],
+        )?;
+        self.row_loss.download(dev, rows)
+    }
+
+    /// The squared error of the last forward's logits (one per row) against
+    /// `targets`: writes their gradient 2·(x − t)·weight and returns x − t.
+    pub fn squared_error(
+        &mut self,
+        dev: &CudaDevice,
+        targets: &[f32],
+        weight: f32,
+    ) -> Result<Vec<f32>> {
+        let len = {
+            let step = self.last_step()?;
+            step.rows * step.classes
+        };
+        if targets.len() != len {
+            return Err(Error::InvalidArgument(format!(
+                "{} regression targets for {len} outputs",
+                targets.len()
+            )));
+        }
+        self.values.upload(dev, targets)?;
+        self.row_loss.ensure(dev, len)?;
+        dev.launch_1d(
+            Kernel::SquaredError,
+            len,
+            &[
+                &self.logits.ptr,
+                &self.values.ptr,
+                &self.d_logits.ptr,
+                &self.row_loss.ptr,
+                &(len as i32),
+                &weight,
+            ],
+        )?;
+        self.row_loss.download(dev, len)
+    }
+
+    /// Backward of the last forward from the gradient its losses left:
+    /// writes the gradient of the hidden state into `d_hidden` [B·T, H]
+    /// (zero but the [CLS] rows for pooled heads) and returns the
+    /// classifier's gradients, weight [C, H] and bias [C].
     pub fn backward(
         &mut self,
         dev: &CudaDevice,
-        d_logits: &[f32],
         d_hidden: &mut DevBuf<f32>,
         h: usize,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let step = self
             .step
             .take()
             .ok_or_else(|| Error::InvalidArgument("CUDA head backward without a forward".into()))?;
         let (rows, classes) = (step.rows, step.classes);
-        if d_logits.len() != rows * classes {
-            return Err(Error::InvalidArgument(format!(
-                "d_logits has {} values, expected R·C = {}",
-                d_logits.len(),
-                rows * classes
-            )));
-        }
-        self.logits.upload(dev, d_logits)?;
         self.d_weight.ensure(dev, classes * h)?;
         dev.linear_backward_weight(
-            self.logits.ptr,
+            self.d_logits.ptr,
             step.input,
             rows,
             classes,
             h,
             self.d_weight.ptr,
+            false,
+        )?;
+        if self.ones.len < rows {
+            self.ones.upload(dev, &vec![1.0; rows])?;
+        }
+        self.d_bias.ensure(dev, classes)?;
+        dev.linear_backward_weight(
+            self.d_logits.ptr,
+            self.ones.ptr,
+            rows,
+            classes,
+            1,
+            self.d_bias.ptr,
             false,
         )?;
         d_hidden.ensure(dev, step.batch * step.seq * h)?;
@@ -244,7 +385,7 @@ impl CudaHead {
         };
         dev.linear_backward_input(
             Precision::Fp32,
-            self.logits.ptr,
+            self.d_logits.ptr,
             self.weight.ptr,
             rows,
             classes,
@@ -302,6 +443,9 @@ impl CudaHead {
                 ],
             )?;
         }
-        self.d_weight.download(dev, classes * h)
+        Ok((
+            self.d_weight.download(dev, classes * h)?,
+            self.d_bias.download(dev, classes)?,
+        ))
     }
 }
