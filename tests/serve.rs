@@ -13,6 +13,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use ptuning::engine::cuda::{CudaDevice, CudaEncoder, Precision};
 use ptuning::model::batch::Batch;
 use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
@@ -276,6 +277,27 @@ fn mixed_batch_matches_each_adapter_alone() {
     }
     // And each adapter's rows as one batch of their own through predict().
     let mixed = forward_mixed(&b.model, None, b.tokenizer.pad_id(), &rows, 32).unwrap();
+    // The same passes with the encoder and the heads on the CUDA engine
+    // (kernels.cu emulated on the CPU where g++ is; CI has no GPU): each
+    // head's logits come down, never the hidden states.
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if std::process::Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dev = CudaDevice::emulated(b.model.config.head_dim()).unwrap();
+        let mut enc = CudaEncoder::on(dev, &b.model, Precision::Fp32).unwrap();
+        let on_gpu =
+            forward_mixed(&b.model, Some(&mut enc), b.tokenizer.pad_id(), &rows, 32).unwrap();
+        for (r, (g, c)) in on_gpu.iter().zip(&mixed).enumerate() {
+            assert_eq!(g.len(), c.len(), "row {r}");
+            let d = max_diff(g, c);
+            assert!(d <= 1e-4, "row {r}: CUDA engine vs CPU {d}");
+        }
+    } else {
+        eprintln!("no C++ compiler ({cxx}): the CUDA engine's serving pass is not checked here");
+    }
     for (a, m) in models.iter().enumerate() {
         let mine: Vec<usize> = (0..rows_spec.len())
             .filter(|&r| rows_spec[r].0 == a)
