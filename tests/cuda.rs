@@ -149,11 +149,14 @@ const CASES: &[&str] = &[
 ];
 
 /// Per precision: (max |Δ| of hidden states and logits for fp32, else the
-/// relative error ‖Δ‖/‖ref‖; relative error of the gradients).
+/// relative error ‖Δ‖/‖ref‖; relative error of the gradients). tf32 keeps
+/// 10 mantissa bits (unit roundoff 4.9e-4) in every GEMM and, on the tensor
+/// cores, in attention: 1.8e-3 on the tiny BERT's logits on the emulated
+/// device, 1.5e-3 on an H100 with f32 attention; a bug is far above 5e-3.
 fn tolerances(p: Precision) -> (f64, f64) {
     match p {
         Precision::Fp32 => (1e-4, 1e-3),
-        Precision::Tf32 => (3e-3, 1e-2),
+        Precision::Tf32 => (5e-3, 1e-2),
         Precision::Bf16 => (2e-2, 5e-2),
     }
 }
@@ -172,10 +175,13 @@ fn cuda_engine_matches_the_reference_fixtures() {
             let batch = case.batch();
             // Emulation is slow (every CUDA thread an OS thread): there, fp32
             // on the cases with layer subsets (BERT and RoBERTa, plain and
-            // MLP) and bf16 once; its GEMM has no TF32 mode.
+            // MLP), and tf32 and bf16 once (its GEMM rounds their inputs as
+            // the tensor cores do).
             let precisions: &[Precision] = match (target, *name) {
                 (Target::Gpu, _) => &[Precision::Fp32, Precision::Tf32, Precision::Bf16],
-                (Target::Emulated, "tiny_bert_mlp_subset") => &[Precision::Fp32, Precision::Bf16],
+                (Target::Emulated, "tiny_bert_mlp_subset") => {
+                    &[Precision::Fp32, Precision::Tf32, Precision::Bf16]
+                }
                 (Target::Emulated, "tiny_roberta_plain_subset") => &[Precision::Fp32],
                 (Target::Emulated, _) => &[],
             };

@@ -953,7 +953,6 @@ impl CudaDevice {
             let blas = match &self.backend {
                 Backend::Cuda { blas, .. } => blas,
                 Backend::Emulated(_) => {
-                    let bf16 = ab_type == Ty::CUDA_R_16BF;
                     // SAFETY: as for cuBLAS below: live buffers of the described sizes.
                     unsafe {
                         super::emulator::gemm(
@@ -962,7 +961,7 @@ impl CudaDevice {
                             (a, lda),
                             (b, ldb),
                             (c, ldc),
-                            bf16,
+                            precision,
                             beta,
                         )
                     };

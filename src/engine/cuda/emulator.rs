@@ -8,6 +8,7 @@
 use std::ffi::{c_char, CString};
 use std::path::PathBuf;
 
+use crate::engine::cuda::device::Precision;
 use crate::error::{Error, Result};
 
 const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -148,7 +149,9 @@ fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
 }
 
 /// cuBLAS's GEMM as a loop, column-major: C[m×n] = op(A)[m×k]·op(B)[k×n]
-/// (+ C when beta is 1), A and B f32 or (bf16) bf16 bits, C f32.
+/// (+ C when beta is 1), C f32. A and B are f32, read as they are in fp32
+/// and rounded to tf32 in tf32 (to nearest, as the tensor cores' inputs),
+/// or bf16 bits in bf16.
 ///
 /// # Safety
 /// The pointers must address live memory of the sizes the leading
@@ -159,14 +162,14 @@ pub unsafe fn gemm(
     (a, lda): (u64, usize),
     (b, ldb): (u64, usize),
     (c, ldc): (u64, usize),
-    bf16: bool,
+    precision: Precision,
     beta: f32,
 ) {
     let read = |base: u64, i: usize| -> f32 {
-        if bf16 {
-            f32::from_bits((*(base as *const u16).add(i) as u32) << 16)
-        } else {
-            *(base as *const f32).add(i)
+        match precision {
+            Precision::Bf16 => f32::from_bits((*(base as *const u16).add(i) as u32) << 16),
+            Precision::Tf32 => tf32(*(base as *const f32).add(i)),
+            Precision::Fp32 => *(base as *const f32).add(i),
         }
     };
     let c = c as *mut f32;
@@ -182,4 +185,13 @@ pub unsafe fn gemm(
             *dst = if beta == 0.0 { s } else { *dst * beta + s };
         }
     }
+}
+
+/// `x` rounded to tf32 (10 mantissa bits; to nearest, ties away from zero,
+/// as cvt.rna.tf32.f32 and kernels.cu's Tf32Format::round; NaN kept).
+fn tf32(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)
 }
