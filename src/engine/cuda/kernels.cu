@@ -467,6 +467,20 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
     return any;
 }
 
+// Elements d .. d + 3 of `row`, its bias added, times `scale` (one 16-byte
+// load each).
+__device__ __forceinline__ void row_values(RowRef row, int d, float scale, float v[4]) {
+    ld4(row.at + d, v);
+    if (row.bias != 0) {
+        float bias[4];
+        ld4(row.bias + d, bias);
+#pragma unroll
+        for (int c = 0; c < 4; c++) v[c] += bias[c];
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++) v[c] *= scale;
+}
+
 // Rows r0 .. r0 + TILE of a [*, HD] strided source into a [TILE, ROW] shared
 // tile, plus their bias, times `scale`; rows at or past `count` are zeros.
 // `src(r)` is row r's RowRef. Called by every thread of the block.
@@ -475,18 +489,7 @@ __device__ __forceinline__ void load_tile(float* dst, int r0, int count, float s
     for (int e = threadIdx.x; e < TILE * (HEAD_DIM / 4); e += blockDim.x) {
         int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (r0 + r < count) {
-            RowRef row = src(r0 + r);
-            ld4(row.at + d, v);
-            if (row.bias != 0) {
-                float bias[4];
-                ld4(row.bias + d, bias);
-#pragma unroll
-                for (int c = 0; c < 4; c++) v[c] += bias[c];
-            }
-#pragma unroll
-            for (int c = 0; c < 4; c++) v[c] *= scale;
-        }
+        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
         st4(dst + r * ROW + d, v);
     }
 }
@@ -661,6 +664,10 @@ struct Bf16Format {
     static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
     static constexpr bool TRANSPOSED = true;
     __device__ static T round(float v) { return bf16_bits(v); }
+    // v rounded to 4 consecutive elements at p (8-byte aligned).
+    __device__ static void store4(T* p, const float v[4]) {
+        *reinterpret_cast<u64*>(p) = (u64)pack(v[0], v[1]) | ((u64)pack(v[2], v[3]) << 32);
+    }
     __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
     __device__ static u32 pack(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
     __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
@@ -696,6 +703,11 @@ struct Tf32Format {
         return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
     }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
+    // v rounded to 4 consecutive elements at p (16-byte aligned).
+    __device__ static void store4(T* p, const float v[4]) {
+        float x[4] = {round(v[0]), round(v[1]), round(v[2]), round(v[3])};
+        st4(p, x);
+    }
     __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
     __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
         mma_tf32_1688(d, a, b, c);
@@ -784,11 +796,24 @@ __device__ __forceinline__ typename F::T* carve_tiles(float* smem, typename F::T
 template <typename F, typename Src>
 __device__ __forceinline__ void load_mma_tile(typename F::T* rows, typename F::T* cols, int r0, int count, float scale,
                                               Src src) {
-    for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
-        int r = e / HEAD_DIM, d = e % HEAD_DIM;
-        typename F::T v = F::round(r0 + r < count ? src(r0 + r)[d] * scale : 0.0f);
-        if (rows != 0) rows[r * F::STRIDE + d] = v;
-        if (cols != 0 && cols != rows) cols[d * VROW + r] = v;
+    if (cols != 0 && cols != rows) {
+        // One element per thread: consecutive threads then write their
+        // transposed elements on 8 banks, where 4-wide groups would put them
+        // on 2.
+        for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
+            int r = e / HEAD_DIM, d = e % HEAD_DIM;
+            typename F::T v = F::round(r0 + r < count ? src(r0 + r)[d] * scale : 0.0f);
+            if (rows != 0) rows[r * F::STRIDE + d] = v;
+            cols[d * VROW + r] = v;
+        }
+        return;
+    }
+    // Rows alone: 4 elements per thread, one 16-byte load and one store.
+    for (int e = threadIdx.x; e < MMA_ROWS * (HEAD_DIM / 4); e += blockDim.x) {
+        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
+        F::store4(rows + r * F::STRIDE + d, v);
     }
 }
 
