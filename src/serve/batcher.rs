@@ -12,10 +12,10 @@
 //!    [`Batch`] and ONE [`DeepPrompt`] whose per-row keys and values
 //!    `kv[k][b]` [P, 2H] are copied from row b's own adapter's folded table;
 //! 3. the backbone runs once per chunk;
-//! 4. each adapter's head runs on the pass's hidden states, and its own
-//!    rows' logits are kept: the [CLS] row's for pooled heads, every real
-//!    token's for per-token heads. On a GPU the hidden states stay there
-//!    (engine/cuda/head.rs) and only the logits come down.
+//! 4. each adapter's head is applied to its own rows' hidden states: the
+//!    [CLS] state for pooled heads, every real token for per-token heads. On
+//!    a GPU the hidden states stay there: each adapter's head runs over the
+//!    pass (engine/cuda/head.rs) and only its logits come down.
 //!
 //! The encoder treats every batch row independently (its own prefix keys and
 //! values, its own padding mask), so a row's logits are those of its adapter
@@ -119,7 +119,7 @@ fn cut_points(lens: &[usize], max_batch: usize, hidden: usize) -> Vec<usize> {
 /// QA start/end).
 pub fn forward_group(
     backbone: &BertModel,
-    mut gpu: Option<&mut CudaEncoder>,
+    gpu: Option<&mut CudaEncoder>,
     pad_id: u32,
     rows: &[Row<'_>],
 ) -> Result<Vec<Vec<f32>>> {
@@ -154,62 +154,102 @@ pub fn forward_group(
         layers: first.adapter.layers.clone(),
         kv,
     };
-    // The encoder once; then each adapter's head over every row of the pass
-    // (cheap next to the encoder: the pooler on B [CLS] rows, or a C-wide
-    // classifier on B·T rows), keeping its own rows' logits. On a GPU the
-    // hidden state stays there and only each head's logits come down.
-    let hidden = match gpu.as_deref_mut() {
-        Some(enc) => {
-            enc.encode(
-                &batch,
-                Some(Prompt {
-                    len: p,
-                    layers: &prompt.layers,
-                    source: PromptSource::PerRow(&prompt.kv),
-                }),
-            )?;
-            Vec::new()
-        }
-        None => backbone.forward(&batch, Some(&prompt))?,
+    let Some(enc) = gpu else {
+        let hidden = backbone.forward(&batch, Some(&prompt))?;
+        return Ok(heads_on_host(backbone, &hidden, &batch, rows));
     };
+    // On a GPU the hidden state stays there: each adapter's head runs over
+    // every row of the pass (the pooler on B [CLS] rows or a C-wide
+    // classifier on B·T rows, small next to the encoder) and only its
+    // logits come down, of which its own rows' are kept.
+    enc.encode(
+        &batch,
+        Some(Prompt {
+            len: p,
+            layers: &prompt.layers,
+            source: PromptSource::PerRow(&prompt.kv),
+        }),
+    )?;
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
-    let mut done = vec![false; rows.len()];
-    for start in 0..rows.len() {
-        if done[start] {
-            continue;
-        }
-        let adapter = rows[start].adapter;
-        let head = &adapter.head;
+    for members in by_adapter(rows) {
+        let head = &rows[members[0]].adapter.head;
+        enc.head_forward(head, None)?;
         // [B, C] pooled, [B·T, C] per token.
-        let logits = match gpu.as_deref_mut() {
-            Some(enc) => {
-                enc.head_forward(head, None)?;
-                let (dev, device_head) = enc.head();
-                device_head.logits(dev)?
-            }
-            None => {
-                head.forward(
-                    backbone.pooler.as_ref(),
-                    &hidden,
-                    batch.batch,
-                    batch.seq,
-                    None,
-                )
-                .logits
-            }
+        let logits = {
+            let (dev, device_head) = enc.head();
+            device_head.logits(dev)?
         };
         let c = head.num_labels();
-        for b in (start..rows.len()).filter(|&i| std::ptr::eq(rows[i].adapter, adapter)) {
+        for b in members {
             out[b] = if head.per_token {
                 // The row's own tokens: [T_b, C].
                 logits[b * batch.seq * c..][..rows[b].sequence.0.len() * c].to_vec()
             } else {
                 logits[b * c..][..c].to_vec()
             };
-            done[b] = true;
         }
     }
     Ok(out)
+}
+
+/// The rows of each adapter of a pass, adapters in order of first row.
+fn by_adapter(rows: &[Row<'_>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match groups
+            .iter_mut()
+            .find(|g| std::ptr::eq(rows[g[0]].adapter, row.adapter))
+        {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Each adapter's head on its own rows of the pass's `hidden` state [B·T, H]
+/// (see [`forward_group`]): the members' [CLS] states for pooled heads,
+/// their real tokens back to back for per-token heads.
+fn heads_on_host(
+    backbone: &BertModel,
+    hidden: &[f32],
+    batch: &Batch,
+    rows: &[Row<'_>],
+) -> Vec<Vec<f32>> {
+    let h = backbone.config.hidden_size;
+    let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+    for members in by_adapter(rows) {
+        let head = &rows[members[0]].adapter.head;
+        let c = head.num_labels();
+        if head.per_token {
+            // The members' real tokens, back to back: [Σ T_b, H].
+            let lens: Vec<usize> = members.iter().map(|&b| rows[b].sequence.0.len()).collect();
+            let mut states = Vec::with_capacity(lens.iter().sum::<usize>() * h);
+            for (&b, &t) in members.iter().zip(&lens) {
+                states.extend_from_slice(&hidden[b * batch.seq * h..][..t * h]);
+            }
+            let total = states.len() / h;
+            let logits = head.forward(None, &states, total, 1, None).logits;
+            let mut at = 0;
+            for (&b, &t) in members.iter().zip(&lens) {
+                out[b] = logits[at * c..(at + t) * c].to_vec();
+                at += t;
+            }
+        } else {
+            // Pooled heads read each member's [CLS] state.
+            let mut cls = vec![0.0; members.len() * h];
+            for (dst, &b) in cls.chunks_mut(h).zip(&members) {
+                dst.copy_from_slice(&hidden[b * batch.seq * h..][..h]);
+            }
+            let logits = head
+                .forward(backbone.pooler.as_ref(), &cls, members.len(), 1, None)
+                .logits;
+            for (row, &b) in logits.chunks(c).zip(&members) {
+                out[b] = row.to_vec();
+            }
+        }
+    }
+    out
 }
 
 /// Runs any rows, of any adapters: [`plan`], then [`forward_group`] per pass.
