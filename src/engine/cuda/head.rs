@@ -49,7 +49,7 @@ pub struct CudaHead {
     row_loss: DevBuf<f32>,
     /// [R] ones: the bias gradient is d_logitsᵀ · 1.
     ones: DevBuf<f32>,
-    /// [B, H]: the gradient of the pooled rows, then of the [CLS] rows.
+    /// [B, H]: the gradients of the pooled rows and of the [CLS] rows.
     d_pooled: DevBuf<f32>,
     d_cls: DevBuf<f32>,
     /// [C, H] and [C]
