@@ -38,6 +38,10 @@ use crate::model::config::BertConfig;
 use crate::model::encoder::DropoutConfig;
 use crate::model::heads::ClassificationHead;
 
+/// Row elements per thread of the LayerNorm kernels (LN_PER_THREAD in
+/// kernels.cu).
+const LN_PER_THREAD: usize = 16;
+
 /// Queries (or keys) per block of the attention kernels (TILE in
 /// kernels.cu), each block 64 threads.
 const ATTENTION_TILE: usize = 32;
@@ -129,7 +133,7 @@ struct Workspace {
     mask: DevBuf<f32>,
     /// [rows, H]: the running hidden state.
     x: DevBuf<f32>,
-    /// [rows, H]: embedding sum, then scratch.
+    /// [rows, H]: the backward's scratch.
     tmp: DevBuf<f32>,
     x1: DevBuf<f32>,
     /// [rows, I]
@@ -222,6 +226,15 @@ impl CudaEncoder {
                 "CUDA: the kernels were built for head dimension {}, the model's is {}",
                 dev.head_dim,
                 config.head_dim()
+            )));
+        }
+        // The LayerNorm kernels hold a row in registers (LN_PER_THREAD in
+        // kernels.cu) across a block.
+        let max_row = LN_PER_THREAD * dev.row_block() as usize;
+        if config.hidden_size > max_row {
+            return Err(Error::InvalidArgument(format!(
+                "CUDA: the LayerNorm kernels take rows of at most {max_row} values, this model's hidden size is {}; use --device cpu",
+                config.hidden_size
             )));
         }
         let up = |v: &[f32]| -> Result<DevBuf<f32>> {
@@ -483,7 +496,6 @@ impl CudaEncoder {
 
         // Embeddings.
         ws.x.ensure(dev, rows * h)?;
-        ws.tmp.ensure(dev, rows * h)?;
         ws.x1.ensure(dev, rows * h)?;
         // In bf16 the producer of each GEMM input writes its bf16 copy into
         // ws.bf16, which the GEMM right after reads (`gemm_in`); the GELU
@@ -510,7 +522,6 @@ impl CudaEncoder {
                 &e.weight.ptr,
                 &e.bias.ptr,
                 &e.eps,
-                &ws.tmp.ptr,
                 &ws.x.ptr,
                 &(h as i32),
                 &key,

@@ -102,22 +102,30 @@ __device__ float block_sum(float v, float* shared) {
     return total;
 }
 
-// LayerNorm of one row held in global memory `in` into `out`, two passes
-// (mean, then the mean squared deviation), as the CPU kernel; writes
-// (mean, rstd) to stats when not null.
-__device__ void layernorm_row(const float* in, const float* gamma, const float* beta, float eps,
-                              float* out, float* stats, int h, float* shared) {
+// The LayerNorm kernels keep a row in registers: thread t holds elements
+// t + k·blockDim (k < LN_PER_THREAD), so rows of up to LN_PER_THREAD ×
+// blockDim (4096 with 256 threads; the loader checks) are read from global
+// memory once.
+#define LN_PER_THREAD 16
+#define FOR_ROW_ELEMENTS(k, j, h) \
+    _Pragma("unroll") for (int k = 0, j = threadIdx.x; k < LN_PER_THREAD; k++, j += blockDim.x) if (j < h)
+
+// LayerNorm of this thread's elements `v` of a row of h, in place: two
+// passes (mean, then the mean squared deviation) in the CPU kernel's order;
+// (mean, rstd) into stats when not null.
+__device__ void layernorm_regs(float v[LN_PER_THREAD], const float* gamma, const float* beta, float eps,
+                               float* stats, int h, float* shared) {
     float s = 0.0f;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) s += in[j];
+    FOR_ROW_ELEMENTS(k, j, h) s += v[k];
     float mean = block_sum(s, shared) / h;
-    float v = 0.0f;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        float d = in[j] - mean;
-        v += d * d;
+    float var = 0.0f;
+    FOR_ROW_ELEMENTS(k, j, h) {
+        float d = v[k] - mean;
+        var += d * d;
     }
-    float var = block_sum(v, shared) / h;
+    var = block_sum(var, shared) / h;
     float rstd = 1.0f / sqrtf(var + eps);
-    for (int j = threadIdx.x; j < h; j += blockDim.x) out[j] = (in[j] - mean) * rstd * gamma[j] + beta[j];
+    FOR_ROW_ELEMENTS(k, j, h) v[k] = (v[k] - mean) * rstd * gamma[j] + beta[j];
     if (stats != 0 && threadIdx.x == 0) {
         stats[0] = mean;
         stats[1] = rstd;
@@ -125,40 +133,37 @@ __device__ void layernorm_row(const float* in, const float* gamma, const float* 
 }
 
 // ---------------------------------------------------------------------------
-// Embeddings: sum[r] = word[ids[r]] + position[pos[r]] + type[types[r]], then
-// LayerNorm into x, then dropout (element index r*H + j), and x in bf16 into
-// x16 when not null. One block per row; `sum` is scratch [rows, H].
+// Embeddings: x = LN(word[ids[r]] + position[pos[r]] + type[types[r]]), then
+// dropout (element index r*H + j), and x in bf16 into x16 when not null. One
+// block per row.
 extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const u32* types,
                                            const float* word, const float* position, const float* type,
-                                           const float* gamma, const float* beta, float eps, float* sum,
-                                           float* x, int h, u64 key, u64 threshold, float scale,
-                                           int dropout, u16* x16) {
+                                           const float* gamma, const float* beta, float eps, float* x, int h,
+                                           u64 key, u64 threshold, float scale, int dropout, u16* x16) {
     __shared__ float shared[32];
     u64 r = blockIdx.x;
     const float* w = word + (u64)ids[r] * h;
     const float* p = position + (u64)pos[r] * h;
     const float* t = type + (u64)types[r] * h;
-    float* s = sum + r * h;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) s[j] = w[j] + p[j] + t[j];
-    __syncthreads();
-    float* out = x + r * h;
-    layernorm_row(s, gamma, beta, eps, out, 0, h, shared);
-    if (dropout) {
-        __syncthreads();
-        for (int j = threadIdx.x; j < h; j += blockDim.x) {
+    float v[LN_PER_THREAD];
+    FOR_ROW_ELEMENTS(k, j, h) v[k] = w[j] + p[j] + t[j];
+    layernorm_regs(v, gamma, beta, eps, 0, h, shared);
+    FOR_ROW_ELEMENTS(k, j, h) {
+        float o = v[k];
+        if (dropout) {
             float f = drop_factor(key, threshold, scale, r * h + j);
-            out[j] = f == 0.0f ? 0.0f : out[j] * f;
+            o = f == 0.0f ? 0.0f : o * f;
         }
+        x[r * h + j] = o;
+        if (x16 != 0) x16[r * h + j] = bf16_bits(o);
     }
-    // Each thread reads back the elements it wrote.
-    if (x16 != 0)
-        for (int j = threadIdx.x; j < h; j += blockDim.x) x16[r * h + j] = bf16_bits(out[j]);
 }
 
-// ln_in = dropout(y + bias) + residual (in place in y: the saved LayerNorm
-// input), then x_out = LN(ln_in), stats (mean, rstd) when not null. The
-// dropout counter of (r, j) is r*H + j. One block per row. x_out may alias
-// residual (each row is read before it is written). x_out in bf16 into x16
+// ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in). Where the
+// backward reads them (stats not null), ln_in goes back into y (the saved
+// LayerNorm input) and (mean, rstd) into stats. The dropout counter of
+// (r, j) is r*H + j. One block per row. x_out may alias residual (each
+// thread reads its elements before it writes them). x_out in bf16 into x16
 // too when not null.
 extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const float* bias, const float* residual,
                                                            const float* gamma, const float* beta, float eps,
@@ -169,19 +174,21 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const float
     u64 r = blockIdx.x;
     float* row = y + r * h;
     const float* res = residual + r * h;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        float v = row[j] + bias[j];
+    float v[LN_PER_THREAD];
+    FOR_ROW_ELEMENTS(k, j, h) {
+        float a = row[j] + bias[j];
         if (dropout) {
             float f = drop_factor(key, threshold, scale, r * h + j);
-            v = f == 0.0f ? 0.0f : v * f;
+            a = f == 0.0f ? 0.0f : a * f;
         }
-        row[j] = v + res[j];
+        v[k] = a + res[j];
+        if (stats != 0) row[j] = v[k];
     }
-    __syncthreads();
-    layernorm_row(row, gamma, beta, eps, x_out + r * h, stats == 0 ? 0 : stats + 2 * r, h, shared);
-    // Each thread reads back the elements it wrote.
-    if (x16 != 0)
-        for (int j = threadIdx.x; j < h; j += blockDim.x) x16[r * h + j] = bf16_bits(x_out[r * h + j]);
+    layernorm_regs(v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
+    FOR_ROW_ELEMENTS(k, j, h) {
+        x_out[r * h + j] = v[k];
+        if (x16 != 0) x16[r * h + j] = bf16_bits(v[k]);
+    }
 }
 
 // dx = dLN/dx · dy from the saved input and (mean, rstd); no dgamma/dbeta
