@@ -27,8 +27,8 @@ pub struct PromptModel {
     pub head: ClassificationHead,
     /// The backbone's copy on a GPU, when it runs there
     /// ([`PromptModel::use_compute`]): `predict` and `forward_backward` then
-    /// run the encoder and the head on it; the loss, an MLP prefix and the
-    /// head's optimizer stay here.
+    /// run the encoder, the head and its loss on it, and while training the
+    /// prompt lives there too; the classifier's optimizer stays here.
     pub gpu: Option<Arc<Mutex<CudaEncoder>>>,
 }
 
@@ -165,18 +165,16 @@ impl PromptModel {
         }
     }
 
-    /// Copies the gradient of a prefix table kept on a GPU into its
-    /// parameter (training itself never needs it there: the update runs on
-    /// the device). Nothing to do otherwise.
+    /// Copies the gradients of a prompt kept on a GPU into its parameters
+    /// (training itself never needs them there: the update runs on the
+    /// device). Nothing to do otherwise.
     pub fn grads_to_host(&mut self) -> Result<()> {
-        if let Some(gpu) = &self.gpu {
-            let enc = lock(gpu);
+        if let Some(gpu) = self.gpu.clone() {
+            let enc = lock(&gpu);
             if let Some(r) = &enc.resident {
-                self.prefix.embedding.grad = if r.grad_fresh {
-                    vec![0.0; r.len]
-                } else {
-                    r.grad.download(&enc.dev, r.len)?
-                };
+                for (p, g) in self.prefix.params_mut().into_iter().zip(r.grads(&enc.dev)?) {
+                    p.grad = g;
+                }
             }
         }
         Ok(())
@@ -372,11 +370,10 @@ impl PromptModel {
         Ok(())
     }
 
-    /// [`PromptModel::forward_backward`] with the encoder and the head on a
-    /// GPU: the same dropout masks, the same loss (on the host, from the
-    /// logits). A plain prefix table stays on the device with its gradient
-    /// (see [`PromptModel::optimizer_step`]); an MLP prefix runs on the host
-    /// and its table goes up and its gradient comes down each step. The
+    /// [`PromptModel::forward_backward`] with the encoder, the head and the
+    /// loss on a GPU: the same dropout masks, the same losses. The prompt
+    /// (a plain table, or the MLP and its parameters) stays on the device
+    /// with its gradients (see [`PromptModel::optimizer_step`]); the
     /// classifier's gradients come down to its parameters here.
     fn forward_backward_cuda(
         &mut self,
@@ -387,26 +384,15 @@ impl PromptModel {
     ) -> Result<StepOutput> {
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
         let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
-        let resident = !self.prefix.config.projection;
-        let prefix = if resident {
-            if encoder.resident.is_none() {
-                encoder.resident = Some(ResidentPrefix::new(
-                    &encoder.dev,
-                    &self.prefix.embedding.value,
-                )?);
-            }
-            None
-        } else {
-            Some(self.prefix.forward())
-        };
+        if encoder.resident.is_none() {
+            encoder.resident = Some(ResidentPrefix::new(&encoder.dev, &self.prefix)?);
+        }
         encoder.forward_train(
             batch,
             Prompt {
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
-                source: prefix
-                    .as_ref()
-                    .map_or(PromptSource::Resident, |f| PromptSource::Shared(&f.past)),
+                source: PromptSource::Resident,
             },
             dropout,
             prefix_dropout,
@@ -424,16 +410,15 @@ impl PromptModel {
         for (g, d) in self.head.bias.grad.iter_mut().zip(&d_bias) {
             *g += d;
         }
-        if let (Some(d_past), Some(prefix)) = (encoder.backward()?, &prefix) {
-            self.prefix.backward(prefix, &d_past);
-        }
+        // The prompt's gradients stay on the device with it.
+        encoder.backward()?;
         Ok(StepOutput { loss, logits })
     }
 
     /// Clips the gradients to `max_grad_norm` (0: no clipping) and takes
     /// one AdamW step, as the trainer does after each batch: on the host, or
-    /// on the GPU for a prefix table kept there (bit for bit the same update;
-    /// the global norm adds the device's and the host's squares in f64).
+    /// on the GPU for a prompt kept there (bit for bit the same update; the
+    /// global norm adds the device's and the host's squares in f64).
     pub fn optimizer_step(&mut self, opt: &mut AdamW, lr: f32, max_grad_norm: f32) -> Result<()> {
         if let Some(gpu) = self.gpu.clone() {
             let mut guard = lock(&gpu);
@@ -449,8 +434,8 @@ impl PromptModel {
         Ok(())
     }
 
-    /// [`PromptModel::optimizer_step`] with the prefix table (the first of
-    /// [`PromptModel::params_mut`]) on the device.
+    /// [`PromptModel::optimizer_step`] with the prompt's parameters (the
+    /// first of [`PromptModel::params_mut`]) on the device.
     fn device_step(
         &mut self,
         dev: &CudaDevice,
@@ -459,20 +444,22 @@ impl PromptModel {
         lr: f32,
         max_grad_norm: f32,
     ) -> Result<()> {
+        let n = resident.params.len();
         let mut params = self.params_mut();
         if max_grad_norm > 0.0 {
-            let host = grad_sum_squares(&params[1..]);
+            let host = grad_sum_squares(&params[n..]);
             let norm = (resident.grad_sum_squares(dev)? + host).sqrt() as f32;
             if let Some(coef) = clip_coef(norm, max_grad_norm) {
-                resident.scale_grad(dev, coef)?;
-                scale_grads(&mut params[1..], coef);
+                resident.scale_grads(dev, coef)?;
+                scale_grads(&mut params[n..], coef);
             }
         }
         opt.ensure_moments(&params);
         let s = opt.begin_step(lr);
-        let (prefix_moments, head_moments) = opt.moments.split_at_mut(1);
-        resident.adamw(dev, &s, s.decay(params[0]), &prefix_moments[0])?;
-        for (p, m) in params[1..].iter_mut().zip(head_moments) {
+        let (prefix_moments, head_moments) = opt.moments.split_at_mut(n);
+        let decays: Vec<f32> = params[..n].iter().map(|p| s.decay(p)).collect();
+        resident.adamw(dev, &s, &decays, prefix_moments)?;
+        for (p, m) in params[n..].iter_mut().zip(head_moments) {
             s.update(p, m);
         }
         Ok(())
@@ -486,9 +473,9 @@ impl PromptModel {
         }
     }
 
-    /// Brings a prefix table kept on the GPU back to the host, with its
-    /// AdamW moments into `opt`: before evaluating, checkpointing or
-    /// exporting. Nothing to do on the CPU.
+    /// Brings a prompt kept on the GPU back to the host, with its AdamW
+    /// moments into `opt`: before evaluating, checkpointing or exporting.
+    /// Nothing to do on the CPU.
     pub fn sync_host(&mut self, opt: &mut AdamW) -> Result<()> {
         let Some(gpu) = self.gpu.clone() else {
             return Ok(());
@@ -497,11 +484,17 @@ impl PromptModel {
         let Some(resident) = &enc.resident else {
             return Ok(());
         };
-        let (table, moments) = resident.download(&enc.dev)?;
-        self.prefix.embedding.value = table;
-        if let Some(m) = moments {
+        let values = resident.download(&enc.dev)?;
+        if values.iter().any(|(_, m)| m.is_some()) {
             opt.ensure_moments(&self.params_mut());
-            opt.moments[0] = m;
+        }
+        for (i, (p, (value, moments))) in
+            self.prefix.params_mut().into_iter().zip(values).enumerate()
+        {
+            p.value = value;
+            if let Some(m) = moments {
+                opt.moments[i] = m;
+            }
         }
         Ok(())
     }

@@ -18,14 +18,15 @@
 //! ln1_in and its stats, inter_pre, ln2_in and its stats.
 //!
 //! Where tensors are born and die: weights are uploaded once in
-//! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) and the
-//! prefix table (P × Ls·2H, unless it lives here: [`PromptSource::Resident`])
-//! go up at each forward. The last hidden state stays here for the task head
-//! ([`CudaEncoder::head_forward`], engine/cuda/head.rs), whose backward
-//! leaves its gradient here for [`CudaEncoder::backward`]; only the logits
-//! and their gradient cross. The prefix table's gradient comes down unless
-//! it stays with a resident table. [`CudaEncoder::forward`] brings output
-//! rows down instead (serving, tests).
+//! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) goes up at
+//! each forward, and in inference the prefix table (P × Ls·2H) when it
+//! changed; a training run's prompt lives here ([`PromptSource::Resident`],
+//! engine/cuda/optim.rs) with its gradients. The last hidden state stays
+//! here for the task head ([`CudaEncoder::head_forward`],
+//! engine/cuda/head.rs), whose backward leaves its gradient here for
+//! [`CudaEncoder::backward`]; only targets, loss terms, logits and the
+//! classifier's gradients cross. [`CudaEncoder::forward`] brings the hidden
+//! state down instead (serving without heads, tests).
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision};
@@ -114,13 +115,14 @@ pub struct Prompt<'a> {
 
 #[derive(Clone, Copy, Debug)]
 pub enum PromptSource<'a> {
-    /// The prefix encoder's output [P, Ls·2H], shared by every row (with
-    /// the prefix dropout of training applied per row on the device).
+    /// The prefix encoder's output [P, Ls·2H], shared by every row
+    /// (inference; sent only when it changed).
     Shared(&'a [f32]),
     /// Per prefixed layer, [B, P, 2H]: rows of different adapters (serving).
     PerRow(&'a [Vec<f32>]),
-    /// The table already on the device ([`CudaEncoder::resident`]), shared
-    /// as `Shared` is; the backward leaves its gradient there.
+    /// The training run's prompt on the device ([`CudaEncoder::resident`]),
+    /// shared by every row with the prefix dropout applied per row; the
+    /// backward leaves its gradients there.
     Resident,
 }
 
@@ -148,7 +150,6 @@ struct Workspace {
     past_host: Vec<f32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
-    d_past: DevBuf<f32>,
     /// Backward: [rows, H] ×3, [rows, I], [rows, 3H], [B, NH, T]
     d_h: DevBuf<f32>,
     d_x: DevBuf<f32>,
@@ -168,8 +169,6 @@ struct Step {
     layers: Vec<usize>,
     dropout: DropoutConfig,
     prefix_dropout: Option<Dropout>,
-    /// The prompt was the resident table: its gradient stays on the device.
-    resident: bool,
     /// The head's backward has written the output's gradient into d_x.
     d_out_ready: bool,
 }
@@ -319,9 +318,9 @@ impl CudaEncoder {
 
     /// Training forward: like [`CudaEncoder::encode`] with dropout, saving
     /// what [`CudaEncoder::backward`] reads from the lowest prefixed layer up.
-    /// `prompt` must be shared by all rows (not [`PromptSource::PerRow`]);
-    /// `prefix_dropout` is the prefix encoder's output dropout (per row, as
-    /// PrefixEncoder::expand).
+    /// `prompt` must be [`PromptSource::Resident`]: the backward leaves the
+    /// prompt's gradients with it. `prefix_dropout` is the prefix encoder's
+    /// output dropout (per row, as PrefixEncoder::expand).
     pub fn forward_train(
         &mut self,
         batch: &Batch,
@@ -329,9 +328,9 @@ impl CudaEncoder {
         dropout: &DropoutConfig,
         prefix_dropout: Option<Dropout>,
     ) -> Result<()> {
-        if matches!(prompt.source, PromptSource::PerRow(_)) {
+        if !matches!(prompt.source, PromptSource::Resident) {
             return Err(Error::InvalidArgument(
-                "CUDA training takes the prefix table shared by all rows".into(),
+                "CUDA training reads its prompt from the device (ResidentPrefix)".into(),
             ));
         }
         self.run_forward(batch, Some(prompt), dropout, prefix_dropout, true)?;
@@ -342,7 +341,6 @@ impl CudaEncoder {
             layers: prompt.layers.to_vec(),
             dropout: *dropout,
             prefix_dropout,
-            resident: matches!(prompt.source, PromptSource::Resident),
             d_out_ready: false,
         });
         Ok(())
@@ -448,8 +446,8 @@ impl CudaEncoder {
                             }
                             ws.past.ptr
                         }
-                        _ => match &self.resident {
-                            Some(r) if r.len == p * ls * two_h => r.table.ptr,
+                        _ => match self.resident.as_mut() {
+                            Some(r) if r.len == p * ls * two_h => r.table(dev)?,
                             _ => {
                                 return Err(Error::InvalidArgument(format!(
                                     "no prefix table of P·Ls·2H = {} values on the device",
@@ -665,10 +663,9 @@ impl CudaEncoder {
     }
 
     /// Backward of the last [`CudaEncoder::forward_train`] from the gradient
-    /// of its output that [`CudaEncoder::head_backward`] left here. Returns
-    /// the gradient of the prefix table, [P, Ls·2H], or None when the prompt
-    /// was the resident table, whose gradient it wrote on the device.
-    pub fn backward(&mut self) -> Result<Option<Vec<f32>>> {
+    /// of its output that [`CudaEncoder::head_backward`] left here, into the
+    /// resident prompt's gradients.
+    pub fn backward(&mut self) -> Result<()> {
         let step = self.step.take().ok_or_else(|| {
             Error::InvalidArgument("CUDA backward without a training forward".into())
         })?;
@@ -864,24 +861,16 @@ impl CudaEncoder {
             }
         }
 
-        // d(prefix table), through the prefix dropout, summed over rows:
-        // into the resident table's gradient, or down to the host.
-        let width = ls * two_h;
-        let (d_past, accumulate) = match (self.resident.as_mut(), step.resident) {
-            (Some(r), true) => {
-                let add = !r.grad_fresh;
-                r.grad_fresh = false;
-                (r.grad.ptr, add as i32)
-            }
-            _ => {
-                ws.d_past.ensure(dev, p * width)?;
-                (ws.d_past.ptr, 0)
-            }
-        };
+        // d(prefix table), through the prefix dropout, summed over rows,
+        // into the resident prompt: its table's gradient, or through its MLP.
+        let resident = self.resident.as_mut().ok_or_else(|| {
+            Error::InvalidArgument("CUDA backward without the prompt on the device".into())
+        })?;
+        let (d_past, accumulate) = resident.table_grad();
         let (key, thr, scale, on) = site(step.prefix_dropout);
         dev.launch_1d(
             Kernel::ReducePrefix,
-            p * width,
+            p * ls * two_h,
             &[
                 &ws.d_kv.ptr,
                 &d_past,
@@ -893,14 +882,10 @@ impl CudaEncoder {
                 &thr,
                 &scale,
                 &on,
-                &accumulate,
+                &(accumulate as i32),
             ],
         )?;
-        if step.resident {
-            Ok(None)
-        } else {
-            ws.d_past.download(dev, p * width).map(Some)
-        }
+        resident.backward(dev)
     }
 }
 
