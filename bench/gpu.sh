@@ -6,7 +6,8 @@
 #   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
 #      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
 #      training step and inference, in fp32, tf32 and bf16;
-#   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md;
+#   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md,
+#      with the MLP prefix too;
 #   4. the table, printed and written to ${OUT:-.}/gpu-results.md.
 # Usage: bash bench/gpu.sh [--quick | --profile]
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 3 only.
@@ -50,6 +51,11 @@ for size in $sizes; do
             --batch 32 --seq 128 --prefix-len 20 --warmup 2 --iters 3 --profile > /dev/null 2>> "$out/gpu-profile.md"
     done
 done
+# The MLP reparameterization, trained on the device too (bench --prefix-projection).
+largest="${sizes##* }"
+echo "### bert-$largest bf16, --prefix-projection" >> "$out/gpu-profile.md"
+timeout 120 .gpu/ptuning bench --device cuda --precision bf16 --model "/tmp/bert-$largest" --batch 32 --seq 128 \
+    --prefix-len 20 --prefix-projection --warmup 2 --iters 3 --profile > /dev/null 2>> "$out/gpu-profile.md"
 cat "$out/gpu-profile.md"
 
 [ "$mode" = "--profile" ] && exit "$tests_rc"
