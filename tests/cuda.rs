@@ -345,6 +345,27 @@ fn cuda_engine_dropout_and_heads_match_the_cpu() {
     }
 }
 
+/// A hidden size over what the LayerNorm kernels hold in registers (16 a
+/// thread: 4096 on a GPU, 512 with the emulator's 32 threads) is refused
+/// when the encoder opens, with the limit and the way out.
+#[test]
+fn a_hidden_size_too_wide_for_layernorm_is_refused() {
+    if !targets("a_hidden_size_too_wide_for_layernorm_is_refused").contains(&Target::Emulated) {
+        return;
+    }
+    let mut model = (*Case::load("tiny_bert_plain").model().backbone).clone();
+    let heads = 600 / model.config.head_dim();
+    model.config.hidden_size = 600;
+    model.config.num_attention_heads = heads;
+    let dev = CudaDevice::emulated(model.config.head_dim()).unwrap();
+    let e = CudaEncoder::on(dev, &model, Precision::Fp32)
+        .err()
+        .expect("a row of 600 values does not fit")
+        .to_string();
+    assert!(e.contains("at most 512") && e.contains("600"), "{e}");
+    assert!(e.contains("--device cpu"), "{e}");
+}
+
 /// Inference sends the prefix table only when it changed since the last
 /// call: a table changed on the host (a training step, a loaded
 /// checkpoint) reaches the device, and the same table gives the same logits.
