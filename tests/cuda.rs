@@ -11,7 +11,8 @@ use common::{max_abs_diff, rel_err, Case};
 use ptuning::engine::cuda::device::Kernel;
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
 use ptuning::engine::cuda::{
-    compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, Precision,
+    compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, KernelTime,
+    Precision,
 };
 use ptuning::engine::device::{Compute, Device};
 use ptuning::model::bert::BertModel;
@@ -95,17 +96,19 @@ fn targets(test: &str) -> Vec<Target> {
             missing.join(", ")
         );
     }
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    if std::process::Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        out.push(Target::Emulated);
-    } else {
-        eprintln!("{test}: no C++ compiler ({cxx}), so no emulated run");
+    match common::cxx() {
+        Ok(_) => out.push(Target::Emulated),
+        Err(cxx) => eprintln!("{test}: no C++ compiler ({cxx}), so no emulated run"),
     }
     out
+}
+
+/// How many launches of kernel (or GEMM) `name` a profile counted.
+fn launches(times: &[KernelTime], name: &str) -> usize {
+    times
+        .iter()
+        .find(|t| t.name == name)
+        .map_or(0, |t| t.launches)
 }
 
 /// Puts `model`'s encoder on `target`.
@@ -507,19 +510,13 @@ fn profile_counts_every_launch() {
         };
         enc.forward(&batch, Some(prompt)).unwrap();
         let times = enc.dev.take_profile().unwrap();
-        let launches = |name: &str| {
-            times
-                .iter()
-                .find(|t| t.name == name)
-                .map_or(0, |t| t.launches)
-        };
-        assert_eq!(launches("embed_layernorm"), 1, "{times:?}");
-        assert_eq!(launches("attention_forward"), layers_n, "{times:?}");
+        assert_eq!(launches(&times, "embed_layernorm"), 1, "{times:?}");
+        assert_eq!(launches(&times, "attention_forward"), layers_n, "{times:?}");
         let rows = batch.rows();
         let gemm = format!("gemm fp32 {}x{rows}x{h} TN", 3 * h);
-        assert_eq!(launches(&gemm), layers_n, "{gemm} in {times:?}");
+        assert_eq!(launches(&times, &gemm), layers_n, "{gemm} in {times:?}");
         let ffn = format!("gemm fp32 {inter}x{rows}x{h} TN");
-        assert_eq!(launches(&ffn), layers_n, "{ffn} in {times:?}");
+        assert_eq!(launches(&times, &ffn), layers_n, "{ffn} in {times:?}");
         assert!(times.iter().all(|t| t.ms >= 0.0) && times.iter().any(|t| t.ms > 0.0));
         // Profiling stopped: the next forward adds nothing.
         enc.forward(&batch, None).unwrap();
@@ -532,12 +529,6 @@ fn profile_counts_every_launch() {
         gpu.lock().unwrap().dev.start_profile();
         case.step(&mut model);
         let times = gpu.lock().unwrap().dev.take_profile().unwrap();
-        let launches = |name: &str| {
-            times
-                .iter()
-                .find(|t| t.name == name)
-                .map_or(0, |t| t.launches)
-        };
         for name in [
             "gather_rows",
             "bias_tanh",
@@ -545,11 +536,11 @@ fn profile_counts_every_launch() {
             "tanh_backward",
             "scatter_rows",
         ] {
-            assert_eq!(launches(name), 1, "{name} in {times:?}");
+            assert_eq!(launches(&times, name), 1, "{name} in {times:?}");
         }
         let classes = model.head.num_labels();
         let d_weight = format!("gemm fp32 {h}x{classes}x{} NT", batch.batch);
-        assert_eq!(launches(&d_weight), 1, "{d_weight} in {times:?}");
+        assert_eq!(launches(&times, &d_weight), 1, "{d_weight} in {times:?}");
     }
 }
 
@@ -559,15 +550,13 @@ fn profile_counts_every_launch() {
 /// every backward, and the CPU engine's dropout mask.
 #[test]
 fn kernels_pass_the_cpu_emulation() {
-    let gxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    if std::process::Command::new(&gxx)
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no C++ compiler ({gxx}) to build tools/cuda_emu");
-        return;
-    }
+    let gxx = match common::cxx() {
+        Ok(gxx) => gxx,
+        Err(gxx) => {
+            eprintln!("skipped: no C++ compiler ({gxx}) to build tools/cuda_emu");
+            return;
+        }
+    };
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
     // The tiny models' head size, and BERT-base's (two column groups per
@@ -644,12 +633,6 @@ fn attention_on_the_tensor_cores() {
             let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
             assert!(enc.lock().unwrap().dev.tensor_core_attention(precision));
             let layers = cpu.backbone.config.num_hidden_layers;
-            let launches = |times: &[ptuning::engine::cuda::KernelTime], name: &str| {
-                times
-                    .iter()
-                    .find(|t| t.name == name)
-                    .map_or(0, |t| t.launches)
-            };
             let forward = format!("attention_forward_{suffix}");
 
             enc.lock().unwrap().dev.start_profile();

@@ -3,6 +3,8 @@
 //! and unload, metrics, the 503 of a full queue, a seeded fuzz, and graceful
 //! shutdown over a real loopback socket.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,12 +282,9 @@ fn mixed_batch_matches_each_adapter_alone() {
     // The same passes with the encoder and the heads on the CUDA engine
     // (kernels.cu emulated on the CPU where g++ is; CI has no GPU): each
     // head's logits come down, never the hidden states.
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    if std::process::Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
+    if let Err(cxx) = common::cxx() {
+        eprintln!("no C++ compiler ({cxx}): the CUDA engine's serving pass is not checked here");
+    } else {
         let dev = CudaDevice::emulated(b.model.config.head_dim()).unwrap();
         let mut enc = CudaEncoder::on(dev, &b.model, Precision::Fp32).unwrap();
         let on_gpu =
@@ -295,8 +294,6 @@ fn mixed_batch_matches_each_adapter_alone() {
             let d = max_diff(g, c);
             assert!(d <= 1e-4, "row {r}: CUDA engine vs CPU {d}");
         }
-    } else {
-        eprintln!("no C++ compiler ({cxx}): the CUDA engine's serving pass is not checked here");
     }
     for (a, m) in models.iter().enumerate() {
         let mine: Vec<usize> = (0..rows_spec.len())

@@ -31,6 +31,17 @@ fn minilm_dir() -> PathBuf {
     std::env::var_os("PTUNING_MODEL_DIR").map_or_else(default_model_dir, PathBuf::from)
 }
 
+/// The C++ compiler that builds tools/cuda_emu ($CXX, else g++): Ok where
+/// it runs (the CUDA engine's tests then run on the emulated device), else
+/// Err, both with its name.
+pub fn cxx() -> Result<String, String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    match std::process::Command::new(&cxx).arg("--version").output() {
+        Ok(_) => Ok(cxx),
+        Err(_) => Err(cxx),
+    }
+}
+
 /// Whether the real MiniLM is here (always in CI: the test script fetches it).
 pub fn minilm_available() -> bool {
     minilm_dir().join("model.safetensors").exists()

@@ -13,6 +13,7 @@ use cudarc::driver::{
 use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use crate::engine::cpu::dropout::Dropout;
 use crate::error::{Error, Result};
 
 /// The kernels' source; `HEAD_DIM` is defined at compile time.
@@ -258,6 +259,18 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
 
 fn mixed_devices() -> Error {
     Error::InvalidArgument("CUDA: a buffer of one device used on another".into())
+}
+
+/// (key, threshold, scale, enabled) of a dropout site, as the kernels take
+/// it (src/engine/cpu/dropout.rs's mask).
+pub fn dropout_site(d: Option<Dropout>) -> (u64, u64, f32, i32) {
+    match d {
+        Some(d) => {
+            let m = d.mask();
+            (m.key(), m.threshold(), m.scale(), 1)
+        }
+        None => (0, 0, 1.0, 0),
+    }
 }
 
 /// The kernels of kernels.cu.

@@ -26,10 +26,12 @@
 //! engine/cuda/head.rs), whose backward leaves its gradient here for
 //! [`CudaEncoder::backward`]; only targets, loss terms, logits and the
 //! classifier's gradients cross. [`CudaEncoder::forward`] brings the hidden
-//! state down instead (serving without heads, tests).
+//! state down instead (the tests read it against the fixtures).
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision};
+use crate::engine::cuda::device::{
+    dropout_site, CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision,
+};
 use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::error::{Error, Result};
@@ -191,17 +193,6 @@ pub struct CudaEncoder {
     /// A training run's prefix table with its gradient and moments, when
     /// the model keeps it here (PromptModel on a GPU, plain tables).
     pub resident: Option<ResidentPrefix>,
-}
-
-/// (key, threshold, scale, enabled) of a dropout site for the kernels.
-fn site(d: Option<Dropout>) -> (u64, u64, f32, i32) {
-    match d {
-        Some(d) => {
-            let m = d.mask();
-            (m.key(), m.threshold(), m.scale(), 1)
-        }
-        None => (0, 0, 1.0, 0),
-    }
 }
 
 impl CudaEncoder {
@@ -457,7 +448,7 @@ impl CudaEncoder {
                         },
                     };
                     ws.kv.ensure(dev, ls * b * p * two_h)?;
-                    let (key, thr, scale, on) = site(prefix_dropout);
+                    let (key, thr, scale, on) = dropout_site(prefix_dropout);
                     dev.launch_1d(
                         Kernel::ExpandPrefix,
                         ls * b * p * two_h,
@@ -504,7 +495,7 @@ impl CudaEncoder {
         if !bf16 {
             ws.act.ensure(dev, rows * inter)?;
         }
-        let (key, thr, scale, on) = site(dropout.embeddings());
+        let (key, thr, scale, on) = dropout_site(dropout.embeddings());
         let e = &self.embed_ln;
         dev.launch(
             Kernel::EmbedLayernorm,
@@ -566,7 +557,7 @@ impl CudaEncoder {
             let k = layers.iter().position(|&x| x == l);
             let pl = if k.is_some() { p } else { 0 };
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
-            let (key, thr, dscale, on) = site(dropout.attention_probs(l));
+            let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call = AttentionCall::new(
                 (s.qkv.ptr, layer.qkv.bias.ptr),
@@ -574,13 +565,10 @@ impl CudaEncoder {
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
             );
-            // On the tensor cores in bf16 and tf32 when the device allows.
-            let (kernel, tile, block) =
-                attention_kernel(dev, self.precision, Kernel::AttentionForward);
             call.launch(
                 dev,
-                kernel,
-                (t.div_ceil(tile), block),
+                (self.precision, Kernel::AttentionForward),
+                t,
                 &[&s.ctx.ptr, &lse],
                 &[&scale_qk, &key, &thr, &dscale, &on, &b16],
             )?;
@@ -786,7 +774,7 @@ impl CudaEncoder {
             let pl = if k.is_some() { p } else { 0 };
             let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
             let dprefix_ptr = k.map_or(0, |k| ws.d_kv.ptr + (k * b * p * two_h * 4) as u64);
-            let (key, thr, dscale, on) = site(dropout.attention_probs(l));
+            let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let need_below = l > lowest;
             dev.launch(
                 Kernel::AttentionDelta,
@@ -809,12 +797,10 @@ impl CudaEncoder {
             );
             let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
-                let (kernel, tile, block) =
-                    attention_kernel(dev, self.precision, Kernel::AttentionBackwardDq);
                 call.launch(
                     dev,
-                    kernel,
-                    (t.div_ceil(tile), block),
+                    (self.precision, Kernel::AttentionBackwardDq),
+                    t,
                     &[&stats[..], &[&ws.d_qkv.ptr]].concat(),
                     &[&scale_qk, &key, &thr, &dscale, &on, &b16],
                 )?;
@@ -828,12 +814,10 @@ impl CudaEncoder {
                 } else {
                     (0u64, 0u64)
                 };
-                let (kernel, tile, block) =
-                    attention_kernel(dev, self.precision, Kernel::AttentionBackwardDkv);
                 call.launch(
                     dev,
-                    kernel,
-                    (n_keys.div_ceil(tile), block),
+                    (self.precision, Kernel::AttentionBackwardDkv),
+                    n_keys,
                     &[&stats[..], &[&dqkv, &dprefix_ptr]].concat(),
                     &[
                         &(n_keys as i32),
@@ -867,7 +851,7 @@ impl CudaEncoder {
             Error::InvalidArgument("CUDA backward without the prompt on the device".into())
         })?;
         let (d_past, accumulate) = resident.table_grad();
-        let (key, thr, scale, on) = site(step.prefix_dropout);
+        let (key, thr, scale, on) = dropout_site(step.prefix_dropout);
         dev.launch_1d(
             Kernel::ReducePrefix,
             p * ls * two_h,
@@ -887,28 +871,6 @@ impl CudaEncoder {
         )?;
         resident.backward(dev)
     }
-}
-
-/// The attention kernel to run for `f32_kernel` (AttentionForward,
-/// AttentionBackwardDq or AttentionBackwardDkv) in `precision`: its
-/// tensor-core twin when the device runs that precision's attention there,
-/// with its rows per block and threads per block.
-fn attention_kernel(
-    dev: &CudaDevice,
-    precision: Precision,
-    f32_kernel: Kernel,
-) -> (Kernel, usize, u32) {
-    let format = MmaFormat::of(precision).filter(|f| dev.tensor_cores.contains(f));
-    let Some(format) = format else {
-        return (f32_kernel, ATTENTION_TILE, 64);
-    };
-    let [_, forward, dq, dkv] = format.kernels();
-    let kernel = match f32_kernel {
-        Kernel::AttentionBackwardDq => dq,
-        Kernel::AttentionBackwardDkv => dkv,
-        _ => forward,
-    };
-    (kernel, MMA_TILE, 128)
 }
 
 /// What every attention kernel of kernels.cu takes first: the layer's qkv
@@ -944,15 +906,32 @@ impl AttentionCall {
         }
     }
 
-    /// Launches `kernel` over (tiles, NH, B) blocks of `block` threads.
+    /// Launches `f32_kernel` (AttentionForward, AttentionBackwardDq or
+    /// AttentionBackwardDkv), or its tensor-core twin where the device runs
+    /// `precision`'s attention there, over (tiles, NH, B) blocks: tiles of
+    /// `rows` queries (keys for dK/dV), 32 per 64 threads for the f32
+    /// kernels, 64 per 128 threads for the tensor-core ones.
     fn launch(
         &self,
         dev: &CudaDevice,
-        kernel: Kernel,
-        (tiles, block): (usize, u32),
+        (precision, f32_kernel): (Precision, Kernel),
+        rows: usize,
         buffers: &[&dyn KernelArg],
         rest: &[&dyn KernelArg],
     ) -> Result<()> {
+        let format = MmaFormat::of(precision).filter(|f| dev.tensor_cores.contains(f));
+        let (kernel, tile, block) = match format {
+            None => (f32_kernel, ATTENTION_TILE, 64),
+            Some(format) => {
+                let [_, forward, dq, dkv] = format.kernels();
+                let kernel = match f32_kernel {
+                    Kernel::AttentionBackwardDq => dq,
+                    Kernel::AttentionBackwardDkv => dkv,
+                    _ => forward,
+                };
+                (kernel, MMA_TILE, 128)
+            }
+        };
         let (t, p, nh) = &self.shape;
         let head: [&dyn KernelArg; 5] = [
             &self.qkv,
@@ -965,7 +944,7 @@ impl AttentionCall {
         let args = [&head[..], buffers, &shape[..], rest].concat();
         dev.launch(
             kernel,
-            (tiles as u32, *nh as u32, self.batch as u32),
+            (rows.div_ceil(tile) as u32, *nh as u32, self.batch as u32),
             block,
             &args,
         )
@@ -989,7 +968,7 @@ fn residual_layernorm(
     dropout: Option<Dropout>,
     x16: u64,
 ) -> Result<()> {
-    let (key, thr, scale, on) = site(dropout);
+    let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
         (rows as u32, 1, 1),
@@ -1041,7 +1020,7 @@ fn dropout_copy(
     n: usize,
     dropout: Option<Dropout>,
 ) -> Result<()> {
-    let (key, thr, scale, on) = site(dropout);
+    let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch_1d(
         Kernel::DropoutCopy,
         n,

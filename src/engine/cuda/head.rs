@@ -22,7 +22,7 @@
 //! head is on the CPU.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
+use crate::engine::cuda::device::{dropout_site, CudaDevice, DevBuf, Kernel, Precision};
 use crate::error::{Error, Result};
 use crate::model::bert::BertPooler;
 use crate::model::heads::ClassificationHead;
@@ -96,12 +96,6 @@ impl<'a> CrossEntropy<'a> {
             weight,
         }
     }
-}
-
-/// (key, threshold, scale) of a dropout site for the kernels.
-fn dropout_args(d: &Dropout) -> (u64, u64, f32) {
-    let m = d.mask();
-    (m.key(), m.threshold(), m.scale())
 }
 
 impl CudaHead {
@@ -188,7 +182,7 @@ impl CudaHead {
         };
         let input = match &dropout {
             Some(d) => {
-                let (key, thr, scale) = dropout_args(d);
+                let (key, thr, scale, on) = dropout_site(Some(*d));
                 self.input.ensure(dev, rows * h)?;
                 dev.launch_1d(
                     Kernel::DropoutCopy,
@@ -200,7 +194,7 @@ impl CudaHead {
                         &key,
                         &thr,
                         &scale,
-                        &1i32,
+                        &on,
                         &0u64,
                     ],
                 )?;
@@ -394,7 +388,7 @@ impl CudaHead {
             false,
         )?;
         if let Some(d) = &step.dropout {
-            let (key, thr, scale) = dropout_args(d);
+            let (key, thr, scale, _) = dropout_site(Some(*d));
             dev.launch_1d(
                 Kernel::DropoutApply,
                 rows * h,
