@@ -49,8 +49,15 @@ impl Emulator {
             "ptuning-cuda-emu-{:016x}.so",
             sources_hash(head_dim)
         ));
-        if !lib_path.exists() {
-            build(head_dim, &lib_path)?;
+        {
+            // One build at a time in the process: the build's scratch names
+            // carry the process id, and threads opening devices at once
+            // (the tests) would share them.
+            static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+            if !lib_path.exists() {
+                build(head_dim, &lib_path)?;
+            }
         }
         // SAFETY: our own library, whose only exported symbols are the two
         // C functions below with these signatures.
