@@ -9,6 +9,7 @@
 #endif
 #include "../../src/engine/cuda/kernels.cu"
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <random>
@@ -47,6 +48,18 @@ static double bf16_mismatches(const std::vector<float>& f32, const std::vector<u
     return bad;
 }
 static u64 ptr16(std::vector<u16>& v) { return (u64)v.data(); }
+
+// `v` rounded to bf16: the bits, and their values in f32.
+static std::vector<u16> bf16_of(const std::vector<float>& v) {
+    std::vector<u16> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) out[i] = bf16_bits(v[i]);
+    return out;
+}
+static std::vector<float> f32_of(const std::vector<u16>& v) {
+    std::vector<float> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) out[i] = bf16_float(v[i]);
+    return out;
+}
 
 // Dropout site parameters (the CPU's Dropout::mask): p = 0.2.
 static const float P_DROP = 0.2f;
@@ -111,7 +124,7 @@ static void check_attention(bool dropout) {
     std::vector<u16> ctx16(B * T * H);
     float scale = 1.0f / std::sqrt((float)HD);
     int on = dropout ? 1 : 0;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
     check("attention_forward ctx in bf16 too", bf16_mismatches(ctx, ctx16), 0.0);
     std::vector<double> want_lse;
@@ -123,17 +136,17 @@ static void check_attention(bool dropout) {
     auto g = rand_vec(B * T * H);
     std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * T, NH, T);
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            (u64)0);
     // The same gradients in bf16 (d(qkv) feeding a bf16 GEMM), d(prefix) still f32.
     std::vector<u16> dqkv16(dqkv.size());
     std::vector<float> dprefix_b(dprefix.size());
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            ptr16(dqkv16));
     check("attention backward d(qkv) in bf16 instead", bf16_mismatches(dqkv, dqkv16) + (dprefix_b != dprefix), 0.0);
@@ -166,7 +179,7 @@ static void check_attention(bool dropout) {
 
     // The lowest prefixed layer: prefix keys only, no d(qkv).
     std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
-    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
+    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
            ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
 }
@@ -176,7 +189,7 @@ static void check_attention(bool dropout) {
 static void check_attention_no_prefix() {
     std::vector<float> qkv = rand_vec(B * T * 3 * H), mask(B * T, 1.0f), ctx(B * T * H);
     for (int t = 0; t < T; t++) mask[1 * T + t] = 0.0f;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
            1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0, (u64)0);
     // Row 1 attends uniformly to its T value rows.
     double err = 0;
@@ -205,10 +218,20 @@ static std::vector<float> with_bias(const std::vector<float>& qkv, const std::ve
 
 struct AttnChain {
     std::vector<float> ctx, lse, dqkv, dprefix, dprefix_only;
+    bool operator!=(const AttnChain& o) const {
+        return ctx != o.ctx || lse != o.lse || dqkv != o.dqkv || dprefix != o.dprefix || dprefix_only != o.dprefix_only;
+    }
 };
 
+// qkv read from its bf16 copy (the bf16 GEMM's output) equals, bit for bit,
+// the f32 values of that copy read as f32; with a NaN f32 qkv beside it, so
+// a read of the wrong one shows.
 template <typename Fwd, typename Dq, typename Dkv>
-static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv, u64 bias,
+static double bf16_qkv_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block);
+
+template <typename Fwd, typename Dq, typename Dkv>
+static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv, u64 qkv16,
+                           u64 bias,
                            std::vector<float>& prefix, std::vector<float>& mask, std::vector<float>& g, int t, int p,
                            int on) {
     AttnChain c{std::vector<float>(B * t * H), std::vector<float>(B * NH * t), std::vector<float>(B * t * 3 * H, 0.0f),
@@ -216,17 +239,17 @@ static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned bloc
     float scale = 1.0f / std::sqrt((float)HD);
     u64 pre = p > 0 ? ptr(prefix) : 0, stride = (u64)(p * 2 * H);
     unsigned qt = (t + tile - 1) / tile, kt = (p + t + tile - 1) / tile;
-    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
+    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
            THRESHOLD, DSCALE, on, (u64)0);
     std::vector<float> delta(B * NH * t);
     launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), ptr(delta), B * t,
            NH, t);
-    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
            t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
            ptr(c.dprefix), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     if (p > 0)
-        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse),
+        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse),
                ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     return c;
 }
@@ -257,8 +280,8 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
             // ones read it added (the same sums: check_qkv_bias).
             auto bias = rand_vec(3 * H), biased = with_bias(qkv, bias, B * t);
             auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0,
-                                  prefix, mask, g, t, p, on);
-            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, ptr(bias), prefix, mask, g, t, p, on);
+                                  0, prefix, mask, g, t, p, on);
+            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, 0, ptr(bias), prefix, mask, g, t, p, on);
             std::snprintf(what, sizeof what, "attention on tensor cores (%s), %s%s: ctx", fmt,
                           p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
             check(what, rel(dbl(got.ctx), dbl(want.ctx)), tol_out);
@@ -275,19 +298,33 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
         dqkv(B * t * 3 * H), dpre(B * p * 2 * H), dpre16(B * p * 2 * H);
     std::vector<u16> ctx16(B * t * H), dqkv16(B * t * 3 * H);
     float scale = 1.0f / std::sqrt((float)HD);
-    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
+    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
            scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
     launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * t, NH, t);
     for (int pass = 0; pass < 2; pass++) {
         u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
-        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
                ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
-        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
                ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, 1,
                out16);
     }
     std::snprintf(what, sizeof what, "tensor-core attention (%s): ctx and d(qkv) in bf16 too", fmt);
     check(what, bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
+    std::snprintf(what, sizeof what, "tensor-core attention (%s): qkv read in bf16 = its values in f32", fmt);
+    check(what, bf16_qkv_mismatch(fwd, dq, dkv, 64, 128), 0.0);
+}
+
+template <typename Fwd, typename Dq, typename Dkv>
+static double bf16_qkv_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block) {
+    const int t = 70, p = 5;
+    auto qkv16 = bf16_of(rand_vec(B * t * 3 * H));
+    auto qkv = f32_of(qkv16), bias = rand_vec(3 * H), prefix = rand_vec(B * p * 2 * H), g = rand_vec(B * t * H);
+    std::vector<float> nan(qkv.size(), std::nanf("")), mask(B * t, 1.0f);
+    for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
+    auto want = run_chain(fwd, dq, dkv, tile, block, qkv, 0, ptr(bias), prefix, mask, g, t, p, 1);
+    auto got = run_chain(fwd, dq, dkv, tile, block, nan, ptr16(qkv16), ptr(bias), prefix, mask, g, t, p, 1);
+    return got != want;
 }
 
 // The qkv bias added as the f32 kernels read qkv equals it added beforehand,
@@ -298,14 +335,13 @@ static void check_qkv_bias() {
          g = rand_vec(B * t * H), biased = with_bias(qkv, bias, B * t);
     std::vector<float> mask(B * t, 1.0f);
     for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
-    auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0, prefix,
-                          mask, g, t, p, 1);
-    auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv, ptr(bias),
+    auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0, 0,
+                          prefix, mask, g, t, p, 1);
+    auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv, 0, ptr(bias),
                          prefix, mask, g, t, p, 1);
-    check("qkv bias added as read = added before (f32 kernels)",
-          (got.ctx != want.ctx) + (got.lse != want.lse) + (got.dqkv != want.dqkv) + (got.dprefix != want.dprefix) +
-              (got.dprefix_only != want.dprefix_only),
-          0.0);
+    check("qkv bias added as read = added before (f32 kernels)", got != want, 0.0);
+    check("qkv read in bf16 = its values in f32 (f32 kernels)",
+          bf16_qkv_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64), 0.0);
 }
 
 // tf32 where the head size is a multiple of 8, bf16 where it is one of 16.
@@ -332,7 +368,7 @@ static void check_layernorm() {
     std::vector<float> ln_in = y, x(rows * h), stats(rows * 2);
     std::vector<u16> x16(rows * h);
     float eps = 1e-12f;
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(ln_in), ptr(bias), ptr(res), ptr(gamma),
+    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(ln_in), (u64)0, ptr(bias), ptr(res), ptr(gamma),
            ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1, ptr16(x16));
     check("LayerNorm output in bf16 too", bf16_mismatches(x, x16), 0.0);
     std::vector<double> want_in(rows * h), want_x(rows * h);
@@ -353,9 +389,20 @@ static void check_layernorm() {
     // Where nothing is saved (no stats), y stays as it was; with 32 threads
     // a thread holds two elements of a row of 40.
     std::vector<float> y2 = y, x2(rows * h);
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 32, ptr(y2), ptr(bias), ptr(res), ptr(gamma),
+    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 32, ptr(y2), (u64)0, ptr(bias), ptr(res), ptr(gamma),
            ptr(beta), eps, ptr(x2), (u64)0, h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
     check("LayerNorm forward, nothing saved, 2 elements a thread", rel(dbl(x2), want_x) + (y2 != y), 1e-5);
+    // y from its bf16 copy (the bf16 GEMM's output) = its values read as
+    // f32, bit for bit; the saved LayerNorm input still goes to y.
+    auto y16 = bf16_of(y);
+    std::vector<float> y_r = f32_of(y16), x_r(rows * h), s_r(rows * 2), in16(rows * h, -3.0f), x_16(rows * h),
+                       s_16(rows * 2);
+    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(y_r), (u64)0, ptr(bias), ptr(res), ptr(gamma),
+           ptr(beta), eps, ptr(x_r), ptr(s_r), h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
+    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(in16), ptr16(y16), ptr(bias), ptr(res),
+           ptr(gamma), ptr(beta), eps, ptr(x_16), ptr(s_16), h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
+    check("LayerNorm of y read in bf16 = of its values in f32",
+          (x_16 != x_r) + (s_16 != s_r) + (in16 != y_r), 0.0);
 
     auto dy = rand_vec(rows * h);
     std::vector<float> dx(rows * h);
@@ -381,14 +428,36 @@ static void check_gelu() {
     auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
     std::vector<float> act(rows * w);
     auto pre0 = pre, pre_b = pre;
-    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), ptr(bias), ptr(act), (u64)(rows * w), w, (u64)0, 1);
-    // In bf16 the activation goes to its bf16 copy alone; without `keep`
-    // the input stays as it was.
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre), (u64)0, ptr(bias), ptr(pre), ptr(act), (u64)(rows * w), w, (u64)0);
+    // In bf16 the activation goes to its bf16 copy alone; with nothing
+    // saved the input stays as it was.
     std::vector<float> act_b(rows * w, -7.0f);
     std::vector<u16> act16(rows * w);
-    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), ptr(bias), ptr(act_b), (u64)(rows * w), w, ptr16(act16), 0);
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), (u64)0, ptr(bias), (u64)0, ptr(act_b), (u64)(rows * w), w,
+           ptr16(act16));
     check("bias + GELU into bf16 instead, input kept",
           bf16_mismatches(act, act16) + (pre_b != pre0) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
+    // The input from its bf16 copy (the bf16 GEMM's output) = its values in
+    // f32, and GELU's backward at that copy plus the bias = at the saved sum.
+    auto pre16 = bf16_of(pre0);
+    std::vector<float> pre_r = f32_of(pre16), act_r(rows * w), act_16(rows * w), nan(rows * w, std::nanf(""));
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_r), (u64)0, ptr(bias), ptr(pre_r), ptr(act_r), (u64)(rows * w), w,
+           (u64)0);
+    launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(nan), ptr16(pre16), ptr(bias), (u64)0, ptr(act_16), (u64)(rows * w), w,
+           (u64)0);
+    // The incoming gradient in bf16 too (the bf16 GEMM's output); d itself
+    // is neither read nor written.
+    auto dy16 = bf16_of(rand_vec(rows * w));
+    std::vector<float> dr = f32_of(dy16), d_16(rows * w, std::nanf(""));
+    std::vector<u16> out16(rows * w);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre_r), (u64)0, (u64)0, ptr(dr), (u64)0, (u64)(rows * w), w,
+           (u64)0);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(nan), ptr16(pre16), ptr(bias), ptr(d_16), ptr16(dy16),
+           (u64)(rows * w), w, ptr16(out16));
+    check("bias + GELU and its backward from bf16 = from its values",
+          (act_16 != act_r) + bf16_mismatches(dr, out16) +
+              std::count_if(d_16.begin(), d_16.end(), [](float v) { return !std::isnan(v); }),
+          0.0);
     double err = 0;
     for (int i = 0; i < rows * w; i++) {
         double v = (double)pre0[i] + bias[i % w];
@@ -397,8 +466,9 @@ static void check_gelu() {
     check("bias + GELU (erf)", err, 1e-6);
     std::vector<float> d(rows * w, 1.0f), d_b(rows * w, 1.0f);
     std::vector<u16> d16(rows * w);
-    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d), (u64)(rows * w), (u64)0);
-    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), ptr(d_b), (u64)(rows * w), ptr16(d16));
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), (u64)0, (u64)0, ptr(d), (u64)0, (u64)(rows * w), w, (u64)0);
+    launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), (u64)0, (u64)0, ptr(d_b), (u64)0, (u64)(rows * w), w,
+           ptr16(d16));
     check("GELU backward into bf16 instead",
           bf16_mismatches(d, d16) + (d_b != std::vector<float>(rows * w, 1.0f)), 0.0);
     err = 0;

@@ -853,7 +853,7 @@ impl CudaDevice {
 
     /// y[rows, out] (+)= x[rows, in] · Wᵀ with W [out, in] row-major, in
     /// `precision`: x is f32 in fp32 and tf32, bf16 (as the kernel that
-    /// produced it wrote it) in bf16; y is f32.
+    /// produced it wrote it) in bf16.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
@@ -863,7 +863,7 @@ impl CudaDevice {
         rows: usize,
         out: usize,
         inp: usize,
-        y: u64,
+        y: GemmOut,
         accumulate: bool,
     ) -> Result<()> {
         // Column-major: Yᶜ[out, rows] = op(Wᶜ = Wᵀ[in, out])ᵀ · Xᶜ[in, rows].
@@ -889,7 +889,7 @@ impl CudaDevice {
         rows: usize,
         out: usize,
         inp: usize,
-        dx: u64,
+        dx: GemmOut,
         accumulate: bool,
     ) -> Result<()> {
         // Column-major: dXᶜ[in, rows] = Wᶜ[in, out] · dYᶜ[out, rows].
@@ -924,13 +924,14 @@ impl CudaDevice {
             (inp, out, rows),
             (x, inp),
             (dy, out),
-            (dw, inp),
+            (GemmOut::F32(dw), inp),
             accumulate,
         )
     }
 
     /// C = op(A)·B (+ C) in column-major terms, A the weight and B the
-    /// activation (both bf16 when `precision` is bf16, else f32), C f32.
+    /// activation (both bf16 when `precision` is bf16, else f32), C as
+    /// [`GemmOut`] says.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -939,9 +940,18 @@ impl CudaDevice {
         (m, n, k): (usize, usize, usize),
         (a, lda): (u64, usize),
         (b, ldb): (u64, usize),
-        (c, ldc): (u64, usize),
+        (c, ldc): (GemmOut, usize),
         accumulate: bool,
     ) -> Result<()> {
+        let (c, c_bf16) = match c {
+            GemmOut::F32(c) => (c, false),
+            GemmOut::Bf16(c) => (c, true),
+        };
+        if c_bf16 && (accumulate || precision != Precision::Bf16) {
+            return Err(Error::InvalidArgument(
+                "CUDA: a bf16 GEMM output needs bf16 inputs and cannot accumulate".into(),
+            ));
+        }
         use blas_sys::cublasComputeType_t as Compute;
         use blas_sys::cudaDataType_t as Ty;
         let op = |t: bool| {
@@ -973,7 +983,7 @@ impl CudaDevice {
                             (m, n, k),
                             (a, lda),
                             (b, ldb),
-                            (c, ldc),
+                            (c, ldc, c_bf16),
                             precision,
                             beta,
                         )
@@ -1000,7 +1010,11 @@ impl CudaDevice {
                     ldb as i32,
                     &beta as *const f32 as *const _,
                     c as *mut std::ffi::c_void,
-                    Ty::CUDA_R_32F,
+                    if c_bf16 {
+                        Ty::CUDA_R_16BF
+                    } else {
+                        Ty::CUDA_R_32F
+                    },
                     ldc as i32,
                     compute,
                     blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -1009,6 +1023,15 @@ impl CudaDevice {
             .map_err(|e| driver_err("cuBLAS GEMM", e))
         })
     }
+}
+
+/// Where a GEMM writes its output [rows, out]: in f32, or in bf16 (bf16
+/// inputs only, without accumulating) for a kernel that reads it next and
+/// adds the bias in f32: half the bytes of the widest activations.
+#[derive(Clone, Copy, Debug)]
+pub enum GemmOut {
+    F32(u64),
+    Bf16(u64),
 }
 
 /// A kernel argument: a scalar or a raw device address, by reference.

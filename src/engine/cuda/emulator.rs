@@ -156,9 +156,9 @@ fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
 }
 
 /// cuBLAS's GEMM as a loop, column-major: C[m×n] = op(A)[m×k]·op(B)[k×n]
-/// (+ C when beta is 1), C f32. A and B are f32, read as they are in fp32
-/// and rounded to tf32 in tf32 (to nearest, as the tensor cores' inputs),
-/// or bf16 bits in bf16.
+/// (+ C when beta is 1), C f32, or bf16 bits (rounded to nearest even) when
+/// `c_bf16`. A and B are f32, read as they are in fp32 and rounded to tf32
+/// in tf32 (to nearest, as the tensor cores' inputs), or bf16 bits in bf16.
 ///
 /// # Safety
 /// The pointers must address live memory of the sizes the leading
@@ -168,7 +168,7 @@ pub unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (a, lda): (u64, usize),
     (b, ldb): (u64, usize),
-    (c, ldc): (u64, usize),
+    (c, ldc, c_bf16): (u64, usize, bool),
     precision: Precision,
     beta: f32,
 ) {
@@ -179,7 +179,6 @@ pub unsafe fn gemm(
             Precision::Fp32 => *(base as *const f32).add(i),
         }
     };
-    let c = c as *mut f32;
     for j in 0..n {
         for i in 0..m {
             let mut s = 0.0f32;
@@ -188,8 +187,16 @@ pub unsafe fn gemm(
                 let bv = read(b, if tb { j + l * ldb } else { l + j * ldb });
                 s += av * bv;
             }
-            let dst = c.add(i + j * ldc);
-            *dst = if beta == 0.0 { s } else { *dst * beta + s };
+            let at = i + j * ldc;
+            if c_bf16 {
+                let dst = (c as *mut u16).add(at);
+                let old = f32::from_bits((*dst as u32) << 16);
+                let v = if beta == 0.0 { s } else { old * beta + s };
+                *dst = half::bf16::from_f32(v).to_bits();
+            } else {
+                let dst = (c as *mut f32).add(at);
+                *dst = if beta == 0.0 { s } else { *dst * beta + s };
+            }
         }
     }
 }

@@ -13,9 +13,15 @@
 //! The qkv bias is added by the attention kernels as they read q, k and v
 //! (forward and backward), which saves a pass that would write it into
 //! [rows, 3H] and the GEMM's read of it. Training saves per layer, from the
-//! lowest prefixed one up: qkv (without its bias), ctx and the log-sum-exp of each softmax row (instead of the T×N
-//! probabilities the CPU keeps: the flash-style backward recomputes them),
-//! ln1_in and its stats, inter_pre, ln2_in and its stats.
+//! lowest prefixed one up: qkv (without its bias), ctx and the log-sum-exp
+//! of each softmax row (instead of the T×N probabilities the CPU keeps: the
+//! flash-style backward recomputes them), ln1_in and its stats, inter_pre,
+//! ln2_in and its stats.
+//!
+//! In bf16 the GEMMs read bf16 and write bf16 ([`GemmOut`]): each GEMM's
+//! output is read once, by the kernel after it, which adds the bias in f32;
+//! qkv and inter_pre are saved as the GEMMs wrote them (half the bytes),
+//! and the f32 residual stream and LayerNorm inputs stay f32.
 //!
 //! Where tensors are born and die: weights are uploaded once in
 //! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) goes up at
@@ -30,7 +36,7 @@
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{
-    dropout_site, CudaDevice, DevBuf, Kernel, KernelArg, MmaFormat, Precision,
+    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, MmaFormat, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::optim::ResidentPrefix;
@@ -88,11 +94,14 @@ struct DevLayer {
     ln2: DevLayerNorm,
 }
 
-/// What one trained layer's backward reads.
+/// What one trained layer's backward reads. In bf16 the GEMMs' outputs
+/// qkv and inter_pre are kept as the GEMMs wrote them, in bf16 and without
+/// their bias (qkv16, inter16), and the f32 buffers are not used.
 #[derive(Default)]
 struct Saved {
     /// [rows, 3H]
     qkv: DevBuf<f32>,
+    qkv16: DevBuf<u16>,
     /// [rows, H]: attention output before Wo (the backward's D = dO·O).
     ctx: DevBuf<f32>,
     /// [B, NH, T]
@@ -100,10 +109,58 @@ struct Saved {
     /// [rows, H] and [rows, 2]
     ln1_in: DevBuf<f32>,
     ln1_stats: DevBuf<f32>,
-    /// [rows, I]
+    /// [rows, I]: with its bias in f32, without in bf16.
     inter_pre: DevBuf<f32>,
+    inter16: DevBuf<u16>,
     ln2_in: DevBuf<f32>,
     ln2_stats: DevBuf<f32>,
+}
+
+impl Saved {
+    /// The buffers of one layer's forward: those it saves when `keep`
+    /// (which in bf16 and inference leave the f32 copies of ctx and of the
+    /// LayerNorm inputs unwritten), in `bf16` or f32.
+    fn ensure(
+        &mut self,
+        dev: &CudaDevice,
+        (rows, h, inter, lse): (usize, usize, usize, usize),
+        bf16: bool,
+        keep: bool,
+    ) -> Result<()> {
+        if bf16 {
+            self.qkv16.ensure(dev, rows * 3 * h)?;
+            self.inter16.ensure(dev, rows * inter)?;
+        } else {
+            self.qkv.ensure(dev, rows * 3 * h)?;
+            self.inter_pre.ensure(dev, rows * inter)?;
+        }
+        if keep || !bf16 {
+            self.ctx.ensure(dev, rows * h)?;
+            self.ln1_in.ensure(dev, rows * h)?;
+            self.ln2_in.ensure(dev, rows * h)?;
+        }
+        self.lse.ensure(dev, lse)?;
+        self.ln1_stats.ensure(dev, rows * 2)?;
+        self.ln2_stats.ensure(dev, rows * 2)
+    }
+
+    /// qkv as the kernels take it: (f32, bf16), the unused one 0.
+    fn qkv(&self, bf16: bool) -> (u64, u64) {
+        if bf16 {
+            (0, self.qkv16.ptr)
+        } else {
+            (self.qkv.ptr, 0)
+        }
+    }
+
+    /// inter_pre as the kernels take it, as [`Saved::qkv`].
+    fn inter_pre(&self, bf16: bool) -> (u64, u64) {
+        if bf16 {
+            (0, self.inter16.ptr)
+        } else {
+            (self.inter_pre.ptr, 0)
+        }
+    }
 }
 
 /// The deep prompt of a forward pass.
@@ -144,6 +201,9 @@ struct Workspace {
     act: DevBuf<f32>,
     /// Layer buffers for layers that save nothing.
     scratch: Saved,
+    /// [rows, H]: in bf16, the attention-output and FFN-output GEMMs'
+    /// output, which the residual LayerNorm after each reads.
+    out16: DevBuf<u16>,
     saved: Vec<Saved>,
     /// [P, Ls·2H] and [Ls, B, P, 2H]
     past: DevBuf<f32>,
@@ -152,11 +212,13 @@ struct Workspace {
     past_host: Vec<f32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
-    /// Backward: [rows, H] ×3, [rows, I], [rows, 3H], [B, NH, T]
+    /// Backward: [rows, H] ×3, [rows, I] (in bf16: d_inter16), [rows, 3H],
+    /// [B, NH, T]
     d_h: DevBuf<f32>,
     d_x: DevBuf<f32>,
     d_ctx: DevBuf<f32>,
     d_inter: DevBuf<f32>,
+    d_inter16: DevBuf<u16>,
     d_qkv: DevBuf<f32>,
     delta: DevBuf<f32>,
     /// bf16 copies of GEMM inputs.
@@ -488,9 +550,11 @@ impl CudaEncoder {
         ws.x1.ensure(dev, rows * h)?;
         // In bf16 the producer of each GEMM input writes its bf16 copy into
         // ws.bf16, which the GEMM right after reads (`gemm_in`); the GELU
-        // output exists only there.
+        // output exists only there. The GEMMs write bf16 (qkv16, inter16,
+        // out16) for the kernel after each, which adds the bias in f32.
         let bf16 = self.precision == Precision::Bf16;
         let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
+        let out16 = bf16_scratch(dev, &mut ws.out16, bf16, rows * h)?;
         let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
         if !bf16 {
             ws.act.ensure(dev, rows * inter)?;
@@ -533,14 +597,9 @@ impl CudaEncoder {
             } else {
                 &mut ws.scratch
             };
-            s.qkv.ensure(dev, rows * 3 * h)?;
-            s.ctx.ensure(dev, rows * h)?;
-            s.lse.ensure(dev, b * nh * t)?;
-            s.ln1_in.ensure(dev, rows * h)?;
-            s.ln1_stats.ensure(dev, rows * 2)?;
-            s.inter_pre.ensure(dev, rows * inter)?;
-            s.ln2_in.ensure(dev, rows * h)?;
-            s.ln2_stats.ensure(dev, rows * 2)?;
+            s.ensure(dev, (rows, h, inter, b * nh * t), bf16, keep)?;
+            // In bf16, the f32 ctx and LayerNorm inputs only where saved.
+            let saved_f32 = |ptr: u64| if bf16 && !keep { 0 } else { ptr };
 
             // qkv = x·Wᵀ (the attention kernels add the bias).
             dev.linear(
@@ -550,7 +609,7 @@ impl CudaEncoder {
                 rows,
                 3 * h,
                 h,
-                s.qkv.ptr,
+                gemm_out(bf16, s.qkv.ptr, s.qkv16.ptr),
                 false,
             )?;
 
@@ -560,7 +619,7 @@ impl CudaEncoder {
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call = AttentionCall::new(
-                (s.qkv.ptr, layer.qkv.bias.ptr),
+                (s.qkv(bf16), layer.qkv.bias.ptr),
                 prefix_ptr,
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
@@ -569,7 +628,7 @@ impl CudaEncoder {
                 dev,
                 (self.precision, Kernel::AttentionForward),
                 t,
-                &[&s.ctx.ptr, &lse],
+                &[&saved_f32(s.ctx.ptr), &lse],
                 &[&scale_qk, &key, &thr, &dscale, &on, &b16],
             )?;
 
@@ -581,13 +640,13 @@ impl CudaEncoder {
                 rows,
                 h,
                 h,
-                s.ln1_in.ptr,
+                gemm_out(bf16, s.ln1_in.ptr, out16),
                 false,
             )?;
             residual_layernorm(
                 dev,
                 (rows, h),
-                s.ln1_in.ptr,
+                (saved_f32(s.ln1_in.ptr), out16),
                 &layer.attn_out.bias,
                 ws.x.ptr,
                 &layer.ln1,
@@ -605,20 +664,25 @@ impl CudaEncoder {
                 rows,
                 inter,
                 h,
-                s.inter_pre.ptr,
+                gemm_out(bf16, s.inter_pre.ptr, s.inter16.ptr),
                 false,
             )?;
+            // The backward reads the f32 sum where saved; in bf16 it reads
+            // inter16 and adds the bias again.
+            let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
+            let (pre, pre16) = s.inter_pre(bf16);
             dev.launch_1d(
                 Kernel::BiasGelu,
                 rows * inter,
                 &[
-                    &s.inter_pre.ptr,
+                    &pre,
+                    &pre16,
                     &layer.intermediate.bias.ptr,
+                    &saved_sum,
                     &ws.act.ptr,
                     &((rows * inter) as u64),
                     &(inter as i32),
                     &b16,
-                    &(keep as i32),
                 ],
             )?;
 
@@ -630,13 +694,13 @@ impl CudaEncoder {
                 rows,
                 h,
                 inter,
-                s.ln2_in.ptr,
+                gemm_out(bf16, s.ln2_in.ptr, out16),
                 false,
             )?;
             residual_layernorm(
                 dev,
                 (rows, h),
-                s.ln2_in.ptr,
+                (saved_f32(s.ln2_in.ptr), out16),
                 &layer.output.bias,
                 ws.x1.ptr,
                 &layer.ln2,
@@ -676,12 +740,16 @@ impl CudaEncoder {
         ws.d_h.ensure(dev, rows * h)?;
         ws.tmp.ensure(dev, rows * h)?;
         ws.d_ctx.ensure(dev, rows * h)?;
-        ws.d_inter.ensure(dev, rows * inter)?;
         ws.d_qkv.ensure(dev, rows * 3 * h)?;
         // As in the forward: in bf16 the kernel before each GEMM writes the
-        // GEMM's input (a gradient) in bf16 only, into ws.bf16.
+        // GEMM's input (a gradient) in bf16 only, into ws.bf16; the GEMM
+        // into d(inter) writes bf16 for GELU's backward.
         let bf16 = self.precision == Precision::Bf16;
         let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
+        let d_inter16 = bf16_scratch(dev, &mut ws.d_inter16, bf16, rows * inter)?;
+        if !bf16 {
+            ws.d_inter.ensure(dev, rows * inter)?;
+        }
         let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
         ws.delta.ensure(dev, b * nh * t)?;
         // Not zeroed: every prefixed layer's dK/dV launch writes all of its
@@ -717,16 +785,21 @@ impl CudaEncoder {
                 rows,
                 h,
                 inter,
-                ws.d_inter.ptr,
+                gemm_out(bf16, ws.d_inter.ptr, d_inter16),
                 false,
             )?;
+            let (pre, pre16) = s.inter_pre(bf16);
             dev.launch_1d(
                 Kernel::GeluBackward,
                 rows * inter,
                 &[
-                    &s.inter_pre.ptr,
+                    &pre,
+                    &pre16,
+                    &layer.intermediate.bias.ptr,
                     &ws.d_inter.ptr,
+                    &d_inter16,
                     &((rows * inter) as u64),
+                    &(inter as i32),
                     &b16,
                 ],
             )?;
@@ -737,7 +810,7 @@ impl CudaEncoder {
                 rows,
                 inter,
                 h,
-                ws.d_h.ptr,
+                GemmOut::F32(ws.d_h.ptr),
                 true,
             )?;
 
@@ -765,7 +838,7 @@ impl CudaEncoder {
                 rows,
                 h,
                 h,
-                ws.d_ctx.ptr,
+                GemmOut::F32(ws.d_ctx.ptr),
                 false,
             )?;
 
@@ -790,7 +863,7 @@ impl CudaEncoder {
                 ],
             )?;
             let call = AttentionCall::new(
-                (s.qkv.ptr, layer.qkv.bias.ptr),
+                (s.qkv(bf16), layer.qkv.bias.ptr),
                 prefix_ptr,
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
@@ -839,7 +912,7 @@ impl CudaEncoder {
                     rows,
                     3 * h,
                     h,
-                    ws.d_x.ptr,
+                    GemmOut::F32(ws.d_x.ptr),
                     true,
                 )?;
             }
@@ -874,11 +947,12 @@ impl CudaEncoder {
 }
 
 /// What every attention kernel of kernels.cu takes first: the layer's qkv
-/// [rows, 3H] (without its bias) and the bias [3H], its prefix keys and
+/// [rows, 3H] (without its bias; f32, or bf16 in qkv16) and the bias [3H], its prefix keys and
 /// values (0 without) with their row stride, and the mask; then its own
 /// buffers; then (T, P, NH); then the rest. Grid: (tiles, NH, B).
 struct AttentionCall {
     qkv: u64,
+    qkv16: u64,
     qkv_bias: u64,
     prefix: u64,
     row_stride: u64,
@@ -890,13 +964,14 @@ struct AttentionCall {
 impl AttentionCall {
     /// For a layer with `p` prefix keys (0 without) in `prefix`, rows of 2H.
     fn new(
-        (qkv, qkv_bias): (u64, u64),
+        ((qkv, qkv16), qkv_bias): ((u64, u64), u64),
         prefix: u64,
         mask: u64,
         (b, t, p, nh, two_h): (usize, usize, usize, usize, usize),
     ) -> Self {
         AttentionCall {
             qkv,
+            qkv16,
             qkv_bias,
             prefix,
             row_stride: (p * two_h) as u64,
@@ -933,8 +1008,9 @@ impl AttentionCall {
             }
         };
         let (t, p, nh) = &self.shape;
-        let head: [&dyn KernelArg; 5] = [
+        let head: [&dyn KernelArg; 6] = [
             &self.qkv,
+            &self.qkv16,
             &self.qkv_bias,
             &self.prefix,
             &self.row_stride,
@@ -951,15 +1027,16 @@ impl AttentionCall {
     }
 }
 
-/// ln_in = dropout(y + bias) + residual, in place in `y` (the saved
-/// LayerNorm input), then x_out = LN(ln_in), with (mean, rstd) into `stats`
-/// and x_out in bf16 into `x16` unless they are 0. One block per row of
+/// ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in), with y
+/// the GEMM's output in `y`, or in bf16 in `y16` unless that is 0; ln_in
+/// goes into `y` (the saved LayerNorm input) and (mean, rstd) into `stats`,
+/// and x_out in bf16 into `x16`, unless they are 0. One block per row of
 /// [rows, h].
 #[allow(clippy::too_many_arguments)]
 fn residual_layernorm(
     dev: &CudaDevice,
     (rows, h): (usize, usize),
-    y: u64,
+    (y, y16): (u64, u64),
     bias: &DevBuf<f32>,
     residual: u64,
     ln: &DevLayerNorm,
@@ -975,6 +1052,7 @@ fn residual_layernorm(
         dev.row_block(),
         &[
             &y,
+            &y16,
             &bias.ptr,
             &residual,
             &ln.weight.ptr,
@@ -1026,6 +1104,15 @@ fn dropout_copy(
         n,
         &[&src, &dst, &(n as u64), &key, &thr, &scale, &on, &dst16],
     )
+}
+
+/// A GEMM's output: into its bf16 buffer in bf16, else its f32 one.
+fn gemm_out(bf16: bool, f32_output: u64, bf16_output: u64) -> GemmOut {
+    if bf16 {
+        GemmOut::Bf16(bf16_output)
+    } else {
+        GemmOut::F32(f32_output)
+    }
 }
 
 /// `scratch` sized for `len` bf16 values and its address when `bf16`, else

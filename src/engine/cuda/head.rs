@@ -22,7 +22,7 @@
 //! head is on the CPU.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{dropout_site, CudaDevice, DevBuf, Kernel, Precision};
+use crate::engine::cuda::device::{dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, Precision};
 use crate::error::{Error, Result};
 use crate::model::bert::BertPooler;
 use crate::model::heads::ClassificationHead;
@@ -168,7 +168,7 @@ impl CudaHead {
                     batch,
                     h,
                     h,
-                    self.input.ptr,
+                    GemmOut::F32(self.input.ptr),
                     false,
                 )?;
                 dev.launch_1d(
@@ -220,7 +220,7 @@ impl CudaHead {
             rows,
             classes,
             h,
-            self.logits.ptr,
+            GemmOut::F32(self.logits.ptr),
             true,
         )?;
         self.step = Some(HeadStep {
@@ -384,7 +384,7 @@ impl CudaHead {
             rows,
             classes,
             h,
-            d_input,
+            GemmOut::F32(d_input),
             false,
         )?;
         if let Some(d) = &step.dropout {
@@ -417,7 +417,7 @@ impl CudaHead {
                         step.batch,
                         h,
                         h,
-                        self.d_cls.ptr,
+                        GemmOut::F32(self.d_cls.ptr),
                         false,
                     )?;
                     self.d_cls.ptr

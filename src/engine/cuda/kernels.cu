@@ -7,7 +7,8 @@
 // with probability exactly 0.
 //
 // Shapes: rows = B*T, H hidden, I intermediate, NH heads, HD = HEAD_DIM,
-// P prefix length, N = P + T keys. All activations are f32, row-major.
+// P prefix length, N = P + T keys. Activations are row-major, f32 but for
+// the GEMMs' inputs and the forward GEMMs' outputs in bf16 (below).
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<head dim>"
@@ -20,14 +21,19 @@ typedef unsigned short u16;
 // In bf16, every GEMM input is written in bf16 by the kernel that produces
 // it (a `u16*` argument, null in fp32/tf32): an activation that is needed
 // later in f32 too gets both copies, one that only feeds the GEMM gets the
-// bf16 copy alone. Round to nearest even, NaN kept quiet: what the bf16
-// GEMMs read.
+// bf16 copy alone. The forward's GEMMs write their outputs in bf16 too,
+// which the kernel after each reads (a `const u16*` argument) with the bias
+// added in f32. Round to nearest even, NaN kept quiet: what the bf16 GEMMs
+// read.
 __device__ __forceinline__ u16 bf16_bits(float v) {
     u32 bits = __float_as_uint(v);
     if ((bits & 0x7fffffffu) > 0x7f800000u) return (u16)((bits >> 16) | 0x40u);
     bits += 0x7fffu + ((bits >> 16) & 1u);
     return (u16)(bits >> 16);
 }
+
+// A bf16 value (its bits) as f32, exactly.
+__device__ __forceinline__ float bf16_float(u16 bits) { return __uint_as_float((u32)bits << 16); }
 
 #define NEG_INF __int_as_float(0xff800000)  // -inf: masked scores, the max of nothing
 
@@ -159,30 +165,31 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
     }
 }
 
-// ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in). Where the
-// backward reads them (stats not null), ln_in goes back into y (the saved
-// LayerNorm input) and (mean, rstd) into stats. The dropout counter of
-// (r, j) is r*H + j. One block per row. x_out may alias residual (each
-// thread reads its elements before it writes them). x_out in bf16 into x16
-// too when not null.
-extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const float* bias, const float* residual,
-                                                           const float* gamma, const float* beta, float eps,
-                                                           float* x_out, float* stats, int h, u64 key,
-                                                           u64 threshold, float scale, int dropout,
+// ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in), y the
+// GEMM's output: f32, or bf16 in y16 when that is not null (the bf16
+// GEMMs). Where the backward reads them (stats not null), ln_in goes into y
+// (the saved LayerNorm input) and (mean, rstd) into stats. The dropout
+// counter of (r, j) is r*H + j. One block per row. x_out may alias residual
+// (each thread reads its elements before it writes them). x_out in bf16
+// into x16 too when not null.
+extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* y16, const float* bias,
+                                                           const float* residual, const float* gamma,
+                                                           const float* beta, float eps, float* x_out, float* stats,
+                                                           int h, u64 key, u64 threshold, float scale, int dropout,
                                                            u16* x16) {
     __shared__ float shared[32];
     u64 r = blockIdx.x;
-    float* row = y + r * h;
     const float* res = residual + r * h;
     float v[LN_PER_THREAD];
     FOR_ROW_ELEMENTS(k, j, h) {
-        float a = row[j] + bias[j];
+        u64 at = r * h + j;
+        float a = (y16 != 0 ? bf16_float(y16[at]) : y[at]) + bias[j];
         if (dropout) {
-            float f = drop_factor(key, threshold, scale, r * h + j);
+            float f = drop_factor(key, threshold, scale, at);
             a = f == 0.0f ? 0.0f : a * f;
         }
         v[k] = a + res[j];
-        if (stats != 0) row[j] = v[k];
+        if (stats != 0) y[at] = v[k];
     }
     layernorm_regs(v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
     FOR_ROW_ELEMENTS(k, j, h) {
@@ -216,15 +223,25 @@ extern "C" __global__ void layernorm_backward(const float* dy, const float* x, c
 }
 
 // ---------------------------------------------------------------------------
-// GELU (exact, erf), fused with the bias: act = gelu(pre + bias) [rows, I],
-// into act16 in bf16 instead when it is not null (act only feeds the next
-// GEMM); pre += bias too when `keep` (the backward reads it; inference and
-// layers below the prompt skip that write).
-extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, u64 n, int width, u16* act16,
-                                     int keep) {
+// GELU (exact, erf), fused with the bias.
+
+// Column of element i of a [*, width] matrix of n elements: a 32-bit
+// remainder where n allows (a 64-bit one is a long emulated sequence).
+__device__ __forceinline__ int column(u64 i, u64 n, int width) {
+    return n <= 0xffffffffull ? (int)((u32)i % (u32)width) : (int)(i % (u64)width);
+}
+
+// The GEMM's output z [rows, I]: f32 in pre, or bf16 in pre16 when that is
+// not null (the bf16 GEMMs). act = gelu(z + bias), into act16 in bf16
+// instead when it is not null (act only feeds the next GEMM). z + bias also
+// into `saved` when not null: the f32 backward reads it there (`pre` itself;
+// inference and layers below the prompt skip that write; in bf16 the
+// backward reads pre16 and adds the bias again).
+extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const float* bias, float* saved,
+                                     float* act, u64 n, int width, u16* act16) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float v = pre[i] + bias[i % width];
-        if (keep) pre[i] = v;
+        float v = (pre16 != 0 ? bf16_float(pre16[i]) : pre[i]) + bias[column(i, n, width)];
+        if (saved != 0) saved[i] = v;
         float g = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         if (act16 != 0) {
             act16[i] = bf16_bits(g);
@@ -234,14 +251,18 @@ extern "C" __global__ void bias_gelu(float* pre, const float* bias, float* act, 
     }
 }
 
-// d *= gelu'(pre), gelu'(x) = Φ(x) + x·φ(x); into d16 in bf16 instead of d
-// when d16 is not null.
-extern "C" __global__ void gelu_backward(const float* pre, float* d, u64 n, u16* d16) {
+// d *= gelu'(x), gelu'(x) = Φ(x) + x·φ(x), at x = pre (bias_gelu's `saved`)
+// or, when pre16 is not null, at x = pre16 + bias (the bf16 GEMM's output).
+// The incoming d is read from d, or from dy16 in bf16 (a bf16 GEMM's
+// output) when that is not null; the result goes into d16 in bf16 instead
+// of d when d16 is not null.
+extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
+                                         const u16* dy16, u64 n, int width, u16* d16) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float x = pre[i];
+        float x = pre16 != 0 ? bf16_float(pre16[i]) + bias[column(i, n, width)] : pre[i];
         float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
         float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        float v = d[i] * (cdf + x * pdf);
+        float v = (dy16 != 0 ? bf16_float(dy16[i]) : d[i]) * (cdf + x * pdf);
         if (d16 != 0) {
             d16[i] = bf16_bits(v);
         } else {
@@ -332,7 +353,8 @@ extern "C" __global__ void squared_error(const float* x, const float* t, float* 
 //
 // Dropout on the probabilities numbers element (b, h, i, j) by its flat index
 // in [B, NH, T, N]; the softmax denominator is computed before dropout.
-// ctx [rows, H] (and in bf16 into ctx16 when not null); lse [B, NH, T]
+// ctx [rows, H] and its bf16 copy ctx16, each when not null (bf16 inference
+// needs only the copy, the next GEMM's input); lse [B, NH, T]
 // (log-sum-exp of the scaled scores, for the backward) when not null.
 
 #if HEAD_DIM % 4 != 0
@@ -426,40 +448,53 @@ __device__ __forceinline__ float row_sum(float v) {
     return v;
 }
 
-// A row of HEAD_DIM floats to load, and the bias to add to it (null: none).
+// A row of HEAD_DIM values to load, f32 at `at` or bf16 at `at16` (the one
+// not null), and the bias to add to it (null: none).
 struct RowRef {
     const float* at;
+    const u16* at16;
     const float* bias;
+    // The row `n` elements further (the same source).
+    __device__ RowRef offset(int n) const {
+        return {at != 0 ? at + n : 0, at16 != 0 ? at16 + n : 0, bias != 0 ? bias + n : 0};
+    }
     // Element d, its bias added.
-    __device__ float operator[](int d) const { return bias != 0 ? at[d] + bias[d] : at[d]; }
+    __device__ float operator[](int d) const {
+        float v = at16 != 0 ? bf16_float(at16[d]) : at[d];
+        return bias != 0 ? v + bias[d] : v;
+    }
 };
 
 // Where the attention of batch row b, head hh reads queries, keys and
-// values: qkv [rows, 3H] as the GEMM wrote it, without its bias, which is
+// values: qkv [rows, 3H] as the GEMM wrote it (f32, or bf16 in qkv16 when
+// that is not null: the bf16 GEMMs' output), without its bias, which is
 // added as the rows are read (qkv_bias [3H]; null in the kernel checks),
 // instead of a pass over qkv per layer; and this layer's prefix keys and
 // values [B, P, 2H] (keys | values, batch rows `prefix_row_stride` apart),
 // which have none. Key j < P is prefix key j, key P + t is token t.
 struct QkvRows {
-    const float *qkv, *bias, *prefix;
+    const float* qkv;
+    const u16* qkv16;
+    const float *bias, *prefix;
     u64 prefix_row_stride;
     int b, hh, t, p, h;
-    __device__ RowRef q(int i) const {
-        return {qkv + ((u64)b * t + i) * 3 * h + hh * HEAD_DIM, bias != 0 ? bias + hh * HEAD_DIM : 0};
+    // Token row i of qkv from column `col` on, with the bias from `col`.
+    __device__ RowRef token(int i, int col) const {
+        u64 at = ((u64)b * t + i) * 3 * h + col;
+        return {qkv16 != 0 ? 0 : qkv + at, qkv16 != 0 ? qkv16 + at : 0, bias != 0 ? bias + col : 0};
     }
+    __device__ RowRef q(int i) const { return token(i, hh * HEAD_DIM); }
     __device__ RowRef k(int j) const {
-        if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0};
-        return {qkv + ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM, bias != 0 ? bias + h + hh * HEAD_DIM : 0};
+        if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0, 0};
+        return token(j - p, h + hh * HEAD_DIM);
     }
-    __device__ RowRef v(int j) const {
-        RowRef key = k(j);
-        return {key.at + h, key.bias != 0 ? key.bias + h : 0};
-    }
+    // H columns past the key, in qkv and in the prefix alike.
+    __device__ RowRef v(int j) const { return k(j).offset(h); }
 };
 
 // Row i of a [rows, H] gradient (dO) for batch row b, head hh.
 __device__ __forceinline__ RowRef grad_row(const float* d, int b, int hh, int i, int t, int h) {
-    return {d + ((u64)b * t + i) * h + hh * HEAD_DIM, 0};
+    return {d + ((u64)b * t + i) * h + hh * HEAD_DIM, 0, 0};
 }
 
 // Whether key j takes part: j < n and (visible, or none is: a uniform row).
@@ -475,9 +510,15 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
 }
 
 // Elements d .. d + 3 of `row`, its bias added, times `scale` (one 16-byte
-// load each).
+// load each, 8 bytes from bf16).
 __device__ __forceinline__ void row_values(RowRef row, int d, float scale, float v[4]) {
-    ld4(row.at + d, v);
+    if (row.at16 != 0) {
+        u64 bits = *reinterpret_cast<const u64*>(row.at16 + d);
+#pragma unroll
+        for (int c = 0; c < 4; c++) v[c] = bf16_float((u16)(bits >> (16 * c)));
+    } else {
+        ld4(row.at + d, v);
+    }
     if (row.bias != 0) {
         float bias[4];
         ld4(row.bias + d, bias);
@@ -520,7 +561,7 @@ __device__ __forceinline__ void store_grad(float* dqkv, u16* dqkv16, u64 at, con
 // Output tile columns of thread tj: c*32 + 4tj, when inside the head.
 __device__ __forceinline__ bool chunk_in(int c, int tj) { return c * 32 + 4 * tj < HEAD_DIM; }
 
-extern "C" __global__ void attention_forward(const float* qkv, const float* qkv_bias, const float* prefix,
+extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
                                              u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                              float scale, u64 key, u64 threshold, float dscale, int dropout,
                                              u16* ctx16) {
@@ -530,7 +571,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* qkv_
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
     load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
 
     float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
@@ -582,18 +623,18 @@ extern "C" __global__ void attention_forward(const float* qkv, const float* qkv_
         int i = i0 + ti + 8 * r;
         if (i >= t) continue;
         float inv = 1.0f / l[r];
-        float* out = ctx + ((u64)b * t + i) * h + hh * HEAD_DIM;
+        u64 row_at = ((u64)b * t + i) * h + hh * HEAD_DIM;
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++) {
             if (!chunk_in(c, tj)) continue;
             float v[4];
 #pragma unroll
             for (int d = 0; d < 4; d++) v[d] = o[c][r][d] * inv;
-            st4(out + c * 32 + 4 * tj, v);
+            u64 at = row_at + c * 32 + 4 * tj;
+            if (ctx != 0) st4(ctx + at, v);
             if (ctx16 != 0) {
-                u16* out16 = ctx16 + ((u64)b * t + i) * h + hh * HEAD_DIM + c * 32 + 4 * tj;
 #pragma unroll
-                for (int d = 0; d < 4; d++) out16[d] = bf16_bits(v[d]);
+                for (int d = 0; d < 4; d++) ctx16[at + d] = bf16_bits(v[d]);
             }
         }
         if (lse != 0 && tj == 0) lse[((u64)b * nh + hh) * t + i] = m[r] + logf(l[r]);
@@ -882,7 +923,7 @@ __device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, fl
 
 // Arguments and outputs as attention_forward's.
 template <typename F>
-__device__ __forceinline__ void attention_forward_tc(const float* qkv, const float* qkv_bias, const float* prefix,
+__device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
                                                      u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                                      float scale, u64 key, u64 threshold, float dscale, int dropout,
                                                      u16* ctx16) {
@@ -893,7 +934,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
     T *qs = tiles[0], *ks = tiles[1], *next = vs;
     T* vc = cols_tile<F>(vs, next);
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
     load_mma_tile<F>(qs, (T*)0, i0, t, scale,
                      [&](int i) { return src.q(i); });
@@ -953,7 +994,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 float v = o[dn][2 * r + e] * inv;
-                ctx[at + dn * 8 + 2 * blk.tq + e] = v;
+                if (ctx != 0) ctx[at + dn * 8 + 2 * blk.tq + e] = v;
                 if (ctx16 != 0) ctx16[at + dn * 8 + 2 * blk.tq + e] = bf16_bits(v);
             }
         if (lse != 0 && blk.tq == 0) lse[((u64)blk.b * nh + blk.hh) * t + i] = m[r] + logf(l[r]);
@@ -962,7 +1003,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const flo
 
 // Arguments and outputs as attention_backward_dq's.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const float* qkv_bias,
+__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                          const float* delta, float* dqkv, int t, int p, int nh,
                                                          float scale, u64 key, u64 threshold, float dscale,
@@ -974,7 +1015,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
     T *qs = tiles[0], *dos = tiles[1], *ks = tiles[2], *vs = tiles[3];
     T* kc = cols_tile<F>(ks, next);
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
     load_mma_tile<F>(qs, (T*)0, i0, t, scale,
                      [&](int i) { return src.q(i); });
@@ -1021,7 +1062,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
 
 // Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const float* qkv_bias,
+__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
                                                           const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx,
                                                           const float* lse, const float* delta, float* dqkv,
                                                           float* dprefix, int t, int p, int nh, int n_keys,
@@ -1037,7 +1078,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     float* ls = reinterpret_cast<float*>(next);
     float* dl = ls + MMA_ROWS;
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int j0 = blockIdx.x * MMA_ROWS;
     load_mma_tile<F>(ks, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
     load_mma_tile<F>(vs, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
@@ -1102,24 +1143,24 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
 #define TENSOR_CORE_ATTENTION(fmt, F)                                                                                \
     extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                           \
     extern "C" __global__ void attention_forward_##fmt(                                                             \
-        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
         float* ctx, float* lse, int t, int p, int nh, float scale, u64 key, u64 threshold, float dscale, int dropout, \
         u16* ctx16) {                                                                                                \
-        attention_forward_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key,     \
+        attention_forward_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key,     \
                                 threshold, dscale, dropout, ctx16);                                                  \
     }                                                                                                                \
     extern "C" __global__ void attention_backward_dq_##fmt(                                                         \
-        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
         const float* dctx, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
         u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                            \
-        attention_backward_dq_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, t, p,   \
+        attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, t, p,   \
                                     nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
     }                                                                                                                \
     extern "C" __global__ void attention_backward_dkv_##fmt(                                                        \
-        const float* qkv, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
         const float* dctx, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
         int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
-        attention_backward_dkv_tc<F>(qkv, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv,        \
+        attention_backward_dkv_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv,        \
                                      dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
     }
 
@@ -1151,7 +1192,7 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
 //   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
 // Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
 // is not null.
-extern "C" __global__ void attention_backward_dq(const float* qkv, const float* qkv_bias, const float* prefix,
+extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
@@ -1163,7 +1204,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
     load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
     load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, b, hh, i, t, h); });
     float li[4], di[4], dq[CHUNKS][4][4] = {};
@@ -1222,7 +1263,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const float* 
 // Token keys go to the k and v columns of dqkv [rows, 3H], or of dqkv16 in
 // bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
 // row, reduced afterwards). Masked keys get zero gradients.
-extern "C" __global__ void attention_backward_dkv(const float* qkv, const float* qkv_bias, const float* prefix,
+extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
                                                   u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
                                                   int nh, int n_keys, float scale, u64 key, u64 threshold,
@@ -1236,7 +1277,7 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const float*
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
     load_kv_tiles(ks, vs, src, j0, n_keys);
     bool used[4];
 #pragma unroll

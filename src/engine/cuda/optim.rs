@@ -7,7 +7,7 @@
 //! bit the host's AdamW). The host copies come back with
 //! [`ResidentPrefix::download`] before evaluation and checkpoints.
 
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Precision};
+use crate::engine::cuda::device::{CudaDevice, DevBuf, GemmOut, Kernel, Precision};
 use crate::error::Result;
 use crate::model::prefix::PrefixEncoder;
 use crate::training::adamw::{Moments, StepScalars};
@@ -194,7 +194,16 @@ impl ResidentPrefix {
         };
         let [e, w1, b1, w2, b2] = [0, 1, 2, 3, 4].map(|i| self.params[i].value.ptr);
         let (p, (hs, h, width)) = (mlp.p, mlp.sizes);
-        dev.linear(Precision::Fp32, e, w1, p, h, hs, mlp.hidden.ptr, false)?;
+        dev.linear(
+            Precision::Fp32,
+            e,
+            w1,
+            p,
+            h,
+            hs,
+            GemmOut::F32(mlp.hidden.ptr),
+            false,
+        )?;
         dev.launch_1d(
             Kernel::BiasTanh,
             p * h,
@@ -212,7 +221,7 @@ impl ResidentPrefix {
             p,
             width,
             h,
-            mlp.table.ptr,
+            GemmOut::F32(mlp.table.ptr),
             true,
         )?;
         Ok(mlp.table.ptr)
@@ -256,7 +265,7 @@ impl ResidentPrefix {
             p,
             width,
             h,
-            mlp.d_hidden.ptr,
+            GemmOut::F32(mlp.d_hidden.ptr),
             false,
         )?;
         dev.launch_1d(
@@ -274,7 +283,7 @@ impl ResidentPrefix {
             p,
             h,
             hs,
-            grad(0),
+            GemmOut::F32(grad(0)),
             add,
         )
     }
