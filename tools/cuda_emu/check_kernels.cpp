@@ -135,19 +135,19 @@ static void check_attention(bool dropout) {
     // Backward of L = sum(ctx * G).
     auto g = rand_vec(B * T * H);
     std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
-    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * T, NH, T);
+    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), (u64)0, ptr(delta), B * T, NH, T);
     launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+           ptr(g), (u64)0, ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+           ptr(g), (u64)0, ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            (u64)0);
     // The same gradients in bf16 (d(qkv) feeding a bf16 GEMM), d(prefix) still f32.
     std::vector<u16> dqkv16(dqkv.size());
     std::vector<float> dprefix_b(dprefix.size());
     launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
+           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
     launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
            ptr16(dqkv16));
     check("attention backward d(qkv) in bf16 instead", bf16_mismatches(dqkv, dqkv16) + (dprefix_b != dprefix), 0.0);
     auto loss = [&](const AttnInputs& x) {
@@ -180,7 +180,7 @@ static void check_attention(bool dropout) {
     // The lowest prefixed layer: prefix keys only, no d(qkv).
     std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
     launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
 }
 
@@ -223,17 +223,17 @@ struct AttnChain {
     }
 };
 
-// qkv read from its bf16 copy (the bf16 GEMM's output) equals, bit for bit,
-// the f32 values of that copy read as f32; with a NaN f32 qkv beside it, so
-// a read of the wrong one shows.
+// qkv and dO read from their bf16 copies (the bf16 GEMMs' outputs) equal,
+// bit for bit, the f32 values of those copies read as f32; with NaN f32
+// buffers beside them, so a read of the wrong one shows.
 template <typename Fwd, typename Dq, typename Dkv>
-static double bf16_qkv_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block);
+static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block);
 
 template <typename Fwd, typename Dq, typename Dkv>
 static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv, u64 qkv16,
                            u64 bias,
                            std::vector<float>& prefix, std::vector<float>& mask, std::vector<float>& g, int t, int p,
-                           int on) {
+                           int on, u64 g16 = 0) {
     AttnChain c{std::vector<float>(B * t * H), std::vector<float>(B * NH * t), std::vector<float>(B * t * 3 * H, 0.0f),
                 std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f), std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f)};
     float scale = 1.0f / std::sqrt((float)HD);
@@ -242,14 +242,14 @@ static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned bloc
     launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
            THRESHOLD, DSCALE, on, (u64)0);
     std::vector<float> delta(B * NH * t);
-    launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), ptr(delta), B * t,
+    launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), g16, ptr(delta), B * t,
            NH, t);
-    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse), ptr(delta), ptr(c.dqkv),
            t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse), ptr(delta), ptr(c.dqkv),
            ptr(c.dprefix), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     if (p > 0)
-        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), ptr(c.lse),
+        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse),
                ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
     return c;
 }
@@ -300,30 +300,31 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
     float scale = 1.0f / std::sqrt((float)HD);
     launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
            scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
-    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), ptr(delta), B * t, NH, t);
+    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), (u64)0, ptr(delta), B * t, NH, t);
     for (int pass = 0; pass < 2; pass++) {
         u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
-        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), (u64)0, ptr(lse),
                ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
-        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), ptr(lse),
+        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), (u64)0, ptr(lse),
                ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, 1,
                out16);
     }
     std::snprintf(what, sizeof what, "tensor-core attention (%s): ctx and d(qkv) in bf16 too", fmt);
     check(what, bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
-    std::snprintf(what, sizeof what, "tensor-core attention (%s): qkv read in bf16 = its values in f32", fmt);
-    check(what, bf16_qkv_mismatch(fwd, dq, dkv, 64, 128), 0.0);
+    std::snprintf(what, sizeof what, "tensor-core attention (%s): qkv, dO read in bf16 = in f32", fmt);
+    check(what, bf16_inputs_mismatch(fwd, dq, dkv, 64, 128), 0.0);
 }
 
 template <typename Fwd, typename Dq, typename Dkv>
-static double bf16_qkv_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block) {
+static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block) {
     const int t = 70, p = 5;
-    auto qkv16 = bf16_of(rand_vec(B * t * 3 * H));
-    auto qkv = f32_of(qkv16), bias = rand_vec(3 * H), prefix = rand_vec(B * p * 2 * H), g = rand_vec(B * t * H);
-    std::vector<float> nan(qkv.size(), std::nanf("")), mask(B * t, 1.0f);
+    auto qkv16 = bf16_of(rand_vec(B * t * 3 * H)), g16 = bf16_of(rand_vec(B * t * H));
+    auto qkv = f32_of(qkv16), g = f32_of(g16), bias = rand_vec(3 * H), prefix = rand_vec(B * p * 2 * H);
+    std::vector<float> nan(qkv.size(), std::nanf("")), nan_g(g.size(), std::nanf("")), mask(B * t, 1.0f);
     for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
     auto want = run_chain(fwd, dq, dkv, tile, block, qkv, 0, ptr(bias), prefix, mask, g, t, p, 1);
-    auto got = run_chain(fwd, dq, dkv, tile, block, nan, ptr16(qkv16), ptr(bias), prefix, mask, g, t, p, 1);
+    auto got = run_chain(fwd, dq, dkv, tile, block, nan, ptr16(qkv16), ptr(bias), prefix, mask, nan_g, t, p, 1,
+                         ptr16(g16));
     return got != want;
 }
 
@@ -340,8 +341,8 @@ static void check_qkv_bias() {
     auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv, 0, ptr(bias),
                          prefix, mask, g, t, p, 1);
     check("qkv bias added as read = added before (f32 kernels)", got != want, 0.0);
-    check("qkv read in bf16 = its values in f32 (f32 kernels)",
-          bf16_qkv_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64), 0.0);
+    check("qkv, dO read in bf16 = their values in f32 (f32 kernels)",
+          bf16_inputs_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64), 0.0);
 }
 
 // tf32 where the head size is a multiple of 8, bf16 where it is one of 16.

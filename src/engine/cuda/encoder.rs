@@ -212,11 +212,12 @@ struct Workspace {
     past_host: Vec<f32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
-    /// Backward: [rows, H] ×3, [rows, I] (in bf16: d_inter16), [rows, 3H],
-    /// [B, NH, T]
+    /// Backward: [rows, H] ×3 (in bf16: d_ctx16), [rows, I] (in bf16:
+    /// d_inter16), [rows, 3H], [B, NH, T]
     d_h: DevBuf<f32>,
     d_x: DevBuf<f32>,
     d_ctx: DevBuf<f32>,
+    d_ctx16: DevBuf<u16>,
     d_inter: DevBuf<f32>,
     d_inter16: DevBuf<u16>,
     d_qkv: DevBuf<f32>,
@@ -739,17 +740,24 @@ impl CudaEncoder {
 
         ws.d_h.ensure(dev, rows * h)?;
         ws.tmp.ensure(dev, rows * h)?;
-        ws.d_ctx.ensure(dev, rows * h)?;
         ws.d_qkv.ensure(dev, rows * 3 * h)?;
         // As in the forward: in bf16 the kernel before each GEMM writes the
-        // GEMM's input (a gradient) in bf16 only, into ws.bf16; the GEMM
-        // into d(inter) writes bf16 for GELU's backward.
+        // GEMM's input (a gradient) in bf16 only, into ws.bf16; the GEMMs
+        // into d(inter) and d(ctx) write bf16 for the kernels after them.
         let bf16 = self.precision == Precision::Bf16;
         let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
         let d_inter16 = bf16_scratch(dev, &mut ws.d_inter16, bf16, rows * inter)?;
+        let d_ctx16 = bf16_scratch(dev, &mut ws.d_ctx16, bf16, rows * h)?;
         if !bf16 {
             ws.d_inter.ensure(dev, rows * inter)?;
+            ws.d_ctx.ensure(dev, rows * h)?;
         }
+        // d(ctx) as the kernels take it: (f32, bf16), the unused one 0.
+        let d_ctx = if bf16 {
+            (0, d_ctx16)
+        } else {
+            (ws.d_ctx.ptr, 0)
+        };
         let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
         ws.delta.ensure(dev, b * nh * t)?;
         // Not zeroed: every prefixed layer's dK/dV launch writes all of its
@@ -838,7 +846,7 @@ impl CudaEncoder {
                 rows,
                 h,
                 h,
-                GemmOut::F32(ws.d_ctx.ptr),
+                gemm_out(bf16, ws.d_ctx.ptr, d_ctx16),
                 false,
             )?;
 
@@ -855,7 +863,8 @@ impl CudaEncoder {
                 256,
                 &[
                     &s.ctx.ptr,
-                    &ws.d_ctx.ptr,
+                    &d_ctx.0,
+                    &d_ctx.1,
                     &ws.delta.ptr,
                     &(rows as i32),
                     &(nh as i32),
@@ -868,7 +877,7 @@ impl CudaEncoder {
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
             );
-            let stats: [&dyn KernelArg; 3] = [&ws.d_ctx.ptr, &s.lse.ptr, &ws.delta.ptr];
+            let stats: [&dyn KernelArg; 4] = [&d_ctx.0, &d_ctx.1, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
                 call.launch(
                     dev,

@@ -492,9 +492,11 @@ struct QkvRows {
     __device__ RowRef v(int j) const { return k(j).offset(h); }
 };
 
-// Row i of a [rows, H] gradient (dO) for batch row b, head hh.
-__device__ __forceinline__ RowRef grad_row(const float* d, int b, int hh, int i, int t, int h) {
-    return {d + ((u64)b * t + i) * h + hh * HEAD_DIM, 0, 0};
+// Row i of a [rows, H] gradient (dO) for batch row b, head hh: f32 in d,
+// or bf16 in d16 when that is not null (the bf16 GEMM's output).
+__device__ __forceinline__ RowRef grad_row(const float* d, const u16* d16, int b, int hh, int i, int t, int h) {
+    u64 at = ((u64)b * t + i) * h + hh * HEAD_DIM;
+    return {d16 != 0 ? 0 : d + at, d16 != 0 ? d16 + at : 0, 0};
 }
 
 // Whether key j takes part: j < n and (visible, or none is: a uniform row).
@@ -1004,7 +1006,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
 // Arguments and outputs as attention_backward_dq's.
 template <typename F>
 __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
-                                                         const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
+                                                         const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
                                                          const float* delta, float* dqkv, int t, int p, int nh,
                                                          float scale, u64 key, u64 threshold, float dscale,
                                                          int dropout, u16* dqkv16) {
@@ -1020,7 +1022,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
     load_mma_tile<F>(qs, (T*)0, i0, t, scale,
                      [&](int i) { return src.q(i); });
     load_mma_tile<F>(dos, (T*)0, i0, t, 1.0f,
-                     [&](int i) { return grad_row(dctx, blk.b, blk.hh, i, t, blk.h); });
+                     [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
     int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     float li[2], di[2];
     for (int r = 0; r < 2; r++) {
@@ -1063,7 +1065,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
 // Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
 template <typename F>
 __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
-                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx,
+                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16,
                                                           const float* lse, const float* delta, float* dqkv,
                                                           float* dprefix, int t, int p, int nh, int n_keys,
                                                           float scale, u64 key, u64 threshold, float dscale,
@@ -1094,7 +1096,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
         load_mma_tile<F>(qs, qc, i0, t, scale,
                          [&](int i) { return src.q(i); });
         load_mma_tile<F>(dos, doc, i0, t, 1.0f,
-                         [&](int i) { return grad_row(dctx, blk.b, blk.hh, i, t, blk.h); });
+                         [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
         for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
@@ -1151,16 +1153,16 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     }                                                                                                                \
     extern "C" __global__ void attention_backward_dq_##fmt(                                                         \
         const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
-        const float* dctx, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
+        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
         u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                            \
-        attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv, t, p,   \
+        attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv, t, p,   \
                                     nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
     }                                                                                                                \
     extern "C" __global__ void attention_backward_dkv_##fmt(                                                        \
         const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
-        const float* dctx, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
+        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
         int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
-        attention_backward_dkv_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, lse, delta, dqkv,        \
+        attention_backward_dkv_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv,        \
                                      dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
     }
 
@@ -1170,18 +1172,19 @@ TENSOR_CORE_ATTENTION(bf16, Bf16Format)
 #endif
 #endif  // HEAD_DIM % 8 == 0
 
-// delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row term.
-extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, float* delta, int rows, int nh,
-                                           int t) {
+// delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row
+// term; dctx f32, or bf16 in dctx16 when that is not null.
+extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, const u16* dctx16, float* delta,
+                                           int rows, int nh, int t) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     int hh = blockIdx.y;
     if (r >= rows) return;
     int h = nh * HEAD_DIM;
-    const float* o = ctx + (u64)r * h + hh * HEAD_DIM;
-    const float* d = dctx + (u64)r * h + hh * HEAD_DIM;
+    u64 at = (u64)r * h + hh * HEAD_DIM;
+    const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
     float s = 0.0f;
 #pragma unroll
-    for (int k = 0; k < HEAD_DIM; k++) s += o[k] * d[k];
+    for (int k = 0; k < HEAD_DIM; k++) s += ctx[at + k] * d[k];
     // rows are b*T + i; delta is [B, NH, T]
     int b = r / t, i = r % t;
     delta[((u64)b * nh + hh) * t + i] = s;
@@ -1193,7 +1196,7 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
 // Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
 // is not null.
 extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                                 u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
+                                                 u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
                                                  int dropout, u16* dqkv16) {
@@ -1206,7 +1209,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
     int any = any_visible(mask, b, t, p);
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
     load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
-    load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, b, hh, i, t, h); });
+    load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
     float li[4], di[4], dq[CHUNKS][4][4] = {};
 #pragma unroll
     for (int r = 0; r < 4; r++) {
@@ -1264,7 +1267,7 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
 // bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
 // row, reduced afterwards). Masked keys get zero gradients.
 extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const float* lse,
+                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
                                                   int nh, int n_keys, float scale, u64 key, u64 threshold,
                                                   float dscale, int dropout, u16* dqkv16) {
@@ -1290,7 +1293,7 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
     for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
         load_tile(qs, i0, t, scale, [&](int i) { return src.q(i); });
-        load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, b, hh, i, t, h); });
+        load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
         for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
