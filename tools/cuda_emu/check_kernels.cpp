@@ -406,8 +406,23 @@ static void check_layernorm() {
           (x_16 != x_r) + (s_16 != s_r) + (in16 != y_r), 0.0);
 
     auto dy = rand_vec(rows * h);
-    std::vector<float> dx(rows * h);
-    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx), h);
+    std::vector<float> dx(rows * h), kept(rows * h);
+    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx), h, KEY,
+           THRESHOLD, DSCALE, 0, ptr(kept), (u64)0);
+    // The dropout site before the LayerNorm, fused: dropout(dx) = what
+    // dropout_copy gives from dx, in f32 or in bf16 instead.
+    std::vector<float> dx2(rows * h), dropped(rows * h), dropped_b(rows * h, -5.0f), want_dropped(rows * h);
+    std::vector<u16> dropped16(rows * h);
+    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
+           THRESHOLD, DSCALE, 1, ptr(dropped), (u64)0);
+    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
+           THRESHOLD, DSCALE, 1, ptr(dropped_b), ptr16(dropped16));
+    launch(dropout_copy, Dim3{1, 1, 1}, 256, ptr(dx), ptr(want_dropped), (u64)(rows * h), KEY, THRESHOLD, DSCALE, 1,
+           (u64)0);
+    check("LayerNorm backward + dropout = then dropout_copy, f32 and bf16",
+          (kept != dx) + (dx2 != dx) + (dropped != want_dropped) + bf16_mismatches(want_dropped, dropped16) +
+              (dropped_b != std::vector<float>(rows * h, -5.0f)),
+          0.0);
     std::vector<double> want_dx(rows * h);
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < h; k++) {

@@ -768,7 +768,8 @@ impl CudaEncoder {
         for l in (lowest..self.layers.len()).rev() {
             let layer = &self.layers[l];
             let s = &ws.saved[l - lowest];
-            // x = LN2(ln2_in): d_h = dLN2 · d_x
+            // x = LN2(ln2_in): d_h = dLN2 · d_x, and through the FFN
+            // output's dropout into tmp (then W2, GELU, W1, + residual)
             layernorm_backward(
                 dev,
                 (rows, h),
@@ -777,14 +778,7 @@ impl CudaEncoder {
                 &layer.ln2,
                 s.ln2_stats.ptr,
                 ws.d_h.ptr,
-            )?;
-            // through the FFN output's dropout, W2, GELU, W1 (+ residual)
-            dropout_copy(
-                dev,
-                ws.d_h.ptr,
-                (ws.tmp.ptr, b16),
-                rows * h,
-                dropout.ffn_output(l),
+                (dropout.ffn_output(l), ws.tmp.ptr, b16),
             )?;
             dev.linear_backward_input(
                 self.precision,
@@ -822,7 +816,8 @@ impl CudaEncoder {
                 true,
             )?;
 
-            // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x)
+            // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x), and
+            // through the attention output's dropout into tmp (then Wo)
             layernorm_backward(
                 dev,
                 (rows, h),
@@ -831,13 +826,7 @@ impl CudaEncoder {
                 &layer.ln1,
                 s.ln1_stats.ptr,
                 ws.d_x.ptr,
-            )?;
-            dropout_copy(
-                dev,
-                ws.d_x.ptr,
-                (ws.tmp.ptr, b16),
-                rows * h,
-                dropout.attention_output(l),
+                (dropout.attention_output(l), ws.tmp.ptr, b16),
             )?;
             dev.linear_backward_input(
                 self.precision,
@@ -1079,7 +1068,10 @@ fn residual_layernorm(
     )
 }
 
-/// dx = ∂LN/∂x · dy from the saved input `x` and its stats ([rows, h]).
+/// dx = ∂LN/∂x · dy from the saved input `x` and its stats ([rows, h]),
+/// and dropout(dx) at the site before the LayerNorm into `dropped` (f32),
+/// or into `dropped16` in bf16 unless that is 0.
+#[allow(clippy::too_many_arguments)]
 fn layernorm_backward(
     dev: &CudaDevice,
     (rows, h): (usize, usize),
@@ -1088,30 +1080,27 @@ fn layernorm_backward(
     ln: &DevLayerNorm,
     stats: u64,
     dx: u64,
+    (dropout, dropped, dropped16): (Option<Dropout>, u64, u64),
 ) -> Result<()> {
+    let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::LayernormBackward,
         (rows as u32, 1, 1),
         dev.row_block(),
-        &[&dy, &x, &ln.weight.ptr, &stats, &dx, &(h as i32)],
-    )
-}
-
-/// dst = dropout(src) over `n` elements (src itself when `dropout` is None):
-/// the backward of a dropout site on a gradient that is still needed; into
-/// `dst16` in bf16 instead when it is not 0.
-fn dropout_copy(
-    dev: &CudaDevice,
-    src: u64,
-    (dst, dst16): (u64, u64),
-    n: usize,
-    dropout: Option<Dropout>,
-) -> Result<()> {
-    let (key, thr, scale, on) = dropout_site(dropout);
-    dev.launch_1d(
-        Kernel::DropoutCopy,
-        n,
-        &[&src, &dst, &(n as u64), &key, &thr, &scale, &on, &dst16],
+        &[
+            &dy,
+            &x,
+            &ln.weight.ptr,
+            &stats,
+            &dx,
+            &(h as i32),
+            &key,
+            &thr,
+            &scale,
+            &on,
+            &dropped,
+            &dropped16,
+        ],
     )
 }
 

@@ -64,23 +64,28 @@ extern "C" __global__ void dropout_apply(float* x, u64 n, u64 key, u64 threshold
     }
 }
 
+// Element i of dst = dropout(v) when `enabled` (else v), into dst16 in
+// bf16 instead when it is not null (a gradient that feeds a bf16 GEMM and
+// nothing else).
+__device__ __forceinline__ void store_dropped(float v, u64 i, u64 key, u64 threshold, float scale, int enabled,
+                                              float* dst, u16* dst16) {
+    if (enabled) {
+        float f = drop_factor(key, threshold, scale, i);
+        v = f == 0.0f ? 0.0f : v * f;
+    }
+    if (dst16 != 0) {
+        dst16[i] = bf16_bits(v);
+    } else {
+        dst[i] = v;
+    }
+}
+
 // dst = dropout(src) (the backward of dropout on a gradient, keeping src),
-// into dst16 in bf16 instead when it is not null (the gradient feeds a
-// bf16 GEMM and nothing else).
+// as store_dropped writes it.
 extern "C" __global__ void dropout_copy(const float* src, float* dst, u64 n, u64 key, u64 threshold,
                                         float scale, int enabled, u16* dst16) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float v = src[i];
-        if (enabled) {
-            float f = drop_factor(key, threshold, scale, i);
-            v = f == 0.0f ? 0.0f : v * f;
-        }
-        if (dst16 != 0) {
-            dst16[i] = bf16_bits(v);
-        } else {
-            dst[i] = v;
-        }
-    }
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        store_dropped(src[i], i, key, threshold, scale, enabled, dst, dst16);
 }
 
 // ---------------------------------------------------------------------------
@@ -199,9 +204,14 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* 
 }
 
 // dx = dLN/dx · dy from the saved input and (mean, rstd); no dgamma/dbeta
-// (frozen). One block per row.
+// (frozen). One block per row. Fused with the next step of the backward,
+// the dropout site before the LayerNorm's input (the residual branch's
+// output): dropout(dx) into `dropped`, or into dropped16 in bf16 instead
+// when that is not null (the input of the branch's bf16 GEMM), with the
+// dropout counter of (r, j) at r*H + j; dx itself stays, for the residual.
 extern "C" __global__ void layernorm_backward(const float* dy, const float* x, const float* gamma,
-                                              const float* stats, float* dx, int h) {
+                                              const float* stats, float* dx, int h, u64 key, u64 threshold,
+                                              float scale, int dropout, float* dropped, u16* dropped16) {
     __shared__ float shared[32];
     u64 r = blockIdx.x;
     const float* d = dy + r * h;
@@ -215,10 +225,12 @@ extern "C" __global__ void layernorm_backward(const float* dy, const float* x, c
     }
     float mean_g = block_sum(a, shared) / h;
     float mean_gx = block_sum(b, shared) * rstd / h;
-    float* o = dx + r * h;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
+        u64 at = r * h + j;
         float xhat = (xr[j] - mean) * rstd;
-        o[j] = rstd * (d[j] * gamma[j] - mean_g - xhat * mean_gx);
+        float v = rstd * (d[j] * gamma[j] - mean_g - xhat * mean_gx);
+        dx[at] = v;
+        store_dropped(v, at, key, threshold, scale, dropout, dropped, dropped16);
     }
 }
 
