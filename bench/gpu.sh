@@ -8,7 +8,9 @@
 #      training step and inference, in fp32, tf32 and bf16;
 #   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md,
 #      with the MLP prefix too;
-#   4. the table, printed and written to ${OUT:-.}/gpu-results.md.
+#   4. the table, printed and written to ${OUT:-.}/gpu-results.md;
+#   5. serving on the GPU: bench/serve_load.sh with a CB adapter on bert-base
+#      in bf16 (10 s per scenario, 64 connections), into gpu-serve.txt.
 # Usage: bash bench/gpu.sh [--quick | --profile]
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 3 only.
 set -uo pipefail
@@ -78,4 +80,14 @@ for r in rows:
           f"{o.get('attention', '-')} |")
 PY
 cat "$out/gpu-results.md"
+
+echo "== 5. serving on the GPU"
+if [ -f .gpu/serve/tokenizer.json ]; then
+    cp .gpu/serve/tokenizer.json /tmp/bert-base/
+    PTUNING_BIN="$PWD/.gpu/ptuning" PTUNING_FLAGS="--device cuda --precision bf16" PTUNING_MODEL=/tmp/bert-base \
+        PTUNING_DATA="$PWD/.gpu/serve/data" DURATION=10 CONNS=64 WORK=/tmp/ptuning-serve \
+        timeout 300 bash bench/serve_load.sh 2>&1 | tee "$out/gpu-serve.txt"
+else
+    echo "skipped: bench/gpu-prepare.sh found no CB data" | tee "$out/gpu-serve.txt"
+fi
 exit "$tests_rc"
