@@ -8,7 +8,9 @@
 #      training step and inference, in fp32, tf32 and bf16;
 #   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md,
 #      with the MLP prefix too;
-#   4. the table, printed and written to ${OUT:-.}/gpu-results.md;
+#   4. the table, printed and written to ${OUT:-.}/gpu-results.md, with each
+#      inference's matrix TFLOP/s against the card's GEMM peak in that
+#      precision as torch measures it (bench/gemm_peak.py);
 #   5. serving on the GPU: bench/serve_load.sh with a CB adapter on bert-base
 #      in bf16 (10 s per scenario, 64 connections), into gpu-serve.txt.
 # Usage: bash bench/gpu.sh [--quick | --profile]
@@ -44,6 +46,8 @@ for size in $sizes; do
     done
 done
 
+[ "$mode" != "--profile" ] && timeout 120 "$python" bench/gemm_peak.py > "$out/gpu-peak.json" 2>> "$out/gpu-errors.log"
+
 echo "== 3. where our time goes (bench --profile: device events around every launch)"
 : > "$out/gpu-profile.md"
 for size in $sizes; do
@@ -62,22 +66,37 @@ cat "$out/gpu-profile.md"
 
 [ "$mode" = "--profile" ] && exit "$tests_rc"
 echo "== 4. table"
-"$python" - "$results" "$out/gpu.txt" > "$out/gpu-results.md" <<'PY'
+"$python" - "$results" "$out/gpu.txt" "$out/gpu-peak.json" > "$out/gpu-results.md" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 card = open(sys.argv[2]).read().strip()
-print(f"GPU: {card}; batch 32 x seq 128, prefix 20 on every layer; medians in ms\n")
-print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio | ptuning attention |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+try:
+    peak = json.loads(open(sys.argv[3]).read())
+except (OSError, ValueError):
+    peak = {}
+print(f"GPU: {card}; batch 32 x seq 128, prefix 20 on every layer; medians in ms")
+if peak:
+    print(f"GEMM peak (torch.matmul, {peak['n']}^3): fp32 {peak['fp32']}, tf32 {peak['tf32']}, bf16 {peak['bf16']} TFLOP/s")
+print()
+print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio "
+      "| infer % of peak, ptuning / PyTorch | ptuning attention |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     o, p = r["ours"] or {}, r["peer"] or {}
     def cell(d, k):
         return f"{d[k]:.1f}" if k in d else "failed"
     def ratio(k):
         return f"{o[k] / p[k]:.2f}x" if k in o and k in p else "-"
+    # The same matrix FLOPs on both sides: ptuning's count over each one's time.
+    share = "-"
+    if "infer_tflops" in o and r["precision"] in peak:
+        flop_ms = o["infer_tflops"] * o["infer_ms"]
+        ours = 100 * o["infer_tflops"] / peak[r["precision"]]
+        theirs = f"{100 * flop_ms / p['infer_ms'] / peak[r['precision']]:.0f}" if "infer_ms" in p else "-"
+        share = f"{ours:.0f} / {theirs}"
     print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
           f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} | "
-          f"{o.get('attention', '-')} |")
+          f"{share} | {o.get('attention', '-')} |")
 PY
 cat "$out/gpu-results.md"
 

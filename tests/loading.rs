@@ -123,11 +123,31 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-fn config_err(json: &str) -> String {
+/// `json` as a config.json file, read.
+fn read_config(json: &str) -> ptuning::error::Result<BertConfig> {
     let dir = tmp();
     let path = dir.path().join("config.json");
     std::fs::write(&path, json).unwrap();
-    let err = BertConfig::from_file(&path).unwrap_err();
+    BertConfig::from_file(&path)
+}
+
+/// A config with the required fields alone (the others default):
+/// (vocab, hidden, layers, heads, intermediate, positions).
+fn minimal_config(
+    model_type: &str,
+    sizes: (usize, usize, usize, usize, usize, usize),
+) -> BertConfig {
+    let (v, h, l, nh, i, p) = sizes;
+    read_config(&format!(
+        r#"{{"model_type": "{model_type}", "vocab_size": {v}, "hidden_size": {h},
+            "num_hidden_layers": {l}, "num_attention_heads": {nh}, "intermediate_size": {i},
+            "max_position_embeddings": {p}}}"#
+    ))
+    .unwrap()
+}
+
+fn config_err(json: &str) -> String {
+    let err = read_config(json).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("config.json"),
@@ -177,16 +197,7 @@ fn tiny_tokenizer_json() -> String {
 
 #[test]
 fn config_defaults_follow_transformers() {
-    let dir = tmp();
-    let path = dir.path().join("config.json");
-    std::fs::write(
-        &path,
-        r#"{"model_type": "roberta", "vocab_size": 50, "hidden_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
-            "max_position_embeddings": 20}"#,
-    )
-    .unwrap();
-    let c = BertConfig::from_file(&path).unwrap();
+    let c = minimal_config("roberta", (50, 8, 1, 2, 16, 20));
     assert_eq!(c.model_type, ModelType::Roberta);
     assert_eq!(c.pad_token_id, 1);
     assert_eq!(c.position_offset(), 2);
@@ -196,16 +207,30 @@ fn config_defaults_follow_transformers() {
     assert_eq!(c.attention_probs_dropout_prob, 0.1);
     assert_eq!(c.head_dim(), 4);
 
-    std::fs::write(&path, tiny_config_json("bert")).unwrap();
-    let c = BertConfig::from_file(&path).unwrap();
+    let c = read_config(&tiny_config_json("bert")).unwrap();
     assert_eq!(
         (c.model_type, c.pad_token_id, c.position_offset()),
         (ModelType::Bert, 0, 0)
     );
 
-    std::fs::write(&path, tiny_config_json("xlm-roberta")).unwrap();
-    let c = BertConfig::from_file(&path).unwrap();
+    let c = read_config(&tiny_config_json("xlm-roberta")).unwrap();
     assert_eq!((c.model_type, c.pad_token_id), (ModelType::XlmRoberta, 1));
+}
+
+/// The matrix FLOPs of a forward, against bert-large worked by hand (batch
+/// 32 × 128, prefix 20 on all 24 layers): 4096 tokens × 24 layers ×
+/// 2·(4·1024² + 2·1024·4096) = 2.474e12 in the GEMMs, and 24 ×
+/// 4·32·128·148·1024 = 5.96e10 in attention.
+#[test]
+fn forward_flop_counts_gemms_and_attention() {
+    let c = minimal_config("bert", (30522, 1024, 24, 16, 4096, 512));
+    let gemms = 4096.0 * 24.0 * 2.0 * (4.0 * 1024.0f64.powi(2) + 2.0 * 1024.0 * 4096.0);
+    let all = c.forward_flop(32, 128, 20, 24);
+    assert_eq!(all, gemms + 24.0 * 4.0 * 32.0 * 128.0 * 148.0 * 1024.0);
+    assert!((all / 1e12 - 2.534).abs() < 1e-3, "{all}");
+    // A prefix on 4 layers: the other 20 attend over the tokens alone.
+    let top4 = c.forward_flop(32, 128, 20, 4);
+    assert_eq!(top4, all - 20.0 * 4.0 * 32.0 * 128.0 * 20.0 * 1024.0);
 }
 
 #[test]

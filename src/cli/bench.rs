@@ -219,6 +219,13 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
     }
     let infer_ms = median_ms(infer);
+    // Matrix TFLOP/s of the inference forward.
+    let infer_tflops = config.forward_flop(
+        args.batch,
+        args.seq,
+        args.prefix_len,
+        model.prefix.config.layers.len(),
+    ) / (infer_ms * 1e9);
     let infer_profile = profile_take(&model, args.profile, args.iters, infer_ms, "inference")?;
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
@@ -245,6 +252,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "prefix_len": args.prefix_len,
             "train_step_ms": train_ms,
             "infer_ms": infer_ms,
+            "infer_tflops": infer_tflops,
             "rss_after_load_mb": rss_after_load,
             "peak_rss_mb": peak,
             "working_mb": peak - rss_after_load,
@@ -271,7 +279,9 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",
             args.iters
         );
-        println!("inference forward           {infer_ms:>9.1} ms");
+        println!(
+            "inference forward           {infer_ms:>9.1} ms ({infer_tflops:.3} TFLOP/s of matrix products)"
+        );
         println!("RSS after load              {rss_after_load:>9.1} MB");
         println!(
             "peak RSS                    {peak:>9.1} MB (working {:.1} MB)",

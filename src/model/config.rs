@@ -222,6 +222,28 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// Floating-point operations (2 per multiply-add) of the matrix
+    /// products of one encoder forward over `batch` × `seq` tokens with
+    /// `prefix` keys and values at `prefixed_layers` of its layers: per
+    /// layer the four GEMMs, 2·rows·(4H² + 2HI), and attention's two
+    /// products, 4·B·T·(T + P)·H. What a speed is set against the card's
+    /// peak with; the element-wise work is not counted.
+    pub fn forward_flop(
+        &self,
+        batch: usize,
+        seq: usize,
+        prefix: usize,
+        prefixed_layers: usize,
+    ) -> f64 {
+        let (h, i) = (self.hidden_size as f64, self.intermediate_size as f64);
+        let (b, t, p) = (batch as f64, seq as f64, prefix as f64);
+        let layers = self.num_hidden_layers as f64;
+        let gemms = 2.0 * b * t * (4.0 * h * h + 2.0 * h * i) * layers;
+        let attention = |keys: f64| 4.0 * b * t * keys * h;
+        let prefixed = prefixed_layers.min(self.num_hidden_layers) as f64;
+        gemms + attention(t + p) * prefixed + attention(t) * (layers - prefixed)
+    }
+
     /// First position id of a real token without a prefix: 0 for BERT,
     /// pad_token_id + 1 for RoBERTa-style models.
     pub fn position_offset(&self) -> usize {
