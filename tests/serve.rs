@@ -282,8 +282,8 @@ fn mixed_batch_matches_each_adapter_alone() {
     // The same passes with the encoder and the heads on the CUDA engine
     // (kernels.cu emulated on the CPU where g++ is; CI has no GPU): each
     // head's logits come down, never the hidden states.
-    if let Err(cxx) = common::cxx() {
-        eprintln!("no C++ compiler ({cxx}): the CUDA engine's serving pass is not checked here");
+    if let Err(why) = common::emulator_cxx() {
+        eprintln!("{why}: the CUDA engine's serving pass is not checked here");
     } else {
         let dev = CudaDevice::emulated(b.model.config.head_dim()).unwrap();
         let mut enc = CudaEncoder::on(dev, &b.model, Precision::Fp32).unwrap();

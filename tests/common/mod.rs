@@ -31,14 +31,18 @@ fn minilm_dir() -> PathBuf {
     std::env::var_os("PTUNING_MODEL_DIR").map_or_else(default_model_dir, PathBuf::from)
 }
 
-/// The C++ compiler that builds tools/cuda_emu ($CXX, else g++): Ok where
-/// it runs (the CUDA engine's tests then run on the emulated device), else
-/// Err, both with its name.
-pub fn cxx() -> Result<String, String> {
+/// The C++ compiler that builds tools/cuda_emu ($CXX, else g++), where the
+/// CUDA engine's tests then also run on the emulated device; Err says why
+/// not: no compiler, or PTUNING_TEST_EMULATION=0 (bench/gpu.sh sets it on a
+/// GPU machine, where the emulated runs would repeat CI's on device time).
+pub fn emulator_cxx() -> Result<String, String> {
+    if std::env::var("PTUNING_TEST_EMULATION").as_deref() == Ok("0") {
+        return Err("PTUNING_TEST_EMULATION=0".into());
+    }
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     match std::process::Command::new(&cxx).arg("--version").output() {
         Ok(_) => Ok(cxx),
-        Err(_) => Err(cxx),
+        Err(_) => Err(format!("no C++ compiler ({cxx})")),
     }
 }
 
