@@ -167,7 +167,7 @@ impl Dropout {
     /// x[i] = keep(offset + i) ? x[i] / (1 - p) : 0. The same call is the backward.
     ///
     /// p == 0 leaves x untouched; p >= 1 zeroes it. Large slices are split into
-    /// rayon tasks of [`APPLY_CHUNK`] elements; each task's counter starts at
+    /// rayon tasks of `APPLY_CHUNK` elements; each task's counter starts at
     /// `offset + start`, so the result is the same for any number of threads.
     pub fn apply(&self, x: &mut [f32], offset: u64) {
         if self.p <= 0.0 {

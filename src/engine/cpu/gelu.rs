@@ -7,7 +7,7 @@
 //! `erf` and `exp` are our own branch-free f32 approximations (below) so the
 //! loops vectorise; std's are scalar libm calls. The crate is built for baseline
 //! x86-64, so each hot loop is compiled twice more, for AVX-512 and AVX2+FMA,
-//! and picked at run time ([`multiversion!`]).
+//! and picked at run time (`multiversion!` below).
 
 use rayon::prelude::*;
 
