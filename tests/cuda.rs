@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::engine::cuda::device::{GemmOut, Kernel};
+use ptuning::engine::cuda::device::{cached_kernels, GemmOut, Kernel};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
 use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, KernelTime,
@@ -59,6 +59,15 @@ fn kernels_compile_with_nvrtc() {
     assert!(
         Kernel::AttentionForwardTf32.built_for(24) && !Kernel::AttentionForwardBf16.built_for(24)
     );
+    // Through the kernel cache: compiled and stored once, then read back.
+    let dir = tempfile::tempdir().unwrap();
+    let compiled = compile_kernels(64, Some("sm_90".into())).unwrap().to_src();
+    let first = cached_kernels(64, "sm_90", Some(dir.path())).unwrap();
+    let second = cached_kernels(64, "sm_90", Some(dir.path())).unwrap();
+    assert_eq!(first, (compiled.clone(), false));
+    assert_eq!(second, (compiled, true));
+    let (other, cached) = cached_kernels(32, "sm_90", Some(dir.path())).unwrap();
+    assert!(!cached && other.contains(".entry attention_forward("));
 }
 
 #[test]

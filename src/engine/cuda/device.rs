@@ -3,6 +3,7 @@
 //! (cudarc's dynamic loading), so a machine without CUDA builds and runs the
 //! binary and only `--device cuda` fails, saying which library is missing.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::engine::cpu::dropout::Dropout;
+use crate::engine::cuda::kernel_cache;
 use crate::error::{Error, Result};
 
 /// The kernels' source; `HEAD_DIM` is defined at compile time.
@@ -83,6 +85,12 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+fn nvrtc_missing() -> Error {
+    Error::InvalidArgument(
+        "CUDA: libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
+    )
+}
+
 fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::InvalidArgument(format!("CUDA: {what}: {e:?}"))
 }
@@ -92,9 +100,7 @@ fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
 pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
     check_head_dim(head_dim)?;
     if !nvrtc_present() {
-        return Err(Error::InvalidArgument(
-            "CUDA: libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
-        ));
+        return Err(nvrtc_missing());
     }
     let mut options = vec![format!("-DHEAD_DIM={head_dim}")];
     if let Some(a) = arch {
@@ -112,6 +118,36 @@ pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
         )),
         other => driver_err("NVRTC", other),
     })
+}
+
+/// The kernels' PTX for `head_dim` and `arch` (e.g. "sm_90"): from the
+/// kernel cache in `dir` when it has them, else compiled with NVRTC and
+/// stored there. Returns the PTX and whether it came from `dir`.
+pub fn cached_kernels(head_dim: usize, arch: &str, dir: Option<&Path>) -> Result<(String, bool)> {
+    let key = kernels_key(head_dim, arch)?;
+    kernel_cache::ptx(dir, &key, || {
+        compile_kernels(head_dim, Some(arch.to_string())).map(|p| p.to_src())
+    })
+}
+
+/// What the kernels' PTX depends on, as the kernel cache's key: the source,
+/// the head size, the architecture and NVRTC's version.
+fn kernels_key(head_dim: usize, arch: &str) -> Result<String> {
+    check_head_dim(head_dim)?;
+    if !nvrtc_present() {
+        return Err(nvrtc_missing());
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (the device checked its libraries); the
+    // function writes two ints.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(driver_err("reading NVRTC's version", status));
+    }
+    Ok(format!(
+        "kernels.cu {:016x}, HEAD_DIM {head_dim}, {arch}, NVRTC {major}.{minor}",
+        kernel_cache::fnv1a64(&[KERNELS_CU.as_bytes()])
+    ))
 }
 
 /// The attention kernels move heads in 4-float vectors.
@@ -566,10 +602,21 @@ impl CudaDevice {
         let cc = ctx
             .compute_capability()
             .map_err(|e| driver_err("reading the compute capability", e))?;
-        let ptx = compile_kernels(head_dim, Some(format!("sm_{}{}", cc.0, cc.1)))?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|e| driver_err("loading the kernels", e))?;
+        // The PTX from the kernel cache, else NVRTC (seconds) and stored.
+        let arch = format!("sm_{}{}", cc.0, cc.1);
+        let cache = kernel_cache::default_dir();
+        let (ptx, cached) = cached_kernels(head_dim, &arch, cache.as_deref())?;
+        let module = match ctx.load_module(Ptx::from_src(ptx)) {
+            Ok(module) => module,
+            Err(_) if cached => {
+                // A stored PTX the driver refuses: compile it anew.
+                kernel_cache::forget(cache.as_deref(), &kernels_key(head_dim, &arch)?);
+                let (ptx, _) = cached_kernels(head_dim, &arch, cache.as_deref())?;
+                ctx.load_module(Ptx::from_src(ptx))
+                    .map_err(|e| driver_err("loading the kernels", e))?
+            }
+            Err(e) => return Err(driver_err("loading the kernels", e)),
+        };
         let functions = Kernel::ALL
             .iter()
             .map(|k| {

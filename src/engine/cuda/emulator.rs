@@ -9,6 +9,7 @@ use std::ffi::{c_char, CString};
 use std::path::PathBuf;
 
 use crate::engine::cuda::device::Precision;
+use crate::engine::cuda::kernel_cache::fnv1a64;
 use crate::error::{Error, Result};
 
 const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -28,17 +29,14 @@ fn emu_err(what: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("CUDA emulator: {what}"))
 }
 
-/// FNV-1a of the sources: the library's file name changes with them.
+/// A hash of the sources: the library's file name changes with them.
 fn sources_hash(head_dim: usize) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in [KERNELS_CU, EMU_H, EMU_LIB_CPP]
-        .iter()
-        .flat_map(|s| s.bytes())
-        .chain(head_dim.to_le_bytes())
-    {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    fnv1a64(&[
+        KERNELS_CU.as_bytes(),
+        EMU_H.as_bytes(),
+        EMU_LIB_CPP.as_bytes(),
+        &head_dim.to_le_bytes(),
+    ])
 }
 
 impl Emulator {

@@ -7,6 +7,8 @@
 //!
 //! - [`device`]: context, stream, cuBLAS, the compiled kernels, device buffers.
 //! - [`emulator`]: the same kernels run on the CPU (tests without a GPU).
+//! - [`kernel_cache`]: compiled kernels kept on disk, by a hash of their
+//!   inputs (NVRTC takes seconds per device open).
 //! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
 //!   inference and training forward, activation-gradient backward down to
 //!   the lowest prefixed layer, as `model::encoder` does on the CPU.
@@ -19,6 +21,7 @@ pub mod device;
 pub mod emulator;
 pub mod encoder;
 pub mod head;
+pub mod kernel_cache;
 pub mod optim;
 
 pub use device::{
