@@ -1,4 +1,4 @@
-// Checks src/engine/cuda/kernels.cu on the CPU through emu.h: attention
+// Checks src/engine/cuda/kernels/ on the CPU through emu.h: attention
 // forward against a direct double-precision softmax, every backward against
 // central differences of that double forward, LayerNorm, GELU, the prefix
 // expand/reduce pair and the bf16 rounding. Run with tools/cuda_emu/run.sh.
@@ -7,7 +7,7 @@
 #ifndef HEAD_DIM
 #define HEAD_DIM 8
 #endif
-#include "../../src/engine/cuda/kernels.cu"
+#include "../../src/engine/cuda/kernels/kernels.cu"
 
 #include <algorithm>
 #include <cstdio>

@@ -1,4 +1,4 @@
-// A CPU emulator for src/engine/cuda/kernels.cu, to check the kernels'
+// A CPU emulator for src/engine/cuda/kernels/, to check the kernels'
 // index arithmetic, shared-memory tiling and reductions on a machine without
 // a GPU. Blocks run one after another; the threads of a block run as real OS
 // threads, so __syncthreads is a barrier, __shared__ memory is one static

@@ -5,7 +5,7 @@
 // -DHEAD_DIM=<hd> emu_lib.cpp -o libptuning_cuda_emu.so
 #include "emu.h"
 
-#include "../../src/engine/cuda/kernels.cu"
+#include "../../src/engine/cuda/kernels/kernels.cu"
 
 #include <cstring>
 #include <utility>

@@ -15,11 +15,8 @@ use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::kernel_cache;
+use crate::engine::cuda::{kernel_cache, kernels};
 use crate::error::{Error, Result};
-
-/// The kernels' source; `HEAD_DIM` is defined at compile time.
-pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
 /// Arithmetic of the GEMMs. Everything else (LayerNorm, softmax, GELU, the
 /// prefix, the head, the optimizer) is f32 whatever the precision.
@@ -108,10 +105,10 @@ pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
     }
     let opts = CompileOptions {
         options,
-        name: Some("ptuning_kernels.cu".into()),
+        name: Some("kernels.cu".into()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(KERNELS_CU, opts).map_err(|e| match e {
+    cudarc::nvrtc::compile_ptx_with_opts(kernels::source(), opts).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::InvalidArgument(format!(
             "CUDA: NVRTC could not compile the kernels:\n{}",
             log.to_string_lossy()
@@ -146,7 +143,7 @@ fn kernels_key(head_dim: usize, arch: &str) -> Result<String> {
     }
     Ok(format!(
         "kernels.cu {:016x}, HEAD_DIM {head_dim}, {arch}, NVRTC {major}.{minor}",
-        kernel_cache::fnv1a64(&[KERNELS_CU.as_bytes()])
+        kernel_cache::fnv1a64(&[kernels::source().as_bytes()])
     ))
 }
 
@@ -348,11 +345,11 @@ pub enum Kernel {
 impl Kernel {
     /// Dynamic shared memory of a launch, in bytes: the attention kernels'
     /// tiles (TILE = 32 rows of HD + 4 floats, and [32, 36] score tiles, as
-    /// kernels.cu carves them); none for the others.
+    /// kernels/attention.cuh carves them); none for the others.
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         // Tensor-core kernels: (tiles [64, HD + pad], transposed [HD, 72],
-        // f32 [64] rows of statistics), as kernels.cu carves them; bf16 (2
+        // f32 [64] rows of statistics), as attention_mma.cuh carves them; bf16 (2
         // bytes, pad 8) keeps a transposed copy of every tile it reads as
         // columns, tf32 (4 bytes, pad 4) reads the tiles themselves.
         let tensor_cores = |format: MmaFormat, tiles: usize, transposed: usize, stats: usize| {
@@ -458,7 +455,8 @@ impl Kernel {
     }
 }
 
-/// The input format of the tensor-core attention kernels (kernels.cu):
+/// The input format of the tensor-core attention kernels
+/// (kernels/attention_mma.cuh):
 /// bf16 (mma m16n8k16) for `Precision::Bf16`, tf32 (m16n8k8) for
 /// `Precision::Tf32`. fp32 keeps the f32 kernels: it promises f32 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -729,7 +727,7 @@ impl CudaDevice {
         MmaFormat::of(precision).is_some_and(|f| self.tensor_cores.contains(&f))
     }
 
-    /// One warp's mma of small integers in `format` (kernels.cu,
+    /// One warp's mma of small integers in `format` (attention_mma.cuh,
     /// mma_self_test) against the same product here: whether the fragment
     /// layout that format's kernels assume is this device's.
     pub fn mma_self_test(&self, format: MmaFormat) -> Result<bool> {

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use crate::engine::cuda::device::Precision;
 use crate::engine::cuda::kernel_cache::fnv1a64;
+use crate::engine::cuda::kernels;
 use crate::error::{Error, Result};
 
-const KERNELS_CU: &str = include_str!("kernels.cu");
 const EMU_H: &str = include_str!("../../../tools/cuda_emu/emu.h");
 const EMU_LIB_CPP: &str = include_str!("../../../tools/cuda_emu/emu_lib.cpp");
 
@@ -32,7 +32,7 @@ fn emu_err(what: impl std::fmt::Display) -> Error {
 /// A hash of the sources: the library's file name changes with them.
 fn sources_hash(head_dim: usize) -> u64 {
     fnv1a64(&[
-        KERNELS_CU.as_bytes(),
+        kernels::source().as_bytes(),
         EMU_H.as_bytes(),
         EMU_LIB_CPP.as_bytes(),
         &head_dim.to_le_bytes(),
@@ -116,11 +116,18 @@ impl Emulator {
 /// compiles them into `out` (atomically: a temp name, then a rename).
 fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ptuning-cuda-emu-src-{}", std::process::id()));
-    let files: [(PathBuf, &str); 3] = [
-        (dir.join("src/engine/cuda/kernels.cu"), KERNELS_CU),
+    let emu_lib = dir.join("tools/cuda_emu/emu_lib.cpp");
+    let files: Vec<(PathBuf, &str)> = [
         (dir.join("tools/cuda_emu/emu.h"), EMU_H),
-        (dir.join("tools/cuda_emu/emu_lib.cpp"), EMU_LIB_CPP),
-    ];
+        (emu_lib.clone(), EMU_LIB_CPP),
+    ]
+    .into_iter()
+    .chain(
+        kernels::FILES
+            .iter()
+            .map(|(name, text)| (dir.join("src/engine/cuda/kernels").join(name), *text)),
+    )
+    .collect();
     for (path, text) in &files {
         let parent = path.parent().expect("a file in a folder");
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -138,7 +145,7 @@ fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
             "-Wno-unknown-pragmas",
         ])
         .arg(format!("-DHEAD_DIM={head_dim}"))
-        .arg(&files[2].0)
+        .arg(&emu_lib)
         .arg("-o")
         .arg(&tmp)
         .output()

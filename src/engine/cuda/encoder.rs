@@ -48,15 +48,15 @@ use crate::model::encoder::DropoutConfig;
 use crate::model::heads::ClassificationHead;
 
 /// Row elements per thread of the LayerNorm kernels (LN_PER_THREAD in
-/// kernels.cu).
+/// kernels/layernorm.cuh).
 const LN_PER_THREAD: usize = 16;
 
 /// Queries (or keys) per block of the attention kernels (TILE in
-/// kernels.cu), each block 64 threads.
+/// kernels/attention.cuh), each block 64 threads.
 const ATTENTION_TILE: usize = 32;
 
 /// Queries (or keys) per block of the tensor-core attention kernels
-/// (MMA_ROWS in kernels.cu), each block 128 threads.
+/// (MMA_ROWS in kernels/attention_mma.cuh), each block 128 threads.
 const MMA_TILE: usize = 64;
 
 /// A weight matrix in the precision's storage type.
@@ -282,7 +282,7 @@ impl CudaEncoder {
             )));
         }
         // The LayerNorm kernels hold a row in registers (LN_PER_THREAD in
-        // kernels.cu) across a block.
+        // kernels/layernorm.cuh) across a block.
         let max_row = LN_PER_THREAD * dev.row_block() as usize;
         if config.hidden_size > max_row {
             return Err(Error::InvalidArgument(format!(

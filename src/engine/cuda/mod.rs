@@ -1,10 +1,12 @@
 //! The CUDA engine: the CPU engine's kernels again, as CUDA C compiled at run
-//! time with NVRTC (kernels.cu: forward beside backward, the same dropout
+//! time with NVRTC (kernels/: forward beside backward, the same dropout
 //! masks and element numbering), and the GEMMs through cuBLAS in fp32, tf32
 //! or bf16. Nothing is linked at build time: cudarc loads libcuda, libcublas
 //! and libnvrtc when a device is opened, so the binary builds and runs on
 //! machines without CUDA, where only `--device cuda` fails, and says why.
 //!
+//! - [`kernels`]: the CUDA C, one file per family of kernels, as
+//!   engine/cpu/ has one Rust file per family.
 //! - [`device`]: context, stream, cuBLAS, the compiled kernels, device buffers.
 //! - [`emulator`]: the same kernels run on the CPU (tests without a GPU).
 //! - [`kernel_cache`]: compiled kernels kept on disk, by a hash of their
@@ -22,6 +24,7 @@ pub mod emulator;
 pub mod encoder;
 pub mod head;
 pub mod kernel_cache;
+pub mod kernels;
 pub mod optim;
 
 pub use device::{

@@ -1,0 +1,503 @@
+// ---------------------------------------------------------------------------
+// Attention with a deep prompt, flash-style: a block of 64 threads takes a
+// tile of 32 queries (or, for dK/dV, 32 keys) of one (batch row, head) and
+// streams the other side through shared memory in tiles of 32, so the
+// T x N score matrix never reaches global memory. Scores and products are
+// small register-tiled matrix products in shared memory: thread (ti, tj) =
+// (tid / 8, tid % 8) owns tile rows ti + 8r and tile columns tj + 8c
+// (r, c < 4) of a score tile, and the same rows by head dims c*32 + 4tj .. +3
+// of an output tile, so the softmax state of its rows is in its own
+// registers (the 8 threads of a row meet by warp shuffles). Rows 8 apart
+// and a row stride of HD + 4 floats put the 8 rows that a quarter-warp
+// reads as 16-byte vectors on 8 distinct groups of banks.
+//
+// qkv [rows, 3H] (q | k | v, head h at h*HD) without its bias, qkv_bias [3H]
+// (added as rows are read; null: none); prefix [B, P, 2H] (keys | values;
+// this layer's slice of expand_prefix's output) with `prefix_row_stride` =
+// P*2H; mask [B, T] (1 real, 0 padding). Key j < P is
+// prefix key j, key P + t is token t. Masked keys get probability exactly 0,
+// as HF's f32::MIN bias gives (a row with no visible key at all, P = 0 and
+// only padding, is uniform over its T keys, as in HF).
+//
+// Dropout on the probabilities numbers element (b, h, i, j) by its flat index
+// in [B, NH, T, N]; the softmax denominator is computed before dropout.
+// ctx [rows, H] and its bf16 copy ctx16, each when not null (bf16 inference
+// needs only the copy, the next GEMM's input); lse [B, NH, T]
+// (log-sum-exp of the scaled scores, for the backward) when not null.
+
+#if HEAD_DIM % 4 != 0
+#error "HEAD_DIM must be a multiple of 4"
+#endif
+#define TILE 32                       // queries and keys per tile
+#define ROW (HEAD_DIM + 4)            // shared row stride: 16-byte rows, rows on distinct banks
+#define PROW (TILE + 4)               // the same for a [TILE, TILE] tile
+#define CHUNKS ((HEAD_DIM + 31) / 32)  // 4-wide column groups of a thread in an output tile
+
+// The attention kernels' tiles live in dynamic shared memory, sized at
+// launch by Kernel::shared_bytes (device.rs), which follows the carving
+// below (over 48 KB for large heads, so the loader raises the limit).
+#ifndef ATTENTION_SHARED
+#define ATTENTION_SHARED extern __shared__ __align__(16) float smem[]
+#endif
+
+__device__ __forceinline__ void ld4(const float* p, float* out) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
+
+__device__ __forceinline__ void st4(float* p, const float* v) {
+    float4 x;
+    x.x = v[0];
+    x.y = v[1];
+    x.z = v[2];
+    x.w = v[3];
+    *reinterpret_cast<float4*>(p) = x;
+}
+
+// c[i][j] += sum_k a[i*lda + k] * b[j*ldb + k] (i, j < 4; kn a multiple of 4).
+__device__ __forceinline__ void mm_nt(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+    for (int k = 0; k < kn; k += 4) {
+        float x[4][4], y[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            ld4(a + r * lda + k, x[r]);
+            ld4(b + r * ldb + k, y[r]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                c[i][j] += x[i][0] * y[j][0] + x[i][1] * y[j][1] + x[i][2] * y[j][2] + x[i][3] * y[j][3];
+    }
+}
+
+// c[i][j] += sum_k a[i*lda + k] * b[k*ldb + j].
+__device__ __forceinline__ void mm_nn(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+    for (int k = 0; k < kn; k += 4) {
+        float x[4][4], y[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            ld4(a + r * lda + k, x[r]);
+            ld4(b + (k + r) * ldb, y[r]);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                c[i][j] += x[i][0] * y[0][j] + x[i][1] * y[1][j] + x[i][2] * y[2][j] + x[i][3] * y[3][j];
+    }
+}
+
+// c[i][j] += sum_k a[k*lda + i*astep] * b[k*ldb + j].
+__device__ __forceinline__ void mm_tn(const float* a, int astep, int lda, const float* b, int ldb, int kn,
+                                      float c[4][4]) {
+    for (int k = 0; k < kn; k++) {
+        float x[4], y[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[i] = a[k * lda + i * astep];
+        ld4(b + k * ldb, y);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) c[i][j] += x[i] * y[j];
+    }
+}
+
+// The max and the sum over the 8 threads of a tile row (lanes 8r .. 8r+7).
+__device__ __forceinline__ float row_max(float v) {
+    for (int o = 1; o < 8; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float row_sum(float v) {
+    for (int o = 1; o < 8; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// A row of HEAD_DIM values to load, f32 at `at` or bf16 at `at16` (the one
+// not null), and the bias to add to it (null: none).
+struct RowRef {
+    const float* at;
+    const u16* at16;
+    const float* bias;
+    // The row `n` elements further (the same source).
+    __device__ RowRef offset(int n) const {
+        return {at != 0 ? at + n : 0, at16 != 0 ? at16 + n : 0, bias != 0 ? bias + n : 0};
+    }
+    // Element d, its bias added.
+    __device__ float operator[](int d) const {
+        float v = at16 != 0 ? bf16_float(at16[d]) : at[d];
+        return bias != 0 ? v + bias[d] : v;
+    }
+};
+
+// Where the attention of batch row b, head hh reads queries, keys and
+// values: qkv [rows, 3H] as the GEMM wrote it (f32, or bf16 in qkv16 when
+// that is not null: the bf16 GEMMs' output), without its bias, which is
+// added as the rows are read (qkv_bias [3H]; null in the kernel checks),
+// instead of a pass over qkv per layer; and this layer's prefix keys and
+// values [B, P, 2H] (keys | values, batch rows `prefix_row_stride` apart),
+// which have none. Key j < P is prefix key j, key P + t is token t.
+struct QkvRows {
+    const float* qkv;
+    const u16* qkv16;
+    const float *bias, *prefix;
+    u64 prefix_row_stride;
+    int b, hh, t, p, h;
+    // Token row i of qkv from column `col` on, with the bias from `col`.
+    __device__ RowRef token(int i, int col) const {
+        u64 at = ((u64)b * t + i) * 3 * h + col;
+        return {qkv16 != 0 ? 0 : qkv + at, qkv16 != 0 ? qkv16 + at : 0, bias != 0 ? bias + col : 0};
+    }
+    __device__ RowRef q(int i) const { return token(i, hh * HEAD_DIM); }
+    // The rows as the tile loaders take them: row index -> RowRef.
+    __device__ auto queries() const {
+        return [this](int i) { return q(i); };
+    }
+    __device__ RowRef k(int j) const {
+        if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0, 0};
+        return token(j - p, h + hh * HEAD_DIM);
+    }
+    // H columns past the key, in qkv and in the prefix alike.
+    __device__ RowRef v(int j) const { return k(j).offset(h); }
+};
+
+// Row i of a [rows, H] gradient (dO) for batch row b, head hh: f32 in d,
+// or bf16 in d16 when that is not null (the bf16 GEMM's output).
+__device__ __forceinline__ RowRef grad_row(const float* d, const u16* d16, int b, int hh, int i, int t, int h) {
+    u64 at = ((u64)b * t + i) * h + hh * HEAD_DIM;
+    return {d16 != 0 ? 0 : d + at, d16 != 0 ? d16 + at : 0, 0};
+}
+
+// Whether key j takes part: j < n and (visible, or none is: a uniform row).
+__device__ __forceinline__ bool key_used(const float* mask, int b, int j, int t, int p, int any) {
+    return j < p + t && (!any || j < p || mask[(u64)b * t + (j - p)] != 0.0f);
+}
+
+// Whether batch row b has any visible key (a prefix, or a real token).
+__device__ int any_visible(const float* mask, int b, int t, int p) {
+    int any = p > 0;
+    for (int j = 0; j < t && !any; j++) any = mask[(u64)b * t + j] != 0.0f;
+    return any;
+}
+
+// Elements d .. d + 3 of `row`, its bias added, times `scale` (one 16-byte
+// load each, 8 bytes from bf16).
+__device__ __forceinline__ void row_values(RowRef row, int d, float scale, float v[4]) {
+    if (row.at16 != 0) {
+        u64 bits = *reinterpret_cast<const u64*>(row.at16 + d);
+#pragma unroll
+        for (int c = 0; c < 4; c++) v[c] = bf16_float((u16)(bits >> (16 * c)));
+    } else {
+        ld4(row.at + d, v);
+    }
+    if (row.bias != 0) {
+        float bias[4];
+        ld4(row.bias + d, bias);
+#pragma unroll
+        for (int c = 0; c < 4; c++) v[c] += bias[c];
+    }
+#pragma unroll
+    for (int c = 0; c < 4; c++) v[c] *= scale;
+}
+
+// Rows r0 .. r0 + TILE of a [*, HD] strided source into a [TILE, ROW] shared
+// tile, plus their bias, times `scale`; rows at or past `count` are zeros.
+// `src(r)` is row r's RowRef. Called by every thread of the block.
+template <typename Src>
+__device__ __forceinline__ void load_tile(float* dst, int r0, int count, float scale, Src src) {
+    for (int e = threadIdx.x; e < TILE * (HEAD_DIM / 4); e += blockDim.x) {
+        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
+        st4(dst + r * ROW + d, v);
+    }
+}
+
+// The key and value tiles j0 .. j0 + TILE (zeros past the last key).
+__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const QkvRows& src, int j0, int n_keys) {
+    load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
+    load_tile(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
+}
+
+// Four gradients at element `at` of d(qkv): f32, or bf16 when dqkv16 is set.
+__device__ __forceinline__ void store_grad(float* dqkv, u16* dqkv16, u64 at, const float* v) {
+    if (dqkv16 != 0) {
+#pragma unroll
+        for (int d = 0; d < 4; d++) dqkv16[at + d] = bf16_bits(v[d]);
+    } else {
+        st4(dqkv + at, v);
+    }
+}
+
+// Output tile columns of thread tj: c*32 + 4tj, when inside the head.
+__device__ __forceinline__ bool chunk_in(int c, int tj) { return c * 32 + 4 * tj < HEAD_DIM; }
+
+// acc[c] += this thread's rows of w ([TILE, PROW], rows ti + 8r) times its
+// column group c of m ([TILE, ROW]), for every group inside the head:
+// probabilities times values, dS times keys.
+__device__ __forceinline__ void mm_chunks(const float* w, const float* m, float acc[CHUNKS][4][4], int ti, int tj) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; c++)
+        if (chunk_in(c, tj)) mm_nn(w + ti * PROW, 8 * PROW, m + c * 32 + 4 * tj, ROW, TILE, acc[c]);
+}
+
+extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
+                                             u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
+                                             float scale, u64 key, u64 threshold, float dscale, int dropout,
+                                             u16* ctx16) {
+    ATTENTION_SHARED;  // 3 [TILE, ROW] + 1 [TILE, PROW]
+    float *qs = smem, *ks = qs + TILE * ROW, *vs = ks + TILE * ROW, *ps = vs + TILE * ROW;
+    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
+    int h = nh * HEAD_DIM, n = p + t;
+    int any = any_visible(mask, b, t, p);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_tile(qs, i0, t, scale, src.queries());
+
+    float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
+    for (int j0 = 0; j0 < n; j0 += TILE) {
+        __syncthreads();
+        load_kv_tiles(ks, vs, src, j0, n);
+        __syncthreads();
+        float s[4][4] = {};
+        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
+        bool used[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            float mx = NEG_INF;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                // No visible key: every score is f32::MIN in HF, a uniform row.
+                s[r][c] = used[c] ? (any ? s[r][c] : 0.0f) : NEG_INF;
+                mx = fmaxf(mx, s[r][c]);
+            }
+            float m_new = fmaxf(m[r], row_max(mx));
+            float base = m_new == NEG_INF ? 0.0f : m_new;
+            float corr = expf(m[r] - base), sum = 0.0f, w[4];
+            int i = i0 + ti + 8 * r;
+            u64 drop_base = (((u64)b * nh + hh) * t + min(i, t - 1)) * n + j0 + tj;
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                float e = expf(s[r][c] - base);
+                sum += e;
+                w[c] = dropout && e != 0.0f ? e * drop_factor(key, threshold, dscale, drop_base + 8 * c) : e;
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++) ps[(ti + 8 * r) * PROW + tj + 8 * c] = w[c];
+            l[r] = l[r] * corr + row_sum(sum);
+            m[r] = m_new;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++)
+#pragma unroll
+                for (int d = 0; d < 4; d++) o[c][r][d] *= corr;
+        }
+        __syncthreads();
+        mm_chunks(ps, vs, o, ti, tj);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = i0 + ti + 8 * r;
+        if (i >= t) continue;
+        float inv = 1.0f / l[r];
+        u64 row_at = ((u64)b * t + i) * h + hh * HEAD_DIM;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            if (!chunk_in(c, tj)) continue;
+            float v[4];
+#pragma unroll
+            for (int d = 0; d < 4; d++) v[d] = o[c][r][d] * inv;
+            u64 at = row_at + c * 32 + 4 * tj;
+            if (ctx != 0) st4(ctx + at, v);
+            if (ctx16 != 0) {
+#pragma unroll
+                for (int d = 0; d < 4; d++) ctx16[at + d] = bf16_bits(v[d]);
+            }
+        }
+        if (lse != 0 && tj == 0) lse[((u64)b * nh + hh) * t + i] = m[r] + logf(l[r]);
+    }
+}
+
+// delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row
+// term; dctx f32, or bf16 in dctx16 when that is not null.
+extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, const u16* dctx16, float* delta,
+                                           int rows, int nh, int t) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    int hh = blockIdx.y;
+    if (r >= rows) return;
+    int h = nh * HEAD_DIM;
+    u64 at = (u64)r * h + hh * HEAD_DIM;
+    const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < HEAD_DIM; k++) s += ctx[at + k] * d[k];
+    // rows are b*T + i; delta is [B, NH, T]
+    int b = r / t, i = r % t;
+    delta[((u64)b * nh + hh) * t + i] = s;
+}
+
+// dQ: a block per tile of 32 queries, keys streamed as in the forward:
+//   P_ij = exp(s_ij - lse_i), dP_ij = drop_ij * (dO_i · V_j),
+//   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
+// Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
+// is not null.
+extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
+                                                 u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+                                                 const float* delta, float* dqkv, int t, int p, int nh,
+                                                 float scale, u64 key, u64 threshold, float dscale,
+                                                 int dropout, u16* dqkv16) {
+    ATTENTION_SHARED;  // 4 [TILE, ROW] + 1 [TILE, PROW]
+    float *qs = smem, *dos = qs + TILE * ROW, *ks = dos + TILE * ROW, *vs = ks + TILE * ROW;
+    float* dss = vs + TILE * ROW;
+    int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
+    int h = nh * HEAD_DIM, n = p + t;
+    int any = any_visible(mask, b, t, p);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_tile(qs, i0, t, scale, src.queries());
+    load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
+    float li[4], di[4], dq[CHUNKS][4][4] = {};
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = min(i0 + ti + 8 * r, t - 1);
+        li[r] = lse[((u64)b * nh + hh) * t + i];
+        di[r] = delta[((u64)b * nh + hh) * t + i];
+    }
+    for (int j0 = 0; j0 < n; j0 += TILE) {
+        __syncthreads();
+        load_kv_tiles(ks, vs, src, j0, n);
+        __syncthreads();
+        float s[4][4] = {}, dp[4][4] = {};
+        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
+        mm_nt(dos + ti * ROW, 8 * ROW, vs + tj * ROW, 8 * ROW, HEAD_DIM, dp);
+        bool used[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int i = i0 + ti + 8 * r;
+            u64 drop_base = (((u64)b * nh + hh) * t + min(i, t - 1)) * n + j0 + tj;
+            float ds[4];
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                // A uniform row (no visible key) does not depend on q or k.
+                float pr = used[c] && any && i < t ? expf(s[r][c] - li[r]) : 0.0f;
+                float dpv = dropout && pr != 0.0f ? dp[r][c] * drop_factor(key, threshold, dscale, drop_base + 8 * c)
+                                                  : dp[r][c];
+                ds[c] = pr * (dpv - di[r]) * scale;
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++) dss[(ti + 8 * r) * PROW + tj + 8 * c] = ds[c];
+        }
+        __syncthreads();
+        mm_chunks(dss, ks, dq, ti, tj);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = i0 + ti + 8 * r;
+        if (i >= t) continue;
+        u64 at = ((u64)b * t + i) * 3 * h + hh * HEAD_DIM;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++)
+            if (chunk_in(c, tj)) store_grad(dqkv, dqkv16, at + c * 32 + 4 * tj, dq[c][r]);
+    }
+}
+
+// dK and dV: a block per tile of 32 keys (keys 0 .. n_keys: all of them, or
+// the prefix keys alone at the lowest prefixed layer), queries streamed
+// through shared memory:
+//   dV_j = sum_i P_ij drop_ij dO_i,  dK_j = scale * sum_i dS_ij q_i.
+// Token keys go to the k and v columns of dqkv [rows, 3H], or of dqkv16 in
+// bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
+// row, reduced afterwards). Masked keys get zero gradients.
+extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
+                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+                                                  const float* delta, float* dqkv, float* dprefix, int t, int p,
+                                                  int nh, int n_keys, float scale, u64 key, u64 threshold,
+                                                  float dscale, int dropout, u16* dqkv16) {
+    ATTENTION_SHARED;  // 4 [TILE, ROW] + 2 [TILE, PROW] + 2 [TILE]
+    float *ks = smem, *vs = ks + TILE * ROW, *qs = vs + TILE * ROW, *dos = qs + TILE * ROW;
+    float* pds = dos + TILE * ROW;  // [query][key]: P * dropout
+    float* dss = pds + TILE * PROW;  // [query][key]: dS
+    float *ls = dss + TILE * PROW, *dl = ls + TILE;
+    int b = blockIdx.z, hh = blockIdx.y, j0 = blockIdx.x * TILE;
+    int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
+    int h = nh * HEAD_DIM, n = p + t;
+    int any = any_visible(mask, b, t, p);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    load_kv_tiles(ks, vs, src, j0, n_keys);
+    bool used[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int j = j0 + ti + 8 * r;
+        used[r] = j < n_keys && key_used(mask, b, j, t, p, any);
+    }
+    float dk[CHUNKS][4][4] = {}, dv[CHUNKS][4][4] = {};
+    u64 stat0 = ((u64)b * nh + hh) * t;
+    for (int i0 = 0; i0 < t; i0 += TILE) {
+        __syncthreads();
+        load_tile(qs, i0, t, scale, src.queries());
+        load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
+        for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
+            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
+            dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
+        }
+        __syncthreads();
+        float st[4][4] = {}, dpt[4][4] = {};
+        mm_nt(ks + ti * ROW, 8 * ROW, qs + tj * ROW, 8 * ROW, HEAD_DIM, st);
+        mm_nt(vs + ti * ROW, 8 * ROW, dos + tj * ROW, 8 * ROW, HEAD_DIM, dpt);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int ii = tj + 8 * c, i = i0 + ii;
+            float pd[4], ds[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int j = j0 + ti + 8 * r;
+                // A uniform row (no visible key) averages the values: dV but
+                // no dK, as it does not depend on the keys.
+                float pr = used[r] && i < t ? expf((any ? st[r][c] : 0.0f) - ls[ii]) : 0.0f;
+                float f = dropout && pr != 0.0f ? drop_factor(key, threshold, dscale, (stat0 + i) * n + j) : 1.0f;
+                pd[r] = pr * f;
+                ds[r] = any ? pr * (dpt[r][c] * f - dl[ii]) : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                pds[ii * PROW + ti + 8 * r] = pd[r];
+                dss[ii * PROW + ti + 8 * r] = ds[r];
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            if (!chunk_in(c, tj)) continue;
+            mm_tn(pds + ti, 8, PROW, dos + c * 32 + 4 * tj, ROW, TILE, dv[c]);
+            mm_tn(dss + ti, 8, PROW, qs + c * 32 + 4 * tj, ROW, TILE, dk[c]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int j = j0 + ti + 8 * r;
+        if (j >= n_keys) continue;
+        if (j < p) {
+            float* kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++) {
+                if (!chunk_in(c, tj)) continue;
+                st4(kout + c * 32 + 4 * tj, dk[c][r]);
+                st4(kout + h + c * 32 + 4 * tj, dv[c][r]);
+            }
+        } else if (dqkv != 0 || dqkv16 != 0) {
+            u64 at = ((u64)b * t + (j - p)) * 3 * h + h + hh * HEAD_DIM;
+#pragma unroll
+            for (int c = 0; c < CHUNKS; c++) {
+                if (!chunk_in(c, tj)) continue;
+                store_grad(dqkv, dqkv16, at + c * 32 + 4 * tj, dk[c][r]);
+                store_grad(dqkv, dqkv16, at + h + c * 32 + 4 * tj, dv[c][r]);
+            }
+        }
+    }
+}

@@ -1,0 +1,525 @@
+// ---------------------------------------------------------------------------
+// Attention on the tensor cores (mma.sync, f32 accumulation), forward and
+// backward, in two input formats: bf16 (m16n8k16) for --precision bf16 and
+// tf32 (m16n8k8) for --precision tf32. The functions of the f32 kernels
+// above, with q, k, v, dO, the probabilities and dS rounded to the format
+// where they enter a product, as the GEMMs of that precision round their
+// inputs. The three kernels of a format round alike, so the backward
+// recomputes exactly the forward's scores. The loader uses them when the
+// head size allows (bf16: a multiple of 16, tf32: of 8; other sizes do not
+// build them), the format's self-test passed on the device and their shared
+// memory fits in a block.
+//
+// A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
+// other side streams through shared memory 64 at a time. Fragments (PTX ISA,
+// mma.sync.aligned; g = lane / 4, t = lane % 4):
+//   C (16 x 8, f32, both formats): c0, c1 = (row g, cols 2t, 2t + 1);
+//     c2, c3 = the same columns of row g + 8.
+//   bf16, m16n8k16, two k in a register (the lower k in the lower half):
+//     A (16 x 16): a0 = (row g, k 2t..2t+1), a1 = (g + 8, 2t..),
+//       a2 = (g, 2t + 8..), a3 = (g + 8, 2t + 8..);
+//     B (16 x 8): b0 = (k 2t..2t+1, col g), b1 = (k 2t + 8.., col g).
+//   tf32, m16n8k8, one k in a register:
+//     A (16 x 8): a0 = (row g, k t), a1 = (g + 8, t), a2 = (g, t + 4),
+//       a3 = (g + 8, t + 4);
+//     B (8 x 8): b0 = (k t, col g), b1 = (k t + 4, col g).
+// In both, a product over the head takes, at k offset kk, the registers at
+// kk + PER_REG*t and kk + PER_REG*t + K/2 of rows g and g + 8 of A and of
+// row g of B: one loop serves both (mma_rows_by_rows).
+// Scores turn into probabilities (and dS) in registers and feed the next
+// product as its A operand (mma_tiles_by_cols). In bf16 two neighbouring C
+// tiles are exactly an A fragment. In tf32 a C tile holds columns 2t and
+// 2t + 1 where A wants t and t + 4; the product sums over those columns, so
+// A's column t is taken to be the tile's column 2t and t + 4 to be 2t + 1,
+// and B's rows are read in that same order.
+
+#define MMA_ROWS 64          // queries (keys) per block and per streamed tile
+#define KT (MMA_ROWS / 8)    // C tiles across 64 columns
+#define DT (HEAD_DIM / 8)    // C tiles across the head
+#define VROW (MMA_ROWS + 8)  // bf16 row stride of transposed [HD, 64] tiles
+
+#if HEAD_DIM % 8 == 0
+#ifndef MMA_EMULATED
+// d = a · b + c for one warp with the mma.sync `instr`. It needs sm_80; the
+// loader enables these kernels from compute capability 8.0 only, and before
+// it they give NaN, which the self-test rejects.
+#if __CUDA_ARCH__ >= 800
+#define MMA_SYNC(instr, d, a, b, c)                                                                              \
+    asm volatile(instr " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"                         \
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                              \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),     \
+                   "f"(c[2]), "f"(c[3]))
+#else
+#define MMA_SYNC(instr, d, a, b, c) \
+    for (int e = 0; e < 4; e++) d[e] = __int_as_float(0x7fc00000)
+#endif
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+    MMA_SYNC("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b, c);
+}
+__device__ __forceinline__ void mma_tf32_1688(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+    MMA_SYNC("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b, c);
+}
+#endif
+
+// bf16: two k in a register. The B operand of a product with C tiles needs
+// two neighbouring rows of M in one register, so such tiles also get a
+// transposed copy [HD, VROW].
+struct Bf16Format {
+    typedef u16 T;
+    static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
+    static constexpr bool TRANSPOSED = true;
+    __device__ static T round(float v) { return bf16_bits(v); }
+    // v rounded to 4 consecutive elements at p (8-byte aligned).
+    __device__ static void store4(T* p, const float v[4]) {
+        *reinterpret_cast<u64*>(p) = (u64)pack(v[0], v[1]) | ((u64)pack(v[2], v[3]) << 32);
+    }
+    __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
+    __device__ static u32 pack(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
+    __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+        mma_bf16_16816(d, a, b, c);
+    }
+    // A from C tiles nt and nt + 1 (16 rows, 16 columns).
+    __device__ static void a_from_tiles(const float w[KT][4], int nt, u32 x[4]) {
+        x[0] = pack(w[nt][0], w[nt][1]);
+        x[1] = pack(w[nt][2], w[nt][3]);
+        x[2] = pack(w[nt + 1][0], w[nt + 1][1]);
+        x[3] = pack(w[nt + 1][2], w[nt + 1][3]);
+    }
+    // B: rows nt*8 .. nt*8 + 16 of M, column col, from M transposed (`m`).
+    __device__ static void b_from_cols(const T* m, int nt, int col, int tq, u32 y[2]) {
+        const T* p = m + col * VROW + nt * 8 + 2 * tq;
+        y[0] = reg(p);
+        y[1] = reg(p + 8);
+    }
+};
+
+// tf32: one k in a register, the f32 rounded to tf32 as cvt.rna.tf32.f32
+// does (to nearest, ties away from zero; the low 13 bits zero; NaN kept).
+// B of a product with C tiles is read from the row-major tile itself: rows
+// 2t and 2t + 1 of a tile with a stride of 4 (mod 32) floats sit on
+// distinct banks.
+struct Tf32Format {
+    typedef float T;
+    static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
+    static constexpr bool TRANSPOSED = false;
+    __device__ static T round(float v) {
+        u32 bits = __float_as_uint(v);
+        if ((bits & 0x7fffffffu) > 0x7f800000u) return v;
+        return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
+    }
+    __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
+    // v rounded to 4 consecutive elements at p (16-byte aligned).
+    __device__ static void store4(T* p, const float v[4]) {
+        float x[4] = {round(v[0]), round(v[1]), round(v[2]), round(v[3])};
+        st4(p, x);
+    }
+    __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
+    __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
+        mma_tf32_1688(d, a, b, c);
+    }
+    // A from C tile nt: A's column t is the tile's column 2t, t + 4 is 2t + 1.
+    __device__ static void a_from_tiles(const float w[KT][4], int nt, u32 x[4]) {
+        x[0] = pack(w[nt][0], 0.0f);
+        x[1] = pack(w[nt][2], 0.0f);
+        x[2] = pack(w[nt][1], 0.0f);
+        x[3] = pack(w[nt][3], 0.0f);
+    }
+    // B: rows nt*8 + 2t and nt*8 + 2t + 1 of M (in A's column order), column
+    // col, from the row-major tile `m` [64, STRIDE].
+    __device__ static void b_from_cols(const T* m, int nt, int col, int tq, u32 y[2]) {
+        const T* p = m + (nt * 8 + 2 * tq) * STRIDE + col;
+        y[0] = reg(p);
+        y[1] = reg(p + STRIDE);
+    }
+};
+
+// c[nt] += A (16 rows of `a`) · B[nt]ᵀ over the head, for the KT tiles of 8
+// rows of `b` (both [*, STRIDE] tiles of format F): scores (or dP) of 16
+// rows against 64 columns.
+template <typename F>
+__device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const typename F::T* b, float c[KT][4], int g,
+                                                 int tq) {
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM; kk += F::K) {
+        const typename F::T* ar = a + g * F::STRIDE + kk + F::PER_REG * tq;
+        u32 x[4] = {F::reg(ar), F::reg(ar + 8 * F::STRIDE), F::reg(ar + F::K / 2),
+                    F::reg(ar + 8 * F::STRIDE + F::K / 2)};
+#pragma unroll
+        for (int nt = 0; nt < KT; nt++) {
+            const typename F::T* br = b + (nt * 8 + g) * F::STRIDE + kk + F::PER_REG * tq;
+            u32 y[2] = {F::reg(br), F::reg(br + F::K / 2)};
+            F::mma(c[nt], x, y, c[nt]);
+        }
+    }
+}
+
+// o[dn] += W (16 x 64, the C tiles w) · M (64 x HD), M as cols_tile stores
+// it: probabilities times values, dS times keys or queries.
+template <typename F>
+__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const typename F::T* m, float o[DT][4], int g,
+                                                  int tq) {
+#pragma unroll
+    for (int nt = 0; nt < KT; nt += F::K / 8) {
+        u32 x[4];
+        F::a_from_tiles(w, nt, x);
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++) {
+            u32 y[2];
+            F::b_from_cols(m, nt, dn * 8 + g, tq, y);
+            F::mma(o[dn], x, y, o[dn]);
+        }
+    }
+}
+
+// Where mma_tiles_by_cols reads a tile that is read as rows too: in bf16 a
+// transposed copy carved at `next` (which then moves past it), in tf32 the
+// rows themselves.
+template <typename F>
+__device__ __forceinline__ typename F::T* cols_tile(typename F::T* rows, typename F::T*& next) {
+    if (!F::TRANSPOSED) return rows;
+    typename F::T* c = next;
+    next += HEAD_DIM * VROW;
+    return c;
+}
+
+// Shared memory from its start as [64, STRIDE] tiles of format F, one per
+// entry of `tiles`; returns where the rest starts.
+template <typename F, int N>
+__device__ __forceinline__ typename F::T* carve_tiles(float* smem, typename F::T* (&tiles)[N]) {
+    typename F::T* at = reinterpret_cast<typename F::T*>(smem);
+    for (int i = 0; i < N; i++) {
+        tiles[i] = at;
+        at += MMA_ROWS * F::STRIDE;
+    }
+    return at;
+}
+
+// Rows r0 .. r0 + 64 of a strided [*, HD] f32 source, times `scale`, rounded
+// to format F, into `rows` [64, STRIDE] and into `cols` (transposed,
+// [HD, VROW]) when it is another tile; either may be null. Zeros from row
+// `count` on. Every thread calls it.
+template <typename F, typename Src>
+__device__ __forceinline__ void load_mma_tile(typename F::T* rows, typename F::T* cols, int r0, int count, float scale,
+                                              Src src) {
+    if (cols != 0 && cols != rows) {
+        // One element per thread: consecutive threads then write their
+        // transposed elements on 8 banks, where 4-wide groups would put them
+        // on 2.
+        for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
+            int r = e / HEAD_DIM, d = e % HEAD_DIM;
+            typename F::T v = F::round(r0 + r < count ? src(r0 + r)[d] * scale : 0.0f);
+            if (rows != 0) rows[r * F::STRIDE + d] = v;
+            cols[d * VROW + r] = v;
+        }
+        return;
+    }
+    // Rows alone: 4 elements per thread, one 16-byte load and one store.
+    for (int e = threadIdx.x; e < MMA_ROWS * (HEAD_DIM / 4); e += blockDim.x) {
+        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
+        F::store4(rows + r * F::STRIDE + d, v);
+    }
+}
+
+// f(nt, e, col, r) for every element e of the KT C tiles nt of a thread:
+// column col = nt*8 + 2tq + (e & 1) of the 64, row g + 8r with r = e >> 1.
+template <typename Fn>
+__device__ __forceinline__ void each_element(int tq, Fn f) {
+#pragma unroll
+    for (int nt = 0; nt < KT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) f(nt, e, nt * 8 + 2 * tq + (e & 1), e >> 1);
+}
+
+// Where a block of a tensor-core kernel works: batch row b, head hh; this
+// thread's warp and fragment coordinates g = lane / 4, tq = lane % 4; H,
+// the number of keys n = P + T, and whether any key is visible.
+struct MmaBlock {
+    int b, hh, warp, g, tq, h, n, any;
+    __device__ MmaBlock(const float* mask, int t, int p, int nh)
+        : b(blockIdx.z), hh(blockIdx.y), warp(threadIdx.x >> 5), g((threadIdx.x & 31) >> 2), tq(threadIdx.x & 3),
+          h(nh * HEAD_DIM), n(p + t), any(any_visible(mask, blockIdx.z, t, p)) {}
+};
+
+// Checks format F's fragment layout above on this device: one warp
+// multiplies A[r][k] = (r + 2k) % 7 - 3 by B[k][n] = (3k + n) % 5 - 2 (small
+// integers, exact in bf16, tf32 and the sums) and writes D [16, 8]
+// row-major to `out`; the loader compares it with the product (over K) it
+// computes itself.
+template <typename F>
+__device__ __forceinline__ void mma_self_test(float* out) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    auto av = [](int r, int k) { return (float)((r + 2 * k) % 7 - 3); };
+    auto bv = [](int k, int n) { return (float)((3 * k + n) % 5 - 2); };
+    u32 a[4], b[2];
+    for (int i = 0; i < 4; i++) {
+        int r = g + 8 * (i & 1), k = F::PER_REG * t + F::K / 2 * (i >> 1);
+        a[i] = F::pack(av(r, k), av(r, k + 1));
+    }
+    for (int i = 0; i < 2; i++) {
+        int k = F::PER_REG * t + F::K / 2 * i;
+        b[i] = F::pack(bv(k, g), bv(k + 1, g));
+    }
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
+    F::mma(d, a, b, c);
+    out[g * 8 + 2 * t] = d[0];
+    out[g * 8 + 2 * t + 1] = d[1];
+    out[(g + 8) * 8 + 2 * t] = d[2];
+    out[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// A gradient into d(qkv) [rows, 3H] at `at`: f32, or bf16 when dqkv16 is set.
+__device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, float v) {
+    if (dqkv16 != 0) {
+        dqkv16[at] = bf16_bits(v);
+    } else {
+        dqkv[at] = v;
+    }
+}
+
+// Arguments and outputs as attention_forward's.
+template <typename F>
+__device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
+                                                     u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
+                                                     float scale, u64 key, u64 threshold, float dscale, int dropout,
+                                                     u16* ctx16) {
+    typedef typename F::T T;
+    ATTENTION_SHARED;  // q, k [64, STRIDE]; v as mma_tiles_by_cols reads it
+    T* tiles[2];
+    T* vs = carve_tiles<F>(smem, tiles);  // v: its rows in tf32, transposed only in bf16
+    T *qs = tiles[0], *ks = tiles[1], *next = vs;
+    T* vc = cols_tile<F>(vs, next);
+    const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    int i0 = blockIdx.x * MMA_ROWS;
+    load_mma_tile<F>(qs, (T*)0, i0, t, scale, src.queries());
+    // Rows g and g + 8 of this warp's 16 queries: running max and sum.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    float o[DT][4] = {};
+    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    const T* qw = qs + blk.warp * 16 * F::STRIDE;
+    for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
+        __syncthreads();
+        load_mma_tile<F>(ks, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(F::TRANSPOSED ? (T*)0 : vs, vc, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        __syncthreads();
+        float s[KT][4] = {};
+        mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
+        // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
+        float mx[2] = {NEG_INF, NEG_INF};
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            bool used = key_used(mask, blk.b, j0 + col, t, p, blk.any);
+            s[nt][e] = used ? (blk.any ? s[nt][e] : 0.0f) : NEG_INF;
+            mx[r] = fmaxf(mx[r], s[nt][e]);
+        });
+        float base[2], corr[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
+            float m_new = fmaxf(m[r], mx[r]);
+            base[r] = m_new == NEG_INF ? 0.0f : m_new;
+            corr[r] = expf(m[r] - base[r]);
+            m[r] = m_new;
+        }
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            float ex = expf(s[nt][e] - base[r]);
+            sum[r] += ex;
+            u64 at = (((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1)) * blk.n + j0 + col;
+            s[nt][e] = dropout && ex != 0.0f ? ex * drop_factor(key, threshold, dscale, at) : ex;
+        });
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
+            l[r] = l[r] * corr[r] + sum[r];
+        }
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
+        mma_tiles_by_cols<F>(s, vc, o, blk.g, blk.tq);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int i = rows[r];
+        if (i >= t) continue;
+        float inv = 1.0f / l[r];
+        u64 at = ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM;
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float v = o[dn][2 * r + e] * inv;
+                if (ctx != 0) ctx[at + dn * 8 + 2 * blk.tq + e] = v;
+                if (ctx16 != 0) ctx16[at + dn * 8 + 2 * blk.tq + e] = bf16_bits(v);
+            }
+        if (lse != 0 && blk.tq == 0) lse[((u64)blk.b * nh + blk.hh) * t + i] = m[r] + logf(l[r]);
+    }
+}
+
+// Arguments and outputs as attention_backward_dq's.
+template <typename F>
+__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
+                                                         const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+                                                         const float* delta, float* dqkv, int t, int p, int nh,
+                                                         float scale, u64 key, u64 threshold, float dscale,
+                                                         int dropout, u16* dqkv16) {
+    typedef typename F::T T;
+    ATTENTION_SHARED;  // q, dO, k, v [64, STRIDE]; k as mma_tiles_by_cols reads it
+    T* tiles[4];
+    T* next = carve_tiles<F>(smem, tiles);
+    T *qs = tiles[0], *dos = tiles[1], *ks = tiles[2], *vs = tiles[3];
+    T* kc = cols_tile<F>(ks, next);
+    const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    int i0 = blockIdx.x * MMA_ROWS;
+    load_mma_tile<F>(qs, (T*)0, i0, t, scale, src.queries());
+    load_mma_tile<F>(dos, (T*)0, i0, t, 1.0f,
+                     [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
+    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    float li[2], di[2];
+    for (int r = 0; r < 2; r++) {
+        u64 stat = ((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1);
+        li[r] = lse[stat];
+        di[r] = delta[stat];
+    }
+    float dq[DT][4] = {};
+    const T* qw = qs + blk.warp * 16 * F::STRIDE;
+    const T* dw = dos + blk.warp * 16 * F::STRIDE;
+    for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
+        __syncthreads();
+        load_mma_tile<F>(ks, kc, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(vs, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        __syncthreads();
+        float s[KT][4] = {}, dp[KT][4] = {};
+        mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(dw, vs, dp, blk.g, blk.tq);
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
+            int j = j0 + col;
+            // A uniform row (no visible key) does not depend on q or k.
+            float pr = key_used(mask, blk.b, j, t, p, blk.any) && blk.any && rows[r] < t ? expf(s[nt][e] - li[r]) : 0.0f;
+            u64 at = (((u64)blk.b * nh + blk.hh) * t + rows[r]) * blk.n + j;
+            float dpv = dropout && pr != 0.0f ? dp[nt][e] * drop_factor(key, threshold, dscale, at) : dp[nt][e];
+            s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
+        });
+        mma_tiles_by_cols<F>(s, kc, dq, blk.g, blk.tq);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= t) continue;
+        u64 at = ((u64)blk.b * t + rows[r]) * 3 * blk.h + blk.hh * HEAD_DIM;
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) store_grad1(dqkv, dqkv16, at + dn * 8 + 2 * blk.tq + e, dq[dn][2 * r + e]);
+    }
+}
+
+// Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
+template <typename F>
+__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
+                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16,
+                                                          const float* lse, const float* delta, float* dqkv,
+                                                          float* dprefix, int t, int p, int nh, int n_keys,
+                                                          float scale, u64 key, u64 threshold, float dscale,
+                                                          int dropout, u16* dqkv16) {
+    typedef typename F::T T;
+    ATTENTION_SHARED;  // k, v, q, dO [64, STRIDE]; q, dO as mma_tiles_by_cols reads them; f32 lse, delta [64]
+    T* tiles[4];
+    T* next = carve_tiles<F>(smem, tiles);
+    T *ks = tiles[0], *vs = tiles[1], *qs = tiles[2], *dos = tiles[3];
+    T* qc = cols_tile<F>(qs, next);
+    T* doc = cols_tile<F>(dos, next);
+    float* ls = reinterpret_cast<float*>(next);
+    float* dl = ls + MMA_ROWS;
+    const MmaBlock blk(mask, t, p, nh);
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    int j0 = blockIdx.x * MMA_ROWS;
+    load_mma_tile<F>(ks, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
+    load_mma_tile<F>(vs, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
+    int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
+    bool used[2];
+    for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
+    float dk[DT][4] = {}, dv[DT][4] = {};
+    const T* kw = ks + blk.warp * 16 * F::STRIDE;
+    const T* vw = vs + blk.warp * 16 * F::STRIDE;
+    u64 stat0 = ((u64)blk.b * nh + blk.hh) * t;
+    for (int i0 = 0; i0 < t; i0 += MMA_ROWS) {
+        __syncthreads();
+        load_mma_tile<F>(qs, qc, i0, t, scale, src.queries());
+        load_mma_tile<F>(dos, doc, i0, t, 1.0f,
+                         [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
+        for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
+            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
+            dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
+        }
+        __syncthreads();
+        // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
+        float st[KT][4] = {}, dpt[KT][4] = {};
+        mma_rows_by_rows<F>(kw, qs, st, blk.g, blk.tq);
+        mma_rows_by_rows<F>(vw, dos, dpt, blk.g, blk.tq);
+        each_element(blk.tq, [&](int nt, int e, int c, int r) {
+            int i = i0 + c;
+            // A uniform row averages the values: dV but no dK.
+            float pr = used[r] && i < t ? expf((blk.any ? st[nt][e] : 0.0f) - ls[c]) : 0.0f;
+            float f = dropout && pr != 0.0f ? drop_factor(key, threshold, dscale, (stat0 + i) * blk.n + keys[r]) : 1.0f;
+            dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - dl[c]) : 0.0f;  // dSᵀ
+            st[nt][e] = pr * f;                                             // (P · dropout)ᵀ
+        });
+        mma_tiles_by_cols<F>(st, doc, dv, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(dpt, qc, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int j = keys[r];
+        if (j >= n_keys) continue;
+#pragma unroll
+        for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int col = dn * 8 + 2 * blk.tq + e;
+                if (j < p) {
+                    float* out = dprefix + ((u64)blk.b * p + j) * 2 * blk.h + blk.hh * HEAD_DIM;
+                    out[col] = dk[dn][2 * r + e];
+                    out[blk.h + col] = dv[dn][2 * r + e];
+                } else if (dqkv != 0 || dqkv16 != 0) {
+                    u64 at = ((u64)blk.b * t + (j - p)) * 3 * blk.h + blk.h + blk.hh * HEAD_DIM + col;
+                    store_grad1(dqkv, dqkv16, at, dk[dn][2 * r + e]);
+                    store_grad1(dqkv, dqkv16, at + blk.h, dv[dn][2 * r + e]);
+                }
+            }
+    }
+}
+
+// The kernels of one format: mma_self_test_<fmt> and
+// attention_{forward,backward_dq,backward_dkv}_<fmt>, whose arguments are
+// those of the f32 kernels.
+#define TENSOR_CORE_ATTENTION(fmt, F)                                                                                \
+    extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                           \
+    extern "C" __global__ void attention_forward_##fmt(                                                             \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        float* ctx, float* lse, int t, int p, int nh, float scale, u64 key, u64 threshold, float dscale, int dropout, \
+        u16* ctx16) {                                                                                                \
+        attention_forward_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key,     \
+                                threshold, dscale, dropout, ctx16);                                                  \
+    }                                                                                                                \
+    extern "C" __global__ void attention_backward_dq_##fmt(                                                         \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
+        u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                            \
+        attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv, t, p,   \
+                                    nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
+    }                                                                                                                \
+    extern "C" __global__ void attention_backward_dkv_##fmt(                                                        \
+        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
+        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
+        int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
+        attention_backward_dkv_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv,        \
+                                     dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
+    }
+
+TENSOR_CORE_ATTENTION(tf32, Tf32Format)
+#if HEAD_DIM % 16 == 0
+TENSOR_CORE_ATTENTION(bf16, Bf16Format)
+#endif
+#endif  // HEAD_DIM % 8 == 0

@@ -1,0 +1,49 @@
+// What every part uses: integer types, bf16 rounding and block reductions.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// In bf16, every GEMM input is written in bf16 by the kernel that produces
+// it (a `u16*` argument, null in fp32/tf32): an activation that is needed
+// later in f32 too gets both copies, one that only feeds the GEMM gets the
+// bf16 copy alone. The forward's GEMMs write their outputs in bf16 too,
+// which the kernel after each reads (a `const u16*` argument) with the bias
+// added in f32. Round to nearest even, NaN kept quiet: what the bf16 GEMMs
+// read.
+__device__ __forceinline__ u16 bf16_bits(float v) {
+    u32 bits = __float_as_uint(v);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (u16)((bits >> 16) | 0x40u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (u16)(bits >> 16);
+}
+
+// A bf16 value (its bits) as f32, exactly.
+__device__ __forceinline__ float bf16_float(u16 bits) { return __uint_as_float((u32)bits << 16); }
+
+#define NEG_INF __int_as_float(0xff800000)  // -inf: masked scores, the max of nothing
+
+// ---------------------------------------------------------------------------
+// Block reductions (blockDim.x a multiple of 32, at most 1024).
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The sum over the block, returned to every thread. `shared` holds 32 floats.
+__device__ float block_sum(float v, float* shared) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    int warps = (blockDim.x + 31) >> 5;
+    v = threadIdx.x < warps ? shared[threadIdx.x] : 0.0f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) shared[0] = v;
+    __syncthreads();
+    float total = shared[0];
+    __syncthreads();
+    return total;
+}

@@ -1,0 +1,68 @@
+// ---------------------------------------------------------------------------
+// Glue.
+
+// The deep prompt of every row from the prefix encoder's output, with the
+// prefix dropout of src/model/prefix.rs (PrefixEncoder::expand): past
+// [P, W] with W = Ls*2H, kv [Ls, B, P, 2H], element (k, b, i, c) =
+// past[i, k*2H + c] * factor((b*P + i)*W + k*2H + c).
+extern "C" __global__ void expand_prefix(const float* past, float* kv, int layers, int batch, int p, int two_h,
+                                         u64 key, u64 threshold, float scale, int dropout) {
+    u64 w = (u64)layers * two_h;
+    u64 n = (u64)layers * batch * p * two_h;
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
+        u64 c = e % two_h, i = (e / two_h) % p, b = (e / ((u64)two_h * p)) % batch;
+        u64 k = e / ((u64)two_h * p * batch);
+        u64 col = k * two_h + c;
+        float v = past[i * w + col];
+        if (dropout) {
+            float f = drop_factor(key, threshold, scale, (b * p + i) * w + col);
+            v = f == 0.0f ? 0.0f : v * f;
+        }
+        kv[e] = v;
+    }
+}
+
+// Its backward (PrefixEncoder::reduce): d_past[i, k*2H + c] (+)=
+// sum_b dkv[k, b, i, c] * factor((b*P + i)*W + k*2H + c), added to d_past
+// when `accumulate` (a gradient kept on the device across backwards).
+extern "C" __global__ void reduce_prefix(const float* dkv, float* d_past, int layers, int batch, int p,
+                                         int two_h, u64 key, u64 threshold, float scale, int dropout,
+                                         int accumulate) {
+    u64 w = (u64)layers * two_h;
+    u64 n = (u64)p * w;
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
+        u64 i = e / w, col = e % w, k = col / two_h, c = col % two_h;
+        float s = 0.0f;
+        for (u64 b = 0; b < (u64)batch; b++) {
+            float v = dkv[((k * batch + b) * p + i) * two_h + c];
+            if (dropout) {
+                float f = drop_factor(key, threshold, scale, (b * p + i) * w + col);
+                v = f == 0.0f ? 0.0f : v * f;
+            }
+            s += v;
+        }
+        d_past[e] = accumulate ? d_past[e] + s : s;
+    }
+}
+
+// dst[r] = src[r * stride .. + h]: gathers the [CLS] rows (stride T*H).
+extern "C" __global__ void gather_rows(const float* src, float* dst, int rows, int h, u64 stride) {
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < (u64)rows * h; e += (u64)gridDim.x * blockDim.x) {
+        u64 r = e / h, c = e % h;
+        dst[e] = src[r * stride + c];
+    }
+}
+
+// dst[r * stride + c] = src[r * h + c] (dst zeroed beforehand).
+extern "C" __global__ void scatter_rows(const float* src, float* dst, int rows, int h, u64 stride) {
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < (u64)rows * h; e += (u64)gridDim.x * blockDim.x) {
+        u64 r = e / h, c = e % h;
+        dst[r * stride + c] = src[e];
+    }
+}
+
+// y[r, c] = bias[c] for every row: a GEMM with beta = 1 then adds x·Wᵀ.
+extern "C" __global__ void broadcast_rows(const float* bias, float* y, int rows, int width) {
+    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < (u64)rows * width; e += (u64)gridDim.x * blockDim.x)
+        y[e] = bias[e % width];
+}
