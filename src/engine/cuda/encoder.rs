@@ -74,9 +74,34 @@ impl Weight {
     }
 }
 
+/// A frozen nn.Linear on the device: W [out, inp] in the GEMMs' precision,
+/// and its bias [out].
 struct DevLinear {
     weight: Weight,
     bias: DevBuf<f32>,
+    out: usize,
+    inp: usize,
+    precision: Precision,
+}
+
+impl DevLinear {
+    /// y[rows, out] = x·Wᵀ (the kernel after the GEMM adds the bias).
+    fn forward(&self, dev: &CudaDevice, x: u64, rows: usize, y: GemmOut) -> Result<()> {
+        let (w, p) = (self.weight.ptr(), self.precision);
+        dev.linear(p, x, w, rows, self.out, self.inp, y, false)
+    }
+
+    /// dx[rows, inp] (+)= dy·W, the activation gradient only (W is frozen).
+    fn backward_input(
+        &self,
+        dev: &CudaDevice,
+        dy: u64,
+        rows: usize,
+        (dx, accumulate): (GemmOut, bool),
+    ) -> Result<()> {
+        let (w, p) = (self.weight.ptr(), self.precision);
+        dev.linear_backward_input(p, dy, w, rows, self.out, self.inp, dx, accumulate)
+    }
 }
 
 struct DevLayerNorm {
@@ -312,6 +337,9 @@ impl CudaEncoder {
             Ok(DevLinear {
                 weight,
                 bias: up(&l.bias)?,
+                out: l.out_features,
+                inp: l.in_features,
+                precision,
             })
         };
         let ln = |l: &LayerNorm| -> Result<DevLayerNorm> {
@@ -603,20 +631,10 @@ impl CudaEncoder {
             let saved_f32 = |ptr: u64| if bf16 && !keep { 0 } else { ptr };
 
             // qkv = x·Wᵀ (the attention kernels add the bias).
-            dev.linear(
-                self.precision,
-                gemm_in(ws.x.ptr),
-                layer.qkv.weight.ptr(),
-                rows,
-                3 * h,
-                h,
-                gemm_out(bf16, s.qkv.ptr, s.qkv16.ptr),
-                false,
-            )?;
+            let (x, qkv) = (gemm_in(ws.x.ptr), gemm_out(bf16, s.qkv.ptr, s.qkv16.ptr));
+            layer.qkv.forward(dev, x, rows, qkv)?;
 
-            let k = layers.iter().position(|&x| x == l);
-            let pl = if k.is_some() { p } else { 0 };
-            let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
+            let (pl, prefix_ptr) = layer_prefix(&layers, l, ws.kv.ptr, (b, p, two_h));
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call = AttentionCall::new(
@@ -634,23 +652,12 @@ impl CudaEncoder {
             )?;
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
-            dev.linear(
-                self.precision,
-                gemm_in(s.ctx.ptr),
-                layer.attn_out.weight.ptr(),
-                rows,
-                h,
-                h,
-                gemm_out(bf16, s.ln1_in.ptr, out16),
-                false,
-            )?;
-            residual_layernorm(
+            output_sublayer(
                 dev,
-                (rows, h),
+                (&layer.attn_out, &layer.ln1),
+                (gemm_in(s.ctx.ptr), rows),
                 (saved_f32(s.ln1_in.ptr), out16),
-                &layer.attn_out.bias,
                 ws.x.ptr,
-                &layer.ln1,
                 ws.x1.ptr,
                 if keep { s.ln1_stats.ptr } else { 0 },
                 dropout.attention_output(l),
@@ -658,16 +665,11 @@ impl CudaEncoder {
             )?;
 
             // inter = gelu(x1·W1ᵀ + b1)
-            dev.linear(
-                self.precision,
+            let (x, y) = (
                 gemm_in(ws.x1.ptr),
-                layer.intermediate.weight.ptr(),
-                rows,
-                inter,
-                h,
                 gemm_out(bf16, s.inter_pre.ptr, s.inter16.ptr),
-                false,
-            )?;
+            );
+            layer.intermediate.forward(dev, x, rows, y)?;
             // The backward reads the f32 sum where saved; in bf16 it reads
             // inter16 and adds the bias again.
             let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
@@ -688,23 +690,12 @@ impl CudaEncoder {
             )?;
 
             // ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)
-            dev.linear(
-                self.precision,
-                gemm_in(ws.act.ptr),
-                layer.output.weight.ptr(),
-                rows,
-                h,
-                inter,
-                gemm_out(bf16, s.ln2_in.ptr, out16),
-                false,
-            )?;
-            residual_layernorm(
+            output_sublayer(
                 dev,
-                (rows, h),
+                (&layer.output, &layer.ln2),
+                (gemm_in(ws.act.ptr), rows),
                 (saved_f32(s.ln2_in.ptr), out16),
-                &layer.output.bias,
                 ws.x1.ptr,
-                &layer.ln2,
                 ws.x.ptr,
                 if keep { s.ln2_stats.ptr } else { 0 },
                 dropout.ffn_output(l),
@@ -780,16 +771,9 @@ impl CudaEncoder {
                 ws.d_h.ptr,
                 (dropout.ffn_output(l), ws.tmp.ptr, b16),
             )?;
-            dev.linear_backward_input(
-                self.precision,
-                gemm_in(ws.tmp.ptr),
-                layer.output.weight.ptr(),
-                rows,
-                h,
-                inter,
-                gemm_out(bf16, ws.d_inter.ptr, d_inter16),
-                false,
-            )?;
+            let d_inter = (gemm_out(bf16, ws.d_inter.ptr, d_inter16), false);
+            let dy = gemm_in(ws.tmp.ptr);
+            layer.output.backward_input(dev, dy, rows, d_inter)?;
             let (pre, pre16) = s.inter_pre(bf16);
             dev.launch_1d(
                 Kernel::GeluBackward,
@@ -805,16 +789,9 @@ impl CudaEncoder {
                     &b16,
                 ],
             )?;
-            dev.linear_backward_input(
-                self.precision,
-                gemm_in(ws.d_inter.ptr),
-                layer.intermediate.weight.ptr(),
-                rows,
-                inter,
-                h,
-                GemmOut::F32(ws.d_h.ptr),
-                true,
-            )?;
+            let dy = gemm_in(ws.d_inter.ptr);
+            let d_h = (GemmOut::F32(ws.d_h.ptr), true);
+            layer.intermediate.backward_input(dev, dy, rows, d_h)?;
 
             // x1 = LN1(ln1_in): d_x = dLN1 · d_h (the residual to x), and
             // through the attention output's dropout into tmp (then Wo)
@@ -828,22 +805,13 @@ impl CudaEncoder {
                 ws.d_x.ptr,
                 (dropout.attention_output(l), ws.tmp.ptr, b16),
             )?;
-            dev.linear_backward_input(
-                self.precision,
-                gemm_in(ws.tmp.ptr),
-                layer.attn_out.weight.ptr(),
-                rows,
-                h,
-                h,
-                gemm_out(bf16, ws.d_ctx.ptr, d_ctx16),
-                false,
-            )?;
+            let d_ctx_out = (gemm_out(bf16, ws.d_ctx.ptr, d_ctx16), false);
+            let dy = gemm_in(ws.tmp.ptr);
+            layer.attn_out.backward_input(dev, dy, rows, d_ctx_out)?;
 
             // attention
-            let k = step.layers.iter().position(|&x| x == l);
-            let pl = if k.is_some() { p } else { 0 };
-            let prefix_ptr = k.map_or(0, |k| ws.kv.ptr + (k * b * p * two_h * 4) as u64);
-            let dprefix_ptr = k.map_or(0, |k| ws.d_kv.ptr + (k * b * p * two_h * 4) as u64);
+            let (pl, prefix_ptr) = layer_prefix(&step.layers, l, ws.kv.ptr, (b, p, two_h));
+            let (_, dprefix_ptr) = layer_prefix(&step.layers, l, ws.d_kv.ptr, (b, p, two_h));
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let need_below = l > lowest;
             dev.launch(
@@ -903,16 +871,9 @@ impl CudaEncoder {
             }
             if need_below {
                 // d x = residual (in d_x) + d(qkv)·Wqkv
-                dev.linear_backward_input(
-                    self.precision,
-                    gemm_in(ws.d_qkv.ptr),
-                    layer.qkv.weight.ptr(),
-                    rows,
-                    3 * h,
-                    h,
-                    GemmOut::F32(ws.d_x.ptr),
-                    true,
-                )?;
+                let d_x = (GemmOut::F32(ws.d_x.ptr), true);
+                let dy = gemm_in(ws.d_qkv.ptr);
+                layer.qkv.backward_input(dev, dy, rows, d_x)?;
             }
         }
 
@@ -1025,24 +986,29 @@ impl AttentionCall {
     }
 }
 
-/// ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in), with y
-/// the GEMM's output in `y`, or in bf16 in `y16` unless that is 0; ln_in
-/// goes into `y` (the saved LayerNorm input) and (mean, rstd) into `stats`,
-/// and x_out in bf16 into `x16`, unless they are 0. One block per row of
-/// [rows, h].
+/// HF's BertSelfOutput and BertOutput: y = x·Wᵀ (the GEMM; into `y`, or
+/// in bf16 into `y16` unless that is 0), then ln_in = dropout(y + bias) +
+/// residual and x_out = LN(ln_in) (one fused kernel, a block per row of
+/// [rows, H]); ln_in goes into `y` (the saved LayerNorm input) and (mean,
+/// rstd) into `stats`, and x_out in bf16 into `x16`, unless they are 0.
 #[allow(clippy::too_many_arguments)]
-fn residual_layernorm(
+fn output_sublayer(
     dev: &CudaDevice,
-    (rows, h): (usize, usize),
+    (dense, ln): (&DevLinear, &DevLayerNorm),
+    (x, rows): (u64, usize),
     (y, y16): (u64, u64),
-    bias: &DevBuf<f32>,
     residual: u64,
-    ln: &DevLayerNorm,
     x_out: u64,
     stats: u64,
     dropout: Option<Dropout>,
     x16: u64,
 ) -> Result<()> {
+    let out = if y16 != 0 {
+        GemmOut::Bf16(y16)
+    } else {
+        GemmOut::F32(y)
+    };
+    dense.forward(dev, x, rows, out)?;
     let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
@@ -1051,14 +1017,14 @@ fn residual_layernorm(
         &[
             &y,
             &y16,
-            &bias.ptr,
+            &dense.bias.ptr,
             &residual,
             &ln.weight.ptr,
             &ln.bias.ptr,
             &ln.eps,
             &x_out,
             &stats,
-            &(h as i32),
+            &(dense.out as i32),
             &key,
             &thr,
             &scale,
@@ -1102,6 +1068,25 @@ fn layernorm_backward(
             &dropped16,
         ],
     )
+}
+
+/// Layer `l`'s block of a per-layer prompt buffer at `base` ([Ls, B, P, 2H]
+/// f32, Ls the prefixed `layers`, ascending: the expanded keys and values or
+/// their gradients): (P, the address of its [B, P, 2H]), or (0, 0) for a
+/// layer without a prefix.
+fn layer_prefix(
+    layers: &[usize],
+    l: usize,
+    base: u64,
+    (b, p, two_h): (usize, usize, usize),
+) -> (usize, u64) {
+    match layers.iter().position(|&x| x == l) {
+        Some(k) => (
+            p,
+            base + (k * b * p * two_h * std::mem::size_of::<f32>()) as u64,
+        ),
+        None => (0, 0),
+    }
 }
 
 /// A GEMM's output: into its bf16 buffer in bf16, else its f32 one.
