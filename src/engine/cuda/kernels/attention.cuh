@@ -57,38 +57,32 @@ __device__ __forceinline__ void st4(float* p, const float* v) {
     *reinterpret_cast<float4*>(p) = x;
 }
 
-// c[i][j] += sum_k a[i*lda + k] * b[j*ldb + k] (i, j < 4; kn a multiple of 4).
-__device__ __forceinline__ void mm_nt(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+// c[i][j] += sum_k a[i*lda + k] * B[k][j] (i, j < 4; kn a multiple of 4),
+// B[k][j] = b[j*ldb + k] when B_ROWS (b's rows are the product's columns:
+// A·bᵀ), else b[k*ldb + j] (A·b).
+template <bool B_ROWS>
+__device__ __forceinline__ void mm4(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
     for (int k = 0; k < kn; k += 4) {
         float x[4][4], y[4][4];
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             ld4(a + r * lda + k, x[r]);
-            ld4(b + r * ldb + k, y[r]);
+            ld4(B_ROWS ? b + r * ldb + k : b + (k + r) * ldb, y[r]);
         }
+        auto yv = [&](int q, int j) { return B_ROWS ? y[j][q] : y[q][j]; };
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int j = 0; j < 4; j++)
-                c[i][j] += x[i][0] * y[j][0] + x[i][1] * y[j][1] + x[i][2] * y[j][2] + x[i][3] * y[j][3];
+                c[i][j] += x[i][0] * yv(0, j) + x[i][1] * yv(1, j) + x[i][2] * yv(2, j) + x[i][3] * yv(3, j);
     }
 }
 
-// c[i][j] += sum_k a[i*lda + k] * b[k*ldb + j].
+__device__ __forceinline__ void mm_nt(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
+    mm4<true>(a, lda, b, ldb, kn, c);
+}
 __device__ __forceinline__ void mm_nn(const float* a, int lda, const float* b, int ldb, int kn, float c[4][4]) {
-    for (int k = 0; k < kn; k += 4) {
-        float x[4][4], y[4][4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            ld4(a + r * lda + k, x[r]);
-            ld4(b + (k + r) * ldb, y[r]);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                c[i][j] += x[i][0] * y[0][j] + x[i][1] * y[1][j] + x[i][2] * y[2][j] + x[i][3] * y[3][j];
-    }
+    mm4<false>(a, lda, b, ldb, kn, c);
 }
 
 // c[i][j] += sum_k a[k*lda + i*astep] * b[k*ldb + j].
@@ -244,6 +238,31 @@ __device__ __forceinline__ void mm_chunks(const float* w, const float* m, float 
         if (chunk_in(c, tj)) mm_nn(w + ti * PROW, 8 * PROW, m + c * 32 + 4 * tj, ROW, TILE, acc[c]);
 }
 
+// This thread's products of rows ti + 8r of `a` with rows tj + 8c of `b`
+// (both [TILE, ROW] tiles, over the head): scores q·k (forward and dQ
+// alike, so the backward recomputes the forward's), dO·v, and transposed.
+__device__ __forceinline__ void tile_products(const float* a, const float* b, int ti, int tj, float c[4][4]) {
+    mm_nt(a + ti * ROW, 8 * ROW, b + tj * ROW, 8 * ROW, HEAD_DIM, c);
+}
+
+// Whether keys j0 + tj + 8c (c < 4), this thread's score columns, take part.
+__device__ __forceinline__ void keys_in_use(const float* mask, int b, int j0, int tj, int t, int p, int any,
+                                            bool used[4]) {
+#pragma unroll
+    for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+}
+
+// f(r, i) for this thread's tile rows r < 4 whose row i = r0 + ti + 8r is
+// below `count`: where a kernel writes its outputs.
+template <typename Fn>
+__device__ __forceinline__ void each_row(int r0, int ti, int count, Fn f) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        int i = r0 + ti + 8 * r;
+        if (i < count) f(r, i);
+    }
+}
+
 extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
                                              u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
                                              float scale, u64 key, u64 threshold, float dscale, int dropout,
@@ -263,10 +282,9 @@ extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16,
         load_kv_tiles(ks, vs, src, j0, n);
         __syncthreads();
         float s[4][4] = {};
-        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
+        tile_products(qs, ks, ti, tj, s);
         bool used[4];
-#pragma unroll
-        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+        keys_in_use(mask, b, j0, tj, t, p, any, used);
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             float mx = NEG_INF;
@@ -299,10 +317,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16,
         __syncthreads();
         mm_chunks(ps, vs, o, ti, tj);
     }
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        int i = i0 + ti + 8 * r;
-        if (i >= t) continue;
+    each_row(i0, ti, t, [&](int r, int i) {
         float inv = 1.0f / l[r];
         u64 row_at = ((u64)b * t + i) * h + hh * HEAD_DIM;
 #pragma unroll
@@ -319,7 +334,7 @@ extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16,
             }
         }
         if (lse != 0 && tj == 0) lse[((u64)b * nh + hh) * t + i] = m[r] + logf(l[r]);
-    }
+    });
 }
 
 // delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row
@@ -372,11 +387,10 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
         load_kv_tiles(ks, vs, src, j0, n);
         __syncthreads();
         float s[4][4] = {}, dp[4][4] = {};
-        mm_nt(qs + ti * ROW, 8 * ROW, ks + tj * ROW, 8 * ROW, HEAD_DIM, s);
-        mm_nt(dos + ti * ROW, 8 * ROW, vs + tj * ROW, 8 * ROW, HEAD_DIM, dp);
+        tile_products(qs, ks, ti, tj, s);
+        tile_products(dos, vs, ti, tj, dp);
         bool used[4];
-#pragma unroll
-        for (int c = 0; c < 4; c++) used[c] = key_used(mask, b, j0 + tj + 8 * c, t, p, any);
+        keys_in_use(mask, b, j0, tj, t, p, any, used);
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             int i = i0 + ti + 8 * r;
@@ -396,15 +410,12 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
         __syncthreads();
         mm_chunks(dss, ks, dq, ti, tj);
     }
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        int i = i0 + ti + 8 * r;
-        if (i >= t) continue;
+    each_row(i0, ti, t, [&](int r, int i) {
         u64 at = ((u64)b * t + i) * 3 * h + hh * HEAD_DIM;
 #pragma unroll
         for (int c = 0; c < CHUNKS; c++)
             if (chunk_in(c, tj)) store_grad(dqkv, dqkv16, at + c * 32 + 4 * tj, dq[c][r]);
-    }
+    });
 }
 
 // dK and dV: a block per tile of 32 keys (keys 0 .. n_keys: all of them, or
@@ -448,8 +459,8 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
         }
         __syncthreads();
         float st[4][4] = {}, dpt[4][4] = {};
-        mm_nt(ks + ti * ROW, 8 * ROW, qs + tj * ROW, 8 * ROW, HEAD_DIM, st);
-        mm_nt(vs + ti * ROW, 8 * ROW, dos + tj * ROW, 8 * ROW, HEAD_DIM, dpt);
+        tile_products(ks, qs, ti, tj, st);
+        tile_products(vs, dos, ti, tj, dpt);
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             int ii = tj + 8 * c, i = i0 + ii;
@@ -478,10 +489,7 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
             mm_tn(dss + ti, 8, PROW, qs + c * 32 + 4 * tj, ROW, TILE, dk[c]);
         }
     }
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        int j = j0 + ti + 8 * r;
-        if (j >= n_keys) continue;
+    each_row(j0, ti, n_keys, [&](int r, int j) {
         if (j < p) {
             float* kout = dprefix + ((u64)b * p + j) * 2 * h + hh * HEAD_DIM;
 #pragma unroll
@@ -499,5 +507,5 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
                 store_grad(dqkv, dqkv16, at + h + c * 32 + 4 * tj, dv[c][r]);
             }
         }
-    }
+    });
 }
