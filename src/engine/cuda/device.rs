@@ -722,9 +722,15 @@ impl CudaDevice {
         Ok(self)
     }
 
+    /// The tensor-core format attention in `precision` runs in on this
+    /// device, if any (else the f32 kernels).
+    pub fn attention_format(&self, precision: Precision) -> Option<MmaFormat> {
+        MmaFormat::of(precision).filter(|f| self.tensor_cores.contains(f))
+    }
+
     /// Whether attention in `precision` runs on the tensor cores.
     pub fn tensor_core_attention(&self, precision: Precision) -> bool {
-        MmaFormat::of(precision).is_some_and(|f| self.tensor_cores.contains(&f))
+        self.attention_format(precision).is_some()
     }
 
     /// One warp's mma of small integers in `format` (attention_mma.cuh,

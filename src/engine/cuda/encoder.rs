@@ -36,7 +36,7 @@
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{
-    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, MmaFormat, Precision,
+    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::optim::ResidentPrefix;
@@ -167,24 +167,6 @@ impl Saved {
         self.lse.ensure(dev, lse)?;
         self.ln1_stats.ensure(dev, rows * 2)?;
         self.ln2_stats.ensure(dev, rows * 2)
-    }
-
-    /// qkv as the kernels take it: (f32, bf16), the unused one 0.
-    fn qkv(&self, bf16: bool) -> (u64, u64) {
-        if bf16 {
-            (0, self.qkv16.ptr)
-        } else {
-            (self.qkv.ptr, 0)
-        }
-    }
-
-    /// inter_pre as the kernels take it, as [`Saved::qkv`].
-    fn inter_pre(&self, bf16: bool) -> (u64, u64) {
-        if bf16 {
-            (0, self.inter16.ptr)
-        } else {
-            (self.inter_pre.ptr, 0)
-        }
     }
 }
 
@@ -631,14 +613,14 @@ impl CudaEncoder {
             let saved_f32 = |ptr: u64| if bf16 && !keep { 0 } else { ptr };
 
             // qkv = x·Wᵀ (the attention kernels add the bias).
-            let (x, qkv) = (gemm_in(ws.x.ptr), gemm_out(bf16, s.qkv.ptr, s.qkv16.ptr));
-            layer.qkv.forward(dev, x, rows, qkv)?;
+            let (x, qkv) = (gemm_in(ws.x.ptr), f32_or_bf16(bf16, s.qkv.ptr, s.qkv16.ptr));
+            layer.qkv.forward(dev, x, rows, gemm_out(qkv))?;
 
             let (pl, prefix_ptr) = layer_prefix(&layers, l, ws.kv.ptr, (b, p, two_h));
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
             let call = AttentionCall::new(
-                (s.qkv(bf16), layer.qkv.bias.ptr),
+                (qkv, layer.qkv.bias.ptr),
                 prefix_ptr,
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
@@ -665,21 +647,18 @@ impl CudaEncoder {
             )?;
 
             // inter = gelu(x1·W1ᵀ + b1)
-            let (x, y) = (
-                gemm_in(ws.x1.ptr),
-                gemm_out(bf16, s.inter_pre.ptr, s.inter16.ptr),
-            );
-            layer.intermediate.forward(dev, x, rows, y)?;
+            let pre = f32_or_bf16(bf16, s.inter_pre.ptr, s.inter16.ptr);
+            let x1 = gemm_in(ws.x1.ptr);
+            layer.intermediate.forward(dev, x1, rows, gemm_out(pre))?;
             // The backward reads the f32 sum where saved; in bf16 it reads
             // inter16 and adds the bias again.
             let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
-            let (pre, pre16) = s.inter_pre(bf16);
             dev.launch_1d(
                 Kernel::BiasGelu,
                 rows * inter,
                 &[
-                    &pre,
-                    &pre16,
+                    &pre.0,
+                    &pre.1,
                     &layer.intermediate.bias.ptr,
                     &saved_sum,
                     &ws.act.ptr,
@@ -743,12 +722,8 @@ impl CudaEncoder {
             ws.d_inter.ensure(dev, rows * inter)?;
             ws.d_ctx.ensure(dev, rows * h)?;
         }
-        // d(ctx) as the kernels take it: (f32, bf16), the unused one 0.
-        let d_ctx = if bf16 {
-            (0, d_ctx16)
-        } else {
-            (ws.d_ctx.ptr, 0)
-        };
+        let d_ctx = f32_or_bf16(bf16, ws.d_ctx.ptr, d_ctx16);
+        let d_inter = f32_or_bf16(bf16, ws.d_inter.ptr, d_inter16);
         let gemm_in = |f32_input: u64| if bf16 { b16 } else { f32_input };
         ws.delta.ensure(dev, b * nh * t)?;
         // Not zeroed: every prefixed layer's dK/dV launch writes all of its
@@ -771,10 +746,9 @@ impl CudaEncoder {
                 ws.d_h.ptr,
                 (dropout.ffn_output(l), ws.tmp.ptr, b16),
             )?;
-            let d_inter = (gemm_out(bf16, ws.d_inter.ptr, d_inter16), false);
-            let dy = gemm_in(ws.tmp.ptr);
-            layer.output.backward_input(dev, dy, rows, d_inter)?;
-            let (pre, pre16) = s.inter_pre(bf16);
+            let (dy, d_out) = (gemm_in(ws.tmp.ptr), (gemm_out(d_inter), false));
+            layer.output.backward_input(dev, dy, rows, d_out)?;
+            let (pre, pre16) = f32_or_bf16(bf16, s.inter_pre.ptr, s.inter16.ptr);
             dev.launch_1d(
                 Kernel::GeluBackward,
                 rows * inter,
@@ -782,8 +756,8 @@ impl CudaEncoder {
                     &pre,
                     &pre16,
                     &layer.intermediate.bias.ptr,
-                    &ws.d_inter.ptr,
-                    &d_inter16,
+                    &d_inter.0,
+                    &d_inter.1,
                     &((rows * inter) as u64),
                     &(inter as i32),
                     &b16,
@@ -805,9 +779,8 @@ impl CudaEncoder {
                 ws.d_x.ptr,
                 (dropout.attention_output(l), ws.tmp.ptr, b16),
             )?;
-            let d_ctx_out = (gemm_out(bf16, ws.d_ctx.ptr, d_ctx16), false);
-            let dy = gemm_in(ws.tmp.ptr);
-            layer.attn_out.backward_input(dev, dy, rows, d_ctx_out)?;
+            let (dy, d_out) = (gemm_in(ws.tmp.ptr), (gemm_out(d_ctx), false));
+            layer.attn_out.backward_input(dev, dy, rows, d_out)?;
 
             // attention
             let (pl, prefix_ptr) = layer_prefix(&step.layers, l, ws.kv.ptr, (b, p, two_h));
@@ -828,8 +801,9 @@ impl CudaEncoder {
                     &(t as i32),
                 ],
             )?;
+            let qkv = f32_or_bf16(bf16, s.qkv.ptr, s.qkv16.ptr);
             let call = AttentionCall::new(
-                (s.qkv(bf16), layer.qkv.bias.ptr),
+                (qkv, layer.qkv.bias.ptr),
                 prefix_ptr,
                 ws.mask.ptr,
                 (b, t, pl, nh, two_h),
@@ -953,8 +927,7 @@ impl AttentionCall {
         buffers: &[&dyn KernelArg],
         rest: &[&dyn KernelArg],
     ) -> Result<()> {
-        let format = MmaFormat::of(precision).filter(|f| dev.tensor_cores.contains(f));
-        let (kernel, tile, block) = match format {
+        let (kernel, tile, block) = match dev.attention_format(precision) {
             None => (f32_kernel, ATTENTION_TILE, 64),
             Some(format) => {
                 let [_, forward, dq, dkv] = format.kernels();
@@ -1003,12 +976,7 @@ fn output_sublayer(
     dropout: Option<Dropout>,
     x16: u64,
 ) -> Result<()> {
-    let out = if y16 != 0 {
-        GemmOut::Bf16(y16)
-    } else {
-        GemmOut::F32(y)
-    };
-    dense.forward(dev, x, rows, out)?;
+    dense.forward(dev, x, rows, gemm_out((y, y16)))?;
     let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
@@ -1089,12 +1057,22 @@ fn layer_prefix(
     }
 }
 
-/// A GEMM's output: into its bf16 buffer in bf16, else its f32 one.
-fn gemm_out(bf16: bool, f32_output: u64, bf16_output: u64) -> GemmOut {
+/// A buffer as the kernels take it, in f32 or in bf16: (its f32 address,
+/// its bf16 address), the one not used 0.
+fn f32_or_bf16(bf16: bool, f32_ptr: u64, bf16_ptr: u64) -> (u64, u64) {
     if bf16 {
-        GemmOut::Bf16(bf16_output)
+        (0, bf16_ptr)
     } else {
-        GemmOut::F32(f32_output)
+        (f32_ptr, 0)
+    }
+}
+
+/// A GEMM's output from such a pair: the bf16 buffer where there is one.
+fn gemm_out((f32_ptr, bf16_ptr): (u64, u64)) -> GemmOut {
+    if bf16_ptr != 0 {
+        GemmOut::Bf16(bf16_ptr)
+    } else {
+        GemmOut::F32(f32_ptr)
     }
 }
 

@@ -44,7 +44,7 @@ pub fn ptx(
     // The key is the file's first line too: a file of another key (a hash
     // collision, or a hand-edited file) is never taken.
     let header = format!("// ptuning kernels: {key}\n");
-    let path = dir.map(|d| d.join(format!("kernels-{:016x}.ptx", fnv1a64(&[key.as_bytes()]))));
+    let path = dir.map(|d| file(d, key));
     if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         if let Some(ptx) = text.strip_prefix(&header) {
             return Ok((ptx.to_string(), true));
@@ -65,10 +65,13 @@ pub fn ptx(
 /// Forgets the PTX of `key` in `dir` (it did not load: compile anew).
 pub fn forget(dir: Option<&Path>, key: &str) {
     if let Some(dir) = dir {
-        let _ = std::fs::remove_file(
-            dir.join(format!("kernels-{:016x}.ptx", fnv1a64(&[key.as_bytes()]))),
-        );
+        let _ = std::fs::remove_file(file(dir, key));
     }
+}
+
+/// The file of `key`'s PTX in `dir`, named by the key's hash.
+fn file(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("kernels-{:016x}.ptx", fnv1a64(&[key.as_bytes()])))
 }
 
 #[cfg(test)]
@@ -96,10 +99,7 @@ mod tests {
         assert_eq!(other, ("ptx two".to_string(), false));
         assert_eq!(compiles.get(), 2);
         // A file whose first line names another key is not taken.
-        let path = d
-            .as_ref()
-            .unwrap()
-            .join(format!("kernels-{:016x}.ptx", fnv1a64(&[b"k1"])));
+        let path = file(d.as_ref().unwrap(), "k1");
         std::fs::write(&path, "// ptuning kernels: k9\nstale").unwrap();
         let fresh = ptx(d.as_deref(), "k1", || compile("ptx one again")).unwrap();
         assert_eq!(fresh, ("ptx one again".to_string(), false));
