@@ -5,7 +5,7 @@
 #      (tests/cuda.rs: fp32, tf32, bf16; dropout and every head);
 #   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
 #      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
-#      training step and inference, in fp32, tf32 and bf16;
+#      training step and inference, in fp32 (3xTF32, and SGEMM), tf32 and bf16;
 #   3. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md,
 #      with the MLP prefix too;
 #   4. the table, printed and written to ${OUT:-.}/gpu-results.md, with each
@@ -47,6 +47,11 @@ for size in $sizes; do
         ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
         peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
         echo "{\"size\": \"$size\", \"precision\": \"$precision\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
+        if [ "$precision" = fp32 ]; then
+            # fp32 runs by 3xTF32 on the tensor cores; SGEMM too, against the same peer run.
+            ours=$(PTUNING_FP32_GEMM=sgemm timeout 120 .gpu/ptuning bench --device cuda --precision fp32 "${args[@]}" 2>> "$out/gpu-errors.log")
+            echo "{\"size\": \"$size\", \"precision\": \"fp32\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
+        fi
     done
 done
 
@@ -83,8 +88,8 @@ if peak:
     print(f"GEMM peak (torch.matmul, {peak['n']}^3): fp32 {peak['fp32']}, tf32 {peak['tf32']}, bf16 {peak['bf16']} TFLOP/s")
 print()
 print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio "
-      "| infer % of peak, ptuning / PyTorch | ptuning attention |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| infer % of peak, ptuning / PyTorch | ptuning GEMMs | ptuning attention |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     o, p = r["ours"] or {}, r["peer"] or {}
     def cell(d, k):
@@ -100,7 +105,7 @@ for r in rows:
         share = f"{ours:.0f} / {theirs}"
     print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
           f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} | "
-          f"{share} | {o.get('attention', '-')} |")
+          f"{share} | {o.get('gemm', '-')} | {o.get('attention', '-')} |")
 PY
 cat "$out/gpu-results.md"
 

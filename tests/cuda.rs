@@ -8,8 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::engine::cuda::device::{cached_kernels, GemmOut, Kernel};
+use ptuning::engine::cuda::device::{cached_kernels, DevBuf, GemmOut, Kernel, Operand};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
+use ptuning::engine::cuda::tf32x3::{self, Fp32Gemm, SplitWeight};
 use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, KernelTime,
     Precision,
@@ -124,19 +125,35 @@ fn launches(times: &[KernelTime], name: &str) -> usize {
 
 /// Puts `model`'s encoder on `target`.
 fn attach(model: &mut PromptModel, target: Target, precision: Precision) {
-    match target {
-        Target::Gpu => model
-            .use_compute(Compute {
-                device: Device::Cuda(0),
-                precision,
-            })
-            .unwrap(),
-        Target::Emulated => {
-            let dev = CudaDevice::emulated(model.backbone.config.head_dim()).unwrap();
-            let enc = CudaEncoder::on(dev, &model.backbone, precision).unwrap();
-            model.gpu = Some(Arc::new(Mutex::new(enc)));
+    attach_with(model, target, precision, None)
+}
+
+/// [`attach`], with fp32's GEMMs run as `fp32` says (None: as the device
+/// chooses, 3xTF32 on the emulated device and on cards with tensor cores).
+fn attach_with(
+    model: &mut PromptModel,
+    target: Target,
+    precision: Precision,
+    fp32: Option<Fp32Gemm>,
+) {
+    let head_dim = model.backbone.config.head_dim();
+    let mut dev = match (target, fp32) {
+        (Target::Gpu, None) => {
+            return model
+                .use_compute(Compute {
+                    device: Device::Cuda(0),
+                    precision,
+                })
+                .unwrap()
         }
+        (Target::Gpu, Some(_)) => CudaDevice::open(0, head_dim).unwrap(),
+        (Target::Emulated, _) => CudaDevice::emulated(head_dim).unwrap(),
+    };
+    if let Some(mode) = fp32 {
+        dev.fp32_gemm = mode;
     }
+    let enc = CudaEncoder::on(dev, &model.backbone, precision).unwrap();
+    model.gpu = Some(Arc::new(Mutex::new(enc)));
 }
 
 const CASES: &[&str] = &[
@@ -176,20 +193,25 @@ fn cuda_engine_matches_the_reference_fixtures() {
             // Emulation is slow (every CUDA thread an OS thread): there, fp32
             // on the cases with layer subsets (BERT and RoBERTa, plain and
             // MLP), and tf32 and bf16 once (its GEMM rounds their inputs as
-            // the tensor cores do).
-            let precisions: &[Precision] = match (target, *name) {
-                (Target::Gpu, _) => &[Precision::Fp32, Precision::Tf32, Precision::Bf16],
-                (Target::Emulated, "tiny_bert_mlp_subset") => {
-                    &[Precision::Fp32, Precision::Tf32, Precision::Bf16]
-                }
-                (Target::Emulated, "tiny_roberta_plain_subset") => &[Precision::Fp32],
+            // the tensor cores do). fp32 runs as the device chooses (3xTF32
+            // but on cards without tensor cores), and as SGEMM.
+            let (fp32, sgemm) = (
+                (Precision::Fp32, None),
+                (Precision::Fp32, Some(Fp32Gemm::Sgemm)),
+            );
+            let (tf32, bf16) = ((Precision::Tf32, None), (Precision::Bf16, None));
+            let runs: &[(Precision, Option<Fp32Gemm>)] = match (target, *name) {
+                (Target::Gpu, _) => &[fp32, sgemm, tf32, bf16],
+                (Target::Emulated, "tiny_bert_mlp_subset") => &[fp32, tf32, bf16],
+                (Target::Emulated, "tiny_roberta_plain_subset") => &[fp32, sgemm],
                 (Target::Emulated, _) => &[],
             };
-            for &precision in precisions {
+            for &(precision, fp32_gemm) in runs {
                 let mut model = case.model();
                 let layers = model.backbone.layers.len();
-                attach(&mut model, target, precision);
+                attach_with(&mut model, target, precision, fp32_gemm);
                 let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+                let math = gpu.lock().unwrap().gemm_math();
                 let (tol_out, tol_grad) = tolerances(precision);
                 let check = |what: &str, got: &[f32], want: &[f32]| {
                     let err = if precision == Precision::Fp32 {
@@ -197,15 +219,8 @@ fn cuda_engine_matches_the_reference_fixtures() {
                     } else {
                         rel_err(got, want)
                     };
-                    eprintln!(
-                        "{target:?} {name} {}: {what} error {err:e}",
-                        precision.as_str()
-                    );
-                    assert!(
-                        err <= tol_out,
-                        "{name} {}: {what} error {err}",
-                        precision.as_str()
-                    );
+                    eprintln!("{target:?} {name} {math}: {what} error {err:e}");
+                    assert!(err <= tol_out, "{name} {math}: {what} error {err}");
                 };
                 // Every row of the last hidden state.
                 let past = model.prefix.forward().past;
@@ -239,15 +254,10 @@ fn cuda_engine_matches_the_reference_fixtures() {
                 );
                 for p in model.params_mut() {
                     let e = rel_err(&p.grad, &case.f32(&format!("grad.{}", p.name)));
-                    eprintln!(
-                        "{name} {}: grad of {} error {e:e}",
-                        precision.as_str(),
-                        p.name
-                    );
+                    eprintln!("{name} {math}: grad of {} error {e:e}", p.name);
                     assert!(
                         e <= tol_grad,
-                        "{name} {}: grad of {} relative error {e}",
-                        precision.as_str(),
+                        "{name} {math}: grad of {} relative error {e}",
                         p.name
                     );
                 }
@@ -523,11 +533,22 @@ fn profile_counts_every_launch() {
         let times = enc.dev.take_profile().unwrap();
         assert_eq!(launches(&times, "embed_layernorm"), 1, "{times:?}");
         assert_eq!(launches(&times, "attention_forward"), layers_n, "{times:?}");
+        // fp32 by 3xTF32: three tf32 GEMMs per product, after a split of
+        // each of the layer's four GEMM inputs.
         let rows = batch.rows();
-        let gemm = format!("gemm fp32 {}x{rows}x{h} TN", 3 * h);
-        assert_eq!(launches(&times, &gemm), layers_n, "{gemm} in {times:?}");
-        let ffn = format!("gemm fp32 {inter}x{rows}x{h} TN");
-        assert_eq!(launches(&times, &ffn), layers_n, "{ffn} in {times:?}");
+        let (math, per, splits) = match enc.dev.fp32_gemm {
+            Fp32Gemm::Sgemm => ("fp32", 1, 0),
+            Fp32Gemm::Tf32x3 => ("tf32", 3, 4 * layers_n),
+        };
+        let gemm = format!("gemm {math} {}x{rows}x{h} TN", 3 * h);
+        assert_eq!(
+            launches(&times, &gemm),
+            per * layers_n,
+            "{gemm} in {times:?}"
+        );
+        let ffn = format!("gemm {math} {inter}x{rows}x{h} TN");
+        assert_eq!(launches(&times, &ffn), per * layers_n, "{ffn} in {times:?}");
+        assert_eq!(launches(&times, "split_tf32"), splits, "{times:?}");
         assert!(times.iter().all(|t| t.ms >= 0.0) && times.iter().any(|t| t.ms > 0.0));
         // Profiling stopped: the next forward adds nothing.
         enc.forward(&batch, None).unwrap();
@@ -716,6 +737,150 @@ fn a_bf16_gemm_output_needs_bf16_inputs() {
             err.contains("a bf16 GEMM output needs bf16 inputs and cannot accumulate"),
             "{precision:?}, accumulate {accumulate}: {err}"
         );
+    }
+}
+
+/// fp32 by 3xTF32 (engine/cuda/tf32x3.rs) is as accurate as SGEMM, in the
+/// forward's GEMM and in the backward's (accumulating), where one tf32 GEMM
+/// is far less so; the device splits every value as the host does, bit for
+/// bit, special values included.
+#[test]
+fn fp32_by_3xtf32_is_as_accurate_as_sgemm() {
+    for target in targets("fp32_by_3xtf32_is_as_accurate_as_sgemm") {
+        let dev = match target {
+            Target::Gpu => CudaDevice::open(0, 64),
+            Target::Emulated => CudaDevice::emulated(8),
+        }
+        .unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // Signs, and magnitudes over 2^-6 .. 2^6.
+        let mut value = || ((2.0 * uniform() - 1.0) * (12.0 * uniform() - 6.0).exp2()) as f32;
+        let upload = |v: &[f32]| {
+            let mut b = DevBuf::<f32>::default();
+            b.upload(&dev, v).unwrap();
+            b
+        };
+
+        let mut specials = vec![
+            0.0,
+            -0.0,
+            1.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        specials.extend((0..1000).map(|_| value()));
+        let n = specials.len();
+        let (x, mut parts) = (upload(&specials), DevBuf::<f32>::default());
+        parts.ensure(&dev, 2 * n).unwrap();
+        let lo = parts.ptr + 4 * n as u64;
+        dev.launch_1d(
+            Kernel::SplitTf32,
+            n,
+            &[&x.ptr, &parts.ptr, &lo, &(n as u64)],
+        )
+        .unwrap();
+        let got = parts.download(&dev, 2 * n).unwrap();
+        for (i, &v) in specials.iter().enumerate() {
+            let (hi, lo) = tf32x3::split(v);
+            assert_eq!(
+                (got[i].to_bits(), got[n + i].to_bits()),
+                (hi.to_bits(), lo.to_bits()),
+                "{target:?}: split of {v:e}"
+            );
+        }
+
+        let (rows, out, inp) = (48, 40, 96);
+        let xs: Vec<f32> = (0..rows * inp).map(|_| value()).collect();
+        let ws: Vec<f32> = (0..out * inp).map(|_| value()).collect();
+        let dys: Vec<f32> = (0..rows * out).map(|_| value()).collect();
+        let dx0: Vec<f32> = (0..rows * inp).map(|_| value()).collect();
+        // Each output's error over Σ|terms|, against f64.
+        let forward_want: Vec<(f64, f64)> = (0..rows * out)
+            .map(|e| {
+                let (r, o) = (e / out, e % out);
+                (0..inp)
+                    .map(|k| xs[r * inp + k] as f64 * ws[o * inp + k] as f64)
+                    .fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()))
+            })
+            .collect();
+        let backward_want: Vec<(f64, f64)> = (0..rows * inp)
+            .map(|e| {
+                let (r, k) = (e / inp, e % inp);
+                (0..out)
+                    .map(|o| dys[r * out + o] as f64 * ws[o * inp + k] as f64)
+                    .fold((dx0[e] as f64, (dx0[e] as f64).abs()), |(s, a), t| {
+                        (s + t, a + t.abs())
+                    })
+            })
+            .collect();
+        let error = |got: &[f32], want: &[(f64, f64)]| {
+            got.iter()
+                .zip(want)
+                .map(|(&g, &(s, a))| (g as f64 - s).abs() / a)
+                .fold(0.0f64, f64::max)
+        };
+        let (x, w, dy) = (upload(&xs), upload(&ws), upload(&dys));
+        let split = SplitWeight::upload(&dev, &ws).unwrap();
+        let mut errors = Vec::new();
+        for mode in ["SGEMM", "TF32", "3xTF32"] {
+            let (y, dx) = (upload(&vec![f32::NAN; rows * out]), upload(&dx0));
+            let (yo, dxo) = (GemmOut::F32(y.ptr), GemmOut::F32(dx.ptr));
+            let (p, w) = match mode {
+                "3xTF32" => (Precision::Fp32, split.operand()),
+                "TF32" => (Precision::Tf32, Operand::Plain(w.ptr)),
+                _ => (Precision::Fp32, Operand::Plain(w.ptr)),
+            };
+            dev.linear(p, x.ptr, w, rows, out, inp, yo, false).unwrap();
+            dev.linear_backward_input(p, dy.ptr, w, rows, out, inp, dxo, true)
+                .unwrap();
+            let fwd = error(&y.download(&dev, rows * out).unwrap(), &forward_want);
+            let bwd = error(&dx.download(&dev, rows * inp).unwrap(), &backward_want);
+            eprintln!("{target:?} {mode}: forward error {fwd:e}, backward {bwd:e} (of Σ|terms|)");
+            errors.push((fwd, bwd));
+        }
+        // A split weight stands for an f32 one only.
+        let e = dev
+            .linear(
+                Precision::Tf32,
+                x.ptr,
+                split.operand(),
+                rows,
+                out,
+                inp,
+                GemmOut::F32(0),
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a split (3xTF32) weight is for fp32 GEMMs, not tf32"),
+            "{e}"
+        );
+        let [(sf, sb), (tf, tb), (xf, xb)] = errors[..] else {
+            unreachable!()
+        };
+        // Within 4 SGEMM errors, or 2^-20 (16 f32 roundings) of Σ|terms|.
+        for (what, x3, sgemm, tf32) in [("forward", xf, sf, tf), ("backward", xb, sb, tb)] {
+            assert!(
+                x3 <= (4.0 * sgemm).max(2f64.powi(-20)),
+                "{target:?} {what}: 3xTF32 error {x3:e}, SGEMM's {sgemm:e}"
+            );
+            assert!(
+                tf32 >= 30.0 * x3,
+                "{target:?} {what}: tf32 error {tf32:e}, 3xTF32's {x3:e}"
+            );
+        }
     }
 }
 

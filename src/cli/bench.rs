@@ -237,7 +237,12 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         } else {
             "f32".to_string()
         };
-        (g.dev.name.clone(), g.precision.as_str(), attention)
+        (
+            g.dev.name.clone(),
+            g.precision.as_str(),
+            attention,
+            g.gemm_math(),
+        )
     });
     let threads = rayon::current_num_threads();
     if args.json {
@@ -246,6 +251,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
             "precision": gpu.as_ref().map(|g| g.1),
             "attention": gpu.as_ref().map(|g| g.2.as_str()),
+            "gemm": gpu.as_ref().map(|g| g.3),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -272,8 +278,8 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             args.prefix_len,
             threads
         );
-        if let Some((name, precision, attention)) = &gpu {
-            println!("device {name} ({precision}, attention on {attention})");
+        if let Some((name, precision, attention, gemm)) = &gpu {
+            println!("device {name} ({precision}: {gemm} GEMMs, attention on {attention})");
         }
         println!(
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",

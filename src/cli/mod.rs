@@ -38,7 +38,9 @@ struct Cli {
     /// loads, else the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
-    /// GEMM precision on a GPU: fp32, tf32 or bf16.
+    /// GEMM precision on a GPU: fp32, tf32 or bf16. fp32 runs as 3xTF32
+    /// (f32 accuracy on the tensor cores) where the card has them;
+    /// PTUNING_FP32_GEMM=sgemm asks for cuBLAS SGEMM.
     #[arg(long, global = true, default_value = "fp32")]
     precision: String,
     #[command(subcommand)]

@@ -80,6 +80,7 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(adamw_step)
     KERNEL(scale)
     KERNEL(sum_squares)
+    KERNEL(split_tf32)
     return -1;
 }
 

@@ -15,6 +15,7 @@ use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::engine::cpu::dropout::Dropout;
+use crate::engine::cuda::tf32x3::Fp32Gemm;
 use crate::engine::cuda::{kernel_cache, kernels};
 use crate::error::{Error, Result};
 
@@ -23,7 +24,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 GEMMs (CUBLAS_COMPUTE_32F).
+    /// f32 GEMMs at f32 accuracy: 3xTF32 on the tensor cores where the
+    /// device has them, else cuBLAS SGEMM ([`Fp32Gemm`]).
     Fp32,
     /// f32 storage, TF32 tensor-core GEMMs (CUBLAS_COMPUTE_32F_FAST_TF32).
     Tf32,
@@ -340,6 +342,7 @@ pub enum Kernel {
     AdamwStep,
     Scale,
     SumSquares,
+    SplitTf32,
 }
 
 impl Kernel {
@@ -383,7 +386,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 32] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -415,6 +418,7 @@ impl Kernel {
         Kernel::AdamwStep,
         Kernel::Scale,
         Kernel::SumSquares,
+        Kernel::SplitTf32,
     ];
 
     /// Its name in kernels.cu.
@@ -451,6 +455,7 @@ impl Kernel {
             Kernel::AdamwStep => "adamw_step",
             Kernel::Scale => "scale",
             Kernel::SumSquares => "sum_squares",
+            Kernel::SplitTf32 => "split_tf32",
         }
     }
 }
@@ -538,8 +543,12 @@ pub struct CudaDevice {
     /// is a multiple of the format's k, the kernels' shared memory fits, and
     /// the format's self-test found the fragment layout they assume.
     pub tensor_cores: Vec<MmaFormat>,
+    /// How fp32 GEMMs run here: SGEMM, or 3xTF32 on the tensor cores.
+    pub fp32_gemm: Fp32Gemm,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
+    /// [`CudaDevice::scratch`]: 3xTF32's split activations.
+    scratch: Mutex<DevBuf<f32>>,
 }
 
 /// One profiled launch: device events around it on a GPU, the host's clock
@@ -665,7 +674,9 @@ impl CudaDevice {
             compute_capability: cc,
             head_dim,
             tensor_cores: Vec::new(),
+            fp32_gemm: Fp32Gemm::choose(cc >= (8, 0))?,
             profile: Mutex::new(None),
+            scratch: Mutex::new(DevBuf::default()),
         }
         .with_tensor_cores(cc >= (8, 0), max_shared)
     }
@@ -681,7 +692,9 @@ impl CudaDevice {
             compute_capability: (0, 0),
             head_dim,
             tensor_cores: Vec::new(),
+            fp32_gemm: Fp32Gemm::choose(true)?,
             profile: Mutex::new(None),
+            scratch: Mutex::new(DevBuf::default()),
         }
         .with_tensor_cores(true, u32::MAX)
     }
@@ -831,6 +844,15 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// The address of a device buffer of at least `len` f32, valid until
+    /// the next call (the launches queued before a call that grows it have
+    /// their memory freed in stream order).
+    pub fn scratch(&self, len: usize) -> Result<u64> {
+        let mut buf = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        buf.ensure(self, len)?;
+        Ok(buf.ptr)
+    }
+
     /// Threads per block of the row kernels (LayerNorm: one block per row):
     /// 256 on a GPU, one warp when emulated (each thread is an OS thread).
     pub fn row_block(&self) -> u32 {
@@ -904,13 +926,13 @@ impl CudaDevice {
 
     /// y[rows, out] (+)= x[rows, in] · Wᵀ with W [out, in] row-major, in
     /// `precision`: x is f32 in fp32 and tf32, bf16 (as the kernel that
-    /// produced it wrote it) in bf16.
+    /// produced it wrote it) in bf16. A split W is fp32 by 3xTF32.
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
         precision: Precision,
         x: u64,
-        w: u64,
+        w: impl Into<Operand>,
         rows: usize,
         out: usize,
         inp: usize,
@@ -918,14 +940,15 @@ impl CudaDevice {
         accumulate: bool,
     ) -> Result<()> {
         // Column-major: Yᶜ[out, rows] = op(Wᶜ = Wᵀ[in, out])ᵀ · Xᶜ[in, rows].
-        self.gemm(
+        self.products(
             precision,
-            (true, false),
-            (out, rows, inp),
-            (w, inp),
-            (x, inp),
-            (y, out),
+            (x, rows * inp),
+            w.into(),
             accumulate,
+            |p, x, w, acc| {
+                let (a, b) = ((w, inp), (x, inp));
+                self.gemm(p, (true, false), (out, rows, inp), a, b, (y, out), acc)
+            },
         )
     }
 
@@ -936,7 +959,7 @@ impl CudaDevice {
         &self,
         precision: Precision,
         dy: u64,
-        w: u64,
+        w: impl Into<Operand>,
         rows: usize,
         out: usize,
         inp: usize,
@@ -944,14 +967,15 @@ impl CudaDevice {
         accumulate: bool,
     ) -> Result<()> {
         // Column-major: dXᶜ[in, rows] = Wᶜ[in, out] · dYᶜ[out, rows].
-        self.gemm(
+        self.products(
             precision,
-            (false, false),
-            (inp, rows, out),
-            (w, inp),
-            (dy, out),
-            (dx, inp),
+            (dy, rows * out),
+            w.into(),
             accumulate,
+            |p, dy, w, acc| {
+                let (a, b) = ((w, inp), (dy, out));
+                self.gemm(p, (false, false), (inp, rows, out), a, b, (dx, inp), acc)
+            },
         )
     }
 
@@ -1073,6 +1097,20 @@ impl CudaDevice {
             }
             .map_err(|e| driver_err("cuBLAS GEMM", e))
         })
+    }
+}
+
+/// A GEMM's weight: one matrix (an address), or fp32's two tf32 parts
+/// for 3xTF32 (engine/cuda/tf32x3.rs).
+#[derive(Clone, Copy, Debug)]
+pub enum Operand {
+    Plain(u64),
+    Split { hi: u64, lo: u64 },
+}
+
+impl From<u64> for Operand {
+    fn from(w: u64) -> Self {
+        Operand::Plain(w)
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use crate::engine::cuda::device::Precision;
 use crate::engine::cuda::kernel_cache::fnv1a64;
 use crate::engine::cuda::kernels;
+use crate::engine::cuda::tf32x3::tf32_round;
 use crate::error::{Error, Result};
 
 const EMU_H: &str = include_str!("../../../tools/cuda_emu/emu.h");
@@ -180,7 +181,7 @@ pub unsafe fn gemm(
     let read = |base: u64, i: usize| -> f32 {
         match precision {
             Precision::Bf16 => f32::from_bits((*(base as *const u16).add(i) as u32) << 16),
-            Precision::Tf32 => tf32(*(base as *const f32).add(i)),
+            Precision::Tf32 => tf32_round(*(base as *const f32).add(i)),
             Precision::Fp32 => *(base as *const f32).add(i),
         }
     };
@@ -204,13 +205,4 @@ pub unsafe fn gemm(
             }
         }
     }
-}
-
-/// `x` rounded to tf32 (10 mantissa bits; to nearest, ties away from zero,
-/// as cvt.rna.tf32.f32 and kernels.cu's Tf32Format::round; NaN kept).
-fn tf32(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
-    f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)
 }

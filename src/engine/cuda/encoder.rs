@@ -36,10 +36,11 @@
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{
-    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, Precision,
+    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, Operand, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::optim::ResidentPrefix;
+use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::{BertModel, LayerNorm, Linear};
@@ -59,19 +60,12 @@ const ATTENTION_TILE: usize = 32;
 /// (MMA_ROWS in kernels/attention_mma.cuh), each block 128 threads.
 const MMA_TILE: usize = 64;
 
-/// A weight matrix in the precision's storage type.
+/// A weight matrix as the precision's GEMMs read it.
 enum Weight {
     F32(DevBuf<f32>),
     Bf16(DevBuf<u16>),
-}
-
-impl Weight {
-    fn ptr(&self) -> u64 {
-        match self {
-            Weight::F32(b) => b.ptr,
-            Weight::Bf16(b) => b.ptr,
-        }
-    }
+    /// fp32 by 3xTF32 (engine/cuda/tf32x3.rs): its two tf32 parts.
+    Split(SplitWeight),
 }
 
 /// A frozen nn.Linear on the device: W [out, inp] in the GEMMs' precision,
@@ -85,9 +79,19 @@ struct DevLinear {
 }
 
 impl DevLinear {
+    /// W as the GEMMs take it.
+    fn operand(&self) -> Operand {
+        match &self.weight {
+            Weight::F32(DevBuf { ptr, .. }) | Weight::Bf16(DevBuf { ptr, .. }) => {
+                Operand::Plain(*ptr)
+            }
+            Weight::Split(w) => w.operand(),
+        }
+    }
+
     /// y[rows, out] = x·Wᵀ (the kernel after the GEMM adds the bias).
     fn forward(&self, dev: &CudaDevice, x: u64, rows: usize, y: GemmOut) -> Result<()> {
-        let (w, p) = (self.weight.ptr(), self.precision);
+        let (w, p) = (self.operand(), self.precision);
         dev.linear(p, x, w, rows, self.out, self.inp, y, false)
     }
 
@@ -99,7 +103,7 @@ impl DevLinear {
         rows: usize,
         (dx, accumulate): (GemmOut, bool),
     ) -> Result<()> {
-        let (w, p) = (self.weight.ptr(), self.precision);
+        let (w, p) = (self.operand(), self.precision);
         dev.linear_backward_input(p, dy, w, rows, self.out, self.inp, dx, accumulate)
     }
 }
@@ -267,13 +271,23 @@ pub struct CudaEncoder {
 
 impl CudaEncoder {
     /// Opens GPU `ordinal` and uploads `model`'s weights (matrices in bf16
-    /// when `precision` is bf16).
+    /// when `precision` is bf16, as tf32 pairs when fp32 runs by 3xTF32).
     pub fn new(model: &BertModel, ordinal: usize, precision: Precision) -> Result<Self> {
         Self::on(
             CudaDevice::open(ordinal, model.config.head_dim())?,
             model,
             precision,
         )
+    }
+
+    /// How the encoder's GEMMs run: "3xTF32" or "SGEMM" in fp32 (as the
+    /// device chose), "TF32", "BF16".
+    pub fn gemm_math(&self) -> &'static str {
+        match self.precision {
+            Precision::Fp32 => self.dev.fp32_gemm.as_str(),
+            Precision::Tf32 => "TF32",
+            Precision::Bf16 => "BF16",
+        }
     }
 
     /// [`CudaEncoder::new`] on a device already open (e.g.
@@ -313,6 +327,9 @@ impl CudaEncoder {
                     let mut b = DevBuf::default();
                     b.upload(&dev, &bits)?;
                     Weight::Bf16(b)
+                }
+                Precision::Fp32 if dev.fp32_gemm == Fp32Gemm::Tf32x3 => {
+                    Weight::Split(SplitWeight::upload(&dev, &l.weight)?)
                 }
                 _ => Weight::F32(up(&l.weight)?),
             };

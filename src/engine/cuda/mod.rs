@@ -18,6 +18,8 @@
 //!   output where it lies; only logits and their gradient cross the bus.
 //! - [`optim`]: a training run's prefix table, its gradient and AdamW
 //!   moments kept on the device.
+//! - [`tf32x3`]: fp32 GEMMs as three tf32 tensor-core GEMMs of split
+//!   operands, at f32 accuracy.
 
 pub mod device;
 pub mod emulator;
@@ -26,6 +28,7 @@ pub mod head;
 pub mod kernel_cache;
 pub mod kernels;
 pub mod optim;
+pub mod tf32x3;
 
 pub use device::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, KernelTime, Precision,

@@ -93,8 +93,7 @@ struct Bf16Format {
     }
 };
 
-// tf32: one k in a register, the f32 rounded to tf32 as cvt.rna.tf32.f32
-// does (to nearest, ties away from zero; the low 13 bits zero; NaN kept).
+// tf32: one k in a register, the f32 rounded to tf32 (tf32_round).
 // B of a product with C tiles is read from the row-major tile itself: rows
 // 2t and 2t + 1 of a tile with a stride of 4 (mod 32) floats sit on
 // distinct banks.
@@ -102,11 +101,7 @@ struct Tf32Format {
     typedef float T;
     static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
     static constexpr bool TRANSPOSED = false;
-    __device__ static T round(float v) {
-        u32 bits = __float_as_uint(v);
-        if ((bits & 0x7fffffffu) > 0x7f800000u) return v;
-        return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
-    }
+    __device__ static T round(float v) { return tf32_round(v); }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
     // v rounded to 4 consecutive elements at p (16-byte aligned).
     __device__ static void store4(T* p, const float v[4]) {

@@ -1,4 +1,4 @@
-// What every part uses: integer types, bf16 rounding and block reductions.
+// What every part uses: integer types, bf16 and tf32 rounding, block reductions.
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
@@ -20,6 +20,14 @@ __device__ __forceinline__ u16 bf16_bits(float v) {
 
 // A bf16 value (its bits) as f32, exactly.
 __device__ __forceinline__ float bf16_float(u16 bits) { return __uint_as_float((u32)bits << 16); }
+
+// v rounded to tf32 as cvt.rna.tf32.f32 does (to nearest, ties away from
+// zero; the low 13 bits zero; NaN kept): what the tf32 tensor cores read.
+__device__ __forceinline__ float tf32_round(float v) {
+    u32 bits = __float_as_uint(v);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return v;
+    return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
+}
 
 #define NEG_INF __int_as_float(0xff800000)  // -inf: masked scores, the max of nothing
 

@@ -28,3 +28,4 @@
 #include "attention_mma.cuh"  // the same on the tensor cores, bf16 and tf32
 #include "optim.cuh"          // AdamW, scaling and norms of a resident prompt
 #include "glue.cuh"           // prefix expand/reduce, row gather/scatter/broadcast
+#include "tf32x3.cuh"         // the split of an fp32 GEMM input for 3xTF32

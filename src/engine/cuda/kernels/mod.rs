@@ -1,6 +1,6 @@
 //! The CUDA C of the engine: `kernels.cu` includes one part per family of
 //! kernels (common, dropout, layernorm, activations, loss, attention,
-//! attention_mma, optim, glue). g++ builds them from files (the emulator,
+//! attention_mma, optim, glue, tf32x3). g++ builds them from files (the emulator,
 //! tools/cuda_emu); NVRTC gets one string, [`source`], with each part pasted
 //! where it is included, after a `#line` directive, so that a compile error
 //! names the part and its own line.
@@ -19,6 +19,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("attention_mma.cuh", include_str!("attention_mma.cuh")),
     ("optim.cuh", include_str!("optim.cuh")),
     ("glue.cuh", include_str!("glue.cuh")),
+    ("tf32x3.cuh", include_str!("tf32x3.cuh")),
 ];
 
 /// kernels.cu with its parts pasted in: what NVRTC compiles.
