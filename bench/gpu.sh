@@ -8,7 +8,8 @@
 #      training step and inference, in fp32 (3xTF32, and SGEMM), tf32 and bf16;
 #   3. the table, printed and written to ${OUT:-.}/gpu-results.md, with each
 #      inference's matrix TFLOP/s against the card's GEMM peak in that
-#      precision as torch measures it (bench/gemm_peak.py);
+#      precision as torch measures it (bench/gemm_peak.py), and the peak
+#      device memory in buffers (ptuning) and tensors (PyTorch);
 #   4. where our time goes, kernel by kernel (bench --profile), into gpu-profile.md,
 #      with the MLP prefix too;
 #   5. serving on the GPU: bench/serve_load.sh with a CB adapter on bert-base
@@ -73,8 +74,8 @@ if peak:
     print(f"GEMM peak (torch.matmul, {peak['n']}^3): fp32 {peak['fp32']}, tf32 {peak['tf32']}, bf16 {peak['bf16']} TFLOP/s")
 print()
 print("| model | precision | train ptuning | train PyTorch | ratio | infer ptuning | infer PyTorch | ratio "
-      "| infer % of peak, ptuning / PyTorch | ptuning GEMMs | ptuning attention |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| infer % of peak, ptuning / PyTorch | device MiB (peak), ptuning / PyTorch | ptuning GEMMs | ptuning attention |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for r in rows:
     o, p = r["ours"] or {}, r["peer"] or {}
     def cell(d, k):
@@ -88,9 +89,12 @@ for r in rows:
         ours = 100 * o["infer_tflops"] / peak[r["precision"]]
         theirs = f"{100 * flop_ms / p['infer_ms'] / peak[r['precision']]:.0f}" if "infer_ms" in p else "-"
         share = f"{ours:.0f} / {theirs}"
+    def mib(d):
+        return f"{d['device_peak_mib']:.0f}" if d.get("device_peak_mib") is not None else "-"
+    memory = f"{mib(o)} / {mib(p)}"
     print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
           f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} | "
-          f"{share} | {o.get('gemm', '-')} | {o.get('attention', '-')} |")
+          f"{share} | {memory} | {o.get('gemm', '-')} | {o.get('attention', '-')} |")
 PY
 cat "$out/gpu-results.md"
 fi

@@ -155,6 +155,9 @@ def main():
     labels = torch.randint(0, args.labels, (B,), generator=g).to(device)
 
     rss_after_load = rss_mb()
+    # Device memory in tensors (MiB), as `ptuning bench` counts its buffers.
+    cuda = args.device == "cuda"
+    after_load_mib = torch.cuda.memory_allocated() / 2**20 if cuda else None
 
     def train_step():
         model.train()
@@ -200,6 +203,8 @@ def main():
         "rss_after_load_mb": round(rss_after_load, 1),
         "peak_rss_mb": round(peak, 1),
         "working_mb": round(peak - rss_after_load, 1),
+        "device_after_load_mib": round(after_load_mib, 1) if cuda else None,
+        "device_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
     }
     if args.json:
         print(json.dumps(res))

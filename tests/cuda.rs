@@ -884,6 +884,70 @@ fn fp32_by_3xtf32_is_as_accurate_as_sgemm() {
     }
 }
 
+/// The device counts the bytes its buffers hold (what `bench` reports as
+/// device memory): a buffer adds its size, growing replaces it, dropping
+/// gives it back; 3xTF32 holds each linear weight twice (its two parts);
+/// a training step's workspaces raise the peak above the weights.
+#[test]
+fn device_memory_is_counted() {
+    if !targets("device_memory_is_counted").contains(&Target::Emulated) {
+        return;
+    }
+    let dev = CudaDevice::emulated(8).unwrap();
+    let base = dev.memory().now;
+    let mut buf = DevBuf::<f32>::default();
+    buf.ensure(&dev, 1000).unwrap();
+    assert_eq!(dev.memory().now, base + 4000);
+    buf.ensure(&dev, 500).unwrap();
+    assert_eq!(
+        dev.memory().now,
+        base + 4000,
+        "a smaller ensure keeps the block"
+    );
+    buf.ensure(&dev, 3000).unwrap();
+    assert_eq!(dev.memory().now, base + 12000, "growing replaces the block");
+    assert_eq!(dev.memory().peak, base + 12000);
+    drop(buf);
+    assert_eq!(dev.memory().now, base);
+    assert_eq!(dev.memory().peak, base + 12000);
+    dev.reset_peak();
+    assert_eq!(dev.memory().peak, base);
+
+    let case = Case::load("tiny_bert_plain");
+    let linear_bytes: usize = case
+        .model()
+        .backbone
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                &l.attention.self_attention.qkv,
+                &l.attention.output.dense,
+                &l.intermediate.dense,
+                &l.output.dense,
+            ]
+            .iter()
+            .map(|d| d.weight.len() * 4)
+            .sum::<usize>()
+        })
+        .sum();
+    let mut held = Vec::new();
+    for mode in [Fp32Gemm::Sgemm, Fp32Gemm::Tf32x3] {
+        let mut model = case.model();
+        attach_with(&mut model, Target::Emulated, Precision::Fp32, Some(mode));
+        let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+        let loaded = gpu.lock().unwrap().dev.memory();
+        case.step(&mut model);
+        let stepped = gpu.lock().unwrap().dev.memory();
+        assert!(
+            stepped.peak > loaded.now && stepped.now > loaded.now,
+            "{mode:?}: {loaded:?} then {stepped:?}"
+        );
+        held.push(loaded.now);
+    }
+    assert_eq!(held[1] - held[0], linear_bytes, "{held:?}");
+}
+
 /// Training on a GPU keeps the prompt there (a plain table, or the MLP's
 /// parameters): the update (optimizer_step, adamw_step on the device) is
 /// the host's AdamW bit for bit on the same gradients, clipping agrees, and

@@ -19,6 +19,10 @@ use crate::model::prompt_model::{PromptModel, Targets};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
 
+/// Bytes per MiB: device memory is reported as PyTorch's
+/// `max_memory_allocated` / 2^20 is.
+const MIB: f64 = (1u64 << 20) as f64;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Model folder or hub id.
@@ -174,6 +178,14 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
 
     model.use_compute(compute)?;
+    // Device memory held once the weights are up (MiB), on a GPU.
+    let device_mib = |model: &PromptModel| {
+        model.gpu.as_ref().map(|g| {
+            let m = g.lock().unwrap_or_else(|e| e.into_inner()).dev.memory();
+            (m.now as f64 / MIB, m.peak as f64 / MIB)
+        })
+    };
+    let after_load_mib = device_mib(&model).map(|(now, _)| now);
     if args.profile && model.gpu.is_none() {
         return Err(Error::InvalidArgument(
             "--profile times GPU kernels; it needs --device cuda (or auto on a machine with a GPU)"
@@ -219,6 +231,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
     }
     let infer_ms = median_ms(infer);
+    let peak_mib = device_mib(&model).map(|(_, peak)| peak);
     // Matrix TFLOP/s of the inference forward.
     let infer_tflops = config.forward_flop(
         args.batch,
@@ -252,6 +265,8 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "precision": gpu.as_ref().map(|g| g.1),
             "attention": gpu.as_ref().map(|g| g.2.as_str()),
             "gemm": gpu.as_ref().map(|g| g.3),
+            "device_after_load_mib": after_load_mib,
+            "device_peak_mib": peak_mib,
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -288,6 +303,9 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         println!(
             "inference forward           {infer_ms:>9.1} ms ({infer_tflops:.3} TFLOP/s of matrix products)"
         );
+        if let (Some(load), Some(peak)) = (after_load_mib, peak_mib) {
+            println!("device memory               {peak:>9.1} MiB peak ({load:.1} MiB after load)");
+        }
         println!("RSS after load              {rss_after_load:>9.1} MB");
         println!(
             "peak RSS                    {peak:>9.1} MB (working {:.1} MB)",

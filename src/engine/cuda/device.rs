@@ -4,6 +4,7 @@
 //! binary and only `--device cuda` fails, saying which library is missing.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -165,6 +166,44 @@ pub struct DevBuf<T> {
     mem: Mem<T>,
     pub ptr: u64,
     pub len: usize,
+    /// The device's count of bytes held, and this buffer's part of it.
+    held: Option<(Arc<Footprint>, usize)>,
+}
+
+/// The bytes a device's buffers hold (weights, workspaces, a resident
+/// prompt): now, and the most since the last [`CudaDevice::reset_peak`].
+/// The CUDA context and cuBLAS's own workspace are not counted, as
+/// PyTorch's `max_memory_allocated` leaves them out.
+#[derive(Debug, Default)]
+pub struct Footprint {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Footprint {
+    fn add(&self, bytes: usize) {
+        let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.now.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Bytes held by a device's buffers (see [`Footprint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub now: usize,
+    pub peak: usize,
+}
+
+impl<T> Drop for DevBuf<T> {
+    fn drop(&mut self) {
+        if let Some((footprint, bytes)) = self.held.take() {
+            footprint.sub(bytes);
+        }
+    }
 }
 
 enum Mem<T> {
@@ -180,6 +219,7 @@ impl<T> Default for DevBuf<T> {
             mem: Mem::None,
             ptr: 0,
             len: 0,
+            held: None,
         }
     }
 }
@@ -196,6 +236,10 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
     /// Makes room for `len` elements (contents undefined when it grows).
     pub fn ensure(&mut self, dev: &CudaDevice, len: usize) -> Result<()> {
         if self.capacity() < len.max(1) {
+            // The old block is freed as the new one replaces it.
+            if let Some((footprint, bytes)) = self.held.take() {
+                footprint.sub(bytes);
+            }
             match &dev.backend {
                 Backend::Cuda { stream, .. } => {
                     let s = stream
@@ -214,6 +258,9 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
                     self.mem = Mem::Host(v);
                 }
             }
+            let bytes = len.max(1) * std::mem::size_of::<T>();
+            dev.footprint.add(bytes);
+            self.held = Some((Arc::clone(&dev.footprint), bytes));
         }
         self.len = len;
         Ok(())
@@ -549,6 +596,7 @@ pub struct CudaDevice {
     profile: Mutex<Option<Vec<Span>>>,
     /// [`CudaDevice::scratch`]: 3xTF32's split activations.
     scratch: Mutex<DevBuf<f32>>,
+    footprint: Arc<Footprint>,
 }
 
 /// One profiled launch: device events around it on a GPU, the host's clock
@@ -677,6 +725,7 @@ impl CudaDevice {
             fp32_gemm: Fp32Gemm::choose(cc >= (8, 0))?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
+            footprint: Arc::default(),
         }
         .with_tensor_cores(cc >= (8, 0), max_shared)
     }
@@ -695,6 +744,7 @@ impl CudaDevice {
             fp32_gemm: Fp32Gemm::choose(true)?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
+            footprint: Arc::default(),
         }
         .with_tensor_cores(true, u32::MAX)
     }
@@ -842,6 +892,20 @@ impl CudaDevice {
         };
         spans.push(Span { name: name(), time });
         Ok(())
+    }
+
+    /// Bytes held by this device's buffers, now and at most.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            now: self.footprint.now.load(Ordering::Relaxed),
+            peak: self.footprint.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the peak of [`CudaDevice::memory`] again from what is held now.
+    pub fn reset_peak(&self) {
+        let now = self.footprint.now.load(Ordering::Relaxed);
+        self.footprint.peak.store(now, Ordering::Relaxed);
     }
 
     /// The address of a device buffer of at least `len` f32, valid until
