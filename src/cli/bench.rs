@@ -23,6 +23,20 @@ use crate::training::adamw::{AdamW, AdamWConfig};
 /// `max_memory_allocated` / 2^20 is.
 const MIB: f64 = (1u64 << 20) as f64;
 
+/// What ran on the GPU, as the report gives it.
+struct GpuRun {
+    name: String,
+    precision: &'static str,
+    /// "3xTF32", "SGEMM", "TF32" or "BF16".
+    gemm: &'static str,
+    /// "tensor cores (bf16)", ..., or "f32".
+    attention: String,
+    /// Bytes held by the device's buffers (MiB): once the weights are up,
+    /// and at most over training and inference.
+    after_load_mib: f64,
+    peak_mib: f64,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Model folder or hub id.
@@ -178,14 +192,11 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let labels: Vec<usize> = (0..args.batch).map(|b| b % 2).collect();
 
     model.use_compute(compute)?;
-    // Device memory held once the weights are up (MiB), on a GPU.
-    let device_mib = |model: &PromptModel| {
-        model.gpu.as_ref().map(|g| {
-            let m = g.lock().unwrap_or_else(|e| e.into_inner()).dev.memory();
-            (m.now as f64 / MIB, m.peak as f64 / MIB)
-        })
-    };
-    let after_load_mib = device_mib(&model).map(|(now, _)| now);
+    // Device memory held once the weights are up, on a GPU.
+    let after_load_mib = model
+        .gpu
+        .as_ref()
+        .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).dev.memory().now as f64 / MIB);
     if args.profile && model.gpu.is_none() {
         return Err(Error::InvalidArgument(
             "--profile times GPU kernels; it needs --device cuda (or auto on a machine with a GPU)"
@@ -231,7 +242,6 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
     }
     let infer_ms = median_ms(infer);
-    let peak_mib = device_mib(&model).map(|(_, peak)| peak);
     // Matrix TFLOP/s of the inference forward.
     let infer_tflops = config.forward_flop(
         args.batch,
@@ -250,23 +260,25 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         } else {
             "f32".to_string()
         };
-        (
-            g.dev.name.clone(),
-            g.precision.as_str(),
+        GpuRun {
+            name: g.dev.name.clone(),
+            precision: g.precision.as_str(),
+            gemm: g.gemm_math(),
             attention,
-            g.gemm_math(),
-        )
+            after_load_mib: after_load_mib.unwrap_or(0.0),
+            peak_mib: g.dev.memory().peak as f64 / MIB,
+        }
     });
     let threads = rayon::current_num_threads();
     if args.json {
         let mut out = serde_json::json!({
             "impl": "ptuning",
-            "device": gpu.as_ref().map_or("cpu", |g| g.0.as_str()),
-            "precision": gpu.as_ref().map(|g| g.1),
-            "attention": gpu.as_ref().map(|g| g.2.as_str()),
-            "gemm": gpu.as_ref().map(|g| g.3),
-            "device_after_load_mib": after_load_mib,
-            "device_peak_mib": peak_mib,
+            "device": gpu.as_ref().map_or("cpu", |g| g.name.as_str()),
+            "precision": gpu.as_ref().map(|g| g.precision),
+            "attention": gpu.as_ref().map(|g| g.attention.as_str()),
+            "gemm": gpu.as_ref().map(|g| g.gemm),
+            "device_after_load_mib": gpu.as_ref().map(|g| g.after_load_mib),
+            "device_peak_mib": gpu.as_ref().map(|g| g.peak_mib),
             "threads": threads,
             "batch": args.batch,
             "seq": args.seq,
@@ -293,8 +305,11 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             args.prefix_len,
             threads
         );
-        if let Some((name, precision, attention, gemm)) = &gpu {
-            println!("device {name} ({precision}: {gemm} GEMMs, attention on {attention})");
+        if let Some(g) = &gpu {
+            println!(
+                "device {} ({}: {} GEMMs, attention on {})",
+                g.name, g.precision, g.gemm, g.attention
+            );
         }
         println!(
             "train step (fwd+bwd+AdamW)  {train_ms:>9.1} ms (median of {})",
@@ -303,8 +318,11 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         println!(
             "inference forward           {infer_ms:>9.1} ms ({infer_tflops:.3} TFLOP/s of matrix products)"
         );
-        if let (Some(load), Some(peak)) = (after_load_mib, peak_mib) {
-            println!("device memory               {peak:>9.1} MiB peak ({load:.1} MiB after load)");
+        if let Some(g) = &gpu {
+            println!(
+                "device memory               {:>9.1} MiB peak ({:.1} MiB after load)",
+                g.peak_mib, g.after_load_mib
+            );
         }
         println!("RSS after load              {rss_after_load:>9.1} MB");
         println!(
