@@ -123,6 +123,16 @@ fn launches(times: &[KernelTime], name: &str) -> usize {
         .map_or(0, |t| t.launches)
 }
 
+/// A device of `target` with the kernels built for `head_dim`: GPU 0, or
+/// the emulation.
+fn open(target: Target, head_dim: usize) -> CudaDevice {
+    match target {
+        Target::Gpu => CudaDevice::open(0, head_dim),
+        Target::Emulated => CudaDevice::emulated(head_dim),
+    }
+    .unwrap()
+}
+
 /// Puts `model`'s encoder on `target`.
 fn attach(model: &mut PromptModel, target: Target, precision: Precision) {
     attach_with(model, target, precision, None)
@@ -146,8 +156,7 @@ fn attach_with(
                 })
                 .unwrap()
         }
-        (Target::Gpu, Some(_)) => CudaDevice::open(0, head_dim).unwrap(),
-        (Target::Emulated, _) => CudaDevice::emulated(head_dim).unwrap(),
+        _ => open(target, head_dim),
     };
     if let Some(mode) = fp32 {
         dev.fp32_gemm = mode;
@@ -740,18 +749,103 @@ fn a_bf16_gemm_output_needs_bf16_inputs() {
     }
 }
 
+/// x as 3xTF32's (hi, lo), as kernels/tf32x3.cuh's split_tf32 documents
+/// it: hi = x rounded to tf32 (its truncation where rounding overflows),
+/// lo = the rest rounded to tf32; a non-finite x is (x, 0).
+fn split_tf32(x: f32) -> (f32, f32) {
+    if !x.is_finite() {
+        return (x, 0.0);
+    }
+    let mut hi = tf32x3::tf32_round(x);
+    if hi.is_infinite() {
+        hi = f32::from_bits(x.to_bits() & 0xffff_e000);
+    }
+    (hi, tf32x3::tf32_round(x - hi))
+}
+
+/// The device splits every value as documented, bit for bit, special
+/// values and 100 000 random bit patterns included, in place too (as the
+/// weights are split when uploaded); both parts are tf32 and leave at most
+/// 2^-22 of x.
+#[test]
+fn split_tf32_gives_two_exact_tf32_parts() {
+    for target in targets("split_tf32_gives_two_exact_tf32_parts") {
+        let dev = open(target, 8);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        values.extend((0..100_000).map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            f32::from_bits((state >> 32) as u32)
+        }));
+        let n = values.len();
+        let mut x = DevBuf::<f32>::default();
+        x.upload(&dev, &values).unwrap();
+        let mut parts = DevBuf::<f32>::default();
+        parts.ensure(&dev, 2 * n).unwrap();
+        let lo = parts.ptr + 4 * n as u64;
+        let split = |x: u64, hi: u64, parts: &DevBuf<f32>| {
+            dev.launch_1d(Kernel::SplitTf32, n, &[&x, &hi, &lo, &(n as u64)])
+                .unwrap();
+            let got = parts.download(&dev, 2 * n).unwrap();
+            (got[..n].to_vec(), got[n..].to_vec())
+        };
+        let (hi, lo) = split(x.ptr, parts.ptr, &parts);
+        for (i, &v) in values.iter().enumerate() {
+            let want = split_tf32(v);
+            assert_eq!(
+                (hi[i].to_bits(), lo[i].to_bits()),
+                (want.0.to_bits(), want.1.to_bits()),
+                "{target:?}: split of {v:e}"
+            );
+            if !v.is_finite() {
+                assert_eq!(lo[i], 0.0, "{v}");
+                continue;
+            }
+            assert_eq!(hi[i].to_bits() & 0x1fff, 0, "{target:?}: hi of {v:e}");
+            assert_eq!(lo[i].to_bits() & 0x1fff, 0, "{target:?}: lo of {v:e}");
+            let rest = (v as f64 - hi[i] as f64 - lo[i] as f64).abs();
+            // Below the normal range lo's rounding is absolute, not relative.
+            assert!(
+                rest <= (v.abs() as f64) * 2f64.powi(-22) + 2f64.powi(-149 + 13),
+                "{target:?}: {v:e} = {:e} + {:e} leaves {rest:e}",
+                hi[i],
+                lo[i]
+            );
+        }
+        assert_eq!((hi[2], lo[2]), (1.0, 0.0));
+        // f32::MAX would round to infinity: hi is its truncation.
+        assert!(hi[3].is_finite() && lo[3] > 0.0);
+        assert!(hi[9].is_nan());
+        // In place, hi over x (parts zeroed first): the same parts.
+        parts.zero(&dev).unwrap();
+        let (_, lo_in_place) = split(x.ptr, x.ptr, &parts);
+        let hi_in_place = x.download(&dev, n).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&hi_in_place), bits(&hi), "{target:?}: hi in place");
+        assert_eq!(bits(&lo_in_place), bits(&lo), "{target:?}: lo in place");
+    }
+}
+
 /// fp32 by 3xTF32 (engine/cuda/tf32x3.rs) is as accurate as SGEMM, in the
 /// forward's GEMM and in the backward's (accumulating), where one tf32 GEMM
-/// is far less so; the device splits every value as the host does, bit for
-/// bit, special values included.
+/// is far less so.
 #[test]
 fn fp32_by_3xtf32_is_as_accurate_as_sgemm() {
     for target in targets("fp32_by_3xtf32_is_as_accurate_as_sgemm") {
-        let dev = match target {
-            Target::Gpu => CudaDevice::open(0, 64),
-            Target::Emulated => CudaDevice::emulated(8),
-        }
-        .unwrap();
+        let dev = open(target, 8);
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut uniform = move || {
             state ^= state << 13;
@@ -766,39 +860,6 @@ fn fp32_by_3xtf32_is_as_accurate_as_sgemm() {
             b.upload(&dev, v).unwrap();
             b
         };
-
-        let mut specials = vec![
-            0.0,
-            -0.0,
-            1.0,
-            f32::MAX,
-            -f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-40,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-        ];
-        specials.extend((0..1000).map(|_| value()));
-        let n = specials.len();
-        let (x, mut parts) = (upload(&specials), DevBuf::<f32>::default());
-        parts.ensure(&dev, 2 * n).unwrap();
-        let lo = parts.ptr + 4 * n as u64;
-        dev.launch_1d(
-            Kernel::SplitTf32,
-            n,
-            &[&x.ptr, &parts.ptr, &lo, &(n as u64)],
-        )
-        .unwrap();
-        let got = parts.download(&dev, 2 * n).unwrap();
-        for (i, &v) in specials.iter().enumerate() {
-            let (hi, lo) = tf32x3::split(v);
-            assert_eq!(
-                (got[i].to_bits(), got[n + i].to_bits()),
-                (hi.to_bits(), lo.to_bits()),
-                "{target:?}: split of {v:e}"
-            );
-        }
 
         // Sums as long as a BERT layer's (1024 and 512 terms): where the
         // tensor cores' own accumulation would show.

@@ -7,7 +7,7 @@
 //! product, from lo·lo' and lo's rounding) is near SGEMM's own (2^-24 per
 //! product, plus its sums' rounding).
 //!
-//! The frozen weights are split once, on the host, as they are uploaded
+//! The frozen weights are split once, on the device, as they are uploaded
 //! ([`SplitWeight`]); given one ([`Operand::Split`]), `CudaDevice::linear`
 //! and `linear_backward_input` split the activation on the device into
 //! [`CudaDevice::scratch`] and run the three GEMMs. The three products run
@@ -62,20 +62,6 @@ impl Fp32Gemm {
     }
 }
 
-/// `x` as (hi, lo), both exact tf32 values: hi is x rounded to tf32, lo is
-/// the rest rounded to tf32. Bit for bit what kernels/tf32x3.cuh's
-/// `split_tf32` writes.
-pub fn split(x: f32) -> (f32, f32) {
-    if !x.is_finite() {
-        return (x, 0.0);
-    }
-    let mut hi = tf32_round(x);
-    if hi.is_infinite() {
-        hi = f32::from_bits(x.to_bits() & 0xffff_e000);
-    }
-    (hi, tf32_round(x - hi))
-}
-
 /// `x` rounded to tf32 (10 mantissa bits; to nearest, ties away from zero,
 /// as cvt.rna.tf32.f32 and kernels/common.cuh's tf32_round; NaN kept).
 pub fn tf32_round(x: f32) -> f32 {
@@ -100,14 +86,17 @@ impl SplitWeight {
         }
     }
 
+    /// Uploads `w` and splits it there, in place (hi over w), with the
+    /// kernel that splits activations: no host copies of the weights.
     pub fn upload(dev: &CudaDevice, w: &[f32]) -> Result<Self> {
-        let (hi, lo): (Vec<f32>, Vec<f32>) = w.iter().map(|&x| split(x)).unzip();
         let mut out = SplitWeight {
             hi: DevBuf::default(),
             lo: DevBuf::default(),
         };
-        out.hi.upload(dev, &hi)?;
-        out.lo.upload(dev, &lo)?;
+        out.hi.upload(dev, w)?;
+        out.lo.ensure(dev, w.len())?;
+        let (hi, lo, n) = (out.hi.ptr, out.lo.ptr, w.len());
+        dev.launch_1d(Kernel::SplitTf32, n, &[&hi, &hi, &lo, &(n as u64)])?;
         Ok(out)
     }
 }
@@ -149,42 +138,6 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_parts_are_tf32_and_sum_to_x_within_2_pow_minus_22() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..100_000 {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let x = f32::from_bits((state >> 32) as u32);
-            if !x.is_finite() {
-                continue;
-            }
-            let (hi, lo) = split(x);
-            assert_eq!(hi.to_bits() & 0x1fff, 0, "{i}: hi of {x:e}");
-            assert_eq!(lo.to_bits() & 0x1fff, 0, "{i}: lo of {x:e}");
-            let rest = (x as f64 - hi as f64 - lo as f64).abs();
-            // Below the normal range lo's rounding is absolute, not relative.
-            assert!(
-                rest <= (x.abs() as f64) * 2f64.powi(-22) + 2f64.powi(-149 + 13),
-                "{i}: {x:e} = {hi:e} + {lo:e} leaves {rest:e}"
-            );
-        }
-    }
-
-    #[test]
-    fn split_keeps_special_values_and_the_largest_float() {
-        assert_eq!(split(f32::INFINITY), (f32::INFINITY, 0.0));
-        assert_eq!(split(f32::NEG_INFINITY), (f32::NEG_INFINITY, 0.0));
-        assert!(split(f32::NAN).0.is_nan());
-        assert_eq!(split(f32::NAN).1, 0.0);
-        // Rounding f32::MAX to tf32 would overflow: hi is its truncation.
-        let (hi, lo) = split(f32::MAX);
-        assert!(hi.is_finite() && lo.is_finite() && lo > 0.0);
-        assert_eq!(split(1.0), (1.0, 0.0));
-        assert_eq!(split(0.0), (0.0, 0.0));
-    }
 
     #[test]
     fn the_variable_chooses_or_is_refused() {

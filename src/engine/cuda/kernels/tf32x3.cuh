@@ -7,7 +7,8 @@
 // hi·hi' + hi·lo' + lo·hi' misses x·x' by lo·lo' and lo's rounding, about
 // 2^-22 of |x·x'|, against 2^-24 for an f32 product: f32 accuracy at tf32
 // speed, as CUTLASS's "3xTF32" GEMMs. A non-finite x splits into (x, 0);
-// a finite x that rounds up to infinity keeps its truncation as hi.
+// a finite x that rounds up to infinity keeps its truncation as hi. hi may
+// be x itself (the weights are split in place when uploaded).
 extern "C" __global__ void split_tf32(const float* x, float* hi, float* lo, u64 n) {
     for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
         float v = x[e];
