@@ -304,35 +304,27 @@ impl PromptModel {
             }
         };
         let ids = |labels: &[usize]| labels.iter().map(|&y| y as i32).collect::<Vec<_>>();
+        // The mean cross-entropy of consecutive rows of `classes` logits
+        // over the n rows that have a label.
+        let mut rows = |labels: &[i32], classes: usize, n: usize| -> Result<f32> {
+            let ce = CrossEntropy::rows(labels, classes, 1.0 / n.max(1) as f32);
+            Ok(mean(&head.cross_entropy(dev, &ce)?, n))
+        };
+        let classes = self.head.num_labels();
         Ok(match targets {
-            Targets::Classes(labels) => {
-                let n = labels.len();
-                let labels = ids(labels);
-                let ce = CrossEntropy::rows(&labels, self.head.num_labels(), 1.0 / n as f32);
-                mean(&head.cross_entropy(dev, &ce)?, n)
-            }
+            Targets::Classes(labels) => rows(&ids(labels), classes, labels.len())?,
             // [B*N, 1] scores are [B, N] logits over the choices.
-            Targets::Choices { choices, labels } => {
-                let n = labels.len();
-                mean(
-                    &head.cross_entropy(
-                        dev,
-                        &CrossEntropy::rows(&ids(labels), choices, 1.0 / n as f32),
-                    )?,
-                    n,
-                )
+            Targets::Choices { choices, labels } => rows(&ids(labels), choices, labels.len())?,
+            Targets::Tokens(tags) => {
+                let labels: Vec<i32> = tags.iter().map(|&t| t as i32).collect();
+                let n = tags.iter().filter(|&&t| t != IGNORE).count();
+                rows(&labels, classes, n)?
             }
             Targets::Scores(values) => {
                 let n = values.len();
                 let diffs = head.squared_error(dev, values, 1.0 / n as f32)?;
                 let squares: f64 = diffs.iter().map(|&d| d as f64 * d as f64).sum();
                 (squares / n.max(1) as f64) as f32
-            }
-            Targets::Tokens(tags) => {
-                let labels: Vec<i32> = tags.iter().map(|&t| t as i32).collect();
-                let n = tags.iter().filter(|&&t| t != IGNORE).count();
-                let ce = CrossEntropy::rows(&labels, self.head.num_labels(), 1.0 / n.max(1) as f32);
-                mean(&head.cross_entropy(dev, &ce)?, n)
             }
             // [B·T, 2]: the start column, then the end column, each a softmax
             // over a sequence's T positions; the loss is their mean.
