@@ -5,7 +5,8 @@
 #      (tests/cuda.rs: fp32, tf32, bf16; dropout and every head);
 #   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
 #      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
-#      training step and inference, in fp32 (3xTF32, and SGEMM), tf32 and bf16;
+#      training step and inference, in fp32 (3xTF32 GEMMs and attention, and
+#      SGEMM with the f32 attention kernels), tf32 and bf16;
 #   3. the table, printed and written to ${OUT:-.}/gpu-results.md, with each
 #      inference's matrix TFLOP/s against the card's GEMM peak in that
 #      precision as torch measures it (bench/gemm_peak.py), and the peak
@@ -50,7 +51,8 @@ for size in $sizes; do
         peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
         echo "{\"size\": \"$size\", \"precision\": \"$precision\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
         if [ "$precision" = fp32 ]; then
-            # fp32 runs by 3xTF32 on the tensor cores; SGEMM too, against the same peer run.
+            # fp32 runs by 3xTF32 on the tensor cores (GEMMs and attention); SGEMM
+            # and the f32 attention kernels too, against the same peer run.
             ours=$(PTUNING_FP32_GEMM=sgemm timeout 120 .gpu/ptuning bench --device cuda --precision fp32 "${args[@]}" 2>> "$out/gpu-errors.log")
             echo "{\"size\": \"$size\", \"precision\": \"fp32\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
         fi
@@ -104,7 +106,7 @@ echo "== 4. where our time goes (bench --profile: device events around every lau
 largest="${sizes##* }"
 for size in $sizes; do
     precisions="bf16 tf32"
-    [ "$size" = "$largest" ] && precisions="bf16 tf32 fp32"  # fp32: 3xTF32's GEMMs and splits
+    [ "$size" = "$largest" ] && precisions="bf16 tf32 fp32"  # fp32: 3xTF32's GEMMs, splits and attention
     for precision in $precisions; do
         echo "### bert-$size $precision" >> "$out/gpu-profile.md"
         timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" --model "/tmp/bert-$size" \

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::engine::cuda::device::{cached_kernels, DevBuf, GemmOut, Kernel, Operand};
+use ptuning::engine::cuda::device::{cached_kernels, DevBuf, GemmOut, Kernel, MmaFormat, Operand};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
 use ptuning::engine::cuda::tf32x3::{self, Fp32Gemm, SplitWeight};
 use ptuning::engine::cuda::{
@@ -541,14 +541,15 @@ fn profile_counts_every_launch() {
         enc.forward(&batch, Some(prompt)).unwrap();
         let times = enc.dev.take_profile().unwrap();
         assert_eq!(launches(&times, "embed_layernorm"), 1, "{times:?}");
-        assert_eq!(launches(&times, "attention_forward"), layers_n, "{times:?}");
         // fp32 by 3xTF32: three tf32 GEMMs per product, after a split of
-        // each of the layer's four GEMM inputs.
+        // each of the layer's four GEMM inputs, and attention on the tensor
+        // cores in the same way (8-wide heads); by SGEMM, the f32 kernels.
         let rows = batch.rows();
-        let (math, per, splits) = match enc.dev.fp32_gemm {
-            Fp32Gemm::Sgemm => ("fp32", 1, 0),
-            Fp32Gemm::Tf32x3 => ("tf32", 3, 4 * layers_n),
+        let (math, per, splits, attention) = match enc.dev.fp32_gemm {
+            Fp32Gemm::Sgemm => ("fp32", 1, 0, "attention_forward"),
+            Fp32Gemm::Tf32x3 => ("tf32", 3, 4 * layers_n, "attention_forward_tf32x3"),
         };
+        assert_eq!(launches(&times, attention), layers_n, "{times:?}");
         let gemm = format!("gemm {math} {}x{rows}x{h} TN", 3 * h);
         assert_eq!(
             launches(&times, &gemm),
@@ -626,10 +627,10 @@ fn kernels_pass_the_cpu_emulation() {
         let out = String::from_utf8_lossy(&run.stdout);
         eprintln!("HEAD_DIM {head_dim}:\n{out}");
         assert!(run.status.success(), "kernel checks failed:\n{out}");
-        // Every check ran: head size 8 has the tf32 tensor-core checks, 64
-        // the bf16 ones too (18 more).
+        // Every check ran: head size 8 has the tf32 and tf32x3 tensor-core
+        // checks, 64 the bf16 ones too (19 more).
         let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-        let want = if head_dim == 64 { 82 } else { 63 };
+        let want = if head_dim == 64 { 101 } else { 82 };
         assert!(
             passed == want && out.contains("0 failed"),
             "{passed} of {want}:\n{out}"
@@ -637,11 +638,11 @@ fn kernels_pass_the_cpu_emulation() {
     }
 }
 
-/// In bf16 and tf32, attention runs on the tensor cores when the head size
-/// is a multiple of the format's k (the tiny BERT with 2 heads of 16):
-/// inference logits and a training step's gradients stay within the
-/// format's error of the CPU engine's. 8-wide heads take the tf32 path
-/// only; fp32 never does.
+/// In bf16, tf32 and fp32 by 3xTF32, attention runs on the tensor cores
+/// when the head size is a multiple of the format's k (the tiny BERT with 2
+/// heads of 16): inference logits and a training step's gradients stay
+/// within the precision's error of the CPU engine's. 8-wide heads take the
+/// tf32 and tf32x3 paths only; fp32 by SGEMM keeps the f32 kernels.
 #[test]
 fn attention_on_the_tensor_cores() {
     for target in targets("attention_on_the_tensor_cores") {
@@ -665,11 +666,15 @@ fn attention_on_the_tensor_cores() {
         let want_logits = cpu.predict(&case.batch()).unwrap();
         case.step(&mut cpu);
 
-        for (precision, suffix) in [(Precision::Bf16, "bf16"), (Precision::Tf32, "tf32")] {
+        for (precision, suffix) in [
+            (Precision::Bf16, "bf16"),
+            (Precision::Tf32, "tf32"),
+            (Precision::Fp32, "tf32x3"),
+        ] {
             let (tol_out, tol_grad) = tolerances(precision);
             let mut gpu = case.model();
             gpu.backbone = Arc::clone(&backbone);
-            attach(&mut gpu, target, precision);
+            attach_with(&mut gpu, target, precision, Some(Fp32Gemm::Tf32x3));
             let batch = case.batch();
             let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
             assert!(enc.lock().unwrap().dev.tensor_core_attention(precision));
@@ -681,7 +686,11 @@ fn attention_on_the_tensor_cores() {
             let times = enc.lock().unwrap().dev.take_profile().unwrap();
             assert_eq!(launches(&times, &forward), layers, "{times:?}");
             assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
-            let e = rel_err(&got, &want_logits);
+            let e = if precision == Precision::Fp32 {
+                max_abs_diff(&got, &want_logits) as f64
+            } else {
+                rel_err(&got, &want_logits)
+            };
             eprintln!("{target:?}: {suffix} tensor-core inference, logits error {e:e}");
             assert!(e <= tol_out, "{suffix}: logits relative error {e}");
 
@@ -714,12 +723,18 @@ fn attention_on_the_tensor_cores() {
             }
         }
     }
-    // Heads of 8: tf32 only; fp32 stays on the f32 kernels. Heads of 12:
-    // neither format is built, and the device opens without them.
+    // Heads of 8: tf32 and tf32x3, not bf16; fp32 follows its GEMMs.
+    // Heads of 12: no format is built, and the device opens without them.
     if targets("8-wide heads").contains(&Target::Emulated) {
-        let dev = CudaDevice::emulated(8).unwrap();
+        let mut dev = CudaDevice::emulated(8).unwrap();
         assert!(dev.tensor_core_attention(Precision::Tf32));
         assert!(!dev.tensor_core_attention(Precision::Bf16));
+        dev.fp32_gemm = Fp32Gemm::Tf32x3;
+        assert_eq!(
+            dev.attention_format(Precision::Fp32),
+            Some(MmaFormat::Tf32x3)
+        );
+        dev.fp32_gemm = Fp32Gemm::Sgemm;
         assert!(!dev.tensor_core_attention(Precision::Fp32));
         assert!(CudaDevice::emulated(12).unwrap().tensor_cores.is_empty());
     }

@@ -253,12 +253,12 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
         let g = g.lock().unwrap_or_else(|e| e.into_inner());
-        // Which attention kernels run: the tensor cores in bf16 and tf32
-        // when the device passed their self-test, else the f32 ones.
-        let attention = if g.dev.tensor_core_attention(g.precision) {
-            format!("tensor cores ({})", g.precision.as_str())
-        } else {
-            "f32".to_string()
+        // Which attention kernels run: the tensor cores in bf16, tf32 and
+        // fp32 by 3xTF32 (tf32x3) when the device passed their self-test,
+        // else the f32 ones.
+        let attention = match g.dev.attention_format(g.precision) {
+            Some(format) => format!("tensor cores ({})", format.as_str()),
+            None => "f32".to_string(),
         };
         GpuRun {
             name: g.dev.name.clone(),

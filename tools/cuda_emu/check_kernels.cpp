@@ -345,11 +345,15 @@ static void check_qkv_bias() {
           bf16_inputs_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64), 0.0);
 }
 
-// tf32 where the head size is a multiple of 8, bf16 where it is one of 16.
+// tf32 and tf32x3 where the head size is a multiple of 8, bf16 where it is
+// one of 16.
 static void check_attention_mma() {
 #if HEAD_DIM % 8 == 0
     check_attention_tc("tf32", 8, mma_self_test_tf32, attention_forward_tf32, attention_backward_dq_tf32,
                        attention_backward_dkv_tf32, 3e-3, 5e-3);
+    // fp32 by 3xTF32: f32 accuracy, where one tf32 product is 3e-3 off.
+    check_attention_tc("tf32x3", 8, mma_self_test_tf32x3, attention_forward_tf32x3, attention_backward_dq_tf32x3,
+                       attention_backward_dkv_tf32x3, 1e-5, 1e-5);
 #endif
 #if HEAD_DIM % 16 == 0
     check_attention_tc("bf16", 16, mma_self_test_bf16, attention_forward_bf16, attention_backward_dq_bf16,
@@ -357,7 +361,7 @@ static void check_attention_mma() {
 #endif
     if (HEAD_DIM % 16 != 0)
         std::printf("attention on tensor cores (%s): skipped (HEAD_DIM %d is not a multiple of %d)\n",
-                    HEAD_DIM % 8 != 0 ? "tf32, bf16" : "bf16", HEAD_DIM, HEAD_DIM % 8 != 0 ? 8 : 16);
+                    HEAD_DIM % 8 != 0 ? "tf32, tf32x3, bf16" : "bf16", HEAD_DIM, HEAD_DIM % 8 != 0 ? 8 : 16);
 }
 
 // ---------------------------------------------------------------------------

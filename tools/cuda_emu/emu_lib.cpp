@@ -65,6 +65,10 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(attention_forward_tf32)
     KERNEL(attention_backward_dq_tf32)
     KERNEL(attention_backward_dkv_tf32)
+    KERNEL(mma_self_test_tf32x3)
+    KERNEL(attention_forward_tf32x3)
+    KERNEL(attention_backward_dq_tf32x3)
+    KERNEL(attention_backward_dkv_tf32x3)
 #endif
 #if HEAD_DIM % 16 == 0
     KERNEL(mma_self_test_bf16)

@@ -377,6 +377,10 @@ pub enum Kernel {
     AttentionForwardTf32,
     AttentionBackwardDqTf32,
     AttentionBackwardDkvTf32,
+    MmaSelfTestTf32x3,
+    AttentionForwardTf32x3,
+    AttentionBackwardDqTf32x3,
+    AttentionBackwardDkvTf32x3,
     MmaSelfTestBf16,
     AttentionForwardBf16,
     AttentionBackwardDqBf16,
@@ -401,11 +405,11 @@ impl Kernel {
         // Tensor-core kernels: (tiles [64, HD + pad], transposed [HD, 72],
         // f32 [64] rows of statistics), as attention_mma.cuh carves them; bf16 (2
         // bytes, pad 8) keeps a transposed copy of every tile it reads as
-        // columns, tf32 (4 bytes, pad 4) reads the tiles themselves.
+        // columns, tf32 and tf32x3 (4 bytes, pad 4) read the tiles themselves.
         let tensor_cores = |format: MmaFormat, tiles: usize, transposed: usize, stats: usize| {
             let bytes = match format {
                 MmaFormat::Bf16 => 2 * (tiles * 64 * (head_dim + 8) + transposed * head_dim * 72),
-                MmaFormat::Tf32 => 4 * tiles * 64 * (head_dim + 4),
+                MmaFormat::Tf32 | MmaFormat::Tf32x3 => 4 * tiles * 64 * (head_dim + 4),
             };
             (bytes + 4 * stats * 64) as u32
         };
@@ -414,9 +418,16 @@ impl Kernel {
             Kernel::AttentionForwardBf16 => tensor_cores(bf16, 2, 1, 0),
             Kernel::AttentionBackwardDqBf16 => tensor_cores(bf16, 4, 1, 0),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(bf16, 4, 2, 2),
-            Kernel::AttentionForwardTf32 => tensor_cores(tf32, 3, 0, 0),
-            Kernel::AttentionBackwardDqTf32 => tensor_cores(tf32, 4, 0, 0),
-            Kernel::AttentionBackwardDkvTf32 => tensor_cores(tf32, 4, 0, 2),
+            // tf32x3's tiles are tf32's (f32 values, split as they are read).
+            Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
+                tensor_cores(tf32, 3, 0, 0)
+            }
+            Kernel::AttentionBackwardDqTf32 | Kernel::AttentionBackwardDqTf32x3 => {
+                tensor_cores(tf32, 4, 0, 0)
+            }
+            Kernel::AttentionBackwardDkvTf32 | Kernel::AttentionBackwardDkvTf32x3 => {
+                tensor_cores(tf32, 4, 0, 2)
+            }
             Kernel::AttentionForward => (4 * (3 * row + score)) as u32,
             Kernel::AttentionBackwardDq => (4 * (4 * row + score)) as u32,
             Kernel::AttentionBackwardDkv => (4 * (4 * row + 2 * score + 2 * 32)) as u32,
@@ -433,7 +444,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 32] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -453,6 +464,10 @@ impl Kernel {
         Kernel::AttentionForwardTf32,
         Kernel::AttentionBackwardDqTf32,
         Kernel::AttentionBackwardDkvTf32,
+        Kernel::MmaSelfTestTf32x3,
+        Kernel::AttentionForwardTf32x3,
+        Kernel::AttentionBackwardDqTf32x3,
+        Kernel::AttentionBackwardDkvTf32x3,
         Kernel::MmaSelfTestBf16,
         Kernel::AttentionForwardBf16,
         Kernel::AttentionBackwardDqBf16,
@@ -490,6 +505,10 @@ impl Kernel {
             Kernel::AttentionForwardTf32 => "attention_forward_tf32",
             Kernel::AttentionBackwardDqTf32 => "attention_backward_dq_tf32",
             Kernel::AttentionBackwardDkvTf32 => "attention_backward_dkv_tf32",
+            Kernel::MmaSelfTestTf32x3 => "mma_self_test_tf32x3",
+            Kernel::AttentionForwardTf32x3 => "attention_forward_tf32x3",
+            Kernel::AttentionBackwardDqTf32x3 => "attention_backward_dq_tf32x3",
+            Kernel::AttentionBackwardDkvTf32x3 => "attention_backward_dkv_tf32x3",
             Kernel::MmaSelfTestBf16 => "mma_self_test_bf16",
             Kernel::AttentionForwardBf16 => "attention_forward_bf16",
             Kernel::AttentionBackwardDqBf16 => "attention_backward_dq_bf16",
@@ -510,22 +529,30 @@ impl Kernel {
 /// The input format of the tensor-core attention kernels
 /// (kernels/attention_mma.cuh):
 /// bf16 (mma m16n8k16) for `Precision::Bf16`, tf32 (m16n8k8) for
-/// `Precision::Tf32`. fp32 keeps the f32 kernels: it promises f32 products.
+/// `Precision::Tf32`, and tf32x3 (three m16n8k8 of split operands, f32
+/// accuracy) for `Precision::Fp32` when its GEMMs run by 3xTF32; fp32 by
+/// SGEMM keeps the f32 kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmaFormat {
     Bf16,
     Tf32,
+    Tf32x3,
 }
 
 impl MmaFormat {
-    pub const ALL: [MmaFormat; 2] = [MmaFormat::Bf16, MmaFormat::Tf32];
+    pub const ALL: [MmaFormat; 3] = [MmaFormat::Bf16, MmaFormat::Tf32, MmaFormat::Tf32x3];
 
-    /// The format of `precision`'s attention on the tensor cores, if any.
-    pub fn of(precision: Precision) -> Option<Self> {
+    /// The format of `precision`'s attention on the tensor cores, if any:
+    /// fp32 follows its GEMMs (`fp32_gemm`), so that one switch gives f32
+    /// products on the CUDA cores throughout.
+    pub fn of(precision: Precision, fp32_gemm: Fp32Gemm) -> Option<Self> {
         match precision {
             Precision::Bf16 => Some(MmaFormat::Bf16),
             Precision::Tf32 => Some(MmaFormat::Tf32),
-            Precision::Fp32 => None,
+            Precision::Fp32 => match fp32_gemm {
+                Fp32Gemm::Tf32x3 => Some(MmaFormat::Tf32x3),
+                Fp32Gemm::Sgemm => None,
+            },
         }
     }
 
@@ -533,6 +560,7 @@ impl MmaFormat {
         match self {
             MmaFormat::Bf16 => "bf16",
             MmaFormat::Tf32 => "tf32",
+            MmaFormat::Tf32x3 => "tf32x3",
         }
     }
 
@@ -540,7 +568,7 @@ impl MmaFormat {
     pub fn head_dim_multiple(self) -> usize {
         match self {
             MmaFormat::Bf16 => 16,
-            MmaFormat::Tf32 => 8,
+            MmaFormat::Tf32 | MmaFormat::Tf32x3 => 8,
         }
     }
 
@@ -558,6 +586,12 @@ impl MmaFormat {
                 Kernel::AttentionForwardTf32,
                 Kernel::AttentionBackwardDqTf32,
                 Kernel::AttentionBackwardDkvTf32,
+            ],
+            MmaFormat::Tf32x3 => [
+                Kernel::MmaSelfTestTf32x3,
+                Kernel::AttentionForwardTf32x3,
+                Kernel::AttentionBackwardDqTf32x3,
+                Kernel::AttentionBackwardDkvTf32x3,
             ],
         }
     }
@@ -590,7 +624,8 @@ pub struct CudaDevice {
     /// is a multiple of the format's k, the kernels' shared memory fits, and
     /// the format's self-test found the fragment layout they assume.
     pub tensor_cores: Vec<MmaFormat>,
-    /// How fp32 GEMMs run here: SGEMM, or 3xTF32 on the tensor cores.
+    /// How fp32 GEMMs and attention run here: SGEMM and the f32 attention
+    /// kernels, or 3xTF32 on the tensor cores.
     pub fp32_gemm: Fp32Gemm,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
@@ -788,7 +823,7 @@ impl CudaDevice {
     /// The tensor-core format attention in `precision` runs in on this
     /// device, if any (else the f32 kernels).
     pub fn attention_format(&self, precision: Precision) -> Option<MmaFormat> {
-        MmaFormat::of(precision).filter(|f| self.tensor_cores.contains(f))
+        MmaFormat::of(precision, self.fp32_gemm).filter(|f| self.tensor_cores.contains(f))
     }
 
     /// Whether attention in `precision` runs on the tensor cores.

@@ -23,7 +23,8 @@
 //! qkv and inter_pre are saved as the GEMMs wrote them (half the bytes),
 //! and the f32 residual stream and LayerNorm inputs stay f32. In fp32 on a
 //! card with tensor cores, the weights are uploaded as tf32 pairs and each
-//! GEMM runs as three tf32 GEMMs (engine/cuda/tf32x3.rs).
+//! GEMM runs as three tf32 GEMMs (engine/cuda/tf32x3.rs); attention splits
+//! its operands in the same way as it reads them.
 //!
 //! Where tensors are born and die: weights are uploaded once in
 //! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) goes up at

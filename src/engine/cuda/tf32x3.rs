@@ -12,11 +12,16 @@
 //! and `linear_backward_input` split the activation on the device into
 //! [`CudaDevice::scratch`] and run the three GEMMs. The three products run
 //! smallest first, so the largest is added to the sum of the others.
+//!
+//! Attention in fp32 follows the same choice: with 3xTF32 its products run
+//! on the tensor cores as three tf32 mma of split operands (the tf32x3
+//! format of kernels/attention_mma.cuh), with SGEMM on the f32 kernels.
 
 use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Operand, Precision};
 use crate::error::{Error, Result};
 
-/// How `--precision fp32` runs its GEMMs on a device.
+/// How `--precision fp32` runs its GEMMs, and with them its attention, on a
+/// device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fp32Gemm {
     /// cuBLAS SGEMM (CUBLAS_COMPUTE_32F) on the CUDA cores.

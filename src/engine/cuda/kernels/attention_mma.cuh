@@ -1,14 +1,15 @@
 // ---------------------------------------------------------------------------
 // Attention on the tensor cores (mma.sync, f32 accumulation), forward and
-// backward, in two input formats: bf16 (m16n8k16) for --precision bf16 and
-// tf32 (m16n8k8) for --precision tf32. The functions of the f32 kernels
-// above, with q, k, v, dO, the probabilities and dS rounded to the format
-// where they enter a product, as the GEMMs of that precision round their
-// inputs. The three kernels of a format round alike, so the backward
+// backward, in three input formats: bf16 (m16n8k16) for --precision bf16,
+// tf32 (m16n8k8) for --precision tf32, and tf32x3 (three m16n8k8 of split
+// operands, f32 accuracy) for fp32 by 3xTF32. The functions of the f32
+// kernels above, with q, k, v, dO, the probabilities and dS rounded to the
+// format where they enter a product, as the GEMMs of that precision round
+// their inputs. The three kernels of a format round alike, so the backward
 // recomputes exactly the forward's scores. The loader uses them when the
-// head size allows (bf16: a multiple of 16, tf32: of 8; other sizes do not
-// build them), the format's self-test passed on the device and their shared
-// memory fits in a block.
+// head size allows (bf16: a multiple of 16, tf32 and tf32x3: of 8; other
+// sizes do not build them), the format's self-test passed on the device and
+// their shared memory fits in a block.
 //
 // A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
 // other side streams through shared memory 64 at a time. Fragments (PTX ISA,
@@ -61,6 +62,44 @@ __device__ __forceinline__ void mma_tf32_1688(float d[4], const u32 a[4], const 
 }
 #endif
 
+// v rounded to tf32, as tf32_round: one cvt.rna on sm_80 and later (the
+// mask makes the low bits zero, which the split's v - hi needs), NaN kept.
+__device__ __forceinline__ float tf32_rna(float v) {
+#if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return __uint_as_float(r & 0xffffe000u);
+#else
+    return tf32_round(v);
+#endif
+}
+
+// The f32 in register w as 3xTF32's two tf32 parts, w = hi + lo (as
+// split_tf32 in kernels/tf32x3.cuh, without its care for infinities: a
+// non-finite input makes the product NaN, as softmax would make it).
+__device__ __forceinline__ void split_reg(u32 w, u32& hi, u32& lo) {
+    float x = __uint_as_float(w), h = tf32_rna(x);
+    hi = __float_as_uint(h);
+    lo = __float_as_uint(tf32_rna(x - h));
+}
+
+// The registers of an mma operand (A: N = 4, B: N = 2) as the format's mma
+// takes them: hi, the format's values; lo, in tf32x3 only, the rest of each
+// f32 (0 in the other formats). An operand used by several mma is split
+// once, where it is loaded.
+template <int N>
+struct Operand {
+    u32 hi[N], lo[N];
+};
+
+template <typename F, int N>
+__device__ __forceinline__ Operand<N> operand(const u32 (&r)[N]) {
+    Operand<N> o;
+#pragma unroll
+    for (int i = 0; i < N; i++) F::split(r[i], o.hi[i], o.lo[i]);
+    return o;
+}
+
 // bf16: two k in a register. The B operand of a product with C tiles needs
 // two neighbouring rows of M in one register, so such tiles also get a
 // transposed copy [HD, VROW].
@@ -75,8 +114,9 @@ struct Bf16Format {
     }
     __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
     __device__ static u32 pack(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
-    __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
-        mma_bf16_16816(d, a, b, c);
+    __device__ static void split(u32 r, u32& hi, u32& lo) { hi = r, lo = 0; }
+    __device__ static void mma(float d[4], const Operand<4>& a, const Operand<2>& b, const float c[4]) {
+        mma_bf16_16816(d, a.hi, b.hi, c);
     }
     // A from C tiles nt and nt + 1 (16 rows, 16 columns).
     __device__ static void a_from_tiles(const float w[KT][4], int nt, u32 x[4]) {
@@ -93,15 +133,21 @@ struct Bf16Format {
     }
 };
 
-// tf32: one k in a register, the f32 rounded to tf32 (tf32_round).
+// tf32: one k in a register. SPLIT false (tf32): the f32 rounded to tf32
+// (tf32_round) where it enters the tile, one mma per product. SPLIT true
+// (tf32x3, fp32 by 3xTF32): tiles and fragments keep the f32, and each mma
+// splits both operands, x = hi + lo, into lo·hi' + hi·lo' + hi·hi' (three
+// mma, the small terms first): f32 accuracy, as fp32's GEMMs
+// (engine/cuda/tf32x3.rs). Shared memory is the same in both.
 // B of a product with C tiles is read from the row-major tile itself: rows
 // 2t and 2t + 1 of a tile with a stride of 4 (mod 32) floats sit on
 // distinct banks.
-struct Tf32Format {
+template <bool SPLIT>
+struct Tf32Formats {
     typedef float T;
     static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
     static constexpr bool TRANSPOSED = false;
-    __device__ static T round(float v) { return tf32_round(v); }
+    __device__ static T round(float v) { return SPLIT ? v : tf32_round(v); }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
     // v rounded to 4 consecutive elements at p (16-byte aligned).
     __device__ static void store4(T* p, const float v[4]) {
@@ -109,8 +155,22 @@ struct Tf32Format {
         st4(p, x);
     }
     __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
-    __device__ static void mma(float d[4], const u32 a[4], const u32 b[2], const float c[4]) {
-        mma_tf32_1688(d, a, b, c);
+    __device__ static void split(u32 r, u32& hi, u32& lo) {
+        if (SPLIT) {
+            split_reg(r, hi, lo);
+        } else {
+            hi = r, lo = 0;
+        }
+    }
+    __device__ static void mma(float d[4], const Operand<4>& a, const Operand<2>& b, const float c[4]) {
+        if (!SPLIT) {
+            mma_tf32_1688(d, a.hi, b.hi, c);
+            return;
+        }
+        float acc[4];
+        mma_tf32_1688(acc, a.lo, b.hi, c);
+        mma_tf32_1688(acc, a.hi, b.lo, acc);
+        mma_tf32_1688(d, a.hi, b.hi, acc);
     }
     // A from C tile nt: A's column t is the tile's column 2t, t + 4 is 2t + 1.
     __device__ static void a_from_tiles(const float w[KT][4], int nt, u32 x[4]) {
@@ -127,6 +187,8 @@ struct Tf32Format {
         y[1] = reg(p + STRIDE);
     }
 };
+typedef Tf32Formats<false> Tf32Format;
+typedef Tf32Formats<true> Tf32x3Format;
 
 // c[nt] += A (16 rows of `a`) · B[nt]ᵀ over the head, for the KT tiles of 8
 // rows of `b` (both [*, STRIDE] tiles of format F): scores (or dP) of 16
@@ -139,11 +201,12 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
         const typename F::T* ar = a + g * F::STRIDE + kk + F::PER_REG * tq;
         u32 x[4] = {F::reg(ar), F::reg(ar + 8 * F::STRIDE), F::reg(ar + F::K / 2),
                     F::reg(ar + 8 * F::STRIDE + F::K / 2)};
+        const Operand<4> xa = operand<F>(x);
 #pragma unroll
         for (int nt = 0; nt < KT; nt++) {
             const typename F::T* br = b + (nt * 8 + g) * F::STRIDE + kk + F::PER_REG * tq;
             u32 y[2] = {F::reg(br), F::reg(br + F::K / 2)};
-            F::mma(c[nt], x, y, c[nt]);
+            F::mma(c[nt], xa, operand<F>(y), c[nt]);
         }
     }
 }
@@ -157,11 +220,12 @@ __device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const ty
     for (int nt = 0; nt < KT; nt += F::K / 8) {
         u32 x[4];
         F::a_from_tiles(w, nt, x);
+        const Operand<4> xa = operand<F>(x);
 #pragma unroll
         for (int dn = 0; dn < DT; dn++) {
             u32 y[2];
             F::b_from_cols(m, nt, dn * 8 + g, tq, y);
-            F::mma(o[dn], x, y, o[dn]);
+            F::mma(o[dn], xa, operand<F>(y), o[dn]);
         }
     }
 }
@@ -257,7 +321,7 @@ __device__ __forceinline__ void mma_self_test(float* out) {
         b[i] = F::pack(bv(k, g), bv(k + 1, g));
     }
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
-    F::mma(d, a, b, c);
+    F::mma(d, operand<F>(a), operand<F>(b), c);
     out[g * 8 + 2 * t] = d[0];
     out[g * 8 + 2 * t + 1] = d[1];
     out[(g + 8) * 8 + 2 * t] = d[2];
@@ -514,6 +578,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     }
 
 TENSOR_CORE_ATTENTION(tf32, Tf32Format)
+TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format)
 #if HEAD_DIM % 16 == 0
 TENSOR_CORE_ATTENTION(bf16, Bf16Format)
 #endif
