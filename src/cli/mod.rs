@@ -38,9 +38,10 @@ struct Cli {
     /// loads, else the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
-    /// GEMM precision on a GPU: fp32, tf32 or bf16. fp32 runs as 3xTF32
-    /// (f32 accuracy on the tensor cores) where the card has them;
-    /// PTUNING_FP32_GEMM=sgemm asks for cuBLAS SGEMM.
+    /// Precision of the matrix products on a GPU: fp32, tf32 or bf16. fp32
+    /// runs its GEMMs and attention as 3xTF32 (f32 accuracy on the tensor
+    /// cores) where the card has them; PTUNING_FP32_GEMM=sgemm asks for
+    /// cuBLAS SGEMM and the f32 attention kernels.
     #[arg(long, global = true, default_value = "fp32")]
     precision: String,
     #[command(subcommand)]
