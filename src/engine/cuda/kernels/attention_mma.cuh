@@ -192,10 +192,13 @@ typedef Tf32Formats<true> Tf32x3Format;
 
 // c[nt] += A (16 rows of `a`) · B[nt]ᵀ over the head, for the KT tiles of 8
 // rows of `b` (both [*, STRIDE] tiles of format F): scores (or dP) of 16
-// rows against 64 columns.
+// rows against 64 columns. Only the first `valid` rows of b hold keys (or
+// queries): tiles past them are left as they are, for the caller masks
+// their columns (at T 128 and a prefix of 20, the last of three key tiles
+// holds 20 keys: 5 of its 8 products are skipped).
 template <typename F>
-__device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const typename F::T* b, float c[KT][4], int g,
-                                                 int tq) {
+__device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const typename F::T* b, int valid,
+                                                 float c[KT][4], int g, int tq) {
 #pragma unroll
     for (int kk = 0; kk < HEAD_DIM; kk += F::K) {
         const typename F::T* ar = a + g * F::STRIDE + kk + F::PER_REG * tq;
@@ -204,6 +207,7 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
         const Operand<4> xa = operand<F>(x);
 #pragma unroll
         for (int nt = 0; nt < KT; nt++) {
+            if (nt * 8 >= valid) break;
             const typename F::T* br = b + (nt * 8 + g) * F::STRIDE + kk + F::PER_REG * tq;
             u32 y[2] = {F::reg(br), F::reg(br + F::K / 2)};
             F::mma(c[nt], xa, operand<F>(y), c[nt]);
@@ -212,12 +216,15 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
 }
 
 // o[dn] += W (16 x 64, the C tiles w) · M (64 x HD), M as cols_tile stores
-// it: probabilities times values, dS times keys or queries.
+// it: probabilities times values, dS times keys or queries. Rows of M from
+// `valid` on are zeros, and so are W's columns there: the products of whole
+// k steps past it are skipped (they would add exact zeros).
 template <typename F>
-__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const typename F::T* m, float o[DT][4], int g,
-                                                  int tq) {
+__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const typename F::T* m, int valid,
+                                                  float o[DT][4], int g, int tq) {
 #pragma unroll
     for (int nt = 0; nt < KT; nt += F::K / 8) {
+        if (nt * 8 >= valid) break;
         u32 x[4];
         F::a_from_tiles(w, nt, x);
         const Operand<4> xa = operand<F>(x);
@@ -363,8 +370,9 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
         load_mma_tile<F>(ks, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
         load_mma_tile<F>(F::TRANSPOSED ? (T*)0 : vs, vc, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
+        if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
         float s[KT][4] = {};
-        mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
         each_element(blk.tq, [&](int nt, int e, int col, int r) {
@@ -396,7 +404,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-        mma_tiles_by_cols<F>(s, vc, o, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, vc, blk.n - j0, o, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -450,9 +458,10 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
         load_mma_tile<F>(ks, kc, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
         load_mma_tile<F>(vs, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
+        if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
         float s[KT][4] = {}, dp[KT][4] = {};
-        mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
-        mma_rows_by_rows<F>(dw, vs, dp, blk.g, blk.tq);
+        mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(dw, vs, blk.n - j0, dp, blk.g, blk.tq);
         each_element(blk.tq, [&](int nt, int e, int col, int r) {
             int j = j0 + col;
             // A uniform row (no visible key) does not depend on q or k.
@@ -461,7 +470,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
             float dpv = dropout && pr != 0.0f ? dp[nt][e] * drop_factor(key, threshold, dscale, at) : dp[nt][e];
             s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
         });
-        mma_tiles_by_cols<F>(s, kc, dq, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, kc, blk.n - j0, dq, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -513,10 +522,11 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
         }
         __syncthreads();
+        if (j0 + blk.warp * 16 >= n_keys) continue;  // no key of this warp: it only loads
         // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
         float st[KT][4] = {}, dpt[KT][4] = {};
-        mma_rows_by_rows<F>(kw, qs, st, blk.g, blk.tq);
-        mma_rows_by_rows<F>(vw, dos, dpt, blk.g, blk.tq);
+        mma_rows_by_rows<F>(kw, qs, t - i0, st, blk.g, blk.tq);
+        mma_rows_by_rows<F>(vw, dos, t - i0, dpt, blk.g, blk.tq);
         each_element(blk.tq, [&](int nt, int e, int c, int r) {
             int i = i0 + c;
             // A uniform row averages the values: dV but no dK.
@@ -525,8 +535,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
             dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - dl[c]) : 0.0f;  // dSᵀ
             st[nt][e] = pr * f;                                             // (P · dropout)ᵀ
         });
-        mma_tiles_by_cols<F>(st, doc, dv, blk.g, blk.tq);
-        mma_tiles_by_cols<F>(dpt, qc, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
+        mma_tiles_by_cols<F>(st, doc, t - i0, dv, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(dpt, qc, t - i0, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
