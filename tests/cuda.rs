@@ -8,8 +8,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
-use ptuning::engine::cuda::device::{cached_kernels, DevBuf, GemmOut, Kernel, MmaFormat, Operand};
+use ptuning::engine::cuda::device::{GemmOut, Operand};
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
+use ptuning::engine::cuda::kernels::{Kernel, MmaFormat};
+use ptuning::engine::cuda::memory::DevBuf;
+use ptuning::engine::cuda::nvrtc::cached_kernels;
 use ptuning::engine::cuda::tf32x3::{self, Fp32Gemm, SplitWeight};
 use ptuning::engine::cuda::{
     compile_kernels, missing_libraries, nvrtc_present, CudaDevice, CudaEncoder, KernelTime,

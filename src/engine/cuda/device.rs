@@ -1,23 +1,25 @@
-//! One CUDA device: its context and stream, cuBLAS, and our kernels compiled
-//! with NVRTC for its architecture. Everything is loaded at run time
-//! (cudarc's dynamic loading), so a machine without CUDA builds and runs the
-//! binary and only `--device cuda` fails, saying which library is missing.
+//! One CUDA device: its context and stream, cuBLAS, and our kernels loaded
+//! for its architecture (compiled by engine/cuda/nvrtc.rs); the launches,
+//! the GEMMs and their profile. Its buffers are engine/cuda/memory.rs's.
+//! Everything is loaded at run time (cudarc's dynamic loading), so a machine
+//! without CUDA builds and runs the binary and only `--device cuda` fails,
+//! saying which library is missing.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
-use cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::engine::cpu::dropout::Dropout;
+use crate::engine::cuda::kernel_cache;
+use crate::engine::cuda::kernels::{Kernel, MmaFormat};
+use crate::engine::cuda::memory::{DevBuf, Footprint, MemoryUse};
+use crate::engine::cuda::nvrtc::{cached_kernels, check_head_dim, kernels_key};
 use crate::engine::cuda::tf32x3::Fp32Gemm;
-use crate::engine::cuda::{kernel_cache, kernels};
 use crate::error::{Error, Result};
 
 /// Arithmetic of the GEMMs. Everything else (LayerNorm, softmax, GELU, the
@@ -78,269 +80,9 @@ pub fn missing_libraries() -> Vec<&'static str> {
     missing
 }
 
-/// Whether NVRTC alone can be loaded (enough to compile the kernels, no GPU
-/// needed).
-pub fn nvrtc_present() -> bool {
-    // SAFETY: only tries to dlopen the library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
-fn nvrtc_missing() -> Error {
-    Error::InvalidArgument(
-        "CUDA: libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
-    )
-}
-
-fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
+/// A CUDA call's failure as our error: what was being done, and the code.
+pub(crate) fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::InvalidArgument(format!("CUDA: {what}: {e:?}"))
-}
-
-/// Compiles the kernels for `head_dim` (and `arch`, e.g. "sm_90", when
-/// given) with NVRTC. Needs libnvrtc, not a GPU.
-pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
-    check_head_dim(head_dim)?;
-    if !nvrtc_present() {
-        return Err(nvrtc_missing());
-    }
-    let mut options = vec![format!("-DHEAD_DIM={head_dim}")];
-    if let Some(a) = arch {
-        options.push(format!("--gpu-architecture={a}"));
-    }
-    let opts = CompileOptions {
-        options,
-        name: Some("kernels.cu".into()),
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(kernels::source(), opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::InvalidArgument(format!(
-            "CUDA: NVRTC could not compile the kernels:\n{}",
-            log.to_string_lossy()
-        )),
-        other => driver_err("NVRTC", other),
-    })
-}
-
-/// The kernels' PTX for `head_dim` and `arch` (e.g. "sm_90"): from the
-/// kernel cache in `dir` when it has them, else compiled with NVRTC and
-/// stored there. Returns the PTX and whether it came from `dir`.
-pub fn cached_kernels(head_dim: usize, arch: &str, dir: Option<&Path>) -> Result<(String, bool)> {
-    let key = kernels_key(head_dim, arch)?;
-    kernel_cache::ptx(dir, &key, || {
-        compile_kernels(head_dim, Some(arch.to_string())).map(|p| p.to_src())
-    })
-}
-
-/// What the kernels' PTX depends on, as the kernel cache's key: the source,
-/// the head size, the architecture and NVRTC's version.
-fn kernels_key(head_dim: usize, arch: &str) -> Result<String> {
-    check_head_dim(head_dim)?;
-    if !nvrtc_present() {
-        return Err(nvrtc_missing());
-    }
-    let (mut major, mut minor) = (0, 0);
-    // SAFETY: NVRTC is loaded (the device checked its libraries); the
-    // function writes two ints.
-    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(driver_err("reading NVRTC's version", status));
-    }
-    Ok(format!(
-        "kernels.cu {:016x}, HEAD_DIM {head_dim}, {arch}, NVRTC {major}.{minor}",
-        kernel_cache::fnv1a64(&[kernels::source().as_bytes()])
-    ))
-}
-
-/// The attention kernels move heads in 4-float vectors.
-fn check_head_dim(head_dim: usize) -> Result<()> {
-    if head_dim == 0 || !head_dim.is_multiple_of(4) {
-        return Err(Error::InvalidArgument(format!(
-            "CUDA: the attention kernels need a head size that is a multiple of 4, this model's is {head_dim}; use --device cpu"
-        )));
-    }
-    Ok(())
-}
-
-/// A device buffer and its raw address. Kernels get raw addresses: one
-/// stream, no event tracking, and buffers owned by whoever launches.
-pub struct DevBuf<T> {
-    mem: Mem<T>,
-    pub ptr: u64,
-    pub len: usize,
-    /// The device's count of bytes held, and this buffer's part of it.
-    held: Option<(Arc<Footprint>, usize)>,
-}
-
-/// The bytes a device's buffers hold (weights, workspaces, a resident
-/// prompt): now, and the most since the last [`CudaDevice::reset_peak`].
-/// The CUDA context and cuBLAS's own workspace are not counted, as
-/// PyTorch's `max_memory_allocated` leaves them out.
-#[derive(Debug, Default)]
-pub struct Footprint {
-    now: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl Footprint {
-    fn add(&self, bytes: usize) {
-        let now = self.now.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(now, Ordering::Relaxed);
-    }
-
-    fn sub(&self, bytes: usize) {
-        self.now.fetch_sub(bytes, Ordering::Relaxed);
-    }
-}
-
-/// Bytes held by a device's buffers (see [`Footprint`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryUse {
-    pub now: usize,
-    pub peak: usize,
-}
-
-impl<T> Drop for DevBuf<T> {
-    fn drop(&mut self) {
-        if let Some((footprint, bytes)) = self.held.take() {
-            footprint.sub(bytes);
-        }
-    }
-}
-
-enum Mem<T> {
-    None,
-    Cuda(CudaSlice<T>),
-    /// The emulated device's memory: host memory, 8-byte aligned.
-    Host(Vec<u64>),
-}
-
-impl<T> Default for DevBuf<T> {
-    fn default() -> Self {
-        DevBuf {
-            mem: Mem::None,
-            ptr: 0,
-            len: 0,
-            held: None,
-        }
-    }
-}
-
-impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
-    fn capacity(&self) -> usize {
-        match &self.mem {
-            Mem::None => 0,
-            Mem::Cuda(s) => s.len(),
-            Mem::Host(v) => v.len() * 8 / std::mem::size_of::<T>(),
-        }
-    }
-
-    /// Makes room for `len` elements (contents undefined when it grows).
-    pub fn ensure(&mut self, dev: &CudaDevice, len: usize) -> Result<()> {
-        if self.capacity() < len.max(1) {
-            // The old block is freed as the new one replaces it.
-            if let Some((footprint, bytes)) = self.held.take() {
-                footprint.sub(bytes);
-            }
-            match &dev.backend {
-                Backend::Cuda { stream, .. } => {
-                    let s = stream
-                        .alloc_zeros::<T>(len.max(1))
-                        .map_err(|e| driver_err("allocating device memory", e))?;
-                    self.ptr = {
-                        let (p, _sync) = s.device_ptr(stream);
-                        p
-                    };
-                    self.mem = Mem::Cuda(s);
-                }
-                Backend::Emulated(_) => {
-                    let words = (len.max(1) * std::mem::size_of::<T>()).div_ceil(8);
-                    let v = vec![0u64; words];
-                    self.ptr = v.as_ptr() as u64;
-                    self.mem = Mem::Host(v);
-                }
-            }
-            let bytes = len.max(1) * std::mem::size_of::<T>();
-            dev.footprint.add(bytes);
-            self.held = Some((Arc::clone(&dev.footprint), bytes));
-        }
-        self.len = len;
-        Ok(())
-    }
-
-    /// Copies `data` into the buffer (resized to it).
-    pub fn upload(&mut self, dev: &CudaDevice, data: &[T]) -> Result<()> {
-        self.ensure(dev, data.len())?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        match (&mut self.mem, &dev.backend) {
-            (Mem::Cuda(slice), Backend::Cuda { stream, .. }) => {
-                let mut view = slice.slice_mut(..data.len());
-                stream
-                    .memcpy_htod(data, &mut view)
-                    .map_err(|e| driver_err("copying to the device", e))
-            }
-            (Mem::Host(_), Backend::Emulated(_)) => {
-                // SAFETY: ensure() sized the host block for data.len() Ts.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr as *mut T, data.len())
-                };
-                Ok(())
-            }
-            _ => Err(mixed_devices()),
-        }
-    }
-
-    /// The first `n` elements back on the host (waits for the device).
-    pub fn download(&self, dev: &CudaDevice, n: usize) -> Result<Vec<T>> {
-        let mut out = vec![T::default(); n];
-        if n == 0 {
-            return Ok(out);
-        }
-        assert!(
-            n <= self.capacity(),
-            "download of {n} from a buffer of {}",
-            self.capacity()
-        );
-        match (&self.mem, &dev.backend) {
-            (Mem::Cuda(slice), Backend::Cuda { stream, .. }) => {
-                let view = slice.slice(..n);
-                stream
-                    .memcpy_dtoh(&view, &mut out)
-                    .map_err(|e| driver_err("copying from the device", e))?;
-                dev.sync()?;
-            }
-            (Mem::Host(_), Backend::Emulated(_)) => {
-                // SAFETY: n is within the block (asserted above).
-                unsafe { std::ptr::copy_nonoverlapping(self.ptr as *const T, out.as_mut_ptr(), n) };
-            }
-            _ => return Err(mixed_devices()),
-        }
-        Ok(out)
-    }
-
-    /// Sets the first `len` elements to zero.
-    pub fn zero(&mut self, dev: &CudaDevice) -> Result<()> {
-        let n = self.len.max(1).min(self.capacity());
-        match (&mut self.mem, &dev.backend) {
-            (Mem::None, _) => Ok(()),
-            (Mem::Cuda(s), Backend::Cuda { stream, .. }) => {
-                let mut view = s.slice_mut(..n);
-                stream
-                    .memset_zeros(&mut view)
-                    .map_err(|e| driver_err("zeroing device memory", e))
-            }
-            (Mem::Host(v), Backend::Emulated(_)) => {
-                let words = (n * std::mem::size_of::<T>()).div_ceil(8);
-                v[..words].fill(0);
-                Ok(())
-            }
-            _ => Err(mixed_devices()),
-        }
-    }
-}
-
-fn mixed_devices() -> Error {
-    Error::InvalidArgument("CUDA: a buffer of one device used on another".into())
 }
 
 /// (key, threshold, scale, enabled) of a dropout site, as the kernels take
@@ -355,251 +97,9 @@ pub fn dropout_site(d: Option<Dropout>) -> (u64, u64, f32, i32) {
     }
 }
 
-/// The kernels of kernels.cu.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    DropoutApply,
-    DropoutCopy,
-    EmbedLayernorm,
-    BiasDropoutResidualLayernorm,
-    LayernormBackward,
-    BiasGelu,
-    GeluBackward,
-    BiasTanh,
-    TanhBackward,
-    CrossEntropy,
-    SquaredError,
-    AttentionForward,
-    AttentionDelta,
-    AttentionBackwardDq,
-    AttentionBackwardDkv,
-    MmaSelfTestTf32,
-    AttentionForwardTf32,
-    AttentionBackwardDqTf32,
-    AttentionBackwardDkvTf32,
-    MmaSelfTestTf32x3,
-    AttentionForwardTf32x3,
-    AttentionBackwardDqTf32x3,
-    AttentionBackwardDkvTf32x3,
-    MmaSelfTestBf16,
-    AttentionForwardBf16,
-    AttentionBackwardDqBf16,
-    AttentionBackwardDkvBf16,
-    ExpandPrefix,
-    ReducePrefix,
-    GatherRows,
-    ScatterRows,
-    BroadcastRows,
-    AdamwStep,
-    Scale,
-    SumSquares,
-    SplitTf32,
-}
-
-impl Kernel {
-    /// Dynamic shared memory of a launch, in bytes: the attention kernels'
-    /// tiles (TILE = 32 rows of HD + 4 floats, and [32, 36] score tiles, as
-    /// kernels/attention.cuh carves them); none for the others.
-    pub fn shared_bytes(self, head_dim: usize) -> u32 {
-        let (row, score) = (32 * (head_dim + 4), 32 * 36);
-        // Tensor-core kernels: (tiles [64, HD + pad], transposed [HD, 72],
-        // f32 [64] rows of statistics), as attention_mma.cuh carves them; bf16 (2
-        // bytes, pad 8) keeps a transposed copy of every tile it reads as
-        // columns, tf32 and tf32x3 (4 bytes, pad 4) read the tiles themselves.
-        let tensor_cores = |format: MmaFormat, tiles: usize, transposed: usize, stats: usize| {
-            let bytes = match format {
-                MmaFormat::Bf16 => 2 * (tiles * 64 * (head_dim + 8) + transposed * head_dim * 72),
-                MmaFormat::Tf32 | MmaFormat::Tf32x3 => 4 * tiles * 64 * (head_dim + 4),
-            };
-            (bytes + 4 * stats * 64) as u32
-        };
-        let (bf16, tf32) = (MmaFormat::Bf16, MmaFormat::Tf32);
-        match self {
-            Kernel::AttentionForwardBf16 => tensor_cores(bf16, 2, 1, 0),
-            Kernel::AttentionBackwardDqBf16 => tensor_cores(bf16, 4, 1, 0),
-            Kernel::AttentionBackwardDkvBf16 => tensor_cores(bf16, 4, 2, 2),
-            // tf32x3's tiles are tf32's (f32 values, split as they are read).
-            Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
-                tensor_cores(tf32, 3, 0, 0)
-            }
-            Kernel::AttentionBackwardDqTf32 | Kernel::AttentionBackwardDqTf32x3 => {
-                tensor_cores(tf32, 4, 0, 0)
-            }
-            Kernel::AttentionBackwardDkvTf32 | Kernel::AttentionBackwardDkvTf32x3 => {
-                tensor_cores(tf32, 4, 0, 2)
-            }
-            Kernel::AttentionForward => (4 * (3 * row + score)) as u32,
-            Kernel::AttentionBackwardDq => (4 * (4 * row + score)) as u32,
-            Kernel::AttentionBackwardDkv => (4 * (4 * row + 2 * score + 2 * 32)) as u32,
-            _ => 0,
-        }
-    }
-
-    /// Whether kernels.cu builds this kernel for `head_dim`: the
-    /// tensor-core ones need its multiple of their format's k step.
-    pub fn built_for(self, head_dim: usize) -> bool {
-        MmaFormat::ALL
-            .iter()
-            .find(|f| f.kernels().contains(&self))
-            .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
-    }
-
-    pub const ALL: [Kernel; 36] = [
-        Kernel::DropoutApply,
-        Kernel::DropoutCopy,
-        Kernel::EmbedLayernorm,
-        Kernel::BiasDropoutResidualLayernorm,
-        Kernel::LayernormBackward,
-        Kernel::BiasGelu,
-        Kernel::GeluBackward,
-        Kernel::BiasTanh,
-        Kernel::TanhBackward,
-        Kernel::CrossEntropy,
-        Kernel::SquaredError,
-        Kernel::AttentionForward,
-        Kernel::AttentionDelta,
-        Kernel::AttentionBackwardDq,
-        Kernel::AttentionBackwardDkv,
-        Kernel::MmaSelfTestTf32,
-        Kernel::AttentionForwardTf32,
-        Kernel::AttentionBackwardDqTf32,
-        Kernel::AttentionBackwardDkvTf32,
-        Kernel::MmaSelfTestTf32x3,
-        Kernel::AttentionForwardTf32x3,
-        Kernel::AttentionBackwardDqTf32x3,
-        Kernel::AttentionBackwardDkvTf32x3,
-        Kernel::MmaSelfTestBf16,
-        Kernel::AttentionForwardBf16,
-        Kernel::AttentionBackwardDqBf16,
-        Kernel::AttentionBackwardDkvBf16,
-        Kernel::ExpandPrefix,
-        Kernel::ReducePrefix,
-        Kernel::GatherRows,
-        Kernel::ScatterRows,
-        Kernel::BroadcastRows,
-        Kernel::AdamwStep,
-        Kernel::Scale,
-        Kernel::SumSquares,
-        Kernel::SplitTf32,
-    ];
-
-    /// Its name in kernels.cu.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::DropoutApply => "dropout_apply",
-            Kernel::DropoutCopy => "dropout_copy",
-            Kernel::EmbedLayernorm => "embed_layernorm",
-            Kernel::BiasDropoutResidualLayernorm => "bias_dropout_residual_layernorm",
-            Kernel::LayernormBackward => "layernorm_backward",
-            Kernel::BiasGelu => "bias_gelu",
-            Kernel::GeluBackward => "gelu_backward",
-            Kernel::BiasTanh => "bias_tanh",
-            Kernel::TanhBackward => "tanh_backward",
-            Kernel::CrossEntropy => "cross_entropy",
-            Kernel::SquaredError => "squared_error",
-            Kernel::AttentionForward => "attention_forward",
-            Kernel::AttentionDelta => "attention_delta",
-            Kernel::AttentionBackwardDq => "attention_backward_dq",
-            Kernel::AttentionBackwardDkv => "attention_backward_dkv",
-            Kernel::MmaSelfTestTf32 => "mma_self_test_tf32",
-            Kernel::AttentionForwardTf32 => "attention_forward_tf32",
-            Kernel::AttentionBackwardDqTf32 => "attention_backward_dq_tf32",
-            Kernel::AttentionBackwardDkvTf32 => "attention_backward_dkv_tf32",
-            Kernel::MmaSelfTestTf32x3 => "mma_self_test_tf32x3",
-            Kernel::AttentionForwardTf32x3 => "attention_forward_tf32x3",
-            Kernel::AttentionBackwardDqTf32x3 => "attention_backward_dq_tf32x3",
-            Kernel::AttentionBackwardDkvTf32x3 => "attention_backward_dkv_tf32x3",
-            Kernel::MmaSelfTestBf16 => "mma_self_test_bf16",
-            Kernel::AttentionForwardBf16 => "attention_forward_bf16",
-            Kernel::AttentionBackwardDqBf16 => "attention_backward_dq_bf16",
-            Kernel::AttentionBackwardDkvBf16 => "attention_backward_dkv_bf16",
-            Kernel::ExpandPrefix => "expand_prefix",
-            Kernel::ReducePrefix => "reduce_prefix",
-            Kernel::GatherRows => "gather_rows",
-            Kernel::ScatterRows => "scatter_rows",
-            Kernel::BroadcastRows => "broadcast_rows",
-            Kernel::AdamwStep => "adamw_step",
-            Kernel::Scale => "scale",
-            Kernel::SumSquares => "sum_squares",
-            Kernel::SplitTf32 => "split_tf32",
-        }
-    }
-}
-
-/// The input format of the tensor-core attention kernels
-/// (kernels/attention_mma.cuh):
-/// bf16 (mma m16n8k16) for `Precision::Bf16`, tf32 (m16n8k8) for
-/// `Precision::Tf32`, and tf32x3 (three m16n8k8 of split operands, f32
-/// accuracy) for `Precision::Fp32` when its GEMMs run by 3xTF32; fp32 by
-/// SGEMM keeps the f32 kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MmaFormat {
-    Bf16,
-    Tf32,
-    Tf32x3,
-}
-
-impl MmaFormat {
-    pub const ALL: [MmaFormat; 3] = [MmaFormat::Bf16, MmaFormat::Tf32, MmaFormat::Tf32x3];
-
-    /// The format of `precision`'s attention on the tensor cores, if any:
-    /// fp32 follows its GEMMs (`fp32_gemm`), so that one switch gives f32
-    /// products on the CUDA cores throughout.
-    pub fn of(precision: Precision, fp32_gemm: Fp32Gemm) -> Option<Self> {
-        match precision {
-            Precision::Bf16 => Some(MmaFormat::Bf16),
-            Precision::Tf32 => Some(MmaFormat::Tf32),
-            Precision::Fp32 => match fp32_gemm {
-                Fp32Gemm::Tf32x3 => Some(MmaFormat::Tf32x3),
-                Fp32Gemm::Sgemm => None,
-            },
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MmaFormat::Bf16 => "bf16",
-            MmaFormat::Tf32 => "tf32",
-            MmaFormat::Tf32x3 => "tf32x3",
-        }
-    }
-
-    /// The k of one mma instruction: the head size must be a multiple.
-    pub fn head_dim_multiple(self) -> usize {
-        match self {
-            MmaFormat::Bf16 => 16,
-            MmaFormat::Tf32 | MmaFormat::Tf32x3 => 8,
-        }
-    }
-
-    /// [self-test, forward, dQ, dK/dV].
-    pub fn kernels(self) -> [Kernel; 4] {
-        match self {
-            MmaFormat::Bf16 => [
-                Kernel::MmaSelfTestBf16,
-                Kernel::AttentionForwardBf16,
-                Kernel::AttentionBackwardDqBf16,
-                Kernel::AttentionBackwardDkvBf16,
-            ],
-            MmaFormat::Tf32 => [
-                Kernel::MmaSelfTestTf32,
-                Kernel::AttentionForwardTf32,
-                Kernel::AttentionBackwardDqTf32,
-                Kernel::AttentionBackwardDkvTf32,
-            ],
-            MmaFormat::Tf32x3 => [
-                Kernel::MmaSelfTestTf32x3,
-                Kernel::AttentionForwardTf32x3,
-                Kernel::AttentionBackwardDqTf32x3,
-                Kernel::AttentionBackwardDkvTf32x3,
-            ],
-        }
-    }
-}
-
 /// How a device runs: a real GPU, or kernels.cu on the CPU through
 /// tools/cuda_emu (tests of the engine on machines without a GPU).
-enum Backend {
+pub(crate) enum Backend {
     Cuda {
         // Kept alive for the stream, module and cuBLAS handle.
         _ctx: Arc<CudaContext>,
@@ -615,7 +115,7 @@ enum Backend {
 /// An open GPU (or its emulation) with our kernels loaded for one head
 /// dimension.
 pub struct CudaDevice {
-    backend: Backend,
+    pub(crate) backend: Backend,
     /// e.g. "NVIDIA H200"
     pub name: String,
     pub compute_capability: (i32, i32),
@@ -631,7 +131,7 @@ pub struct CudaDevice {
     profile: Mutex<Option<Vec<Span>>>,
     /// [`CudaDevice::scratch`]: 3xTF32's split activations.
     scratch: Mutex<DevBuf<f32>>,
-    footprint: Arc<Footprint>,
+    pub(crate) footprint: Arc<Footprint>,
 }
 
 /// One profiled launch: device events around it on a GPU, the host's clock
@@ -931,16 +431,12 @@ impl CudaDevice {
 
     /// Bytes held by this device's buffers, now and at most.
     pub fn memory(&self) -> MemoryUse {
-        MemoryUse {
-            now: self.footprint.now.load(Ordering::Relaxed),
-            peak: self.footprint.peak.load(Ordering::Relaxed),
-        }
+        self.footprint.usage()
     }
 
     /// Starts the peak of [`CudaDevice::memory`] again from what is held now.
     pub fn reset_peak(&self) {
-        let now = self.footprint.now.load(Ordering::Relaxed);
-        self.footprint.peak.store(now, Ordering::Relaxed);
+        self.footprint.reset_peak();
     }
 
     /// The address of a device buffer of at least `len` f32, valid until

@@ -39,9 +39,11 @@
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{
-    dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, KernelArg, Operand, Precision,
+    dropout_site, CudaDevice, GemmOut, KernelArg, Operand, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
+use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::memory::DevBuf;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
 use crate::error::{Error, Result};

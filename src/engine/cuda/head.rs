@@ -22,7 +22,9 @@
 //! head is on the CPU.
 
 use crate::engine::cpu::dropout::Dropout;
-use crate::engine::cuda::device::{dropout_site, CudaDevice, DevBuf, GemmOut, Kernel, Precision};
+use crate::engine::cuda::device::{dropout_site, CudaDevice, GemmOut, Precision};
+use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::memory::DevBuf;
 use crate::error::{Error, Result};
 use crate::model::bert::BertPooler;
 use crate::model::heads::ClassificationHead;

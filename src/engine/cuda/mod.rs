@@ -6,9 +6,13 @@
 //! machines without CUDA, where only `--device cuda` fails, and says why.
 //!
 //! - [`kernels`]: the CUDA C, one file per family of kernels, as
-//!   engine/cpu/ has one Rust file per family.
-//! - [`device`]: context, stream, cuBLAS, the compiled kernels, device buffers.
+//!   engine/cpu/ has one Rust file per family, and the list of its entry
+//!   points.
+//! - [`device`]: context, stream, cuBLAS, the loaded kernels: launches,
+//!   GEMMs, profiles.
+//! - [`memory`]: device buffers, and the bytes a device holds.
 //! - [`emulator`]: the same kernels run on the CPU (tests without a GPU).
+//! - [`nvrtc`]: kernels.cu compiled for a head size and architecture.
 //! - [`kernel_cache`]: compiled kernels kept on disk, by a hash of their
 //!   inputs (NVRTC takes seconds per device open).
 //! - [`encoder`]: the frozen encoder on the GPU (weights uploaded once),
@@ -27,10 +31,11 @@ pub mod encoder;
 pub mod head;
 pub mod kernel_cache;
 pub mod kernels;
+pub mod memory;
+pub mod nvrtc;
 pub mod optim;
 pub mod tf32x3;
 
-pub use device::{
-    compile_kernels, missing_libraries, nvrtc_present, CudaDevice, KernelTime, Precision,
-};
+pub use device::{missing_libraries, CudaDevice, KernelTime, Precision};
 pub use encoder::CudaEncoder;
+pub use nvrtc::{compile_kernels, nvrtc_present};

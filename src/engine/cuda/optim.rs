@@ -7,7 +7,9 @@
 //! bit the host's AdamW). The host copies come back with
 //! [`ResidentPrefix::download`] before evaluation and checkpoints.
 
-use crate::engine::cuda::device::{CudaDevice, DevBuf, GemmOut, Kernel, Precision};
+use crate::engine::cuda::device::{CudaDevice, GemmOut, Precision};
+use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::memory::DevBuf;
 use crate::error::Result;
 use crate::model::prefix::PrefixEncoder;
 use crate::training::adamw::{Moments, StepScalars};

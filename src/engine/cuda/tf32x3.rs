@@ -17,7 +17,9 @@
 //! on the tensor cores as three tf32 mma of split operands (the tf32x3
 //! format of kernels/attention_mma.cuh), with SGEMM on the f32 kernels.
 
-use crate::engine::cuda::device::{CudaDevice, DevBuf, Kernel, Operand, Precision};
+use crate::engine::cuda::device::{CudaDevice, Operand, Precision};
+use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::memory::DevBuf;
 use crate::error::{Error, Result};
 
 /// How `--precision fp32` runs its GEMMs, and with them its attention, on a

@@ -34,7 +34,7 @@
 #define CHUNKS ((HEAD_DIM + 31) / 32)  // 4-wide column groups of a thread in an output tile
 
 // The attention kernels' tiles live in dynamic shared memory, sized at
-// launch by Kernel::shared_bytes (device.rs), which follows the carving
+// launch by Kernel::shared_bytes (kernels/entry.rs), which follows the carving
 // below (over 48 KB for large heads, so the loader raises the limit).
 #ifndef ATTENTION_SHARED
 #define ATTENTION_SHARED extern __shared__ __align__(16) float smem[]

@@ -7,6 +7,9 @@
 
 use std::sync::OnceLock;
 
+mod entry;
+pub use entry::{Kernel, MmaFormat};
+
 /// The translation unit, then every part, by file name in this folder.
 pub const FILES: &[(&str, &str)] = &[
     ("kernels.cu", include_str!("kernels.cu")),
