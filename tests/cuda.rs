@@ -482,8 +482,9 @@ fn device_flag_from_the_command_line() {
     let tiny = common::fixtures().join("tiny-bert");
     let bin = std::env::var_os("PTUNING_TEST_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into());
-    let bench = |device: &str, extra: &[&str]| {
+    let bench_env = |device: &str, extra: &[&str], env: &[(&str, &str)]| {
         let out = std::process::Command::new(&bin)
+            .envs(env.iter().copied())
             .args(["--device", device, "bench", "--model"])
             .arg(&tiny)
             .args([
@@ -498,6 +499,7 @@ fn device_flag_from_the_command_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let bench = |device: &str, extra: &[&str]| bench_env(device, extra, &[]);
     let (ok, _, err) = bench("gpu", &[]);
     assert!(!ok && err.contains("unknown device \"gpu\""), "{err}");
     if !missing_libraries().is_empty() {
@@ -509,12 +511,28 @@ fn device_flag_from_the_command_line() {
         let (ok, _, err) = bench("auto", &["--profile"]);
         assert!(!ok && err.contains("--profile times GPU kernels"), "{err}");
     } else {
+        // fp32's attention follows its GEMMs: 3xTF32 on the tensor cores
+        // (compute capability 8.0 on), SGEMM on the f32 kernels.
         let (ok, out, err) = bench("cuda", &["--profile"]);
         assert!(ok, "{err}");
         assert!(!out.contains("\"device\":\"cpu\""), "{out}");
+        let tf32x3 = out.contains("\"gemm\":\"3xTF32\"");
+        let (kernel, attention) = if tf32x3 {
+            ("attention_forward_tf32x3", "tensor cores (tf32x3)")
+        } else {
+            ("attention_forward", "f32")
+        };
+        assert!(out.contains(&format!("\"{kernel}\"")), "{out}");
+        assert!(
+            out.contains(&format!("\"attention\":\"{attention}\"")),
+            "{out}"
+        );
+        assert!(err.contains("ms of kernels per step"), "{err}");
+        let (ok, out, err) = bench_env("cuda", &["--profile"], &[("PTUNING_FP32_GEMM", "sgemm")]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"gemm\":\"SGEMM\""), "{out}");
         assert!(out.contains("\"attention_forward\""), "{out}");
         assert!(out.contains("\"attention\":\"f32\""), "{out}");
-        assert!(err.contains("ms of kernels per step"), "{err}");
     }
 }
 

@@ -34,8 +34,8 @@ struct Cli {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where the encoder runs: cpu, cuda, cuda:N, or auto (the GPU when CUDA
-    /// loads, else the CPU).
+    /// Where the encoder runs: cpu, cuda, cuda:N, or auto (GPU 0 when it
+    /// can run the model, else the CPU).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// Precision of the matrix products on a GPU: fp32, tf32 or bf16. fp32

@@ -1,7 +1,8 @@
 //! Where the encoder runs: `--device auto|cpu|cuda[:N]`.
 
-use crate::engine::cuda::{missing_libraries, Precision};
+use crate::engine::cuda::{missing_libraries, CudaEncoder, Precision};
 use crate::error::{Error, Result};
+use crate::model::bert::BertModel;
 
 /// Where the encoder runs and, on a GPU, the GEMMs' precision (the global
 /// `--device` and `--precision` flags).
@@ -9,6 +10,30 @@ use crate::error::{Error, Result};
 pub struct Compute {
     pub device: Device,
     pub precision: Precision,
+}
+
+impl Compute {
+    /// The encoder on the GPU that `device` names, or None for the CPU.
+    /// `cuda[:N]` reports why that GPU cannot run `model`; `auto` takes
+    /// GPU 0 when it can (the CUDA libraries load, the device opens, the
+    /// kernels build for the model's head size), else the CPU, and says why
+    /// when the libraries loaded but the GPU still could not.
+    pub fn open_encoder(&self, model: &BertModel) -> Result<Option<CudaEncoder>> {
+        match self.device {
+            Device::Cpu => Ok(None),
+            Device::Cuda(n) => CudaEncoder::new(model, n, self.precision).map(Some),
+            Device::Auto if !missing_libraries().is_empty() => Ok(None),
+            Device::Auto => match CudaEncoder::new(model, 0, self.precision) {
+                Ok(encoder) => Ok(Some(encoder)),
+                Err(e) => {
+                    tracing::warn!(
+                        "--device auto: GPU 0 cannot run this model ({e}); running on the CPU"
+                    );
+                    Ok(None)
+                }
+            },
+        }
+    }
 }
 
 impl Default for Compute {
@@ -47,17 +72,6 @@ impl Device {
                 n.parse().map(Device::Cuda).map_err(|_| bad())
             }
         }
-    }
-
-    /// `Auto` becomes `Cuda(0)` when the CUDA libraries load (the device
-    /// itself is opened, and its errors reported, by whoever uses it), else
-    /// `Cpu`; the others stay as they are.
-    pub fn resolve(self) -> Result<Self> {
-        Ok(match self {
-            Device::Auto if missing_libraries().is_empty() => Device::Cuda(0),
-            Device::Auto => Device::Cpu,
-            other => other,
-        })
     }
 }
 

@@ -10,7 +10,7 @@ use crate::engine::cuda::encoder::{Prompt, PromptSource};
 use crate::engine::cuda::head::CrossEntropy;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::{CudaDevice, CudaEncoder};
-use crate::engine::device::{Compute, Device};
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
@@ -351,14 +351,9 @@ impl PromptModel {
     /// Runs the encoder where `compute` says: on the CPU (drops any GPU copy)
     /// or on GPU N, whose copy of the backbone is made here.
     pub fn use_compute(&mut self, compute: Compute) -> Result<()> {
-        self.gpu = match compute.device.resolve()? {
-            Device::Cuda(n) => Some(Arc::new(Mutex::new(CudaEncoder::new(
-                &self.backbone,
-                n,
-                compute.precision,
-            )?))),
-            _ => None,
-        };
+        self.gpu = compute
+            .open_encoder(&self.backbone)?
+            .map(|encoder| Arc::new(Mutex::new(encoder)));
         Ok(())
     }
 

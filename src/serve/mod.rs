@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cuda::CudaEncoder;
-use crate::engine::device::{Compute, Device};
+use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
 use crate::serve::batcher::{BatchOptions, Batcher, PauseGuard};
@@ -121,14 +121,7 @@ impl Server {
     /// worker, with the backbone on a GPU when `config.compute` says so.
     pub fn load(model: &str, config: ServeConfig) -> Result<Self> {
         let backbone = Backbone::load(model)?;
-        let gpu = match config.compute.device.resolve()? {
-            Device::Cuda(n) => Some(CudaEncoder::new(
-                &backbone.model,
-                n,
-                config.compute.precision,
-            )?),
-            _ => None,
-        };
+        let gpu = config.compute.open_encoder(&backbone.model)?;
         Ok(Self::with_gpu(backbone, gpu, model, config))
     }
 
