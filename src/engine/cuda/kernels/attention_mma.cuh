@@ -4,8 +4,8 @@
 // tf32 (m16n8k8) for --precision tf32, and tf32x3 (three m16n8k8 of split
 // operands, f32 accuracy) for fp32 by 3xTF32. The functions of the f32
 // kernels above, with q, k, v, dO, the probabilities and dS rounded to the
-// format where they enter a product, as the GEMMs of that precision round
-// their inputs. The three kernels of a format round alike, so the backward
+// format where they enter a product (in tf32x3: split into two tf32 parts),
+// as the GEMMs of that precision treat their inputs. The three kernels of a format round alike, so the backward
 // recomputes exactly the forward's scores. The loader uses them when the
 // head size allows (bf16: a multiple of 16, tf32 and tf32x3: of 8; other
 // sizes do not build them), the format's self-test passed on the device and
@@ -14,19 +14,19 @@
 // A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
 // other side streams through shared memory 64 at a time. Fragments (PTX ISA,
 // mma.sync.aligned; g = lane / 4, t = lane % 4):
-//   C (16 x 8, f32, both formats): c0, c1 = (row g, cols 2t, 2t + 1);
+//   C (16 x 8, f32, every format): c0, c1 = (row g, cols 2t, 2t + 1);
 //     c2, c3 = the same columns of row g + 8.
 //   bf16, m16n8k16, two k in a register (the lower k in the lower half):
 //     A (16 x 16): a0 = (row g, k 2t..2t+1), a1 = (g + 8, 2t..),
 //       a2 = (g, 2t + 8..), a3 = (g + 8, 2t + 8..);
 //     B (16 x 8): b0 = (k 2t..2t+1, col g), b1 = (k 2t + 8.., col g).
-//   tf32, m16n8k8, one k in a register:
+//   tf32 and tf32x3, m16n8k8, one k in a register:
 //     A (16 x 8): a0 = (row g, k t), a1 = (g + 8, t), a2 = (g, t + 4),
 //       a3 = (g + 8, t + 4);
 //     B (8 x 8): b0 = (k t, col g), b1 = (k t + 4, col g).
-// In both, a product over the head takes, at k offset kk, the registers at
+// In all, a product over the head takes, at k offset kk, the registers at
 // kk + PER_REG*t and kk + PER_REG*t + K/2 of rows g and g + 8 of A and of
-// row g of B: one loop serves both (mma_rows_by_rows).
+// row g of B: one loop serves all (mma_rows_by_rows).
 // Scores turn into probabilities (and dS) in registers and feed the next
 // product as its A operand (mma_tiles_by_cols). In bf16 two neighbouring C
 // tiles are exactly an A fragment. In tf32 a C tile holds columns 2t and
