@@ -6,7 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits};
 
 use crate::engine::cuda::device::{driver_err, Backend, CudaDevice};
 use crate::error::{Error, Result};
@@ -106,9 +107,9 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
             }
             match &dev.backend {
                 Backend::Cuda { stream, .. } => {
-                    let s = stream
-                        .alloc_zeros::<T>(len.max(1))
-                        .map_err(|e| driver_err("allocating device memory", e))?;
+                    let s = stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+                        allocation_failed(dev, len.max(1) * std::mem::size_of::<T>(), e)
+                    })?;
                     self.ptr = {
                         let (p, _sync) = s.device_ptr(stream);
                         p
@@ -203,6 +204,39 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
     }
 }
 
+/// A failed allocation of `bytes`; out of memory says how much was asked
+/// and held, and what makes a step smaller.
+fn allocation_failed(dev: &CudaDevice, bytes: usize, e: DriverError) -> Error {
+    if e.0 != CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        return driver_err("allocating device memory", e);
+    }
+    out_of_memory(&dev.name, bytes, dev.memory().now)
+}
+
+/// The out-of-memory error, apart from the device for its test.
+fn out_of_memory(device: &str, bytes: usize, held: usize) -> Error {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    Error::InvalidArgument(format!(
+        "CUDA: out of memory on {device}: {:.1} MiB more asked for, {:.1} MiB already held by ptuning's buffers; use a smaller --batch-size (or --eval-batch-size, --max-seq-len), --precision bf16, or a card with more memory",
+        mib(bytes),
+        mib(held)
+    ))
+}
+
 fn mixed_devices() -> Error {
     Error::InvalidArgument("CUDA: a buffer of one device used on another".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn out_of_memory_says_what_was_asked_and_what_helps() {
+        let e = super::out_of_memory("NVIDIA H100", 3 << 29, 5 << 30).to_string();
+        assert!(
+            e.contains(
+                "out of memory on NVIDIA H100: 1536.0 MiB more asked for, 5120.0 MiB already held"
+            ) && e.contains("--batch-size"),
+            "{e}"
+        );
+    }
 }
