@@ -510,6 +510,15 @@ fn device_flag_from_the_command_line() {
         assert!(!ok && err.contains("CUDA is not usable here"), "{err}");
         let (ok, _, err) = bench("auto", &["--profile"]);
         assert!(!ok && err.contains("--profile times GPU kernels"), "{err}");
+        // The CPU engine is f32: another precision is noted, not obeyed.
+        let (ok, _, err) = bench("auto", &["--precision", "bf16"]);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains("--precision bf16 applies on a GPU; the CPU engine computes in fp32"),
+            "{err}"
+        );
+        let (ok, _, err) = bench("cpu", &[]);
+        assert!(ok && !err.contains("--precision"), "{err}");
     } else {
         // fp32's attention follows its GEMMs: 3xTF32 on the tensor cores
         // (compute capability 8.0 on), SGEMM on the f32 kernels.

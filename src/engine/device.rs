@@ -18,21 +18,30 @@ impl Compute {
     /// GPU 0 when it can (the CUDA libraries load, the device opens, the
     /// kernels build for the model's head size), else the CPU, and says why
     /// when the libraries loaded but the GPU still could not.
+    /// On the CPU, a precision other than fp32 is noted and ignored: the
+    /// CPU engine computes in f32.
     pub fn open_encoder(&self, model: &BertModel) -> Result<Option<CudaEncoder>> {
-        match self.device {
-            Device::Cpu => Ok(None),
-            Device::Cuda(n) => CudaEncoder::new(model, n, self.precision).map(Some),
-            Device::Auto if !missing_libraries().is_empty() => Ok(None),
+        let encoder = match self.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(CudaEncoder::new(model, n, self.precision)?),
+            Device::Auto if !missing_libraries().is_empty() => None,
             Device::Auto => match CudaEncoder::new(model, 0, self.precision) {
-                Ok(encoder) => Ok(Some(encoder)),
+                Ok(encoder) => Some(encoder),
                 Err(e) => {
                     tracing::warn!(
                         "--device auto: GPU 0 cannot run this model ({e}); running on the CPU"
                     );
-                    Ok(None)
+                    None
                 }
             },
+        };
+        if encoder.is_none() && self.precision != Precision::Fp32 {
+            tracing::warn!(
+                "--precision {} applies on a GPU; the CPU engine computes in fp32",
+                self.precision.as_str()
+            );
         }
+        Ok(encoder)
     }
 }
 
