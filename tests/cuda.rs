@@ -696,18 +696,20 @@ fn attention_on_the_tensor_cores() {
         let want_logits = cpu.predict(&case.batch()).unwrap();
         case.step(&mut cpu);
 
-        for (precision, suffix) in [
-            (Precision::Bf16, "bf16"),
-            (Precision::Tf32, "tf32"),
-            (Precision::Fp32, "tf32x3"),
+        for (precision, format) in [
+            (Precision::Bf16, MmaFormat::Bf16),
+            (Precision::Tf32, MmaFormat::Tf32),
+            (Precision::Fp32, MmaFormat::Tf32x3),
         ] {
+            let suffix = format.as_str();
             let (tol_out, tol_grad) = tolerances(precision);
             let mut gpu = case.model();
             gpu.backbone = Arc::clone(&backbone);
             attach_with(&mut gpu, target, precision, Some(Fp32Gemm::Tf32x3));
             let batch = case.batch();
             let enc = Arc::clone(gpu.gpu.as_ref().unwrap());
-            assert!(enc.lock().unwrap().dev.tensor_core_attention(precision));
+            let ran = enc.lock().unwrap().dev.attention_format(precision);
+            assert_eq!(ran, Some(format));
             let layers = cpu.backbone.config.num_hidden_layers;
             let forward = format!("attention_forward_{suffix}");
 
@@ -757,15 +759,15 @@ fn attention_on_the_tensor_cores() {
     // Heads of 12: no format is built, and the device opens without them.
     if targets("8-wide heads").contains(&Target::Emulated) {
         let mut dev = CudaDevice::emulated(8).unwrap();
-        assert!(dev.tensor_core_attention(Precision::Tf32));
-        assert!(!dev.tensor_core_attention(Precision::Bf16));
+        assert_eq!(dev.attention_format(Precision::Tf32), Some(MmaFormat::Tf32));
+        assert_eq!(dev.attention_format(Precision::Bf16), None);
         dev.fp32_gemm = Fp32Gemm::Tf32x3;
         assert_eq!(
             dev.attention_format(Precision::Fp32),
             Some(MmaFormat::Tf32x3)
         );
         dev.fp32_gemm = Fp32Gemm::Sgemm;
-        assert!(!dev.tensor_core_attention(Precision::Fp32));
+        assert_eq!(dev.attention_format(Precision::Fp32), None);
         assert!(CudaDevice::emulated(12).unwrap().tensor_cores.is_empty());
     }
 }

@@ -326,11 +326,6 @@ impl CudaDevice {
         MmaFormat::of(precision, self.fp32_gemm).filter(|f| self.tensor_cores.contains(f))
     }
 
-    /// Whether attention in `precision` runs on the tensor cores.
-    pub fn tensor_core_attention(&self, precision: Precision) -> bool {
-        self.attention_format(precision).is_some()
-    }
-
     /// One warp's mma of small integers in `format` (attention_mma.cuh,
     /// mma_self_test) against the same product here: whether the fragment
     /// layout that format's kernels assume is this device's.

@@ -62,8 +62,9 @@ __device__ __forceinline__ void mma_tf32_1688(float d[4], const u32 a[4], const 
 }
 #endif
 
-// v rounded to tf32, as tf32_round: one cvt.rna on sm_80 and later (the
-// mask makes the low bits zero, which the split's v - hi needs), NaN kept.
+// v rounded to tf32 as tf32_round, in one cvt.rna on sm_80 and later (the
+// mask makes the low bits zero, which the split's v - hi needs); a NaN
+// stays NaN, though not always with its payload.
 __device__ __forceinline__ float tf32_rna(float v) {
 #if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
     u32 r;
