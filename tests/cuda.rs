@@ -202,7 +202,7 @@ fn cuda_engine_matches_the_reference_fixtures() {
             }
             let case = Case::load(name);
             let batch = case.batch();
-            // Emulation is slow (every CUDA thread an OS thread): there, fp32
+            // Emulation is slow (every CUDA thread a fiber): there, fp32
             // on the cases with layer subsets (BERT and RoBERTa, plain and
             // MLP), and tf32 and bf16 once (its GEMM rounds their inputs as
             // the tensor cores do). fp32 runs as the device chooses (3xTF32
@@ -390,15 +390,15 @@ fn a_hidden_size_too_wide_for_layernorm_is_refused() {
         return;
     }
     let mut model = (*Case::load("tiny_bert_plain").model().backbone).clone();
-    let heads = 600 / model.config.head_dim();
-    model.config.hidden_size = 600;
+    let heads = 4160 / model.config.head_dim();
+    model.config.hidden_size = 4160;
     model.config.num_attention_heads = heads;
     let dev = CudaDevice::emulated(model.config.head_dim()).unwrap();
     let e = CudaEncoder::on(dev, &model, Precision::Fp32)
         .err()
-        .expect("a row of 600 values does not fit")
+        .expect("a row of 4160 values does not fit")
         .to_string();
-    assert!(e.contains("at most 512") && e.contains("600"), "{e}");
+    assert!(e.contains("at most 4096") && e.contains("4160"), "{e}");
     assert!(e.contains("--device cpu"), "{e}");
 }
 
@@ -617,9 +617,11 @@ fn profile_counts_every_launch() {
 }
 
 /// The CUDA kernels' semantics, checked without a GPU: tools/cuda_emu runs
-/// kernels.cu on the CPU (threads of a block as OS threads, __syncthreads a
-/// barrier) against a double-precision attention, central differences for
-/// every backward, and the CPU engine's dropout mask.
+/// kernels.cu on the CPU (the threads of a block as fibers, one at a time
+/// from barrier to barrier) against a double-precision attention, central
+/// differences for every backward, and the CPU engine's dropout mask. It runs
+/// twice, the threads in opposite orders: a shared-memory race changes some
+/// output, and so the digest of them all.
 #[test]
 fn kernels_pass_the_cpu_emulation() {
     let gxx = match common::emulator_cxx() {
@@ -639,7 +641,6 @@ fn kernels_pass_the_cpu_emulation() {
             .args([
                 "-std=c++20",
                 "-O1",
-                "-pthread",
                 "-Wno-unknown-pragmas",
                 &format!("-DHEAD_DIM={head_dim}"),
                 "-o",
@@ -653,17 +654,30 @@ fn kernels_pass_the_cpu_emulation() {
             "building the emulator failed:\n{}",
             String::from_utf8_lossy(&build.stderr)
         );
-        let run = std::process::Command::new(&exe).output().unwrap();
-        let out = String::from_utf8_lossy(&run.stdout);
-        eprintln!("HEAD_DIM {head_dim}:\n{out}");
-        assert!(run.status.success(), "kernel checks failed:\n{out}");
-        // Every check ran: head size 8 has the tf32 and tf32x3 tensor-core
-        // checks, 64 the bf16 ones too (19 more).
-        let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-        let want = if head_dim == 64 { 101 } else { 82 };
-        assert!(
-            passed == want && out.contains("0 failed"),
-            "{passed} of {want}:\n{out}"
+        let mut digests = Vec::new();
+        for order in ["forward", "reverse"] {
+            let run = std::process::Command::new(&exe)
+                .env("PTUNING_EMU_ORDER", order)
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&run.stdout);
+            let err = String::from_utf8_lossy(&run.stderr);
+            eprintln!("HEAD_DIM {head_dim}, threads in {order} order:\n{out}");
+            assert!(run.status.success(), "kernel checks failed:\n{out}{err}");
+            // Every check ran: head size 8 has the tf32 and tf32x3
+            // tensor-core checks, 64 the bf16 ones too (19 more).
+            let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
+            let want = if head_dim == 64 { 101 } else { 82 };
+            assert!(
+                passed == want && out.contains("0 failed"),
+                "{passed} of {want}:\n{out}"
+            );
+            let digest = out.lines().find_map(|l| l.strip_prefix("digest "));
+            digests.push(digest.expect("a digest line").to_string());
+        }
+        assert_eq!(
+            digests[0], digests[1],
+            "HEAD_DIM {head_dim}: the outputs depend on the order of the threads (a race)"
         );
     }
 }

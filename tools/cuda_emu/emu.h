@@ -1,17 +1,28 @@
 // A CPU emulator for src/engine/cuda/kernels/, to check the kernels'
 // index arithmetic, shared-memory tiling and reductions on a machine without
-// a GPU. Blocks run one after another; the threads of a block run as real OS
-// threads, so __syncthreads is a barrier, __shared__ memory is one static
-// copy reused block after block, and warp shuffles meet at a per-warp
-// barrier. Semantics only: nothing here says anything about speed.
+// a GPU. Blocks run one after another; the threads of a block run as fibers
+// (ucontext) on the calling thread, one at a time, each until it meets a
+// barrier: __syncthreads, or a warp's meeting in a shuffle or an mma. The
+// schedule is deterministic, and PTUNING_EMU_ORDER=reverse runs the threads
+// of each step in the opposite order. Between two barriers every thread runs
+// whole, before or after every other, so a shared-memory race (a thread
+// reading or overwriting what another writes without a barrier between them)
+// gives different results in the two orders: run both and compare. The
+// dynamic shared memory is filled with NaN before each block, as a real
+// block finds it holding garbage. A barrier some threads never reach, or a
+// warp meeting with lanes missing, stops the process with a message.
+// Semantics only: nothing here says anything about speed.
 #pragma once
-#include <barrier>
+#include <ucontext.h>
+
+#include <algorithm>
 #include <cmath>
 #include <math.h>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -19,11 +30,101 @@ struct Dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
 
-inline thread_local Dim3 threadIdx, blockIdx;
-inline Dim3 blockDim, gridDim;
-inline std::barrier<>* block_barrier = nullptr;
-inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline float shuffle_slots[1024];
+
+// The scheduler: one fiber per thread of the running block.
+namespace emu {
+enum State { RUNNABLE, AT_BLOCK, AT_WARP, DONE };
+struct Fiber {
+    ucontext_t context;
+    State state;
+};
+constexpr std::size_t STACK_BYTES = 256 << 10;
+inline ucontext_t scheduler;
+inline std::vector<Fiber> fibers;
+inline std::vector<std::unique_ptr<char[]>> stacks;
+inline Fiber* running = nullptr;
+inline void (*body)(void*) = nullptr;  // the kernel call of this launch
+inline void* body_arg = nullptr;
+
+inline void fiber_main() {
+    body(body_arg);
+    running->state = DONE;  // uc_link returns to the scheduler
+}
+
+// The running thread waits at a barrier: back to the scheduler.
+inline void wait(State at) {
+    running->state = at;
+    swapcontext(&running->context, &scheduler);
+}
+
+[[noreturn]] inline void stuck(const char* what, unsigned thread) {
+    std::fprintf(stderr, "cuda_emu: block (%u,%u,%u): %s (thread %u)\n", blockIdx.x, blockIdx.y, blockIdx.z, what,
+                 thread);
+    std::abort();
+}
+
+// Releases the barriers every thread they wait for has reached; false when
+// no thread can run and some have not finished (a deadlock).
+inline bool release() {
+    unsigned n = fibers.size(), at_block = 0, done = 0;
+    bool any = false;
+    for (unsigned w = 0; w < n; w += 32) {
+        unsigned end = std::min(n, w + 32), at_warp = 0;
+        for (unsigned t = w; t < end; t++) at_warp += fibers[t].state == AT_WARP;
+        if (at_warp == 0) continue;
+        if (at_warp != end - w) {
+            for (unsigned t = w; t < end; t++)
+                if (fibers[t].state != AT_WARP) stuck("a warp meets (shuffle or mma) with a lane elsewhere", t);
+        }
+        for (unsigned t = w; t < end; t++) fibers[t].state = RUNNABLE;
+        any = true;
+    }
+    for (auto& f : fibers) {
+        at_block += f.state == AT_BLOCK;
+        done += f.state == DONE;
+    }
+    if (at_block > 0 && at_block + done == n) {
+        if (done > 0) {
+            for (unsigned t = 0; t < n; t++)
+                if (fibers[t].state == DONE) stuck("__syncthreads waits for a thread that has returned", t);
+        }
+        for (auto& f : fibers) f.state = RUNNABLE;
+        any = true;
+    }
+    return any || done == n;
+}
+
+// Runs one block: every thread until it waits or returns, in thread order
+// (or reversed), then the barriers all have reached open, until all return.
+inline void run_block(unsigned threads, bool reverse) {
+    fibers.assign(threads, Fiber{});
+    while (stacks.size() < threads) stacks.push_back(std::make_unique<char[]>(STACK_BYTES));
+    for (unsigned t = 0; t < threads; t++) {
+        Fiber& f = fibers[t];
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = stacks[t].get();
+        f.context.uc_stack.ss_size = STACK_BYTES;
+        f.context.uc_link = &scheduler;
+        makecontext(&f.context, fiber_main, 0);
+        f.state = RUNNABLE;
+    }
+    for (;;) {
+        for (unsigned i = 0; i < threads; i++) {
+            unsigned t = reverse ? threads - 1 - i : i;
+            if (fibers[t].state != RUNNABLE) continue;
+            running = &fibers[t];
+            threadIdx = Dim3{t, 0, 0};
+            swapcontext(&scheduler, &fibers[t].context);
+        }
+        bool all_done = true;
+        for (auto& f : fibers) all_done &= f.state == DONE;
+        if (all_done) return;
+        if (!release()) stuck("deadlock: no thread can go on", 0);
+    }
+}
+}  // namespace emu
 
 #define __global__
 #define __device__
@@ -31,23 +132,26 @@ inline float shuffle_slots[1024];
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
-// The attention kernels' dynamic shared memory: one static array per kernel,
-// larger than any launch asks for.
-#define ATTENTION_SHARED static __attribute__((aligned(16))) float smem[1 << 16]
+// The attention kernels' dynamic shared memory: one array, larger than any
+// launch asks for, filled with NaN before each block.
+inline __attribute__((aligned(16))) float dynamic_shared[1 << 16];
+#define ATTENTION_SHARED float* const smem = dynamic_shared
 
 struct alignas(16) float4 {
     float x, y, z, w;
 };
 
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emu::wait(emu::AT_BLOCK); }
+
+// The lanes of a warp meet: each has published what the others read.
+inline void warp_meet() { emu::wait(emu::AT_WARP); }
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     unsigned t = threadIdx.x;
-    auto& bar = *warp_barriers[t / 32];
     shuffle_slots[t] = v;
-    bar.arrive_and_wait();
+    warp_meet();
     float r = shuffle_slots[t ^ lane_mask];
-    bar.arrive_and_wait();
+    warp_meet();
     return r;
 }
 
@@ -70,11 +174,10 @@ template <int K, typename Value>
 inline void mma_emulated(float d[4], const unsigned a[4], const unsigned b[2], const float c[4], Value value) {
     constexpr int per_reg = K / 8;
     unsigned t = threadIdx.x, base = t / 32 * 32, lane = t % 32;
-    auto& bar = *warp_barriers[t / 32];
     for (int i = 0; i < 4; i++) mma_a_slots[t][i] = a[i];
     for (int i = 0; i < 2; i++) mma_b_slots[t][i] = b[i];
     float acc[4] = {c[0], c[1], c[2], c[3]};
-    bar.arrive_and_wait();
+    warp_meet();
     auto av = [&](int r, int k) {
         return value(mma_a_slots[base + (r % 8) * 4 + (k % (K / 2)) / per_reg][(k >= K / 2 ? 2 : 0) + (r >= 8 ? 1 : 0)], k);
     };
@@ -84,7 +187,7 @@ inline void mma_emulated(float d[4], const unsigned a[4], const unsigned b[2], c
         int r = g + (e >= 2 ? 8 : 0), col = 2 * tq + (e & 1);
         for (int k = 0; k < K; k++) acc[e] += av(r, k) * bv(k, col);
     }
-    bar.arrive_and_wait();
+    warp_meet();
     for (int e = 0; e < 4; e++) d[e] = acc[e];
 }
 
@@ -127,29 +230,22 @@ To as_param(From f) {
         return static_cast<To>(f);
 }
 
-// Runs kernel(args...) over grid × block (block.y = block.z = 1): `block`
-// OS threads take the blocks one after another, meeting at a barrier after
-// each block so that its shared memory is free for the next one.
+// Runs kernel(args...) over grid × block (block.y = block.z = 1), the
+// blocks one after another on this thread.
 template <typename... P, typename... A>
 void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
     gridDim = grid;
     blockDim = Dim3{block, 1, 1};
-    std::barrier<> bar(block);
-    block_barrier = &bar;
-    warp_barriers.clear();
-    for (unsigned w = 0; w < (block + 31) / 32; w++)
-        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; t++)
-        threads.emplace_back([=, &bar] {
-            threadIdx = Dim3{t, 0, 0};
-            for (unsigned z = 0; z < grid.z; z++)
-                for (unsigned y = 0; y < grid.y; y++)
-                    for (unsigned x = 0; x < grid.x; x++) {
-                        blockIdx = Dim3{x, y, z};
-                        kernel(as_param<P>(args)...);
-                        bar.arrive_and_wait();
-                    }
-        });
-    for (auto& th : threads) th.join();
+    const char* order = std::getenv("PTUNING_EMU_ORDER");
+    bool reverse = order != nullptr && std::strcmp(order, "reverse") == 0;
+    auto call = [&] { kernel(as_param<P>(args)...); };
+    emu::body = [](void* f) { (*static_cast<decltype(call)*>(f))(); };
+    emu::body_arg = &call;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = Dim3{x, y, z};
+                std::fill(std::begin(dynamic_shared), std::end(dynamic_shared), NAN);
+                emu::run_block(block, reverse);
+            }
 }

@@ -1,7 +1,7 @@
 // kernels.cu as a shared library for the Rust engine's emulated device
 // (CudaDevice::emulated): the same kernels, launched by name through emu.h,
 // so the whole CUDA encoder (launch order, pointers, GEMM layout) can run on
-// a machine without a GPU. Build: g++ -std=c++20 -O2 -shared -fPIC -pthread
+// a machine without a GPU. Build: g++ -std=c++20 -O2 -shared -fPIC
 // -DHEAD_DIM=<hd> emu_lib.cpp -o libptuning_cuda_emu.so
 #include "emu.h"
 

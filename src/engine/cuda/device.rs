@@ -16,7 +16,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::kernel_cache;
-use crate::engine::cuda::kernels::{Kernel, MmaFormat};
+use crate::engine::cuda::kernels::{Kernel, MmaFormat, ROW_BLOCK};
 use crate::engine::cuda::memory::{DevBuf, Footprint, MemoryUse};
 use crate::engine::cuda::nvrtc::{cached_kernels, check_head_dim, kernels_key};
 use crate::engine::cuda::tf32x3::Fp32Gemm;
@@ -443,15 +443,6 @@ impl CudaDevice {
         Ok(buf.ptr)
     }
 
-    /// Threads per block of the row kernels (LayerNorm: one block per row):
-    /// 256 on a GPU, one warp when emulated (each thread is an OS thread).
-    pub fn row_block(&self) -> u32 {
-        match self.backend {
-            Backend::Cuda { .. } => 256,
-            Backend::Emulated(_) => 32,
-        }
-    }
-
     /// Launches `kernel` with `args` in order (raw pointers as u64).
     pub fn launch(
         &self,
@@ -509,7 +500,7 @@ impl CudaDevice {
 
     /// A grid-stride launch over `n` elements.
     pub fn launch_1d(&self, kernel: Kernel, n: usize, args: &[&dyn KernelArg]) -> Result<()> {
-        let block = self.row_block();
+        let block = ROW_BLOCK;
         let blocks = n.div_ceil(block as usize).clamp(1, 65535) as u32;
         self.launch(kernel, (blocks, 1, 1), block, args)
     }

@@ -1,6 +1,6 @@
 //! The CUDA device emulated on the CPU, for tests on machines without a GPU:
 //! kernels.cu built with g++ against tools/cuda_emu/emu.h into a shared
-//! library (threads of a block as OS threads, __syncthreads a barrier), and
+//! library (the threads of a block as fibers, run from barrier to barrier), and
 //! cuBLAS's column-major GEMM as a plain loop. Device memory is host memory,
 //! so the engine's raw pointers work unchanged. It checks semantics, never
 //! speed.
@@ -142,7 +142,6 @@ fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
             "-O2",
             "-shared",
             "-fPIC",
-            "-pthread",
             "-Wno-unknown-pragmas",
         ])
         .arg(format!("-DHEAD_DIM={head_dim}"))

@@ -42,7 +42,7 @@ use crate::engine::cuda::device::{
     dropout_site, CudaDevice, GemmOut, KernelArg, Operand, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
-use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::kernels::{Kernel, ROW_BLOCK};
 use crate::engine::cuda::memory::DevBuf;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
@@ -309,7 +309,7 @@ impl CudaEncoder {
         }
         // The LayerNorm kernels hold a row in registers (LN_PER_THREAD in
         // kernels/layernorm.cuh) across a block.
-        let max_row = LN_PER_THREAD * dev.row_block() as usize;
+        let max_row = LN_PER_THREAD * ROW_BLOCK as usize;
         if config.hidden_size > max_row {
             return Err(Error::InvalidArgument(format!(
                 "CUDA: the LayerNorm kernels take rows of at most {max_row} values, this model's hidden size is {}; use --device cpu",
@@ -597,7 +597,7 @@ impl CudaEncoder {
         dev.launch(
             Kernel::EmbedLayernorm,
             (rows as u32, 1, 1),
-            dev.row_block(),
+            ROW_BLOCK,
             &[
                 &ws.ids.ptr,
                 &ws.positions.ptr,
@@ -1003,7 +1003,7 @@ fn output_sublayer(
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
         (rows as u32, 1, 1),
-        dev.row_block(),
+        ROW_BLOCK,
         &[
             &y,
             &y16,
@@ -1042,7 +1042,7 @@ fn layernorm_backward(
     dev.launch(
         Kernel::LayernormBackward,
         (rows as u32, 1, 1),
-        dev.row_block(),
+        ROW_BLOCK,
         &[
             &dy,
             &x,

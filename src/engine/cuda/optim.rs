@@ -8,7 +8,7 @@
 //! [`ResidentPrefix::download`] before evaluation and checkpoints.
 
 use crate::engine::cuda::device::{CudaDevice, GemmOut, Precision};
-use crate::engine::cuda::kernels::Kernel;
+use crate::engine::cuda::kernels::{Kernel, ROW_BLOCK};
 use crate::engine::cuda::memory::DevBuf;
 use crate::error::Result;
 use crate::model::prefix::PrefixEncoder;
@@ -50,7 +50,7 @@ impl DeviceParam {
         dev.launch(
             Kernel::SumSquares,
             (NORM_BLOCKS as u32, 1, 1),
-            dev.row_block(),
+            ROW_BLOCK,
             &[&self.grad.ptr, &(self.len as u64), &partials.ptr],
         )?;
         Ok(partials.download(dev, NORM_BLOCKS)?.iter().sum())

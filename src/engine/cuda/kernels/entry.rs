@@ -5,6 +5,12 @@
 use crate::engine::cuda::device::Precision;
 use crate::engine::cuda::tf32x3::Fp32Gemm;
 
+/// Threads per block of the row kernels (LayerNorm, the losses and the
+/// grid-stride element-wise kernels): 8 warps, so `block_sum` in
+/// kernels/common.cuh meets 8 partial sums. The emulated device runs the
+/// same blocks.
+pub const ROW_BLOCK: u32 = 256;
+
 /// The kernels of kernels.cu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
