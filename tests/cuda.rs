@@ -473,8 +473,9 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
     }
 }
 
-/// `--device` from the command line: auto falls back to the CPU, cuda says
-/// why it cannot run, a typo is named; `bench --profile` needs a GPU and
+/// `--device` from the command line: auto falls back to the CPU (without
+/// the CUDA libraries, or with them but no GPU it can open), cuda says why
+/// it cannot run, a typo is named; `bench --profile` needs a GPU and
 /// reports its kernels there. PTUNING_TEST_BIN names the binary when the
 /// test runs away from its build (bench/gpu.sh).
 #[test]
@@ -542,6 +543,20 @@ fn device_flag_from_the_command_line() {
         assert!(out.contains("\"gemm\":\"SGEMM\""), "{out}");
         assert!(out.contains("\"attention_forward\""), "{out}");
         assert!(out.contains("\"attention\":\"f32\""), "{out}");
+        // The libraries load but no GPU opens (none visible, or not that
+        // one): auto says why and runs on the CPU; cuda fails with the reason.
+        let hidden = [("CUDA_VISIBLE_DEVICES", "")];
+        let (ok, out, err) = bench_env("auto", &[], &hidden);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"device\":\"cpu\""), "{out}");
+        assert!(
+            err.contains("--device auto: GPU 0 cannot run this model (CUDA: "),
+            "{err}"
+        );
+        let (ok, _, err) = bench_env("cuda", &[], &hidden);
+        assert!(!ok && err.contains("CUDA: "), "{err}");
+        let (ok, _, err) = bench("cuda:64", &[]);
+        assert!(!ok && err.contains("no GPU cuda:64"), "{err}");
     }
 }
 
