@@ -636,7 +636,8 @@ fn profile_counts_every_launch() {
 /// from barrier to barrier) against a double-precision attention, central
 /// differences for every backward, and the CPU engine's dropout mask. It runs
 /// twice, the threads in opposite orders: a shared-memory race changes some
-/// output, and so the digest of them all.
+/// output, and so the digest of them all. The first run is under
+/// AddressSanitizer and UBSan.
 #[test]
 fn kernels_pass_the_cpu_emulation() {
     let gxx = match common::emulator_cxx() {
@@ -648,31 +649,46 @@ fn kernels_pass_the_cpu_emulation() {
     };
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
-    // The tiny models' head size, MiniLM's (the default model), and
-    // BERT-base's and -large's (two column groups per thread in the
-    // attention tiles).
-    for head_dim in [8, 32, 64] {
-        let exe = dir.path().join(format!("check_kernels_{head_dim}"));
-        let build = std::process::Command::new(&gxx)
-            .args([
-                "-std=c++20",
-                "-O1",
-                "-Wno-unknown-pragmas",
-                &format!("-DHEAD_DIM={head_dim}"),
-                "-o",
-            ])
+    let build = |head_dim: usize, sanitizers: &[&str]| {
+        let exe = dir.path().join(format!(
+            "check_kernels_{head_dim}{}",
+            if sanitizers.is_empty() {
+                ""
+            } else {
+                "_sanitized"
+            }
+        ));
+        let out = std::process::Command::new(&gxx)
+            .args(["-std=c++20", "-O1", "-Wno-unknown-pragmas"])
+            .args(sanitizers)
+            .arg(format!("-DHEAD_DIM={head_dim}"))
+            .arg("-o")
             .arg(&exe)
             .arg(root.join("tools/cuda_emu/check_kernels.cpp"))
             .output()
             .unwrap();
-        assert!(
-            build.status.success(),
-            "building the emulator failed:\n{}",
-            String::from_utf8_lossy(&build.stderr)
-        );
+        match out.status.success() {
+            true => Ok(exe),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    };
+    // The tiny models' head size, MiniLM's (the default model), and
+    // BERT-base's and -large's (two column groups per thread in the
+    // attention tiles).
+    for head_dim in [8, 32, 64] {
+        let plain =
+            build(head_dim, &[]).unwrap_or_else(|e| panic!("building the emulator failed:\n{e}"));
+        // In thread order under AddressSanitizer and UBSan: a read or write
+        // past a buffer, a misaligned vector load or an index past a local
+        // array stops the run (on a GPU it would read garbage or fault).
+        let sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"];
+        let forward = build(head_dim, &sanitizers).unwrap_or_else(|e| {
+            eprintln!("no sanitizers here ({e}), so the forward order runs without them");
+            plain.clone()
+        });
         let mut digests = Vec::new();
-        for order in ["forward", "reverse"] {
-            let run = std::process::Command::new(&exe)
+        for (order, exe) in [("forward", &forward), ("reverse", &plain)] {
+            let run = std::process::Command::new(exe)
                 .env("PTUNING_EMU_ORDER", order)
                 .output()
                 .unwrap();
