@@ -1,4 +1,4 @@
-//! Sequence labeling (src/tasks/tagging.rs, src/tasks/seqeval.rs): the real
+//! Sequence labeling (src/tasks/tagging/, src/tasks/seqeval.rs): the real
 //! NER files in the shared data folder (`$PTUNING_DATA`, default
 //! `../shared/data`) against the counts verified in their SOURCE.md, the
 //! SpERT → BIO conversion, first-sub-token labeling and windows with the
