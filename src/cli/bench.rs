@@ -85,8 +85,8 @@ fn profile_start(model: &PromptModel, on: bool) {
 fn profile_take(
     model: &PromptModel,
     on: bool,
-    steps: usize,
-    wall_ms: f64,
+    (steps, wall_ms): (usize, f64),
+    attention: Option<AttentionDims>,
     title: &str,
 ) -> Result<Vec<KernelTime>> {
     let Some(gpu) = model.gpu.as_ref().filter(|_| on) else {
@@ -107,19 +107,78 @@ fn profile_take(
         times.iter().map(|t| t.launches).sum::<usize>()
     );
     eprintln!(
-        "{:<44} {:>8} {:>9} {:>6}",
-        "kernel", "launches", "ms", "share"
+        "{:<44} {:>8} {:>9} {:>6} {:>8}",
+        "kernel", "launches", "ms", "share", "TFLOP/s"
     );
     for t in &times {
+        let tflops = match step_flop(t, &times, attention) {
+            Some(flop) => format!("{:.1}", flop / (t.ms * 1e9)),
+            None => "-".into(),
+        };
         eprintln!(
-            "{:<44} {:>8} {:>9.3} {:>5.1}%",
+            "{:<44} {:>8} {:>9.3} {:>5.1}% {:>8}",
             t.name,
             t.launches,
             t.ms,
-            100.0 * t.ms / total.max(1e-12)
+            100.0 * t.ms / total.max(1e-12),
+            tflops
         );
     }
     Ok(times)
+}
+
+/// The attention shape of a bench step with a prompt on every layer: B
+/// rows of T tokens, P prefix keys, NH heads of HD.
+#[derive(Clone, Copy, Debug)]
+struct AttentionDims {
+    batch: usize,
+    seq: usize,
+    prefix: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// The matrix FLOP of a profiled kernel in one step (`t`: its launches per
+/// step; `all`: the step's other kernels), where its name says them: a
+/// GEMM by its shape (`gemm <math> MxNxK <ops>`: 2·M·N·K a launch), the
+/// attention kernels by `attention` (None: unknown, as with a prompt on
+/// some layers only). Per (batch row, head), T queries meet N = P + T keys
+/// in products of HD: the forward makes 2 products of 2·T·N·HD (scores,
+/// then probabilities by values), dQ 3 (the scores again, dP, dQ), dK/dV 4
+/// (the scores again, dP, dK, dV); the lowest layer's dK/dV (the launches
+/// beyond dQ's) takes the P prefix keys only.
+fn step_flop(t: &KernelTime, all: &[KernelTime], attention: Option<AttentionDims>) -> Option<f64> {
+    if let Some(shape) = t.name.strip_prefix("gemm ") {
+        let dims = shape.split(' ').nth(1)?;
+        let mnk: Vec<f64> = dims
+            .split('x')
+            .map(|d| d.parse().ok())
+            .collect::<Option<_>>()?;
+        return match mnk[..] {
+            [m, n, k] => Some(2.0 * m * n * k * t.launches as f64),
+            _ => None,
+        };
+    }
+    let a = attention?;
+    let product = |keys: usize| 2.0 * (a.batch * a.heads * a.seq * keys * a.head_dim) as f64;
+    let full = product(a.prefix + a.seq);
+    let launches = t.launches as f64;
+    let of = |prefix: &str| t.name == prefix || t.name.starts_with(&format!("{prefix}_"));
+    if of("attention_forward") {
+        Some(2.0 * full * launches)
+    } else if of("attention_backward_dq") {
+        Some(3.0 * full * launches)
+    } else if of("attention_backward_dkv") {
+        let with_dq: usize = all
+            .iter()
+            .filter(|k| k.name.starts_with("attention_backward_dq"))
+            .map(|k| k.launches)
+            .sum();
+        let prefix_only = t.launches.saturating_sub(with_dq) as f64;
+        Some(4.0 * (full * (launches - prefix_only) + product(a.prefix) * prefix_only))
+    } else {
+        None
+    }
 }
 
 /// Resident set size now and at its peak (VmRSS, VmHWM), in MB.
@@ -228,7 +287,19 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     }
     drop(acts);
     let train_ms = median_ms(train);
-    let train_profile = profile_take(&model, args.profile, args.iters, train_ms, "training step")?;
+    // The attention kernels' FLOP, for the profile, with a prompt on every layer.
+    let attention =
+        (model.prefix.config.layers.len() == config.num_hidden_layers).then(|| AttentionDims {
+            batch: args.batch,
+            seq: args.seq,
+            prefix: args.prefix_len,
+            heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+        });
+    let take_profile = |model: &PromptModel, wall_ms: f64, title: &str| {
+        profile_take(model, args.profile, (args.iters, wall_ms), attention, title)
+    };
+    let train_profile = take_profile(&model, train_ms, "training step")?;
     let mut infer = Vec::new();
     for i in 0..args.warmup + args.iters {
         if i == args.warmup {
@@ -249,7 +320,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         args.prefix_len,
         model.prefix.config.layers.len(),
     ) / (infer_ms * 1e9);
-    let infer_profile = profile_take(&model, args.profile, args.iters, infer_ms, "inference")?;
+    let infer_profile = take_profile(&model, infer_ms, "inference")?;
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
         let g = g.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,4 +402,53 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(name: &str, launches: usize) -> KernelTime {
+        KernelTime {
+            name: name.into(),
+            launches,
+            ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn flop_of_gemms_and_attention() {
+        let dims = AttentionDims {
+            batch: 2,
+            seq: 4,
+            prefix: 1,
+            heads: 1,
+            head_dim: 2,
+        };
+        // Two layers: both run the forward and dK/dV, only the top one dQ;
+        // the lowest one's dK/dV takes the prefix key alone.
+        let step = [
+            kernel("gemm bf16 96x21x32 TN", 3),
+            kernel("attention_forward_bf16", 2),
+            kernel("attention_backward_dq_bf16", 1),
+            kernel("attention_backward_dkv_bf16", 2),
+            kernel("attention_delta", 2),
+            kernel("bias_gelu", 2),
+        ];
+        let flop = |i: usize, dims| step_flop(&step[i], &step, dims);
+        assert_eq!(flop(0, None), Some(2.0 * 96.0 * 21.0 * 32.0 * 3.0));
+        // One product over the 5 keys: 2·B·NH·T·N·HD = 160; over the prefix key: 32.
+        assert_eq!(flop(1, Some(dims)), Some(2.0 * 160.0 * 2.0));
+        assert_eq!(flop(2, Some(dims)), Some(3.0 * 160.0));
+        assert_eq!(flop(3, Some(dims)), Some(4.0 * (160.0 + 32.0)));
+        assert_eq!(flop(1, None), None);
+        assert_eq!(flop(4, Some(dims)), None);
+        assert_eq!(flop(5, Some(dims)), None);
+        // The f32 kernels' names are the bare prefixes.
+        assert_eq!(
+            step_flop(&kernel("attention_forward", 1), &[], Some(dims)),
+            Some(2.0 * 160.0)
+        );
+        assert_eq!(step_flop(&kernel("gemm fp32 8x8 NN", 1), &[], None), None);
+    }
 }
