@@ -1206,3 +1206,153 @@ fn device_optimizer_matches_the_host() {
         }
     }
 }
+
+/// The CLI's whole CUDA path without a GPU: with PTUNING_CUDA_EMULATOR=1,
+/// GPU 0 is the CPU emulation of the kernels, so `--device cuda` trains,
+/// checkpoints, resumes, evaluates and predicts through the CUDA engine (the
+/// prompt and its AdamW moments resident on the device, coming back at each
+/// epoch). A tiny task's run matches the CPU run within fp32's error,
+/// resumes to the same bytes, and predicts what the CPU predicts.
+#[test]
+fn the_cli_runs_on_the_emulated_gpu() {
+    if let Err(why) = common::emulator_cxx() {
+        eprintln!("skipped: {why}, so no emulated GPU");
+        return;
+    }
+    let bin = std::env::var_os("PTUNING_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    std::fs::write(
+        data.join("train.csv"),
+        "text,label\n\"a b c\",pos\n\"d e f\",neg\n\"a a b\",pos\n\"e e d\",neg\n\"c b a\",pos\n\"f d e\",neg\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("dev.csv"),
+        "text,label\n\"a b\",pos\n\"d f\",neg\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("in.jsonl"),
+        "{\"text\": \"a b c\"}\n{\"text\": \"d e\"}\n",
+    )
+    .unwrap();
+    let tiny = common::fixtures().join("tiny-bert");
+    let ptuning = |device: &str, args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .env("PTUNING_CUDA_EMULATOR", "1")
+            .args(["--device", device])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{device} {args:?}:\n{err}");
+        err
+    };
+    let train = |device: &str, out: &str, extra: &[&str]| {
+        let paths =
+            [data.to_path_buf(), data.join(out), tiny.clone()].map(|p| p.display().to_string());
+        let mut args = vec![
+            "train",
+            "--task",
+            "custom/classification",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--prefix-len",
+            "4",
+            "--max-seq-len",
+            "32",
+            "--quiet",
+            "--data",
+            &paths[0],
+            "--out",
+            &paths[1],
+            "--model",
+            &paths[2],
+        ];
+        args.extend(extra);
+        ptuning(device, &args);
+    };
+    let tensors = |run: &str| -> Vec<(String, Vec<f32>)> {
+        let bytes = std::fs::read(data.join(run).join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut out: Vec<(String, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                (name, values)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+
+    train("cpu", "cpu", &[]);
+    train("cuda", "cuda", &[]);
+    // fp32 (3xTF32 on the emulated device) after 4 AdamW steps: the prompt
+    // and the head within 1e-4 of their largest value.
+    let (cpu, gpu) = (tensors("cpu/last"), tensors("cuda/last"));
+    assert_eq!(cpu.len(), gpu.len());
+    for ((name, want), (got_name, got)) in cpu.iter().zip(&gpu) {
+        assert_eq!(name, got_name);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = want
+            .iter()
+            .zip(got)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-4 * scale, "{name}: {diff} against {scale}");
+    }
+    // Stopped after the first epoch and resumed on the device: the same
+    // bytes as the run that went straight through.
+    train("cuda", "resumed", &["--stop-after-epoch", "1"]);
+    train("cuda", "resumed", &["--resume"]);
+    assert_eq!(tensors("resumed/last"), gpu);
+    // The CPU run's checkpoint predicts the same on the emulated GPU, in
+    // bf16 too (within its error).
+    let predict = |device: &str, precision: &str, out: &str| -> Vec<f64> {
+        let run = data.join("cpu/best").display().to_string();
+        let input = data.join("in.jsonl").display().to_string();
+        let path = data.join(out);
+        ptuning(
+            device,
+            &[
+                "--precision",
+                precision,
+                "predict",
+                "--run",
+                &run,
+                "--input",
+                &input,
+                "--out",
+                &path.display().to_string(),
+            ],
+        );
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                serde_json::from_value::<Vec<f64>>(v["scores"].clone()).unwrap()
+            })
+            .collect()
+    };
+    let want = predict("cpu", "fp32", "cpu.jsonl");
+    assert_eq!(want.len(), 4);
+    for (precision, tol) in [("fp32", 1e-5), ("bf16", 1e-2)] {
+        let got = predict("cuda", precision, &format!("cuda-{precision}.jsonl"));
+        for (a, b) in want.iter().zip(&got) {
+            assert!(
+                (a - b).abs() <= tol,
+                "{precision}: {got:?} against {want:?}"
+            );
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Where the encoder runs: `--device auto|cpu|cuda[:N]`.
 
-use crate::engine::cuda::{missing_libraries, CudaEncoder, Precision};
+use crate::engine::cuda::{emulator_requested, missing_libraries, CudaEncoder, Precision};
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
 
@@ -17,14 +17,15 @@ impl Compute {
     /// `cuda[:N]` reports why that GPU cannot run `model`; `auto` takes
     /// GPU 0 when it can (the CUDA libraries load, the device opens, the
     /// kernels build for the model's head size), else the CPU, and says why
-    /// when the libraries loaded but the GPU still could not.
+    /// when the libraries loaded but the GPU still could not
+    /// (`PTUNING_CUDA_EMULATOR=1`: GPU 0 is the CPU emulation of the kernels).
     /// On the CPU, a precision other than fp32 is noted and ignored: the
     /// CPU engine computes in f32.
     pub fn open_encoder(&self, model: &BertModel) -> Result<Option<CudaEncoder>> {
         let encoder = match self.device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(CudaEncoder::new(model, n, self.precision)?),
-            Device::Auto if !missing_libraries().is_empty() => None,
+            Device::Auto if !emulator_requested() && !missing_libraries().is_empty() => None,
             Device::Auto => match CudaEncoder::new(model, 0, self.precision) {
                 Ok(encoder) => Some(encoder),
                 Err(e) => {

@@ -80,6 +80,17 @@ pub fn missing_libraries() -> Vec<&'static str> {
     missing
 }
 
+/// `PTUNING_CUDA_EMULATOR=1` makes GPU 0 the CPU emulation of the kernels
+/// ([`CudaDevice::emulated`]: tools/cuda_emu, built with g++), so that the
+/// CLI's whole CUDA path (train, eval, predict, serve, bench with `--device
+/// cuda` or auto) runs without a GPU, slowly. For tests.
+pub const EMULATOR_ENV: &str = "PTUNING_CUDA_EMULATOR";
+
+/// Whether [`EMULATOR_ENV`] asks for the emulation.
+pub fn emulator_requested() -> bool {
+    std::env::var_os(EMULATOR_ENV).is_some_and(|v| v == "1")
+}
+
 /// A CUDA call's failure as our error: what was being done, and the code.
 pub(crate) fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::InvalidArgument(format!("CUDA: {what}: {e:?}"))
@@ -162,8 +173,17 @@ unsafe impl Sync for CudaDevice {}
 impl CudaDevice {
     /// Opens GPU `ordinal` and compiles the kernels for `head_dim`. Fails with
     /// a clear message when a library is missing, no GPU is present, or the
-    /// ordinal is out of range.
+    /// ordinal is out of range. With [`EMULATOR_ENV`], GPU 0 is the
+    /// emulation.
     pub fn open(ordinal: usize, head_dim: usize) -> Result<Self> {
+        if emulator_requested() {
+            if ordinal != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "CUDA: no GPU cuda:{ordinal}; {EMULATOR_ENV}=1 emulates cuda:0 only"
+                )));
+            }
+            return Self::emulated(head_dim);
+        }
         let missing = missing_libraries();
         if !missing.is_empty() {
             return Err(Error::InvalidArgument(format!(

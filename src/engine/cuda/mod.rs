@@ -36,6 +36,8 @@ pub mod nvrtc;
 pub mod optim;
 pub mod tf32x3;
 
-pub use device::{missing_libraries, CudaDevice, KernelTime, Precision};
+pub use device::{
+    emulator_requested, missing_libraries, CudaDevice, KernelTime, Precision, EMULATOR_ENV,
+};
 pub use encoder::CudaEncoder;
 pub use nvrtc::{compile_kernels, nvrtc_present};
