@@ -51,7 +51,7 @@ pub fn run(args: EvalArgs, compute: Compute) -> Result<()> {
             "{} on {}: {}",
             adapter.info.task,
             path.display(),
-            data.describe()
+            data.describe_dev()
         );
         for (k, v) in &metrics {
             println!("{k:>20}  {v:.4}");

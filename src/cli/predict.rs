@@ -48,6 +48,11 @@ pub fn run(args: PredictArgs, compute: Compute) -> Result<()> {
             .write_all(text.as_bytes())
             .map_err(|e| Error::io("<stdout>", e))?,
     }
-    eprintln!("{}", data.describe());
+    eprintln!(
+        "{}: {} from {}",
+        adapter.info.task,
+        data.describe_dev(),
+        args.input.display()
+    );
     Ok(())
 }

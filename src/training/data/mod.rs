@@ -83,6 +83,9 @@ pub trait TaskData {
     fn predict_dev(&self, model: &PromptModel, batch_size: usize) -> Result<Predictions>;
     /// One line for the log: counts, truncation, splitting.
     fn describe(&self) -> String;
+    /// The same for the dev (or given) data alone, as `eval` and `predict`
+    /// read it: e.g. "56 examples (0 truncated to 128 tokens)".
+    fn describe_dev(&self) -> String;
     /// Counts for summary.json.
     fn summary(&self) -> serde_json::Value;
 }

@@ -207,8 +207,12 @@ impl TaskData for QaData {
             self.max_len,
             self.stride,
             self.skipped,
-            self.dev.as_ref().map_or("no dev split".to_string(), |d| format!("{} dev questions", d.len()))
+            self.dev.as_ref().map_or("no dev split".to_string(), |_| format!("dev {}", self.describe_dev()))
         )
+    }
+
+    fn describe_dev(&self) -> String {
+        format!("{} questions", self.dev.as_ref().map_or(0, Vec::len))
     }
 
     fn summary(&self) -> serde_json::Value {

@@ -188,16 +188,25 @@ impl TaskData for SequenceData {
 
     fn describe(&self) -> String {
         let dev = match &self.dev {
-            Some((d, f)) => format!("{} dev examples ({} truncated)", d.len(), f.truncated),
+            Some(_) => format!("dev {}", self.describe_dev()),
             None => "no labelled dev split: keeping last/ only".into(),
         };
         format!(
-            "{}: {} train examples ({} truncated to {} tokens), {dev}",
+            "{}: train {}, {dev}",
             self.task.name(),
-            self.train.features.len(),
-            self.train.truncated,
-            self.max_seq_len
+            examples(
+                self.train.features.len(),
+                self.train.truncated,
+                self.max_seq_len
+            )
         )
+    }
+
+    fn describe_dev(&self) -> String {
+        match &self.dev {
+            Some((d, f)) => examples(d.len(), f.truncated, self.max_seq_len),
+            None => "no examples".into(),
+        }
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -207,4 +216,9 @@ impl TaskData for SequenceData {
             "dev_examples": self.dev.as_ref().map(|(d, _)| d.len()),
         })
     }
+}
+
+/// "N examples (K truncated to L tokens)".
+fn examples(n: usize, truncated: usize, max_seq_len: usize) -> String {
+    format!("{n} examples ({truncated} truncated to {max_seq_len} tokens)")
 }

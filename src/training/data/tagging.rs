@@ -84,6 +84,17 @@ pub(super) fn task(config: &TrainConfig) -> Result<Box<dyn TaggingTask>> {
 }
 
 impl TaggingData {
+    /// "N sentences (K split into windows of L tokens, U unknown tags)".
+    fn sentences(&self, t: &Tagged) -> String {
+        format!(
+            "{} sentences ({} split into windows of {} tokens, {} unknown tags)",
+            t.sentences.len(),
+            t.features.windows_split,
+            self.max_seq_len,
+            t.features.unknown_tags
+        )
+    }
+
     pub fn load(
         config: &TrainConfig,
         tokenizer: &Tokenizer,
@@ -308,25 +319,22 @@ impl TaskData for TaggingData {
     }
 
     fn describe(&self) -> String {
-        let part = |t: &Tagged| {
-            format!(
-                "{} sentences ({} split into windows of {} tokens, {} unknown tags)",
-                t.sentences.len(),
-                t.features.windows_split,
-                self.max_seq_len,
-                t.features.unknown_tags
-            )
-        };
         let dev = self.dev.as_ref().map_or(
             "no labelled dev split: keeping last/ only".to_string(),
-            |d| format!("dev {}", part(d)),
+            |_| format!("dev {}", self.describe_dev()),
         );
         format!(
             "{}: {} tags; train {}, {dev}",
             self.task.name(),
             self.tags.len(),
-            part(&self.train)
+            self.sentences(&self.train)
         )
+    }
+
+    fn describe_dev(&self) -> String {
+        self.dev
+            .as_ref()
+            .map_or("no sentences".to_string(), |d| self.sentences(d))
     }
 
     fn summary(&self) -> serde_json::Value {
