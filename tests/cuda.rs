@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
@@ -1212,7 +1213,8 @@ fn device_optimizer_matches_the_host() {
 /// checkpoints, resumes, evaluates and predicts through the CUDA engine (the
 /// prompt and its AdamW moments resident on the device, coming back at each
 /// epoch). A tiny task's run matches the CPU run within fp32's error,
-/// resumes to the same bytes, and predicts what the CPU predicts.
+/// resumes to the same bytes, and predicts and serves (over HTTP) what the
+/// CPU predicts; `bench --profile` times its kernels.
 #[test]
 fn the_cli_runs_on_the_emulated_gpu() {
     if let Err(why) = common::emulator_cxx() {
@@ -1355,4 +1357,100 @@ fn the_cli_runs_on_the_emulated_gpu() {
             );
         }
     }
+
+    // Served from the emulated GPU: the same scores over HTTP.
+    let got = serve_on_the_emulated_gpu(&bin, &tiny, &data.join("cpu"));
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-5, "served {got:?} against {want:?}");
+    }
+
+    // bench --profile on the emulated GPU: every kernel timed, and the
+    // matrix products' TFLOP/s worked out from their shapes.
+    let out = std::process::Command::new(&bin)
+        .env("PTUNING_CUDA_EMULATOR", "1")
+        .args(["--device", "cuda", "bench", "--model"])
+        .arg(&tiny)
+        .args(["--batch", "2", "--seq", "8", "--prefix-len", "4"])
+        .args(["--warmup", "0", "--iters", "1", "--profile", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["device"], "CPU emulation of the CUDA kernels");
+    let rate = |kernel: &str| {
+        err.lines()
+            .find(|l| l.split_whitespace().next() == Some(kernel))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_string)
+    };
+    for kernel in ["attention_forward_tf32x3", "attention_backward_dkv_tf32x3"] {
+        let tflops = rate(kernel).unwrap_or_else(|| panic!("no {kernel} in\n{err}"));
+        assert!(tflops.parse::<f64>().is_ok(), "{kernel}: {tflops}\n{err}");
+    }
+    assert_eq!(
+        rate("bias_dropout_residual_layernorm").as_deref(),
+        Some("-"),
+        "{err}"
+    );
+}
+
+/// `ptuning --device cuda serve` of the run in `run` on the emulated GPU:
+/// the scores of the classes of "a b c" and "d e", over HTTP.
+fn serve_on_the_emulated_gpu(bin: &std::ffi::OsStr, model: &Path, run: &Path) -> Vec<f64> {
+    use std::io::{BufRead, Read, Write};
+    let mut server = std::process::Command::new(bin)
+        .env("PTUNING_CUDA_EMULATOR", "1")
+        .args([
+            "--device",
+            "cuda",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+        ])
+        .arg(model)
+        .arg("--adapter")
+        .arg(format!("cls={}", run.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The port the server took, from its "listening on http://ADDR" line.
+    let mut log = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if log.read_line(&mut line).unwrap() == 0 {
+            let _ = server.kill();
+            panic!("the server stopped:\n{seen}");
+        }
+        seen.push_str(&line);
+        if let Some(at) = line.trim().strip_prefix("listening on http://") {
+            break at.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let body = r#"{"inputs": ["a b c", "d e"]}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/adapters/cls/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let reply: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    reply["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .iter()
+        .flat_map(|o| serde_json::from_value::<Vec<f64>>(o["scores"].clone()).unwrap())
+        .collect()
 }
