@@ -1,7 +1,7 @@
 // A CPU emulator for src/engine/cuda/kernels/, to check the kernels'
 // index arithmetic, shared-memory tiling and reductions on a machine without
 // a GPU. Blocks run one after another; the threads of a block run as fibers
-// (ucontext) on the calling thread, one at a time, each until it meets a
+// on the calling thread, one at a time, each until it meets a
 // barrier: __syncthreads, or a warp's meeting in a shuffle or an mma. The
 // schedule is deterministic, and PTUNING_EMU_ORDER=reverse runs the threads
 // of each step in the opposite order. Between two barriers every thread runs
@@ -36,27 +36,100 @@ inline float shuffle_slots[1024];
 // The scheduler: one fiber per thread of the running block.
 namespace emu {
 enum State { RUNNABLE, AT_BLOCK, AT_WARP, DONE };
+
+inline void (*body)(void*) = nullptr;  // the kernel call of this launch
+inline void* body_arg = nullptr;
+void fiber_exit();
+
+// A fiber's saved registers. On x86-64, a stack pointer and a switch of
+// the callee-saved registers (glibc's swapcontext also saves the signal
+// mask, a system call each time, and took three quarters of the time);
+// elsewhere, ucontext.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+extern "C" void ptuning_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl ptuning_emu_switch
+    .type ptuning_emu_switch, @function
+ptuning_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ptuning_emu_switch, .-ptuning_emu_switch
+)");
+inline void switch_to(Context& save, const Context& load) { ptuning_emu_switch(&save.sp, load.sp); }
+
+[[noreturn]] inline void fiber_start() {
+    body(body_arg);
+    fiber_exit();
+    __builtin_unreachable();
+}
+
+// A context that starts fiber_start on `stack`, as if called: the first
+// switch pops six zero registers and returns into it.
+inline void make_context(Context& c, char* stack, std::size_t bytes) {
+    auto top = reinterpret_cast<std::uintptr_t>(stack + bytes) & ~std::uintptr_t{15};
+    auto* slot = reinterpret_cast<void**>(top);
+    *--slot = nullptr;  // fiber_start's return address: it never returns
+    *--slot = reinterpret_cast<void*>(&fiber_start);
+    for (int r = 0; r < 6; r++) *--slot = nullptr;
+    c.sp = slot;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void switch_to(Context& save, const Context& load) { swapcontext(&save.uc, &load.uc); }
+
+inline void fiber_start() {
+    body(body_arg);
+    fiber_exit();
+}
+
+inline void make_context(Context& c, char* stack, std::size_t bytes) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fiber_start, 0);
+}
+#endif
+
 struct Fiber {
-    ucontext_t context;
+    Context context;
     State state;
 };
 constexpr std::size_t STACK_BYTES = 256 << 10;
-inline ucontext_t scheduler;
+inline Context scheduler;
 inline std::vector<Fiber> fibers;
 inline std::vector<std::unique_ptr<char[]>> stacks;
 inline Fiber* running = nullptr;
-inline void (*body)(void*) = nullptr;  // the kernel call of this launch
-inline void* body_arg = nullptr;
 
-inline void fiber_main() {
-    body(body_arg);
-    running->state = DONE;  // uc_link returns to the scheduler
+// The running thread returned from the kernel: back to the scheduler for good.
+inline void fiber_exit() {
+    running->state = DONE;
+    switch_to(running->context, scheduler);
 }
 
 // The running thread waits at a barrier: back to the scheduler.
 inline void wait(State at) {
     running->state = at;
-    swapcontext(&running->context, &scheduler);
+    switch_to(running->context, scheduler);
 }
 
 [[noreturn]] inline void stuck(const char* what, unsigned thread) {
@@ -102,13 +175,8 @@ inline void run_block(unsigned threads, bool reverse) {
     fibers.assign(threads, Fiber{});
     while (stacks.size() < threads) stacks.push_back(std::make_unique<char[]>(STACK_BYTES));
     for (unsigned t = 0; t < threads; t++) {
-        Fiber& f = fibers[t];
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = stacks[t].get();
-        f.context.uc_stack.ss_size = STACK_BYTES;
-        f.context.uc_link = &scheduler;
-        makecontext(&f.context, fiber_main, 0);
-        f.state = RUNNABLE;
+        make_context(fibers[t].context, stacks[t].get(), STACK_BYTES);
+        fibers[t].state = RUNNABLE;
     }
     for (;;) {
         for (unsigned i = 0; i < threads; i++) {
@@ -116,7 +184,7 @@ inline void run_block(unsigned threads, bool reverse) {
             if (fibers[t].state != RUNNABLE) continue;
             running = &fibers[t];
             threadIdx = Dim3{t, 0, 0};
-            swapcontext(&scheduler, &fibers[t].context);
+            switch_to(scheduler, fibers[t].context);
         }
         bool all_done = true;
         for (auto& f : fibers) all_done &= f.state == DONE;

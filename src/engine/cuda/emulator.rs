@@ -184,13 +184,28 @@ pub unsafe fn gemm(
             Precision::Fp32 => *(base as *const f32).add(i),
         }
     };
+    // op(A) as rows [m, k] and op(B) as columns [n, k], read once, so that
+    // each output is one dot product of two contiguous rows, summed in
+    // order of l.
+    let a_rows: Vec<f32> = (0..m * k)
+        .map(|x| {
+            let (i, l) = (x / k, x % k);
+            read(a, if ta { l + i * lda } else { i + l * lda })
+        })
+        .collect();
+    let b_cols: Vec<f32> = (0..n * k)
+        .map(|x| {
+            let (j, l) = (x / k, x % k);
+            read(b, if tb { j + l * ldb } else { l + j * ldb })
+        })
+        .collect();
     for j in 0..n {
+        let bj = &b_cols[j * k..(j + 1) * k];
         for i in 0..m {
+            let ai = &a_rows[i * k..(i + 1) * k];
             let mut s = 0.0f32;
-            for l in 0..k {
-                let av = read(a, if ta { l + i * lda } else { i + l * lda });
-                let bv = read(b, if tb { j + l * ldb } else { l + j * ldb });
-                s += av * bv;
+            for (x, y) in ai.iter().zip(bj) {
+                s += x * y;
             }
             let at = i + j * ldc;
             if c_bf16 {
