@@ -1236,18 +1236,20 @@ fn the_cli_runs_on_the_emulated_gpu() {
     )
     .unwrap();
     let tiny = common::fixtures().join("tiny-bert");
-    let ptuning = |device: &str, args: &[&str]| {
+    // `order`: the emulated threads' (PTUNING_EMU_ORDER).
+    let ptuning = |(device, order): (&str, &str), args: &[&str]| {
         let out = std::process::Command::new(&bin)
             .env("PTUNING_CUDA_EMULATOR", "1")
+            .env("PTUNING_EMU_ORDER", order)
             .args(["--device", device])
             .args(args)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{device} {args:?}:\n{err}");
+        assert!(out.status.success(), "{device} {order} {args:?}:\n{err}");
         err
     };
-    let train = |device: &str, out: &str, extra: &[&str]| {
+    let train = |device: (&str, &str), out: &str, extra: &[&str]| {
         let paths =
             [data.to_path_buf(), data.join(out), tiny.clone()].map(|p| p.display().to_string());
         let mut args = vec![
@@ -1292,8 +1294,9 @@ fn the_cli_runs_on_the_emulated_gpu() {
         out
     };
 
-    train("cpu", "cpu", &[]);
-    train("cuda", "cuda", &[]);
+    let (on_cpu, on_gpu) = (("cpu", "forward"), ("cuda", "forward"));
+    train(on_cpu, "cpu", &[]);
+    train(on_gpu, "cuda", &[]);
     // fp32 (3xTF32 on the emulated device) after 4 AdamW steps: the prompt
     // and the head within 1e-4 of their largest value.
     let (cpu, gpu) = (tensors("cpu/last"), tensors("cuda/last"));
@@ -1309,12 +1312,17 @@ fn the_cli_runs_on_the_emulated_gpu() {
     }
     // Stopped after the first epoch and resumed on the device: the same
     // bytes as the run that went straight through.
-    train("cuda", "resumed", &["--stop-after-epoch", "1"]);
-    train("cuda", "resumed", &["--resume"]);
+    train(on_gpu, "resumed", &["--stop-after-epoch", "1"]);
+    train(on_gpu, "resumed", &["--resume"]);
     assert_eq!(tensors("resumed/last"), gpu);
+    // The threads of every block in reverse order: the same bytes again,
+    // in the launch shapes of a real run (a race that changed any value
+    // here would not; the kernel checks above cover the other shapes).
+    train(("cuda", "reverse"), "reversed", &[]);
+    assert_eq!(tensors("reversed/last"), gpu);
     // The CPU run's checkpoint predicts the same on the emulated GPU, in
     // bf16 too (within its error).
-    let predict = |device: &str, precision: &str, out: &str| -> Vec<f64> {
+    let predict = |device: (&str, &str), precision: &str, out: &str| -> Vec<f64> {
         let run = data.join("cpu/best").display().to_string();
         let input = data.join("in.jsonl").display().to_string();
         let path = data.join(out);
@@ -1341,10 +1349,10 @@ fn the_cli_runs_on_the_emulated_gpu() {
             })
             .collect()
     };
-    let want = predict("cpu", "fp32", "cpu.jsonl");
+    let want = predict(on_cpu, "fp32", "cpu.jsonl");
     assert_eq!(want.len(), 4);
     for (precision, tol) in [("fp32", 1e-5), ("bf16", 1e-2)] {
-        let got = predict("cuda", precision, &format!("cuda-{precision}.jsonl"));
+        let got = predict(on_gpu, precision, &format!("cuda-{precision}.jsonl"));
         for (a, b) in want.iter().zip(&got) {
             assert!(
                 (a - b).abs() <= tol,
