@@ -710,6 +710,56 @@ fn kernels_pass_the_cpu_emulation() {
     }
 }
 
+/// Races that only a real model's shapes reach (MiniLM's rows of 384 over
+/// the 8 warps of the row kernels, its heads of 32 on the tensor cores): on
+/// the emulated device, an inference and a training step with dropout give
+/// the same bits with the threads of every block in reverse order, in
+/// every precision.
+#[test]
+fn emulated_models_give_the_same_bits_in_both_thread_orders() {
+    if let Err(why) = common::emulator_cxx() {
+        eprintln!("skipped: {why}, so no emulated device");
+        return;
+    }
+    let name = if common::minilm_available() {
+        "minilm_plain"
+    } else {
+        eprintln!("MiniLM is not cached: the tiny BERT instead");
+        "tiny_bert_plain"
+    };
+    let case = Case::load(name);
+    let dropout = DropoutConfig {
+        hidden: 0.1,
+        attention: 0.1,
+        seed: 7,
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        let mut runs = Vec::new();
+        for reverse in [false, true] {
+            let mut model = case.model();
+            attach(&mut model, Target::Emulated, precision);
+            let gpu = Arc::clone(model.gpu.as_ref().unwrap());
+            gpu.lock()
+                .unwrap()
+                .dev
+                .reverse_emulated_threads(reverse)
+                .unwrap();
+            let mut out = bits(&model.predict(&case.batch()).unwrap());
+            let step = case.step_with(&mut model, &dropout);
+            out.push(step.loss.to_bits());
+            for p in model.params_mut() {
+                out.extend(bits(&p.grad));
+            }
+            runs.push(out);
+        }
+        assert!(
+            runs[0] == runs[1],
+            "{name} {precision:?}: the threads' order changes the results (a race)"
+        );
+    }
+}
+
 /// In bf16, tf32 and fp32 by 3xTF32, attention runs on the tensor cores
 /// when the head size is a multiple of the format's k (the tiny BERT with 2
 /// heads of 16): inference logits and a training step's gradients stay

@@ -298,6 +298,10 @@ To as_param(From f) {
         return static_cast<To>(f);
 }
 
+// The threads' order in the next launches: -1 as PTUNING_EMU_ORDER says
+// (reverse, else in order), 0 in order, 1 reversed.
+inline int thread_order = -1;
+
 // Runs kernel(args...) over grid × block (block.y = block.z = 1), the
 // blocks one after another on this thread.
 template <typename... P, typename... A>
@@ -305,7 +309,7 @@ void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
     gridDim = grid;
     blockDim = Dim3{block, 1, 1};
     const char* order = std::getenv("PTUNING_EMU_ORDER");
-    bool reverse = order != nullptr && std::strcmp(order, "reverse") == 0;
+    bool reverse = thread_order >= 0 ? thread_order == 1 : order != nullptr && std::strcmp(order, "reverse") == 0;
     auto call = [&] { kernel(as_param<P>(args)...); };
     emu::body = [](void* f) { (*static_cast<decltype(call)*>(f))(); };
     emu::body_arg = &call;

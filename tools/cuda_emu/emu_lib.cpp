@@ -41,10 +41,12 @@ int call(void (*k)(P...), Dim3 g, unsigned b, const u64* a, int n) {
 #define KERNEL(name) \
     if (std::strcmp(kernel, #name) == 0) return call(name, g, block, args, nargs);
 
-// 0: ran; -1: no such kernel; -2: wrong argument count.
+// 0: ran; -1: no such kernel; -2: wrong argument count. `order`: the
+// threads' order (thread_order in emu.h).
 extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned block,
-                                  const u64* args, int nargs) {
+                                  const u64* args, int nargs, int order) {
     Dim3 g{gx, gy, gz};
+    thread_order = order;
     KERNEL(dropout_apply)
     KERNEL(dropout_copy)
     KERNEL(embed_layernorm)

@@ -304,6 +304,22 @@ impl CudaDevice {
         .with_tensor_cores(true, u32::MAX)
     }
 
+    /// The emulated device's threads of each block in reverse order from
+    /// now on (false: in order), for race checks
+    /// ([`super::emulator::Emulator::reverse_threads`]);
+    /// an error on a GPU.
+    pub fn reverse_emulated_threads(&self, reverse: bool) -> Result<()> {
+        match &self.backend {
+            Backend::Emulated(emu) => {
+                emu.reverse_threads(reverse);
+                Ok(())
+            }
+            Backend::Cuda { .. } => Err(Error::InvalidArgument(
+                "the order of the threads is the GPU's, not ours".into(),
+            )),
+        }
+    }
+
     /// Enables the tensor-core attention of each format when `supported`
     /// (mma.sync needs compute capability 8.0), the kernels are built for
     /// the head size, their shared memory fits in `max_shared` bytes, and

@@ -7,6 +7,7 @@
 
 use std::ffi::{c_char, CString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::engine::cuda::device::Precision;
 use crate::engine::cuda::kernel_cache::fnv1a64;
@@ -17,11 +18,15 @@ use crate::error::{Error, Result};
 const EMU_H: &str = include_str!("../../../tools/cuda_emu/emu.h");
 const EMU_LIB_CPP: &str = include_str!("../../../tools/cuda_emu/emu_lib.cpp");
 
-type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *const u64, i32) -> i32;
+type LaunchFn =
+    unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *const u64, i32, i32) -> i32;
 
 /// The loaded emulator library for one head dimension.
 pub struct Emulator {
     launch: LaunchFn,
+    /// The order of the threads of a block: -1 as PTUNING_EMU_ORDER says,
+    /// 0 in order, 1 reversed.
+    order: AtomicI32,
     // Keeps `launch` valid.
     _lib: libloading::Library,
 }
@@ -73,7 +78,18 @@ impl Emulator {
                 lib_path.display()
             )));
         }
-        Ok(Emulator { launch, _lib: lib })
+        Ok(Emulator {
+            launch,
+            order: AtomicI32::new(-1),
+            _lib: lib,
+        })
+    }
+
+    /// Runs the threads of each block in reverse order from now on (false:
+    /// in order). Between two barriers each thread runs whole, so a kernel
+    /// gives the same bits in both orders unless it has a race.
+    pub fn reverse_threads(&self, reverse: bool) {
+        self.order.store(i32::from(reverse), Ordering::Relaxed);
     }
 
     /// Runs kernel `name` over `grid` × `block` threads with `args` slots.
@@ -100,6 +116,7 @@ impl Emulator {
                 block,
                 args.as_ptr(),
                 args.len() as i32,
+                self.order.load(Ordering::Relaxed),
             )
         };
         match rc {
