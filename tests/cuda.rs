@@ -20,10 +20,14 @@ use ptuning::engine::cuda::{
     Precision,
 };
 use ptuning::engine::device::{Compute, Device};
+use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::{PromptModel, Targets};
+use ptuning::model::weights::save_tensors;
+use ptuning::rng::Rng;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
 
 #[test]
@@ -191,6 +195,16 @@ fn tolerances(p: Precision) -> (f64, f64) {
     }
 }
 
+/// The error of outputs (hidden states, logits) that [`tolerances`] bounds:
+/// the largest absolute difference in fp32, the relative error otherwise.
+fn output_error(precision: Precision, got: &[f32], want: &[f32]) -> f64 {
+    if precision == Precision::Fp32 {
+        max_abs_diff(got, want) as f64
+    } else {
+        rel_err(got, want)
+    }
+}
+
 #[test]
 fn cuda_engine_matches_the_reference_fixtures() {
     for target in targets("cuda_engine_matches_the_reference_fixtures") {
@@ -222,11 +236,7 @@ fn cuda_engine_matches_the_reference_fixtures() {
                 let math = gpu.lock().unwrap().gemm_math();
                 let (tol_out, tol_grad) = tolerances(precision);
                 let check = |what: &str, got: &[f32], want: &[f32]| {
-                    let err = if precision == Precision::Fp32 {
-                        max_abs_diff(got, want) as f64
-                    } else {
-                        rel_err(got, want)
-                    };
+                    let err = output_error(precision, got, want);
                     eprintln!("{target:?} {name} {math}: {what} error {err:e}");
                     assert!(err <= tol_out, "{name} {math}: {what} error {err}");
                 };
@@ -710,6 +720,160 @@ fn kernels_pass_the_cpu_emulation() {
     }
 }
 
+/// A backbone of BERT-base's widths (hidden 768, 12 heads of 64,
+/// intermediate 3072; 2 layers, random weights) on the device against the
+/// CPU engine: inference logits and a training step's gradients within each
+/// precision's error. The fixtures' models are narrower; bench/gpu.sh times
+/// these widths, and this checks them, on the GPU and the emulated device.
+#[test]
+fn a_bert_base_wide_model_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let backbone = Arc::new(random_backbone(dir.path(), (768, 12, 3072, 2)));
+    let c = backbone.config.clone();
+    assert_eq!(c.head_dim(), 64);
+    let model = || {
+        let config = PrefixConfig {
+            len: 5,
+            projection: false,
+            hidden_size: 512,
+            layers: (0..c.num_hidden_layers).collect(),
+        };
+        PromptModel {
+            backbone: Arc::clone(&backbone),
+            prefix: PrefixEncoder::new(config, c.hidden_size, c.num_hidden_layers, 1).unwrap(),
+            head: ClassificationHead::new(c.hidden_size, 3, 2),
+            gpu: None,
+        }
+    };
+    // Two rows, the second padded; ids within the tiny vocabulary.
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = [13, 9]
+        .iter()
+        .map(|&n| {
+            (
+                (0..n).map(|i| 2 + (i * 7 % 100) as u32).collect(),
+                vec![0; n],
+            )
+        })
+        .collect();
+    let batch = Batch::pad(&rows, 0).unwrap();
+    let labels = [2usize, 0];
+    let step = |m: &mut PromptModel| {
+        m.zero_grad();
+        m.forward_backward(
+            &batch,
+            Targets::Classes(&labels),
+            &DropoutConfig::OFF,
+            &mut Activations::default(),
+        )
+        .unwrap();
+        m.grads_to_host().unwrap();
+    };
+    let mut cpu = model();
+    let want = cpu.predict(&batch).unwrap();
+    step(&mut cpu);
+    for target in targets("a_bert_base_wide_model_matches_the_cpu") {
+        for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+            let (tol_out, tol_grad) = tolerances(precision);
+            let mut gpu = model();
+            attach(&mut gpu, target, precision);
+            if target == Target::Emulated {
+                // Heads of 64: attention on the tensor cores in every precision.
+                let enc = gpu.gpu.as_ref().unwrap().lock().unwrap();
+                assert!(enc.dev.attention_format(precision).is_some());
+            }
+            let got = gpu.predict(&batch).unwrap();
+            let e = output_error(precision, &got, &want);
+            eprintln!("{target:?} {precision:?}: logits error {e:e}");
+            assert!(e <= tol_out, "{target:?} {precision:?}: logits error {e}");
+            step(&mut gpu);
+            for (p, q) in cpu.params_mut().into_iter().zip(gpu.params_mut()) {
+                let e = rel_err(&q.grad, &p.grad);
+                eprintln!("{target:?} {precision:?}: grad of {} error {e:e}", p.name);
+                assert!(
+                    e <= tol_grad,
+                    "{target:?} {precision:?}: grad of {} error {e}",
+                    p.name
+                );
+            }
+        }
+    }
+}
+
+/// A BERT folder in `dir` of (hidden, heads, intermediate, layers), with
+/// the tiny BERT's vocabulary and positions, and weights drawn as BERT
+/// initializes them (normal, std 0.02; LayerNorms near 1 and 0), loaded.
+fn random_backbone(
+    dir: &Path,
+    (h, heads, inter, layers): (usize, usize, usize, usize),
+) -> BertModel {
+    let src = common::fixtures().join("tiny-bert");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = h.into();
+    config["num_attention_heads"] = heads.into();
+    config["intermediate_size"] = inter.into();
+    config["num_hidden_layers"] = layers.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (vocab, positions) = (
+        config["vocab_size"].as_u64().unwrap() as usize,
+        config["max_position_embeddings"].as_u64().unwrap() as usize,
+    );
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("embeddings.word_embeddings.weight".into(), vec![vocab, h]),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![positions, h],
+        ),
+        ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+        ("embeddings.LayerNorm.weight".into(), vec![h]),
+        ("embeddings.LayerNorm.bias".into(), vec![h]),
+        ("pooler.dense.weight".into(), vec![h, h]),
+        ("pooler.dense.bias".into(), vec![h]),
+    ];
+    for l in 0..layers {
+        let linear = |name: &str, out: usize, inp: usize| {
+            let at = format!("encoder.layer.{l}.{name}");
+            [
+                (format!("{at}.weight"), vec![out, inp]),
+                (format!("{at}.bias"), vec![out]),
+            ]
+        };
+        for (name, out, inp) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", inter, h),
+            ("output.dense", h, inter),
+        ] {
+            shapes.extend(linear(name, out, inp));
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            shapes.push((format!("encoder.layer.{l}.{norm}.weight"), vec![h]));
+            shapes.push((format!("encoder.layer.{l}.{norm}.bias"), vec![h]));
+        }
+    }
+    let mut rng = Rng::new(11);
+    let values: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|(name, shape)| {
+            let mut v = vec![0.0f32; shape.iter().product()];
+            rng.fill_normal(&mut v, 0.02);
+            if name.contains("LayerNorm.weight") {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            v
+        })
+        .collect();
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = shapes
+        .iter()
+        .zip(&values)
+        .map(|((name, shape), v)| (name.clone(), shape.clone(), v.as_slice()))
+        .collect();
+    save_tensors(&dir.join("model.safetensors"), &tensors).unwrap();
+    BertModel::load(dir).unwrap()
+}
+
 /// Races that only a real model's shapes reach (MiniLM's rows of 384 over
 /// the 8 warps of the row kernels, its heads of 32 on the tensor cores): on
 /// the emulated device, an inference and a training step with dropout give
@@ -810,11 +974,7 @@ fn attention_on_the_tensor_cores() {
             let times = enc.lock().unwrap().dev.take_profile().unwrap();
             assert_eq!(launches(&times, &forward), layers, "{times:?}");
             assert_eq!(launches(&times, "attention_forward"), 0, "{times:?}");
-            let e = if precision == Precision::Fp32 {
-                max_abs_diff(&got, &want_logits) as f64
-            } else {
-                rel_err(&got, &want_logits)
-            };
+            let e = output_error(precision, &got, &want_logits);
             eprintln!("{target:?}: {suffix} tensor-core inference, logits error {e:e}");
             assert!(e <= tol_out, "{suffix}: logits relative error {e}");
 
