@@ -201,9 +201,51 @@ inline void run_block(unsigned threads, bool reverse) {
 #define __align__(n) __attribute__((aligned(n)))
 
 // The attention kernels' dynamic shared memory: one array, larger than any
-// launch asks for, filled with NaN before each block.
+// launch asks for. Before each block its first `shared_limit` bytes (what
+// the launch asked for) are filled with NaN, as a real block finds garbage
+// there, and the rest with a canary (a NaN too, so a read past the limit
+// spoils what it touches); a block that wrote past the limit stops the run.
 inline __attribute__((aligned(16))) float dynamic_shared[1 << 16];
-#define ATTENTION_SHARED float* const smem = dynamic_shared
+inline std::size_t shared_limit = sizeof(dynamic_shared);
+inline bool shared_used = false;           // by the running block (or the last one)
+inline std::size_t filled_for = SIZE_MAX;  // the limit the fill below stands for
+constexpr std::uint32_t CANARY = 0x7fc0dead;
+
+inline float* use_dynamic_shared() {
+    shared_used = true;
+    return dynamic_shared;
+}
+#define ATTENTION_SHARED float* const smem = use_dynamic_shared()
+
+// Fills the dynamic shared memory for the next block (unless it holds the
+// fill for this limit, untouched since).
+inline void prepare_shared() {
+    if (!shared_used && filled_for == shared_limit) return;
+    std::size_t used = std::min(shared_limit, sizeof(dynamic_shared)) / 4;
+    std::fill(dynamic_shared, dynamic_shared + used, NAN);
+    float canary;
+    std::memcpy(&canary, &CANARY, 4);
+    std::fill(dynamic_shared + used, std::end(dynamic_shared), canary);
+    filled_for = shared_limit;
+    shared_used = false;
+}
+
+// After a block: stops the run if it wrote past what the launch asked for.
+inline void check_shared() {
+    if (!shared_used) return;
+    std::size_t used = std::min(shared_limit, sizeof(dynamic_shared)) / 4;
+    for (std::size_t i = used; i < std::size(dynamic_shared); i++) {
+        std::uint32_t bits;
+        std::memcpy(&bits, &dynamic_shared[i], 4);
+        if (bits != CANARY) {
+            std::fprintf(stderr,
+                         "cuda_emu: block (%u,%u,%u) wrote dynamic shared memory at byte %zu, past the %zu bytes "
+                         "the launch asked for\n",
+                         blockIdx.x, blockIdx.y, blockIdx.z, 4 * i, shared_limit);
+            std::abort();
+        }
+    }
+}
 
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -317,7 +359,8 @@ void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 blockIdx = Dim3{x, y, z};
-                std::fill(std::begin(dynamic_shared), std::end(dynamic_shared), NAN);
+                prepare_shared();
                 emu::run_block(block, reverse);
+                check_shared();
             }
 }

@@ -42,11 +42,13 @@ int call(void (*k)(P...), Dim3 g, unsigned b, const u64* a, int n) {
     if (std::strcmp(kernel, #name) == 0) return call(name, g, block, args, nargs);
 
 // 0: ran; -1: no such kernel; -2: wrong argument count. `order`: the
-// threads' order (thread_order in emu.h).
+// threads' order (thread_order in emu.h); `shared_bytes`: the dynamic shared
+// memory the launch asks for (shared_limit).
 extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned block,
-                                  const u64* args, int nargs, int order) {
+                                  const u64* args, int nargs, int order, unsigned shared_bytes) {
     Dim3 g{gx, gy, gz};
     thread_order = order;
+    shared_limit = shared_bytes;
     KERNEL(dropout_apply)
     KERNEL(dropout_copy)
     KERNEL(embed_layernorm)

@@ -529,7 +529,12 @@ impl CudaDevice {
             }
             Backend::Emulated(emu) => {
                 let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-                emu.launch(kernel.name(), grid, block, &slots)
+                emu.launch(
+                    kernel.name(),
+                    (grid, block),
+                    &slots,
+                    kernel.shared_bytes(self.head_dim),
+                )
             }
         }
     }

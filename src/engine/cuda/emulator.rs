@@ -19,7 +19,7 @@ const EMU_H: &str = include_str!("../../../tools/cuda_emu/emu.h");
 const EMU_LIB_CPP: &str = include_str!("../../../tools/cuda_emu/emu_lib.cpp");
 
 type LaunchFn =
-    unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *const u64, i32, i32) -> i32;
+    unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *const u64, i32, i32, u32) -> i32;
 
 /// The loaded emulator library for one head dimension.
 pub struct Emulator {
@@ -92,13 +92,15 @@ impl Emulator {
         self.order.store(i32::from(reverse), Ordering::Relaxed);
     }
 
-    /// Runs kernel `name` over `grid` × `block` threads with `args` slots.
+    /// Runs kernel `name` over `grid` × `block` threads with `args` slots
+    /// and `shared_bytes` of dynamic shared memory: a block that writes past
+    /// them stops the process, one that reads past them reads NaN.
     pub fn launch(
         &self,
         name: &str,
-        grid: (u32, u32, u32),
-        block: u32,
+        (grid, block): ((u32, u32, u32), u32),
         args: &[u64],
+        shared_bytes: u32,
     ) -> Result<()> {
         let c = CString::new(name).expect("kernel names have no NUL");
         // The emulator's block state (shared memory, barriers) is global:
@@ -117,6 +119,7 @@ impl Emulator {
                 args.as_ptr(),
                 args.len() as i32,
                 self.order.load(Ordering::Relaxed),
+                shared_bytes,
             )
         };
         match rc {
