@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{max_abs_diff, rel_err, Case};
 use ptuning::engine::cuda::device::{GemmOut, Operand};
+use ptuning::engine::cuda::emulator::SANITIZE_ENV;
 use ptuning::engine::cuda::encoder::{Prompt, PromptSource};
 use ptuning::engine::cuda::kernels::{Kernel, MmaFormat};
 use ptuning::engine::cuda::memory::DevBuf;
@@ -872,6 +873,54 @@ fn random_backbone(
         .collect();
     save_tensors(&dir.join("model.safetensors"), &tensors).unwrap();
     BertModel::load(dir).unwrap()
+}
+
+/// Every device buffer holds what the kernels touch: on a GPU a kernel
+/// that reads or writes past its buffer faults or silently uses another
+/// one. Some of the emulated engine tests run again in a child process with
+/// the kernels built under AddressSanitizer (PTUNING_EMU_SANITIZE=1) and
+/// libasan preloaded, so that every allocation, the device buffers'
+/// included, has redzones; taking 3 elements off the attention_delta
+/// buffer, for one, stops them with a heap-buffer-overflow.
+#[test]
+fn emulated_kernels_stay_inside_their_buffers() {
+    let gxx = match common::emulator_cxx() {
+        Ok(gxx) => gxx,
+        Err(why) => {
+            eprintln!("skipped: {why}, so no emulated device");
+            return;
+        }
+    };
+    let asan = std::process::Command::new(&gxx)
+        .arg("-print-file-name=libasan.so")
+        .output()
+        .unwrap();
+    let asan = String::from_utf8_lossy(&asan.stdout).trim().to_string();
+    if !Path::new(&asan).is_absolute() {
+        eprintln!("skipped: {gxx} has no libasan.so");
+        return;
+    }
+    let tests = [
+        "a_bert_base_wide_model_matches_the_cpu",
+        "cuda_engine_dropout_and_heads_match_the_cpu",
+        "cuda_engine_per_row_prompts_match_the_shared_table",
+        "attention_on_the_tensor_cores",
+        "device_optimizer_matches_the_host",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "--test-threads", "1"])
+        .args(tests)
+        .env("LD_PRELOAD", &asan)
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .env(SANITIZE_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{} passed", tests.len())),
+        "under AddressSanitizer:\n{stdout}\n{stderr}"
+    );
 }
 
 /// Races that only a real model's shapes reach (MiniLM's rows of 384 over

@@ -36,22 +36,44 @@ fn emu_err(what: impl std::fmt::Display) -> Error {
 }
 
 /// A hash of the sources: the library's file name changes with them.
-fn sources_hash(head_dim: usize) -> u64 {
+fn sources_hash(head_dim: usize, flags: &[&str]) -> u64 {
     fnv1a64(&[
         kernels::source().as_bytes(),
         EMU_H.as_bytes(),
         EMU_LIB_CPP.as_bytes(),
         &head_dim.to_le_bytes(),
+        flags.concat().as_bytes(),
     ])
+}
+
+/// `PTUNING_EMU_SANITIZE=1` builds the emulated kernels with AddressSanitizer
+/// and UBSan. The process must start with libasan preloaded (LD_PRELOAD),
+/// so that every allocation, the device buffers' included, has redzones: a
+/// kernel that reads or writes past a buffer then stops with ASan's report,
+/// where a GPU would fault or read another buffer. For tests.
+pub const SANITIZE_ENV: &str = "PTUNING_EMU_SANITIZE";
+
+/// The compiler flags of the emulator library beyond the plain build.
+fn extra_flags() -> &'static [&'static str] {
+    if std::env::var_os(SANITIZE_ENV).is_some_and(|v| v == "1") {
+        &[
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]
+    } else {
+        &[]
+    }
 }
 
 impl Emulator {
     /// Builds (once per source version, in the temp dir) and loads the
     /// emulator for `head_dim`. Needs g++ with C++20 ($CXX to choose another).
     pub fn load(head_dim: usize) -> Result<Self> {
+        let flags = extra_flags();
         let lib_path = std::env::temp_dir().join(format!(
             "ptuning-cuda-emu-{:016x}.so",
-            sources_hash(head_dim)
+            sources_hash(head_dim, flags)
         ));
         {
             // One build at a time in the process: the build's scratch names
@@ -60,7 +82,7 @@ impl Emulator {
             static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
             let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
             if !lib_path.exists() {
-                build(head_dim, &lib_path)?;
+                build(head_dim, flags, &lib_path)?;
             }
         }
         // SAFETY: our own library, whose only exported symbols are the two
@@ -135,7 +157,7 @@ impl Emulator {
 
 /// Writes the sources to a scratch folder with their repository layout and
 /// compiles them into `out` (atomically: a temp name, then a rename).
-fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
+fn build(head_dim: usize, flags: &[&str], out: &std::path::Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("ptuning-cuda-emu-src-{}", std::process::id()));
     let emu_lib = dir.join("tools/cuda_emu/emu_lib.cpp");
     let files: Vec<(PathBuf, &str)> = [
@@ -164,6 +186,7 @@ fn build(head_dim: usize, out: &std::path::Path) -> Result<()> {
             "-fPIC",
             "-Wno-unknown-pragmas",
         ])
+        .args(flags)
         .arg(format!("-DHEAD_DIM={head_dim}"))
         .arg(&emu_lib)
         .arg("-o")
