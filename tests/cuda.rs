@@ -25,7 +25,7 @@ use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{DeepPrompt, PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::{PromptModel, Targets};
 use ptuning::model::weights::save_tensors;
 use ptuning::rng::Rng;
@@ -440,8 +440,10 @@ fn a_changed_prefix_table_reaches_the_device() {
     }
 }
 
-/// Rows with their own prefixes (how the server batches adapters) equal the
-/// shared table expanded per row.
+/// Rows with their own prefix tables (how the server batches adapters): the
+/// device expands each row's table, which gives the shared table's output
+/// where every row names it, and the CPU engine's on each row's own prompt
+/// where the rows name different tables.
 #[test]
 fn cuda_engine_per_row_prompts_match_the_shared_table() {
     for target in targets("cuda_engine_per_row_prompts_match_the_shared_table") {
@@ -449,34 +451,87 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
         let mut model = case.model();
         let batch = case.batch();
         let past = model.prefix.forward().past;
-        let prompt = model.prefix.expand(&past, batch.batch, None);
+        // A second adapter's table.
+        let other: Vec<f32> = past
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 0.5 + (i % 7) as f32 * 0.01)
+            .collect();
         attach(&mut model, target, Precision::Fp32);
         let gpu = Arc::clone(model.gpu.as_ref().unwrap());
         let mut enc = gpu.lock().unwrap();
         let layers = &model.prefix.config.layers;
-        let shared = enc
-            .forward(
+        let len = model.prefix.config.len;
+        let mut run = |source| {
+            enc.forward(
                 &batch,
                 Some(Prompt {
-                    len: prompt.len,
+                    len,
                     layers,
-                    source: PromptSource::Shared(&past),
+                    source,
                 }),
             )
-            .unwrap();
-        let per_row = enc
-            .forward(
-                &batch,
-                Some(Prompt {
-                    len: prompt.len,
-                    layers,
-                    source: PromptSource::PerRow(&prompt.kv),
-                }),
-            )
-            .unwrap();
+            .unwrap()
+        };
+        let shared = run(PromptSource::Shared(&past));
+        let all_first = vec![0u32; batch.batch];
+        let tables: [&[f32]; 2] = [&past, &other];
+        let per_row = run(PromptSource::PerRow {
+            tables: &tables,
+            row_table: &all_first,
+        });
         assert_eq!(shared, per_row);
+        // Rows alternate between the tables: on the CPU, each row's own
+        // keys and values, gathered from its table.
+        let row_table: Vec<u32> = (0..batch.batch as u32).map(|b| b % 2).collect();
+        let mixed = run(PromptSource::PerRow {
+            tables: &tables,
+            row_table: &row_table,
+        });
+        let (p, two_h) = (len, 2 * model.backbone.config.hidden_size);
+        let width = layers.len() * two_h;
+        let kv = (0..layers.len())
+            .map(|k| {
+                row_table
+                    .iter()
+                    .flat_map(|&t| {
+                        (0..p).flat_map(move |i| {
+                            let at = i * width + k * two_h;
+                            tables[t as usize][at..at + two_h].iter().copied()
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let prompt = DeepPrompt {
+            len,
+            layers: layers.clone(),
+            kv,
+        };
         let cpu = model.backbone.forward(&batch, Some(&prompt)).unwrap();
-        assert!(max_abs_diff(&shared, &cpu) <= 1e-4);
+        assert!(max_abs_diff(&mixed, &cpu) <= 1e-4);
+        assert!(
+            max_abs_diff(&mixed, &shared) > 1e-3,
+            "the second table changes the rows that name it"
+        );
+        // A row naming a table that is not there is an error, not a read
+        // past the tables.
+        let bad = vec![2u32; batch.batch];
+        let e = enc
+            .forward(
+                &batch,
+                Some(Prompt {
+                    len,
+                    layers,
+                    source: PromptSource::PerRow {
+                        tables: &tables,
+                        row_table: &bad,
+                    },
+                }),
+            )
+            .expect_err("table 2 of 2")
+            .to_string();
+        assert!(e.contains("name tables"), "{e}");
     }
 }
 
@@ -706,7 +761,7 @@ fn kernels_pass_the_cpu_emulation() {
             // Every check ran: head size 8 has the tf32 and tf32x3
             // tensor-core checks, 32 and 64 the bf16 ones too (19 more).
             let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-            let want = if head_dim % 16 == 0 { 101 } else { 82 };
+            let want = if head_dim % 16 == 0 { 102 } else { 83 };
             assert!(
                 passed == want && out.contains("0 failed"),
                 "{passed} of {want}:\n{out}"

@@ -137,41 +137,57 @@ pub fn forward_group(
     let two_h = 2 * h;
     let sequences: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
     let batch = Batch::pad(&sequences, pad_id)?;
-    let kv = (0..first.adapter.layers.len())
-        .map(|k| {
-            let mut buf = vec![0.0; rows.len() * p * two_h];
-            for (row, dst) in rows.iter().zip(buf.chunks_mut(p * two_h)) {
-                let width = row.adapter.width();
-                for (i, d) in dst.chunks_mut(two_h).enumerate() {
-                    d.copy_from_slice(&row.adapter.past[i * width + k * two_h..][..two_h]);
-                }
-            }
-            buf
-        })
-        .collect();
-    let prompt = DeepPrompt {
-        len: p,
-        layers: first.adapter.layers.clone(),
-        kv,
-    };
     let Some(enc) = gpu else {
+        // On the CPU, each row's keys and values from its adapter's table.
+        let kv = (0..first.adapter.layers.len())
+            .map(|k| {
+                let mut buf = vec![0.0; rows.len() * p * two_h];
+                for (row, dst) in rows.iter().zip(buf.chunks_mut(p * two_h)) {
+                    let width = row.adapter.width();
+                    for (i, d) in dst.chunks_mut(two_h).enumerate() {
+                        d.copy_from_slice(&row.adapter.past[i * width + k * two_h..][..two_h]);
+                    }
+                }
+                buf
+            })
+            .collect();
+        let prompt = DeepPrompt {
+            len: p,
+            layers: first.adapter.layers.clone(),
+            kv,
+        };
         let hidden = backbone.forward(&batch, Some(&prompt))?;
         return Ok(heads_on_host(backbone, &hidden, &batch, rows));
     };
-    // On a GPU the hidden state stays there: each adapter's head runs over
-    // every row of the pass (the pooler on B [CLS] rows or a C-wide
-    // classifier on B·T rows, small next to the encoder) and only its
-    // logits come down, of which its own rows' are kept.
+    // On a GPU only each adapter's table goes up, with the table of each
+    // row (the device expands them), and the hidden state stays there: each
+    // adapter's head runs over every row of the pass (the pooler on B [CLS]
+    // rows or a C-wide classifier on B·T rows, small next to the encoder)
+    // and only its logits come down, of which its own rows' are kept.
+    let adapters = by_adapter(rows);
+    let tables: Vec<&[f32]> = adapters
+        .iter()
+        .map(|members| rows[members[0]].adapter.past.as_slice())
+        .collect();
+    let mut row_table = vec![0u32; rows.len()];
+    for (t, members) in adapters.iter().enumerate() {
+        for &b in members {
+            row_table[b] = t as u32;
+        }
+    }
     enc.encode(
         &batch,
         Some(Prompt {
             len: p,
-            layers: &prompt.layers,
-            source: PromptSource::PerRow(&prompt.kv),
+            layers: &first.adapter.layers,
+            source: PromptSource::PerRow {
+                tables: &tables,
+                row_table: &row_table,
+            },
         }),
     )?;
     let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
-    for members in by_adapter(rows) {
+    for members in adapters {
         let head = &rows[members[0]].adapter.head;
         enc.head_forward(head, None)?;
         // [B, C] pooled, [B·T, C] per token.

@@ -568,7 +568,8 @@ static void check_prefix() {
     const int layers = 3, batch = 2, p = 4, two_h = 6, w = layers * two_h;
     auto past = rand_vec(p * w);
     std::vector<float> kv(layers * batch * p * two_h);
-    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(past), ptr(kv), layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 1);
+    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(past), (u64)0, ptr(kv), layers, batch, p, two_h, KEY, THRESHOLD,
+           DSCALE, 1);
     double err = 0;
     for (int k = 0; k < layers; k++)
         for (int b = 0; b < batch; b++)
@@ -579,6 +580,21 @@ static void check_prefix() {
                     err = std::max(err, std::fabs(kv[((k * batch + b) * p + i) * two_h + c] - want));
                 }
     check("expand_prefix (PrefixEncoder::expand with dropout)", err, 0.0);
+    // Rows of several adapters: row b reads table row_table[b] of three.
+    auto tables = rand_vec(3 * p * w);
+    std::vector<u32> row_table = {2, 0};
+    std::vector<float> rows_kv(kv.size());
+    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(tables), (u64)row_table.data(), ptr(rows_kv), layers, batch, p,
+           two_h, KEY, THRESHOLD, DSCALE, 0);
+    err = 0;
+    for (int k = 0; k < layers; k++)
+        for (int b = 0; b < batch; b++)
+            for (int i = 0; i < p; i++)
+                for (int c = 0; c < two_h; c++) {
+                    float want = tables[(row_table[b] * p + i) * w + k * two_h + c];
+                    err = std::max(err, (double)std::fabs(rows_kv[((k * batch + b) * p + i) * two_h + c] - want));
+                }
+    check("expand_prefix, a table per row", err, 0.0);
     // reduce is expand's adjoint: <expand(x), r> = <x, reduce(r)>.
     auto r = rand_vec(kv.size());
     std::vector<float> red(p * w);

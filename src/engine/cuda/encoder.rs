@@ -193,8 +193,13 @@ pub enum PromptSource<'a> {
     /// The prefix encoder's output [P, Ls·2H], shared by every row
     /// (inference; sent only when it changed).
     Shared(&'a [f32]),
-    /// Per prefixed layer, [B, P, 2H]: rows of different adapters (serving).
-    PerRow(&'a [Vec<f32>]),
+    /// Rows of different adapters (serving): their prefix tables, each
+    /// [P, Ls·2H], and the table of each of the B rows. Only the tables go
+    /// up, and the device expands them per row.
+    PerRow {
+        tables: &'a [&'a [f32]],
+        row_table: &'a [u32],
+    },
     /// The training run's prompt on the device ([`CudaEncoder::resident`]),
     /// shared by every row with the prefix dropout applied per row; the
     /// backward leaves its gradients there.
@@ -226,6 +231,10 @@ struct Workspace {
     /// What `past` holds, on the host: a table already there is not sent
     /// again (inference and evaluation reuse one prompt batch after batch).
     past_host: Vec<f32>,
+    /// Serving: the prefix tables of a pass's adapters [U, P, Ls·2H], and
+    /// each row's [B].
+    tables: DevBuf<f32>,
+    row_table: DevBuf<u32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
     /// Backward: [rows, H] ×3 (in bf16: d_ctx16), [rows, I] (in bf16:
@@ -504,78 +513,68 @@ impl CudaEncoder {
         ws.types.upload(dev, &batch.token_type_ids)?;
         ws.mask.upload(dev, &batch.attention_mask)?;
 
-        // The prompt: [Ls, B, P, 2H] on the device.
+        // The prompt: [Ls, B, P, 2H] on the device, expanded there from the
+        // prefix tables ([U, P, Ls·2H]; U = 1 but in serving).
         let two_h = 2 * h;
         if let Some(pr) = prompt {
             let ls = pr.layers.len();
-            match pr.source {
-                PromptSource::Shared(_) | PromptSource::Resident => {
-                    let past = match pr.source {
-                        PromptSource::Shared(past) => {
-                            if past.len() != p * ls * two_h {
-                                return Err(Error::InvalidArgument(format!(
-                                    "prefix table has {} values, expected P·Ls·2H = {}",
-                                    past.len(),
-                                    p * ls * two_h
-                                )));
-                            }
-                            let same = ws.past_host.len() == past.len()
-                                && ws
-                                    .past_host
-                                    .iter()
-                                    .zip(past)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                            if !same {
-                                ws.past_host.clear();
-                                ws.past.upload(dev, past)?;
-                                ws.past_host.extend_from_slice(past);
-                            }
-                            ws.past.ptr
-                        }
-                        _ => match self.resident.as_mut() {
-                            Some(r) if r.len == p * ls * two_h => r.table(dev)?,
-                            _ => {
-                                return Err(Error::InvalidArgument(format!(
-                                    "no prefix table of P·Ls·2H = {} values on the device",
-                                    p * ls * two_h
-                                )))
-                            }
-                        },
-                    };
-                    ws.kv.ensure(dev, ls * b * p * two_h)?;
-                    let (key, thr, scale, on) = dropout_site(prefix_dropout);
-                    dev.launch_1d(
-                        Kernel::ExpandPrefix,
-                        ls * b * p * two_h,
-                        &[
-                            &past,
-                            &ws.kv.ptr,
-                            &(ls as i32),
-                            &(b as i32),
-                            &(p as i32),
-                            &(two_h as i32),
-                            &key,
-                            &thr,
-                            &scale,
-                            &on,
-                        ],
-                    )?;
-                }
-                PromptSource::PerRow(kv) => {
-                    let mut all = Vec::with_capacity(ls * b * p * two_h);
-                    for layer in kv {
-                        if layer.len() != b * p * two_h {
-                            return Err(Error::InvalidArgument(format!(
-                                "a prefixed layer's keys and values have {} values, expected B·P·2H = {}",
-                                layer.len(),
-                                b * p * two_h
-                            )));
-                        }
-                        all.extend_from_slice(layer);
+            let table_len = p * ls * two_h;
+            let wrong_table = |len: usize| {
+                Error::InvalidArgument(format!(
+                    "prefix table has {len} values, expected P·Ls·2H = {table_len}"
+                ))
+            };
+            let (past, row_table) = match pr.source {
+                PromptSource::Shared(past) => {
+                    if past.len() != table_len {
+                        return Err(wrong_table(past.len()));
                     }
-                    ws.kv.upload(dev, &all)?;
+                    let same = ws.past_host.len() == past.len()
+                        && ws
+                            .past_host
+                            .iter()
+                            .zip(past)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                    if !same {
+                        ws.past_host.clear();
+                        ws.past.upload(dev, past)?;
+                        ws.past_host.extend_from_slice(past);
+                    }
+                    (ws.past.ptr, 0u64)
                 }
-            }
+                PromptSource::Resident => match self.resident.as_mut() {
+                    Some(r) if r.len == table_len => (r.table(dev)?, 0u64),
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "no prefix table of P·Ls·2H = {table_len} values on the device"
+                        )))
+                    }
+                },
+                PromptSource::PerRow { tables, row_table } => {
+                    if let Some(t) = tables.iter().find(|t| t.len() != table_len) {
+                        return Err(wrong_table(t.len()));
+                    }
+                    if row_table.len() != b || row_table.iter().any(|&t| t as usize >= tables.len())
+                    {
+                        return Err(Error::InvalidArgument(format!(
+                            "{} rows name tables {row_table:?} of {} for a batch of {b}",
+                            row_table.len(),
+                            tables.len()
+                        )));
+                    }
+                    ws.tables.upload(dev, &tables.concat())?;
+                    ws.row_table.upload(dev, row_table)?;
+                    (ws.tables.ptr, ws.row_table.ptr)
+                }
+            };
+            ws.kv.ensure(dev, ls * b * p * two_h)?;
+            let site = PrefixSite::new((ls, b, p, two_h), prefix_dropout);
+            let buffers: [&dyn KernelArg; 3] = [&past, &row_table, &ws.kv.ptr];
+            dev.launch_1d(
+                Kernel::ExpandPrefix,
+                ls * b * p * two_h,
+                &[&buffers[..], &site.args()].concat(),
+            )?;
         }
 
         // Embeddings.
@@ -879,23 +878,13 @@ impl CudaEncoder {
             Error::InvalidArgument("CUDA backward without the prompt on the device".into())
         })?;
         let (d_past, accumulate) = resident.table_grad();
-        let (key, thr, scale, on) = dropout_site(step.prefix_dropout);
+        let site = PrefixSite::new((ls, b, p, two_h), step.prefix_dropout);
+        let buffers: [&dyn KernelArg; 2] = [&ws.d_kv.ptr, &d_past];
+        let accumulate = accumulate as i32;
         dev.launch_1d(
             Kernel::ReducePrefix,
             p * ls * two_h,
-            &[
-                &ws.d_kv.ptr,
-                &d_past,
-                &(ls as i32),
-                &(b as i32),
-                &(p as i32),
-                &(two_h as i32),
-                &key,
-                &thr,
-                &scale,
-                &on,
-                &(accumulate as i32),
-            ],
+            &[&buffers[..], &site.args(), &[&accumulate]].concat(),
         )?;
         resident.backward(dev)
     }
@@ -1064,6 +1053,43 @@ fn layernorm_backward(
 /// f32, Ls the prefixed `layers`, ascending: the expanded keys and values or
 /// their gradients): (P, the address of its [B, P, 2H]), or (0, 0) for a
 /// layer without a prefix.
+/// The prompt's shape (Ls, B, P, 2H) and its dropout site, as
+/// expand_prefix and reduce_prefix take them after their buffers.
+struct PrefixSite {
+    dims: [i32; 4],
+    key: u64,
+    threshold: u64,
+    scale: f32,
+    on: i32,
+}
+
+impl PrefixSite {
+    fn new((ls, b, p, two_h): (usize, usize, usize, usize), dropout: Option<Dropout>) -> Self {
+        let (key, threshold, scale, on) = dropout_site(dropout);
+        PrefixSite {
+            dims: [ls, b, p, two_h].map(|d| d as i32),
+            key,
+            threshold,
+            scale,
+            on,
+        }
+    }
+
+    fn args(&self) -> [&dyn KernelArg; 8] {
+        let [ls, b, p, two_h] = &self.dims;
+        [
+            ls,
+            b,
+            p,
+            two_h,
+            &self.key,
+            &self.threshold,
+            &self.scale,
+            &self.on,
+        ]
+    }
+}
+
 fn layer_prefix(
     layers: &[usize],
     l: usize,

@@ -3,17 +3,20 @@
 
 // The deep prompt of every row from the prefix encoder's output, with the
 // prefix dropout of src/model/prefix.rs (PrefixEncoder::expand): past
-// [P, W] with W = Ls*2H, kv [Ls, B, P, 2H], element (k, b, i, c) =
-// past[i, k*2H + c] * factor((b*P + i)*W + k*2H + c).
-extern "C" __global__ void expand_prefix(const float* past, float* kv, int layers, int batch, int p, int two_h,
-                                         u64 key, u64 threshold, float scale, int dropout) {
+// [U, P, W] (U tables) with W = Ls*2H, kv [Ls, B, P, 2H], element
+// (k, b, i, c) = past[t_b, i, k*2H + c] * factor((b*P + i)*W + k*2H + c),
+// where row b reads table t_b = row_table[b] (the adapter of the row, when
+// the server batches several), or table 0 when row_table is null.
+extern "C" __global__ void expand_prefix(const float* past, const u32* row_table, float* kv, int layers, int batch,
+                                         int p, int two_h, u64 key, u64 threshold, float scale, int dropout) {
     u64 w = (u64)layers * two_h;
     u64 n = (u64)layers * batch * p * two_h;
     for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
         u64 c = e % two_h, i = (e / two_h) % p, b = (e / ((u64)two_h * p)) % batch;
         u64 k = e / ((u64)two_h * p * batch);
         u64 col = k * two_h + c;
-        float v = past[i * w + col];
+        u64 table = row_table != 0 ? row_table[b] : 0;
+        float v = past[(table * p + i) * w + col];
         if (dropout) {
             float f = drop_factor(key, threshold, scale, (b * p + i) * w + col);
             v = f == 0.0f ? 0.0f : v * f;
