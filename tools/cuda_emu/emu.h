@@ -9,8 +9,10 @@
 // reading or overwriting what another writes without a barrier between them)
 // gives different results in the two orders: run both and compare. The
 // dynamic shared memory is filled with NaN before each block, as a real
-// block finds it holding garbage. A barrier some threads never reach, or a
-// warp meeting with lanes missing, stops the process with a message.
+// block finds it holding garbage, up to the size the launch asked for (past
+// it, a canary that a block may not overwrite). A barrier some threads never
+// reach, or a warp meeting with lanes missing, stops the process with a
+// message.
 // Semantics only: nothing here says anything about speed.
 #pragma once
 #include <ucontext.h>
