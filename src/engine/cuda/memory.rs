@@ -117,8 +117,12 @@ impl<T: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy> DevBuf<T> {
                     self.mem = Mem::Cuda(s);
                 }
                 Backend::Emulated(_) => {
+                    // "Undefined" as NaN, in f32 and bf16 alike (and an
+                    // index far out of range in u32): a kernel that reads
+                    // what nothing wrote shows it, where a GPU's zeros
+                    // would hide it.
                     let words = (len.max(1) * std::mem::size_of::<T>()).div_ceil(8);
-                    let v = vec![0u64; words];
+                    let v = vec![0x7fc0_7fc0_7fc0_7fc0u64; words];
                     self.ptr = v.as_ptr() as u64;
                     self.mem = Mem::Host(v);
                 }
