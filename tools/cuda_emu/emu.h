@@ -4,7 +4,7 @@
 // on the calling thread, one at a time, each until it meets a
 // barrier: __syncthreads, or a warp's meeting in a shuffle or an mma. The
 // schedule is deterministic, and PTUNING_EMU_ORDER=reverse runs the threads
-// of each step in the opposite order. Between two barriers every thread runs
+// of each step, and the blocks, in the opposite order. Between two barriers every thread runs
 // whole, before or after every other, so a shared-memory race (a thread
 // reading or overwriting what another writes without a barrier between them)
 // gives different results in the two orders: run both and compare. The
@@ -357,12 +357,14 @@ void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
     auto call = [&] { kernel(as_param<P>(args)...); };
     emu::body = [](void* f) { (*static_cast<decltype(call)*>(f))(); };
     emu::body_arg = &call;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = Dim3{x, y, z};
-                prepare_shared();
-                emu::run_block(block, reverse);
-                check_shared();
-            }
+    // Reversed, the blocks run last to first too: two blocks writing the
+    // same element, or one reading what another writes, give other results.
+    std::size_t blocks = (std::size_t)grid.x * grid.y * grid.z;
+    for (std::size_t n = 0; n < blocks; n++) {
+        std::size_t at = reverse ? blocks - 1 - n : n;
+        blockIdx = Dim3{unsigned(at % grid.x), unsigned(at / grid.x % grid.y), unsigned(at / grid.x / grid.y)};
+        prepare_shared();
+        emu::run_block(block, reverse);
+        check_shared();
+    }
 }

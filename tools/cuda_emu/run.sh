@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs the CPU emulation of the CUDA kernels (no GPU needed), once
-# with the threads of each block in order and once reversed: a shared-memory
+# with the blocks and the threads of each block in order and once reversed: a
 # race shows as a different digest. HEAD_DIM=64 bash run.sh for BERT's heads.
 set -euo pipefail
 cd "$(dirname "$0")"
