@@ -697,8 +697,9 @@ fn profile_counts_every_launch() {
 /// kernels.cu on the CPU (the threads of a block as fibers, one at a time
 /// from barrier to barrier) against a double-precision attention, central
 /// differences for every backward, and the CPU engine's dropout mask. It runs
-/// twice, the threads in opposite orders: a shared-memory race changes some
-/// output, and so the digest of them all. The first run is under
+/// twice, the blocks and their threads in opposite orders: a race (in shared
+/// memory, or between blocks) changes some output, and so the digest of
+/// them all. The first run is under
 /// AddressSanitizer and UBSan.
 #[test]
 fn kernels_pass_the_cpu_emulation() {
