@@ -27,7 +27,7 @@ use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
 use ptuning::model::prefix::{DeepPrompt, PrefixConfig, PrefixEncoder};
 use ptuning::model::prompt_model::{PromptModel, Targets};
-use ptuning::model::weights::save_tensors;
+use ptuning::model::weights::{save_tensors, WeightFile};
 use ptuning::rng::Rng;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
 
@@ -122,6 +122,20 @@ fn targets(test: &str) -> Vec<Target> {
         Err(why) => eprintln!("{test}: {why}, so no emulated run"),
     }
     out
+}
+
+/// The C++ compiler the emulated device is built with, or None, said on
+/// stderr, where there is none (the test is then skipped).
+fn emulator_compiler() -> Option<String> {
+    common::emulator_cxx()
+        .map_err(|why| eprintln!("skipped: {why}, so no emulated device"))
+        .ok()
+}
+
+/// The ptuning binary: PTUNING_TEST_BIN when the test runs away from its
+/// build (bench/gpu.sh), else cargo's.
+fn ptuning_bin() -> std::ffi::OsString {
+    std::env::var_os("PTUNING_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into())
 }
 
 /// How many launches of kernel (or GEMM) `name` a profile counted.
@@ -488,18 +502,16 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
             tables: &tables,
             row_table: &row_table,
         });
-        let (p, two_h) = (len, 2 * model.backbone.config.hidden_size);
-        let width = layers.len() * two_h;
+        // Each row's keys and values from its own table's expansion.
+        let expanded = tables.map(|t| model.prefix.expand(t, batch.batch, None));
+        let row_len = len * 2 * model.backbone.config.hidden_size;
         let kv = (0..layers.len())
             .map(|k| {
                 row_table
                     .iter()
-                    .flat_map(|&t| {
-                        (0..p).flat_map(move |i| {
-                            let at = i * width + k * two_h;
-                            tables[t as usize][at..at + two_h].iter().copied()
-                        })
-                    })
+                    .enumerate()
+                    .flat_map(|(b, &t)| &expanded[t as usize].kv[k][b * row_len..][..row_len])
+                    .copied()
                     .collect()
             })
             .collect();
@@ -543,8 +555,7 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
 #[test]
 fn device_flag_from_the_command_line() {
     let tiny = common::fixtures().join("tiny-bert");
-    let bin = std::env::var_os("PTUNING_TEST_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into());
+    let bin = ptuning_bin();
     let bench_env = |device: &str, extra: &[&str], env: &[(&str, &str)]| {
         let out = std::process::Command::new(&bin)
             .envs(env.iter().copied())
@@ -703,12 +714,8 @@ fn profile_counts_every_launch() {
 /// AddressSanitizer and UBSan.
 #[test]
 fn kernels_pass_the_cpu_emulation() {
-    let gxx = match common::emulator_cxx() {
-        Ok(gxx) => gxx,
-        Err(why) => {
-            eprintln!("skipped: {why}, so tools/cuda_emu is not built");
-            return;
-        }
+    let Some(gxx) = emulator_compiler() else {
+        return;
     };
     let root = common::repo_root();
     let dir = tempfile::tempdir().unwrap();
@@ -940,12 +947,8 @@ fn random_backbone(
 /// buffer, for one, stops them with a heap-buffer-overflow.
 #[test]
 fn emulated_kernels_stay_inside_their_buffers() {
-    let gxx = match common::emulator_cxx() {
-        Ok(gxx) => gxx,
-        Err(why) => {
-            eprintln!("skipped: {why}, so no emulated device");
-            return;
-        }
+    let Some(gxx) = emulator_compiler() else {
+        return;
     };
     let asan = std::process::Command::new(&gxx)
         .arg("-print-file-name=libasan.so")
@@ -986,8 +989,7 @@ fn emulated_kernels_stay_inside_their_buffers() {
 /// every precision.
 #[test]
 fn emulated_models_give_the_same_bits_in_both_thread_orders() {
-    if let Err(why) = common::emulator_cxx() {
-        eprintln!("skipped: {why}, so no emulated device");
+    if emulator_compiler().is_none() {
         return;
     }
     let name = if common::minilm_available() {
@@ -1527,12 +1529,10 @@ fn device_optimizer_matches_the_host() {
 /// CPU predicts; `bench --profile` times its kernels.
 #[test]
 fn the_cli_runs_on_the_emulated_gpu() {
-    if let Err(why) = common::emulator_cxx() {
-        eprintln!("skipped: {why}, so no emulated GPU");
+    if emulator_compiler().is_none() {
         return;
     }
-    let bin = std::env::var_os("PTUNING_TEST_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_ptuning").into());
+    let bin = ptuning_bin();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
     std::fs::write(
@@ -1551,7 +1551,7 @@ fn the_cli_runs_on_the_emulated_gpu() {
     )
     .unwrap();
     let tiny = common::fixtures().join("tiny-bert");
-    // `order`: the emulated threads' (PTUNING_EMU_ORDER).
+    // `order`: the emulated threads' (PTUNING_EMU_ORDER). (stdout, stderr).
     let ptuning = |(device, order): (&str, &str), args: &[&str]| {
         let out = std::process::Command::new(&bin)
             .env("PTUNING_CUDA_EMULATOR", "1")
@@ -1562,7 +1562,7 @@ fn the_cli_runs_on_the_emulated_gpu() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{device} {order} {args:?}:\n{err}");
-        err
+        (out.stdout, err)
     };
     let train = |device: (&str, &str), out: &str, extra: &[&str]| {
         let paths =
@@ -1590,23 +1590,16 @@ fn the_cli_runs_on_the_emulated_gpu() {
         args.extend(extra);
         ptuning(device, &args);
     };
+    // An adapter's tensors, by name.
     let tensors = |run: &str| -> Vec<(String, Vec<f32>)> {
-        let bytes = std::fs::read(data.join(run).join("adapter_model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut out: Vec<(String, Vec<f32>)> = st
-            .tensors()
+        let file = WeightFile::open(&data.join(run).join("adapter_model.safetensors")).unwrap();
+        file.names()
             .into_iter()
-            .map(|(name, view)| {
-                let values = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+            .map(|name| {
+                let (values, _) = file.tensor_f32(&name).unwrap();
                 (name, values)
             })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+            .collect()
     };
 
     let (on_cpu, on_gpu) = (("cpu", "forward"), ("cuda", "forward"));
@@ -1684,17 +1677,28 @@ fn the_cli_runs_on_the_emulated_gpu() {
 
     // bench --profile on the emulated GPU: every kernel timed, and the
     // matrix products' TFLOP/s worked out from their shapes.
-    let out = std::process::Command::new(&bin)
-        .env("PTUNING_CUDA_EMULATOR", "1")
-        .args(["--device", "cuda", "bench", "--model"])
-        .arg(&tiny)
-        .args(["--batch", "2", "--seq", "8", "--prefix-len", "4"])
-        .args(["--warmup", "0", "--iters", "1", "--profile", "--json"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = tiny.display().to_string();
+    let (out, err) = ptuning(
+        on_gpu,
+        &[
+            "bench",
+            "--model",
+            &model,
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--prefix-len",
+            "4",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--profile",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["device"], "CPU emulation of the CUDA kernels");
     let rate = |kernel: &str| {
         err.lines()

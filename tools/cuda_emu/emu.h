@@ -3,11 +3,12 @@
 // a GPU. Blocks run one after another; the threads of a block run as fibers
 // on the calling thread, one at a time, each until it meets a
 // barrier: __syncthreads, or a warp's meeting in a shuffle or an mma. The
-// schedule is deterministic, and PTUNING_EMU_ORDER=reverse runs the threads
-// of each step, and the blocks, in the opposite order. Between two barriers every thread runs
-// whole, before or after every other, so a shared-memory race (a thread
-// reading or overwriting what another writes without a barrier between them)
-// gives different results in the two orders: run both and compare. The
+// schedule is deterministic, and PTUNING_EMU_ORDER=reverse runs the blocks,
+// and the threads of each step, in the opposite order. Between two barriers
+// every thread runs whole, before or after every other, so a race (a thread
+// reading or overwriting what another writes without a barrier between
+// them, or two blocks writing one element) gives different results in the
+// two orders: run both and compare. The
 // dynamic shared memory is filled with NaN before each block, as a real
 // block finds it holding garbage, up to the size the launch asked for (past
 // it, a canary that a block may not overwrite). A barrier some threads never
@@ -219,11 +220,14 @@ inline float* use_dynamic_shared() {
 }
 #define ATTENTION_SHARED float* const smem = use_dynamic_shared()
 
+// The floats of dynamic_shared the launch asked for.
+inline std::size_t shared_floats() { return std::min(shared_limit, sizeof(dynamic_shared)) / 4; }
+
 // Fills the dynamic shared memory for the next block (unless it holds the
 // fill for this limit, untouched since).
 inline void prepare_shared() {
     if (!shared_used && filled_for == shared_limit) return;
-    std::size_t used = std::min(shared_limit, sizeof(dynamic_shared)) / 4;
+    std::size_t used = shared_floats();
     std::fill(dynamic_shared, dynamic_shared + used, NAN);
     float canary;
     std::memcpy(&canary, &CANARY, 4);
@@ -235,8 +239,7 @@ inline void prepare_shared() {
 // After a block: stops the run if it wrote past what the launch asked for.
 inline void check_shared() {
     if (!shared_used) return;
-    std::size_t used = std::min(shared_limit, sizeof(dynamic_shared)) / 4;
-    for (std::size_t i = used; i < std::size(dynamic_shared); i++) {
+    for (std::size_t i = shared_floats(); i < std::size(dynamic_shared); i++) {
         std::uint32_t bits;
         std::memcpy(&bits, &dynamic_shared[i], 4);
         if (bits != CANARY) {
@@ -342,9 +345,14 @@ To as_param(From f) {
         return static_cast<To>(f);
 }
 
-// The threads' order in the next launches: -1 as PTUNING_EMU_ORDER says
-// (reverse, else in order), 0 in order, 1 reversed.
+// The order of the blocks and their threads in the next launches: -1 as
+// PTUNING_EMU_ORDER says (reverse, else in order), 0 in order, 1 reversed.
 inline int thread_order = -1;
+
+inline bool reverse_by_env() {
+    const char* order = std::getenv("PTUNING_EMU_ORDER");
+    return order != nullptr && std::strcmp(order, "reverse") == 0;
+}
 
 // Runs kernel(args...) over grid × block (block.y = block.z = 1), the
 // blocks one after another on this thread.
@@ -352,8 +360,7 @@ template <typename... P, typename... A>
 void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
     gridDim = grid;
     blockDim = Dim3{block, 1, 1};
-    const char* order = std::getenv("PTUNING_EMU_ORDER");
-    bool reverse = thread_order >= 0 ? thread_order == 1 : order != nullptr && std::strcmp(order, "reverse") == 0;
+    bool reverse = thread_order >= 0 ? thread_order == 1 : reverse_by_env();
     auto call = [&] { kernel(as_param<P>(args)...); };
     emu::body = [](void* f) { (*static_cast<decltype(call)*>(f))(); };
     emu::body_arg = &call;

@@ -304,8 +304,8 @@ impl CudaDevice {
         .with_tensor_cores(true, u32::MAX)
     }
 
-    /// The emulated device's threads of each block in reverse order from
-    /// now on (false: in order), for race checks
+    /// The emulated device's blocks, and the threads of each, in reverse
+    /// order from now on (false: in order), for race checks
     /// ([`super::emulator::Emulator::reverse_threads`]);
     /// an error on a GPU.
     pub fn reverse_emulated_threads(&self, reverse: bool) -> Result<()> {

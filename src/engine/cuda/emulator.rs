@@ -24,8 +24,8 @@ type LaunchFn =
 /// The loaded emulator library for one head dimension.
 pub struct Emulator {
     launch: LaunchFn,
-    /// The order of the threads of a block: -1 as PTUNING_EMU_ORDER says,
-    /// 0 in order, 1 reversed.
+    /// The order of the blocks and of the threads of a block: -1 as
+    /// PTUNING_EMU_ORDER says, 0 in order, 1 reversed.
     order: AtomicI32,
     // Keeps `launch` valid.
     _lib: libloading::Library,
@@ -107,9 +107,10 @@ impl Emulator {
         })
     }
 
-    /// Runs the threads of each block in reverse order from now on (false:
-    /// in order). Between two barriers each thread runs whole, so a kernel
-    /// gives the same bits in both orders unless it has a race.
+    /// Runs the blocks, and the threads of each block, in reverse order
+    /// from now on (false: in order). Between two barriers each thread runs
+    /// whole, so a kernel gives the same bits in both orders unless it has a
+    /// race.
     pub fn reverse_threads(&self, reverse: bool) {
         self.order.store(i32::from(reverse), Ordering::Relaxed);
     }
