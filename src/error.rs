@@ -58,6 +58,9 @@ pub enum Error {
     Training(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The CUDA device or its libraries failed, or cannot run what was asked.
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -93,7 +93,7 @@ fn a_missing_cuda_is_a_clear_error() {
         .err()
         .expect("no CUDA, no device")
         .to_string();
-    assert!(e.contains("cannot load"), "{e}");
+    assert!(e.starts_with("CUDA: not usable here: cannot load"), "{e}");
     assert!(e.contains("--device cpu"), "{e}");
 }
 
@@ -581,7 +581,7 @@ fn device_flag_from_the_command_line() {
         assert!(ok, "{err}");
         assert!(out.contains("\"device\":\"cpu\""), "{out}");
         let (ok, _, err) = bench("cuda", &[]);
-        assert!(!ok && err.contains("CUDA is not usable here"), "{err}");
+        assert!(!ok && err.contains("CUDA: not usable here"), "{err}");
         let (ok, _, err) = bench("auto", &["--profile"]);
         assert!(!ok && err.contains("--profile times GPU kernels"), "{err}");
         // The CPU engine is f32: another precision is noted, not obeyed.

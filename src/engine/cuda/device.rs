@@ -93,7 +93,7 @@ pub fn emulator_requested() -> bool {
 
 /// A CUDA call's failure as our error: what was being done, and the code.
 pub(crate) fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::InvalidArgument(format!("CUDA: {what}: {e:?}"))
+    Error::Cuda(format!("{what}: {e:?}"))
 }
 
 /// (key, threshold, scale, enabled) of a dropout site, as the kernels take
@@ -178,28 +178,28 @@ impl CudaDevice {
     pub fn open(ordinal: usize, head_dim: usize) -> Result<Self> {
         if emulator_requested() {
             if ordinal != 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "CUDA: no GPU cuda:{ordinal}; {EMULATOR_ENV}=1 emulates cuda:0 only"
+                return Err(Error::Cuda(format!(
+                    "no GPU cuda:{ordinal}; {EMULATOR_ENV}=1 emulates cuda:0 only"
                 )));
             }
             return Self::emulated(head_dim);
         }
         let missing = missing_libraries();
         if !missing.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "CUDA is not usable here: cannot load {}; install the NVIDIA driver and the CUDA 13 toolkit (or put its lib folder on LD_LIBRARY_PATH), or use --device cpu",
+            return Err(Error::Cuda(format!(
+                "not usable here: cannot load {}; install the NVIDIA driver and the CUDA 13 toolkit (or put its lib folder on LD_LIBRARY_PATH), or use --device cpu",
                 missing.join(", ")
             )));
         }
         let count = CudaContext::device_count().map_err(|e| driver_err("counting GPUs", e))?;
         if count <= 0 {
-            return Err(Error::InvalidArgument(
-                "CUDA: the driver sees no GPU; use --device cpu".into(),
+            return Err(Error::Cuda(
+                "the driver sees no GPU; use --device cpu".into(),
             ));
         }
         if ordinal >= count as usize {
-            return Err(Error::InvalidArgument(format!(
-                "CUDA: no GPU cuda:{ordinal}; this machine has {count} (cuda:0 to cuda:{})",
+            return Err(Error::Cuda(format!(
+                "no GPU cuda:{ordinal}; this machine has {count} (cuda:0 to cuda:{})",
                 count - 1
             )));
         }
@@ -505,8 +505,8 @@ impl CudaDevice {
                 stream, functions, ..
             } => {
                 let f = functions[kernel as usize].as_ref().ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "CUDA: kernel {} is not built for head size {}",
+                    Error::Cuda(format!(
+                        "kernel {} is not built for head size {}",
                         kernel.name(),
                         self.head_dim
                     ))
@@ -645,8 +645,8 @@ impl CudaDevice {
             GemmOut::Bf16(c) => (c, true),
         };
         if c_bf16 && (accumulate || precision != Precision::Bf16) {
-            return Err(Error::InvalidArgument(
-                "CUDA: a bf16 GEMM output needs bf16 inputs and cannot accumulate".into(),
+            return Err(Error::Cuda(
+                "a bf16 GEMM output needs bf16 inputs and cannot accumulate".into(),
             ));
         }
         use blas_sys::cublasComputeType_t as Compute;

@@ -32,7 +32,7 @@ pub struct Emulator {
 }
 
 fn emu_err(what: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("CUDA emulator: {what}"))
+    Error::Cuda(format!("emulator: {what}"))
 }
 
 /// A hash of the sources: the library's file name changes with them.

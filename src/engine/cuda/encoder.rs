@@ -310,8 +310,8 @@ impl CudaEncoder {
     pub fn on(dev: CudaDevice, model: &BertModel, precision: Precision) -> Result<Self> {
         let config = model.config.clone();
         if dev.head_dim != config.head_dim() {
-            return Err(Error::InvalidArgument(format!(
-                "CUDA: the kernels were built for head dimension {}, the model's is {}",
+            return Err(Error::Cuda(format!(
+                "the kernels were built for head dimension {}, the model's is {}",
                 dev.head_dim,
                 config.head_dim()
             )));
@@ -320,8 +320,8 @@ impl CudaEncoder {
         // kernels/layernorm.cuh) across a block.
         let max_row = LN_PER_THREAD * ROW_BLOCK as usize;
         if config.hidden_size > max_row {
-            return Err(Error::InvalidArgument(format!(
-                "CUDA: the LayerNorm kernels take rows of at most {max_row} values, this model's hidden size is {}; use --device cpu",
+            return Err(Error::Cuda(format!(
+                "the LayerNorm kernels take rows of at most {max_row} values, this model's hidden size is {}; use --device cpu",
                 config.hidden_size
             )));
         }

@@ -220,15 +220,15 @@ fn allocation_failed(dev: &CudaDevice, bytes: usize, e: DriverError) -> Error {
 /// The out-of-memory error, apart from the device for its test.
 fn out_of_memory(device: &str, bytes: usize, held: usize) -> Error {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    Error::InvalidArgument(format!(
-        "CUDA: out of memory on {device}: {:.1} MiB more asked for, {:.1} MiB already held by ptuning's buffers; use a smaller --batch-size (or --eval-batch-size, --max-seq-len), --precision bf16, or a card with more memory",
+    Error::Cuda(format!(
+        "out of memory on {device}: {:.1} MiB more asked for, {:.1} MiB already held by ptuning's buffers; use a smaller --batch-size (or --eval-batch-size, --max-seq-len), --precision bf16, or a card with more memory",
         mib(bytes),
         mib(held)
     ))
 }
 
 fn mixed_devices() -> Error {
-    Error::InvalidArgument("CUDA: a buffer of one device used on another".into())
+    Error::Cuda("a buffer of one device used on another".into())
 }
 
 #[cfg(test)]

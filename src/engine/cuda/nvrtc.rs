@@ -19,8 +19,8 @@ pub fn nvrtc_present() -> bool {
 }
 
 fn nvrtc_missing() -> Error {
-    Error::InvalidArgument(
-        "CUDA: libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
+    Error::Cuda(
+        "libnvrtc.so.13 (NVRTC) cannot be loaded; install the CUDA 13 toolkit or put its lib folder on LD_LIBRARY_PATH".into(),
     )
 }
 
@@ -41,8 +41,8 @@ pub fn compile_kernels(head_dim: usize, arch: Option<String>) -> Result<Ptx> {
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(kernels::source(), opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::InvalidArgument(format!(
-            "CUDA: NVRTC could not compile the kernels:\n{}",
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::Cuda(format!(
+            "NVRTC could not compile the kernels:\n{}",
             log.to_string_lossy()
         )),
         other => driver_err("NVRTC", other),
@@ -82,8 +82,8 @@ pub fn kernels_key(head_dim: usize, arch: &str) -> Result<String> {
 /// The attention kernels move heads in 4-float vectors.
 pub fn check_head_dim(head_dim: usize) -> Result<()> {
     if head_dim == 0 || !head_dim.is_multiple_of(4) {
-        return Err(Error::InvalidArgument(format!(
-            "CUDA: the attention kernels need a head size that is a multiple of 4, this model's is {head_dim}; use --device cpu"
+        return Err(Error::Cuda(format!(
+            "the attention kernels need a head size that is a multiple of 4, this model's is {head_dim}; use --device cpu"
         )));
     }
     Ok(())

@@ -126,8 +126,8 @@ impl CudaDevice {
             Operand::Plain(w) => return gemm(precision, act, w, accumulate),
             Operand::Split { hi, lo } if precision == Precision::Fp32 => (hi, lo),
             Operand::Split { .. } => {
-                return Err(Error::InvalidArgument(format!(
-                    "CUDA: a split (3xTF32) weight is for fp32 GEMMs, not {}",
+                return Err(Error::Cuda(format!(
+                    "a split (3xTF32) weight is for fp32 GEMMs, not {}",
                     precision.as_str()
                 )))
             }
