@@ -198,6 +198,7 @@ inline void run_block(unsigned threads, bool reverse) {
 }  // namespace emu
 
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static

@@ -810,7 +810,8 @@ impl CudaEncoder {
             let need_below = l > lowest;
             dev.launch(
                 Kernel::AttentionDelta,
-                (rows.div_ceil(256) as u32, nh as u32, 1),
+                // A thread per 16 bytes of a head's row (DELTA_LANES).
+                ((rows * (h / nh) / 4).div_ceil(256) as u32, nh as u32, 1),
                 256,
                 &[
                     &s.ctx.ptr,

@@ -32,6 +32,7 @@
 #define ROW (HEAD_DIM + 4)            // shared row stride: 16-byte rows, rows on distinct banks
 #define PROW (TILE + 4)               // the same for a [TILE, TILE] tile
 #define CHUNKS ((HEAD_DIM + 31) / 32)  // 4-wide column groups of a thread in an output tile
+#define TILE_THREADS 64               // threads of a block (the launch's)
 
 // The attention kernels' tiles live in dynamic shared memory, sized at
 // launch by Kernel::shared_bytes (kernels/entry.rs), which follows the carving
@@ -177,37 +178,78 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
     return any;
 }
 
-// Elements d .. d + 3 of `row`, its bias added, times `scale` (one 16-byte
-// load each, 8 bytes from bf16).
-__device__ __forceinline__ void row_values(RowRef row, int d, float scale, float v[4]) {
+// Four elements d .. d + 3 of a row as loaded, not yet used: four f32, or
+// four bf16 in bits[0..1]. The tile loaders issue all of a thread's loads
+// before they use any, so that they overlap: one element (or 16 bytes) at a
+// time, each waiting for global memory in turn, bounded the attention
+// kernels.
+struct Chunk {
+    u32 bits[4];
+};
+
+// One 16-byte load from f32 rows, 8 bytes from bf16.
+__device__ __forceinline__ Chunk load_chunk(RowRef row, int d) {
+    Chunk c = {};
     if (row.at16 != 0) {
-        u64 bits = *reinterpret_cast<const u64*>(row.at16 + d);
-#pragma unroll
-        for (int c = 0; c < 4; c++) v[c] = bf16_float((u16)(bits >> (16 * c)));
+        u64 w = *reinterpret_cast<const u64*>(row.at16 + d);
+        c.bits[0] = (u32)w;
+        c.bits[1] = (u32)(w >> 32);
     } else {
+        float v[4];
         ld4(row.at + d, v);
-    }
-    if (row.bias != 0) {
-        float bias[4];
-        ld4(row.bias + d, bias);
 #pragma unroll
-        for (int c = 0; c < 4; c++) v[c] += bias[c];
+        for (int i = 0; i < 4; i++) c.bits[i] = __float_as_uint(v[i]);
     }
-#pragma unroll
-    for (int c = 0; c < 4; c++) v[c] *= scale;
+    return c;
 }
 
-// Rows r0 .. r0 + TILE of a [*, HD] strided source into a [TILE, ROW] shared
-// tile, plus their bias, times `scale`; rows at or past `count` are zeros.
-// `src(r)` is row r's RowRef. Called by every thread of the block.
+// The chunk of `row` at d, its bias added (the same few hundred bytes for
+// every row: cache hits), times `scale`.
+__device__ __forceinline__ void chunk_values(const Chunk& c, RowRef row, int d, float scale, float v[4]) {
+    float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (row.bias != 0) ld4(row.bias + d, bias);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float x = row.at16 != 0 ? bf16_float((u16)(c.bits[i / 2] >> (16 * (i % 2)))) : __uint_as_float(c.bits[i]);
+        v[i] = (x + bias[i]) * scale;
+    }
+}
+
+// Rows r0 .. r0 + ROWS of a [*, HD] strided source (`src(r)`: row r's
+// RowRef), bias added, times `scale`, zeros from row `count` on: store(r, d,
+// v) writes elements d .. d + 3 of tile row r. THREADS is the block's size
+// (every thread calls it); each takes chunks tid, tid + THREADS, ..., and
+// loads BATCH of them before it stores any (their bits live in registers
+// meanwhile: 4 each). The batches are a loop, not unrolled: unrolled, the
+// compiler hoisted every batch's loads to the top (45 more registers in
+// dK/dV, where 168 keep 3 blocks on a multiprocessor).
+template <int ROWS, int THREADS, int BATCH = 8, typename Src, typename Store>
+__device__ __forceinline__ void load_rows(int r0, int count, float scale, Src src, Store store) {
+    constexpr int PER_ROW = HEAD_DIM / 4, CHUNKS_ALL = ROWS * PER_ROW;
+#pragma unroll 1
+    for (int c0 = 0; c0 < CHUNKS_ALL; c0 += BATCH * THREADS) {
+        Chunk raw[BATCH];
+#pragma unroll
+        for (int k = 0; k < BATCH; k++) {
+            int e = c0 + k * THREADS + (int)threadIdx.x, r = e / PER_ROW;
+            raw[k] = e < CHUNKS_ALL && r0 + r < count ? load_chunk(src(r0 + r), e % PER_ROW * 4) : Chunk{};
+        }
+#pragma unroll
+        for (int k = 0; k < BATCH; k++) {
+            int e = c0 + k * THREADS + (int)threadIdx.x, r = e / PER_ROW, d = e % PER_ROW * 4;
+            if (e >= CHUNKS_ALL) continue;
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (r0 + r < count) chunk_values(raw[k], src(r0 + r), d, scale, v);
+            store(r, d, v);
+        }
+    }
+}
+
+// Rows r0 .. r0 + TILE into a [TILE, ROW] shared tile, as load_rows reads
+// them, by the 64 threads of a block.
 template <typename Src>
 __device__ __forceinline__ void load_tile(float* dst, int r0, int count, float scale, Src src) {
-    for (int e = threadIdx.x; e < TILE * (HEAD_DIM / 4); e += blockDim.x) {
-        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
-        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
-        st4(dst + r * ROW + d, v);
-    }
+    load_rows<TILE, TILE_THREADS>(r0, count, scale, src, [&](int r, int d, const float* v) { st4(dst + r * ROW + d, v); });
 }
 
 // The key and value tiles j0 .. j0 + TILE (zeros past the last key).
@@ -338,21 +380,36 @@ extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16,
 }
 
 // delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row
-// term; dctx f32, or bf16 in dctx16 when that is not null.
+// term; dctx f32, or bf16 in dctx16 when that is not null. DELTA_LANES
+// neighbouring threads take a (row, head), 16 bytes of ctx each, so that a
+// warp reads whole rows (a thread per row read 64 strided floats), and sum
+// by shuffles; 1 where HD / 4 does not divide a warp. Grid-stride over
+// rows × DELTA_LANES threads, a warp at a time (the shuffles need all 32).
+#define DELTA_LANES (HEAD_DIM / 4 <= 32 && 32 % (HEAD_DIM / 4) == 0 ? HEAD_DIM / 4 : 1)
 extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, const u16* dctx16, float* delta,
                                            int rows, int nh, int t) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
-    int hh = blockIdx.y;
-    if (r >= rows) return;
-    int h = nh * HEAD_DIM;
-    u64 at = (u64)r * h + hh * HEAD_DIM;
-    const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
-    float s = 0.0f;
+    int hh = blockIdx.y, h = nh * HEAD_DIM, lane = threadIdx.x % DELTA_LANES;
+    u64 total = (u64)rows * DELTA_LANES, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 base = (blockIdx.x * (u64)blockDim.x + threadIdx.x) & ~31ull; base < total; base += stride) {
+        u64 g = base + (threadIdx.x & 31);
+        int r = (int)(g / DELTA_LANES);
+        float s = 0.0f;
+        if (g < total) {
+            u64 at = (u64)r * h + hh * HEAD_DIM;
+            const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
+            for (int k = 4 * lane; k < HEAD_DIM; k += 4 * DELTA_LANES) {
+                Chunk c = load_chunk(d, k);
+                float dv[4], cv[4];
+                chunk_values(c, d, k, 1.0f, dv);
+                ld4(ctx + at + k, cv);
 #pragma unroll
-    for (int k = 0; k < HEAD_DIM; k++) s += ctx[at + k] * d[k];
-    // rows are b*T + i; delta is [B, NH, T]
-    int b = r / t, i = r % t;
-    delta[((u64)b * nh + hh) * t + i] = s;
+                for (int e = 0; e < 4; e++) s += cv[e] * dv[e];
+            }
+        }
+        for (int o = DELTA_LANES / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        // rows are b*T + i; delta is [B, NH, T]
+        if (g < total && lane == 0) delta[((u64)(r / t) * nh + hh) * t + r % t] = s;
+    }
 }
 
 // dQ: a block per tile of 32 queries, keys streamed as in the forward:

@@ -37,7 +37,7 @@
 #define MMA_ROWS 64          // queries (keys) per block and per streamed tile
 #define KT (MMA_ROWS / 8)    // C tiles across 64 columns
 #define DT (HEAD_DIM / 8)    // C tiles across the head
-#define VROW (MMA_ROWS + 8)  // bf16 row stride of transposed [HD, 64] tiles
+#define MMA_THREADS 128      // 4 warps per block (the launch's)
 
 #if HEAD_DIM % 8 == 0
 #ifndef MMA_EMULATED
@@ -102,12 +102,12 @@ __device__ __forceinline__ Operand<N> operand(const u32 (&r)[N]) {
 }
 
 // bf16: two k in a register. The B operand of a product with C tiles needs
-// two neighbouring rows of M in one register, so such tiles also get a
-// transposed copy [HD, VROW].
+// two neighbouring rows of M in one register: two 16-bit reads of the
+// row-major tile, packed. With a stride of HD + 8 (36 words at HD 64) the
+// rows 2t, 2t + 1, 2t + 8 and 2t + 9 a warp reads sit on distinct banks.
 struct Bf16Format {
     typedef u16 T;
     static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
-    static constexpr bool TRANSPOSED = true;
     __device__ static T round(float v) { return bf16_bits(v); }
     // v rounded to 4 consecutive elements at p (8-byte aligned).
     __device__ static void store4(T* p, const float v[4]) {
@@ -126,11 +126,12 @@ struct Bf16Format {
         x[2] = pack(w[nt + 1][0], w[nt + 1][1]);
         x[3] = pack(w[nt + 1][2], w[nt + 1][3]);
     }
-    // B: rows nt*8 .. nt*8 + 16 of M, column col, from M transposed (`m`).
+    // B: rows nt*8 + 2t, + 1 and nt*8 + 2t + 8, + 9 of M, column col, from
+    // the row-major tile `m` [64, STRIDE].
     __device__ static void b_from_cols(const T* m, int nt, int col, int tq, u32 y[2]) {
-        const T* p = m + col * VROW + nt * 8 + 2 * tq;
-        y[0] = reg(p);
-        y[1] = reg(p + 8);
+        const T* p = m + (nt * 8 + 2 * tq) * STRIDE + col;
+        y[0] = (u32)p[0] | ((u32)p[STRIDE] << 16);
+        y[1] = (u32)p[8 * STRIDE] | ((u32)p[9 * STRIDE] << 16);
     }
 };
 
@@ -147,7 +148,6 @@ template <bool SPLIT>
 struct Tf32Formats {
     typedef float T;
     static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
-    static constexpr bool TRANSPOSED = false;
     __device__ static T round(float v) { return SPLIT ? v : tf32_round(v); }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
     // v rounded to 4 consecutive elements at p (16-byte aligned).
@@ -216,8 +216,8 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
     }
 }
 
-// o[dn] += W (16 x 64, the C tiles w) · M (64 x HD), M as cols_tile stores
-// it: probabilities times values, dS times keys or queries. Rows of M from
+// o[dn] += W (16 x 64, the C tiles w) · M (64 x HD, a row-major tile):
+// probabilities times values, dS times keys or queries. Rows of M from
 // `valid` on are zeros, and so are W's columns there: the products of whole
 // k steps past it are skipped (they would add exact zeros).
 template <typename F>
@@ -238,17 +238,6 @@ __device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const ty
     }
 }
 
-// Where mma_tiles_by_cols reads a tile that is read as rows too: in bf16 a
-// transposed copy carved at `next` (which then moves past it), in tf32 the
-// rows themselves.
-template <typename F>
-__device__ __forceinline__ typename F::T* cols_tile(typename F::T* rows, typename F::T*& next) {
-    if (!F::TRANSPOSED) return rows;
-    typename F::T* c = next;
-    next += HEAD_DIM * VROW;
-    return c;
-}
-
 // Shared memory from its start as [64, STRIDE] tiles of format F, one per
 // entry of `tiles`; returns where the rest starts.
 template <typename F, int N>
@@ -261,32 +250,13 @@ __device__ __forceinline__ typename F::T* carve_tiles(float* smem, typename F::T
     return at;
 }
 
-// Rows r0 .. r0 + 64 of a strided [*, HD] f32 source, times `scale`, rounded
-// to format F, into `rows` [64, STRIDE] and into `cols` (transposed,
-// [HD, VROW]) when it is another tile; either may be null. Zeros from row
+// Rows r0 .. r0 + 64 of a strided [*, HD] source (load_rows), times
+// `scale`, rounded to format F, into `rows` [64, STRIDE]; zeros from row
 // `count` on. Every thread calls it.
-template <typename F, typename Src>
-__device__ __forceinline__ void load_mma_tile(typename F::T* rows, typename F::T* cols, int r0, int count, float scale,
-                                              Src src) {
-    if (cols != 0 && cols != rows) {
-        // One element per thread: consecutive threads then write their
-        // transposed elements on 8 banks, where 4-wide groups would put them
-        // on 2.
-        for (int e = threadIdx.x; e < MMA_ROWS * HEAD_DIM; e += blockDim.x) {
-            int r = e / HEAD_DIM, d = e % HEAD_DIM;
-            typename F::T v = F::round(r0 + r < count ? src(r0 + r)[d] * scale : 0.0f);
-            if (rows != 0) rows[r * F::STRIDE + d] = v;
-            cols[d * VROW + r] = v;
-        }
-        return;
-    }
-    // Rows alone: 4 elements per thread, one 16-byte load and one store.
-    for (int e = threadIdx.x; e < MMA_ROWS * (HEAD_DIM / 4); e += blockDim.x) {
-        int r = e / (HEAD_DIM / 4), d = (e % (HEAD_DIM / 4)) * 4;
-        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (r0 + r < count) row_values(src(r0 + r), d, scale, v);
-        F::store4(rows + r * F::STRIDE + d, v);
-    }
+template <typename F, int BATCH = 8, typename Src>
+__device__ __forceinline__ void load_mma_tile(typename F::T* rows, int r0, int count, float scale, Src src) {
+    load_rows<MMA_ROWS, MMA_THREADS, BATCH>(r0, count, scale, src,
+                                     [&](int r, int d, const float* v) { F::store4(rows + r * F::STRIDE + d, v); });
 }
 
 // f(nt, e, col, r) for every element e of the KT C tiles nt of a thread:
@@ -352,15 +322,14 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
                                                      float scale, u64 key, u64 threshold, float dscale, int dropout,
                                                      u16* ctx16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // q, k [64, STRIDE]; v as mma_tiles_by_cols reads it
-    T* tiles[2];
-    T* vs = carve_tiles<F>(smem, tiles);  // v: its rows in tf32, transposed only in bf16
-    T *qs = tiles[0], *ks = tiles[1], *next = vs;
-    T* vc = cols_tile<F>(vs, next);
+    ATTENTION_SHARED;  // q, k, v [64, STRIDE]
+    T* tiles[3];
+    carve_tiles<F>(smem, tiles);
+    T *qs = tiles[0], *ks = tiles[1], *vs = tiles[2];
     const MmaBlock blk(mask, t, p, nh);
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(qs, (T*)0, i0, t, scale, src.queries());
+    load_mma_tile<F>(qs, i0, t, scale, src.queries());
     // Rows g and g + 8 of this warp's 16 queries: running max and sum.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[DT][4] = {};
@@ -368,8 +337,8 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F>(ks, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
-        load_mma_tile<F>(F::TRANSPOSED ? (T*)0 : vs, vc, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        load_mma_tile<F>(ks, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(vs, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
         float s[KT][4] = {};
@@ -405,7 +374,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-        mma_tiles_by_cols<F>(s, vc, blk.n - j0, o, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, vs, blk.n - j0, o, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -433,16 +402,15 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
                                                          float scale, u64 key, u64 threshold, float dscale,
                                                          int dropout, u16* dqkv16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // q, dO, k, v [64, STRIDE]; k as mma_tiles_by_cols reads it
+    ATTENTION_SHARED;  // q, dO, k, v [64, STRIDE]
     T* tiles[4];
-    T* next = carve_tiles<F>(smem, tiles);
+    carve_tiles<F>(smem, tiles);
     T *qs = tiles[0], *dos = tiles[1], *ks = tiles[2], *vs = tiles[3];
-    T* kc = cols_tile<F>(ks, next);
     const MmaBlock blk(mask, t, p, nh);
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int i0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(qs, (T*)0, i0, t, scale, src.queries());
-    load_mma_tile<F>(dos, (T*)0, i0, t, 1.0f,
+    load_mma_tile<F>(qs, i0, t, scale, src.queries());
+    load_mma_tile<F>(dos, i0, t, 1.0f,
                      [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
     int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     float li[2], di[2];
@@ -456,8 +424,8 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
     const T* dw = dos + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F>(ks, kc, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
-        load_mma_tile<F>(vs, (T*)0, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        load_mma_tile<F>(ks, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
+        load_mma_tile<F>(vs, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
         float s[KT][4] = {}, dp[KT][4] = {};
@@ -471,7 +439,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
             float dpv = dropout && pr != 0.0f ? dp[nt][e] * drop_factor(key, threshold, dscale, at) : dp[nt][e];
             s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
         });
-        mma_tiles_by_cols<F>(s, kc, blk.n - j0, dq, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, ks, blk.n - j0, dq, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -493,19 +461,17 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
                                                           float scale, u64 key, u64 threshold, float dscale,
                                                           int dropout, u16* dqkv16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // k, v, q, dO [64, STRIDE]; q, dO as mma_tiles_by_cols reads them; f32 lse, delta [64]
+    ATTENTION_SHARED;  // k, v, q, dO [64, STRIDE]; f32 lse, delta [64]
     T* tiles[4];
     T* next = carve_tiles<F>(smem, tiles);
     T *ks = tiles[0], *vs = tiles[1], *qs = tiles[2], *dos = tiles[3];
-    T* qc = cols_tile<F>(qs, next);
-    T* doc = cols_tile<F>(dos, next);
     float* ls = reinterpret_cast<float*>(next);
     float* dl = ls + MMA_ROWS;
     const MmaBlock blk(mask, t, p, nh);
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
     int j0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(ks, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
-    load_mma_tile<F>(vs, (T*)0, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
+    load_mma_tile<F>(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
+    load_mma_tile<F>(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
     int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
     bool used[2];
     for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
@@ -515,8 +481,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     u64 stat0 = ((u64)blk.b * nh + blk.hh) * t;
     for (int i0 = 0; i0 < t; i0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F>(qs, qc, i0, t, scale, src.queries());
-        load_mma_tile<F>(dos, doc, i0, t, 1.0f,
+        load_mma_tile<F, 4>(qs, i0, t, scale, src.queries());
+        load_mma_tile<F, 4>(dos, i0, t, 1.0f,
                          [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
         for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
@@ -536,8 +502,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
             dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - dl[c]) : 0.0f;  // dSᵀ
             st[nt][e] = pr * f;                                             // (P · dropout)ᵀ
         });
-        mma_tiles_by_cols<F>(st, doc, t - i0, dv, blk.g, blk.tq);
-        mma_tiles_by_cols<F>(dpt, qc, t - i0, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
+        mma_tiles_by_cols<F>(st, dos, t - i0, dv, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(dpt, qs, t - i0, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -563,8 +529,10 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
 
 // The kernels of one format: mma_self_test_<fmt> and
 // attention_{forward,backward_dq,backward_dkv}_<fmt>, whose arguments are
-// those of the f32 kernels.
-#define TENSOR_CORE_ATTENTION(fmt, F)                                                                                \
+// those of the f32 kernels. dK/dV holds the most registers: DKV_BLOCKS
+// blocks of it on a multiprocessor at least (ptxas, sm_90, head size 64:
+// 168 registers in bf16 and tf32, without spills; tf32x3 needs 193, so 2).
+#define TENSOR_CORE_ATTENTION(fmt, F, DKV_BLOCKS)                                                                               \
     extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                           \
     extern "C" __global__ void attention_forward_##fmt(                                                             \
         const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
@@ -580,7 +548,7 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
         attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv, t, p,   \
                                     nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
     }                                                                                                                \
-    extern "C" __global__ void attention_backward_dkv_##fmt(                                                        \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, DKV_BLOCKS) attention_backward_dkv_##fmt(                                          \
         const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
         const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
         int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
@@ -588,9 +556,9 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
                                      dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
     }
 
-TENSOR_CORE_ATTENTION(tf32, Tf32Format)
-TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format)
+TENSOR_CORE_ATTENTION(tf32, Tf32Format, 3)
+TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format, 2)
 #if HEAD_DIM % 16 == 0
-TENSOR_CORE_ATTENTION(bf16, Bf16Format)
+TENSOR_CORE_ATTENTION(bf16, Bf16Format, 3)
 #endif
 #endif  // HEAD_DIM % 8 == 0

@@ -58,31 +58,29 @@ impl Kernel {
     /// kernels/attention.cuh carves them); none for the others.
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
-        // Tensor-core kernels: (tiles [64, HD + pad], transposed [HD, 72],
-        // f32 [64] rows of statistics), as attention_mma.cuh carves them; bf16 (2
-        // bytes, pad 8) keeps a transposed copy of every tile it reads as
-        // columns, tf32 and tf32x3 (4 bytes, pad 4) read the tiles themselves.
-        let tensor_cores = |format: MmaFormat, tiles: usize, transposed: usize, stats: usize| {
-            let bytes = match format {
-                MmaFormat::Bf16 => 2 * (tiles * 64 * (head_dim + 8) + transposed * head_dim * 72),
-                MmaFormat::Tf32 | MmaFormat::Tf32x3 => 4 * tiles * 64 * (head_dim + 4),
+        // Tensor-core kernels: (tiles [64, HD + pad], f32 [64] rows of
+        // statistics), as attention_mma.cuh carves them; bf16 (2 bytes, pad
+        // 8), tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values
+        // as it reads them).
+        let tensor_cores = |format: MmaFormat, tiles: usize, stats: usize| {
+            let (bytes, pad) = match format {
+                MmaFormat::Bf16 => (2, 8),
+                MmaFormat::Tf32 | MmaFormat::Tf32x3 => (4, 4),
             };
-            (bytes + 4 * stats * 64) as u32
+            (bytes * tiles * 64 * (head_dim + pad) + 4 * stats * 64) as u32
         };
-        let (bf16, tf32) = (MmaFormat::Bf16, MmaFormat::Tf32);
         match self {
-            Kernel::AttentionForwardBf16 => tensor_cores(bf16, 2, 1, 0),
-            Kernel::AttentionBackwardDqBf16 => tensor_cores(bf16, 4, 1, 0),
-            Kernel::AttentionBackwardDkvBf16 => tensor_cores(bf16, 4, 2, 2),
-            // tf32x3's tiles are tf32's (f32 values, split as they are read).
+            Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 0),
+            Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 0),
+            Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
             Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
-                tensor_cores(tf32, 3, 0, 0)
+                tensor_cores(MmaFormat::Tf32, 3, 0)
             }
             Kernel::AttentionBackwardDqTf32 | Kernel::AttentionBackwardDqTf32x3 => {
-                tensor_cores(tf32, 4, 0, 0)
+                tensor_cores(MmaFormat::Tf32, 4, 0)
             }
             Kernel::AttentionBackwardDkvTf32 | Kernel::AttentionBackwardDkvTf32x3 => {
-                tensor_cores(tf32, 4, 0, 2)
+                tensor_cores(MmaFormat::Tf32, 4, 2)
             }
             Kernel::AttentionForward => (4 * (3 * row + score)) as u32,
             Kernel::AttentionBackwardDq => (4 * (4 * row + score)) as u32,
