@@ -379,15 +379,22 @@ static void check_attention_mma() {
 // ---------------------------------------------------------------------------
 // LayerNorm, GELU, prefix, bf16.
 
-static void check_layernorm() {
-    const int rows = 5, h = 40;
+// Rows of 40 are a warp's each (launched a block per row: the warps past
+// the last row have none); rows of 1100 a block's (kernels/layernorm.cuh).
+static void check_layernorm(const int rows, const int h) {
+    const bool wide = h > 1024;
+    auto name = [&](const char* what) {
+        static char buf[128];
+        std::snprintf(buf, sizeof buf, wide ? "%s, h %d" : "%s", what, h);
+        return buf;
+    };
     auto y = rand_vec(rows * h), bias = rand_vec(h), res = rand_vec(rows * h), gamma = rand_vec(h), beta = rand_vec(h);
     std::vector<float> ln_in = y, x(rows * h), stats(rows * 2);
     std::vector<u16> x16(rows * h);
     float eps = 1e-12f;
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(ln_in), (u64)0, ptr(bias), ptr(res), ptr(gamma),
-           ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1, ptr16(x16));
-    check("LayerNorm output in bf16 too", bf16_mismatches(x, x16), 0.0);
+    launch(bias_dropout_residual_layernorm, Dim3{(unsigned)rows, 1, 1}, 256, ptr(ln_in), (u64)0, ptr(bias), ptr(res), ptr(gamma),
+           ptr(beta), eps, ptr(x), ptr(stats), h, KEY, THRESHOLD, DSCALE, 1, ptr16(x16), (u64)rows);
+    check(name("LayerNorm output in bf16 too"), bf16_mismatches(x, x16), 0.0);
     std::vector<double> want_in(rows * h), want_x(rows * h);
     for (int r = 0; r < rows; r++) {
         double mean = 0, var = 0;
@@ -401,41 +408,41 @@ static void check_layernorm() {
         for (int j = 0; j < h; j++)
             want_x[r * h + j] = (want_in[r * h + j] - mean) / std::sqrt(var + eps) * gamma[j] + beta[j];
     }
-    check("bias + dropout + residual (LayerNorm input)", rel(dbl(ln_in), want_in), 1e-6);
-    check("LayerNorm forward", rel(dbl(x), want_x), 1e-5);
+    check(name("bias + dropout + residual (LayerNorm input)"), rel(dbl(ln_in), want_in), 1e-6);
+    check(name("LayerNorm forward"), rel(dbl(x), want_x), 1e-5);
     // Where nothing is saved (no stats), y stays as it was; with 32 threads
-    // a thread holds two elements of a row of 40.
+    // (a warp, a row) a thread holds two elements of a row of 40.
     std::vector<float> y2 = y, x2(rows * h);
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 32, ptr(y2), (u64)0, ptr(bias), ptr(res), ptr(gamma),
-           ptr(beta), eps, ptr(x2), (u64)0, h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
-    check("LayerNorm forward, nothing saved, 2 elements a thread", rel(dbl(x2), want_x) + (y2 != y), 1e-5);
+    if (!wide) launch(bias_dropout_residual_layernorm, Dim3{(unsigned)rows, 1, 1}, 32, ptr(y2), (u64)0, ptr(bias), ptr(res), ptr(gamma),
+           ptr(beta), eps, ptr(x2), (u64)0, h, KEY, THRESHOLD, DSCALE, 1, (u64)0, (u64)rows);
+    if (!wide) check(name("LayerNorm forward, nothing saved, 2 elements a thread"), rel(dbl(x2), want_x) + (y2 != y), 1e-5);
     // y from its bf16 copy (the bf16 GEMM's output) = its values read as
     // f32, bit for bit; the saved LayerNorm input still goes to y.
     auto y16 = bf16_of(y);
     std::vector<float> y_r = f32_of(y16), x_r(rows * h), s_r(rows * 2), in16(rows * h, -3.0f), x_16(rows * h),
                        s_16(rows * 2);
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(y_r), (u64)0, ptr(bias), ptr(res), ptr(gamma),
-           ptr(beta), eps, ptr(x_r), ptr(s_r), h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
-    launch(bias_dropout_residual_layernorm, Dim3{rows, 1, 1}, 256, ptr(in16), ptr16(y16), ptr(bias), ptr(res),
-           ptr(gamma), ptr(beta), eps, ptr(x_16), ptr(s_16), h, KEY, THRESHOLD, DSCALE, 1, (u64)0);
-    check("LayerNorm of y read in bf16 = of its values in f32",
+    launch(bias_dropout_residual_layernorm, Dim3{(unsigned)rows, 1, 1}, 256, ptr(y_r), (u64)0, ptr(bias), ptr(res), ptr(gamma),
+           ptr(beta), eps, ptr(x_r), ptr(s_r), h, KEY, THRESHOLD, DSCALE, 1, (u64)0, (u64)rows);
+    launch(bias_dropout_residual_layernorm, Dim3{(unsigned)rows, 1, 1}, 256, ptr(in16), ptr16(y16), ptr(bias), ptr(res),
+           ptr(gamma), ptr(beta), eps, ptr(x_16), ptr(s_16), h, KEY, THRESHOLD, DSCALE, 1, (u64)0, (u64)rows);
+    check(name("LayerNorm of y read in bf16 = of its values in f32"),
           (x_16 != x_r) + (s_16 != s_r) + (in16 != y_r), 0.0);
 
     auto dy = rand_vec(rows * h);
     std::vector<float> dx(rows * h), kept(rows * h);
-    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx), h, KEY,
-           THRESHOLD, DSCALE, 0, ptr(kept), (u64)0);
+    launch(layernorm_backward, Dim3{(unsigned)rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx), h, KEY,
+           THRESHOLD, DSCALE, 0, ptr(kept), (u64)0, (u64)rows);
     // The dropout site before the LayerNorm, fused: dropout(dx) = what
     // dropout_copy gives from dx, in f32 or in bf16 instead.
     std::vector<float> dx2(rows * h), dropped(rows * h), dropped_b(rows * h, -5.0f), want_dropped(rows * h);
     std::vector<u16> dropped16(rows * h);
-    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
-           THRESHOLD, DSCALE, 1, ptr(dropped), (u64)0);
-    launch(layernorm_backward, Dim3{rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
-           THRESHOLD, DSCALE, 1, ptr(dropped_b), ptr16(dropped16));
+    launch(layernorm_backward, Dim3{(unsigned)rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
+           THRESHOLD, DSCALE, 1, ptr(dropped), (u64)0, (u64)rows);
+    launch(layernorm_backward, Dim3{(unsigned)rows, 1, 1}, 256, ptr(dy), ptr(ln_in), ptr(gamma), ptr(stats), ptr(dx2), h, KEY,
+           THRESHOLD, DSCALE, 1, ptr(dropped_b), ptr16(dropped16), (u64)rows);
     launch(dropout_copy, Dim3{1, 1, 1}, 256, ptr(dx), ptr(want_dropped), (u64)(rows * h), KEY, THRESHOLD, DSCALE, 1,
            (u64)0);
-    check("LayerNorm backward + dropout = then dropout_copy, f32 and bf16",
+    check(name("LayerNorm backward + dropout = then dropout_copy, f32 and bf16"),
           (kept != dx) + (dx2 != dx) + (dropped != want_dropped) + bf16_mismatches(want_dropped, dropped16) +
               (dropped_b != std::vector<float>(rows * h, -5.0f)),
           0.0);
@@ -452,11 +459,17 @@ static void check_layernorm() {
             };
             want_dx[r * h + k] = (f(1e-5) - f(-1e-5)) / 2e-5;
         }
-    check("LayerNorm backward vs differences", rel(dbl(dx), want_dx), 1e-4);
+    check(name("LayerNorm backward vs differences"), rel(dbl(dx), want_dx), 1e-4);
 }
 
-static void check_gelu() {
-    const int rows = 3, w = 50;
+// Rows of 50 go one element at a time, rows of 52 four (kernels/activations.cuh).
+static void check_gelu(const int w) {
+    const int rows = 3;
+    auto name = [&](const char* what) {
+        static char buf[128];
+        std::snprintf(buf, sizeof buf, w % 4 == 0 ? "%s, 4 at a time" : "%s", what);
+        return buf;
+    };
     auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
     std::vector<float> act(rows * w);
     auto pre0 = pre, pre_b = pre;
@@ -467,7 +480,7 @@ static void check_gelu() {
     std::vector<u16> act16(rows * w);
     launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), (u64)0, ptr(bias), (u64)0, ptr(act_b), (u64)(rows * w), w,
            ptr16(act16));
-    check("bias + GELU into bf16 instead, input kept",
+    check(name("bias + GELU into bf16 instead, input kept"),
           bf16_mismatches(act, act16) + (pre_b != pre0) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
     // The input from its bf16 copy (the bf16 GEMM's output) = its values in
     // f32, and GELU's backward at that copy plus the bias = at the saved sum.
@@ -486,7 +499,7 @@ static void check_gelu() {
            (u64)0);
     launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(nan), ptr16(pre16), ptr(bias), ptr(d_16), ptr16(dy16),
            (u64)(rows * w), w, ptr16(out16));
-    check("bias + GELU and its backward from bf16 = from its values",
+    check(name("bias + GELU and its backward from bf16 = from its values"),
           (act_16 != act_r) + bf16_mismatches(dr, out16) +
               std::count_if(d_16.begin(), d_16.end(), [](float v) { return !std::isnan(v); }),
           0.0);
@@ -495,13 +508,13 @@ static void check_gelu() {
         double v = (double)pre0[i] + bias[i % w];
         err = std::max(err, std::fabs(act[i] - 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))));
     }
-    check("bias + GELU (erf)", err, 1e-6);
+    check(name("bias + GELU (erf)"), err, 1e-6);
     std::vector<float> d(rows * w, 1.0f), d_b(rows * w, 1.0f);
     std::vector<u16> d16(rows * w);
     launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), (u64)0, (u64)0, ptr(d), (u64)0, (u64)(rows * w), w, (u64)0);
     launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(pre), (u64)0, (u64)0, ptr(d_b), (u64)0, (u64)(rows * w), w,
            ptr16(d16));
-    check("GELU backward into bf16 instead",
+    check(name("GELU backward into bf16 instead"),
           bf16_mismatches(d, d16) + (d_b != std::vector<float>(rows * w, 1.0f)), 0.0);
     err = 0;
     for (int i = 0; i < rows * w; i++) {
@@ -509,7 +522,7 @@ static void check_gelu() {
         double x = pre[i];
         err = std::max(err, std::fabs(d[i] - (g(x + 1e-5) - g(x - 1e-5)) / 2e-5));
     }
-    check("GELU backward vs differences", err, 1e-5);
+    check(name("GELU backward vs differences"), err, 1e-5);
 }
 
 // The pooler's tanh and its backward.
@@ -688,7 +701,7 @@ static void check_embedding_and_glue() {
     std::vector<u16> x16(rows * h);
     launch(embed_layernorm, Dim3{rows, 1, 1}, 256, (u64)ids.data(), (u64)positions.data(), (u64)types.data(),
            ptr(word), ptr(pos), ptr(type), ptr(gamma), ptr(beta), 1e-12f, ptr(x), h, KEY, THRESHOLD,
-           DSCALE, 1, ptr16(x16));
+           DSCALE, 1, ptr16(x16), (u64)rows);
     check("embeddings in bf16 too", bf16_mismatches(x, x16), 0.0);
     std::vector<double> want(rows * h);
     for (int r = 0; r < rows; r++) {
@@ -736,8 +749,10 @@ int main() {
     check_attention_no_prefix();
     check_qkv_bias();
     check_attention_mma();
-    check_layernorm();
-    check_gelu();
+    check_layernorm(5, 40);
+    check_layernorm(3, 1100);
+    check_gelu(50);
+    check_gelu(52);
     check_tanh();
     check_losses();
     check_prefix();

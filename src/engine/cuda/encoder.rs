@@ -55,7 +55,19 @@ use crate::model::heads::ClassificationHead;
 
 /// Row elements per thread of the LayerNorm kernels (LN_PER_THREAD in
 /// kernels/layernorm.cuh).
-const LN_PER_THREAD: usize = 16;
+const LN_PER_THREAD: usize = 32;
+
+/// The grid of a LayerNorm kernel over [rows, h], as `ln_row` in
+/// kernels/layernorm.cuh maps rows: a warp per row where one holds it (8
+/// rows per block of ROW_BLOCK threads), else a block per row.
+fn layernorm_grid(rows: usize, h: usize) -> (u32, u32, u32) {
+    let per_block = if h <= 32 * LN_PER_THREAD {
+        ROW_BLOCK as usize / 32
+    } else {
+        1
+    };
+    (rows.div_ceil(per_block) as u32, 1, 1)
+}
 
 /// Queries (or keys) per block of the attention kernels (TILE in
 /// kernels/attention.cuh), each block 64 threads.
@@ -595,7 +607,7 @@ impl CudaEncoder {
         let e = &self.embed_ln;
         dev.launch(
             Kernel::EmbedLayernorm,
-            (rows as u32, 1, 1),
+            layernorm_grid(rows, h),
             ROW_BLOCK,
             &[
                 &ws.ids.ptr,
@@ -614,6 +626,7 @@ impl CudaEncoder {
                 &scale,
                 &on,
                 &b16,
+                &(rows as u64),
             ],
         )?;
 
@@ -676,7 +689,7 @@ impl CudaEncoder {
             let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
             dev.launch_1d(
                 Kernel::BiasGelu,
-                rows * inter,
+                (rows * inter).div_ceil(4), // threads: 4 elements each where rows allow
                 &[
                     &pre.0,
                     &pre.1,
@@ -772,7 +785,7 @@ impl CudaEncoder {
             let (pre, pre16) = f32_or_bf16(bf16, s.inter_pre.ptr, s.inter16.ptr);
             dev.launch_1d(
                 Kernel::GeluBackward,
-                rows * inter,
+                (rows * inter).div_ceil(4), // threads: 4 elements each where rows allow
                 &[
                     &pre,
                     &pre16,
@@ -992,7 +1005,7 @@ fn output_sublayer(
     let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
-        (rows as u32, 1, 1),
+        layernorm_grid(rows, dense.out),
         ROW_BLOCK,
         &[
             &y,
@@ -1010,6 +1023,7 @@ fn output_sublayer(
             &scale,
             &on,
             &x16,
+            &(rows as u64),
         ],
     )
 }
@@ -1031,7 +1045,7 @@ fn layernorm_backward(
     let (key, thr, scale, on) = dropout_site(dropout);
     dev.launch(
         Kernel::LayernormBackward,
-        (rows as u32, 1, 1),
+        layernorm_grid(rows, h),
         ROW_BLOCK,
         &[
             &dy,
@@ -1046,6 +1060,7 @@ fn layernorm_backward(
             &on,
             &dropped,
             &dropped16,
+            &(rows as u64),
         ],
     )
 }

@@ -7,6 +7,28 @@ __device__ __forceinline__ int column(u64 i, u64 n, int width) {
     return n <= 0xffffffffull ? (int)((u32)i % (u32)width) : (int)(i % (u64)width);
 }
 
+template <int N>
+struct Lanes {
+    static constexpr int V = N;
+};
+
+// f(Lanes<V>(), i, col) for elements i .. i + V - 1 (column col ..) of a
+// [*, width] matrix of n elements, over the grid: V = 4 (one access per
+// array) where rows are a multiple of 4 wide and `aligned` (every array the
+// kernel touches starts on 16 bytes), else 1. Scalar 2-byte accesses
+// bounded the bf16 element-wise kernels.
+template <typename Fn>
+__device__ __forceinline__ void for_each_vec(u64 n, int width, bool aligned, Fn f) {
+    u64 start = blockIdx.x * (u64)blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x;
+    if (aligned && width % 4 == 0) {
+        for (u64 q = start; q < n / 4; q += stride) f(Lanes<4>(), 4 * q, column(4 * q, n, width));
+    } else {
+        for (u64 i = start; i < n; i += stride) f(Lanes<1>(), i, column(i, n, width));
+    }
+}
+
+__device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+
 // The GEMM's output z [rows, I]: f32 in pre, or bf16 in pre16 when that is
 // not null (the bf16 GEMMs). act = gelu(z + bias), into act16 in bf16
 // instead when it is not null (act only feeds the next GEMM). z + bias also
@@ -15,16 +37,16 @@ __device__ __forceinline__ int column(u64 i, u64 n, int width) {
 // backward reads pre16 and adds the bias again).
 extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const float* bias, float* saved,
                                      float* act, u64 n, int width, u16* act16) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float v = (pre16 != 0 ? bf16_float(pre16[i]) : pre[i]) + bias[column(i, n, width)];
-        if (saved != 0) saved[i] = v;
-        float g = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        if (act16 != 0) {
-            act16[i] = bf16_bits(g);
-        } else {
-            act[i] = g;
-        }
-    }
+    for_each_vec(n, width, aligned16(pre, pre16, bias, saved, act, act16), [&](auto lanes, u64 i, int col) {
+        constexpr int V = decltype(lanes)::V;
+        float v[V], b[V];
+        load_either<V>(pre, pre16, i, v);
+        load_v<V>(bias + col, b);
+        for (int k = 0; k < V; k++) v[k] += b[k];
+        if (saved != 0) store_v<V>(saved + i, v);
+        for (int k = 0; k < V; k++) v[k] = gelu(v[k]);
+        store_either<V>(act, act16, i, v);
+    });
 }
 
 // d *= gelu'(x), gelu'(x) = Φ(x) + x·φ(x), at x = pre (bias_gelu's `saved`)
@@ -34,17 +56,23 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
 // of d when d16 is not null.
 extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
                                          const u16* dy16, u64 n, int width, u16* d16) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        float x = pre16 != 0 ? bf16_float(pre16[i]) + bias[column(i, n, width)] : pre[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        float v = (dy16 != 0 ? bf16_float(dy16[i]) : d[i]) * (cdf + x * pdf);
-        if (d16 != 0) {
-            d16[i] = bf16_bits(v);
-        } else {
-            d[i] = v;
+    for_each_vec(n, width, aligned16(pre, pre16, bias, d, dy16, d16), [&](auto lanes, u64 i, int col) {
+        constexpr int V = decltype(lanes)::V;
+        float x[V], g[V];
+        load_either<V>(pre, pre16, i, x);
+        if (pre16 != 0) {
+            float b[V];
+            load_v<V>(bias + col, b);
+            for (int k = 0; k < V; k++) x[k] += b[k];
         }
-    }
+        load_either<V>(d, dy16, i, g);
+        for (int k = 0; k < V; k++) {
+            float cdf = 0.5f * (1.0f + erff(x[k] * 0.70710678118654752f));
+            float pdf = 0.39894228040143268f * expf(-0.5f * x[k] * x[k]);
+            g[k] *= cdf + x[k] * pdf;
+        }
+        store_either<V>(d, d16, i, g);
+    });
 }
 
 // The pooler's tanh, fused with its bias: y = tanh(y + bias) [rows, width]

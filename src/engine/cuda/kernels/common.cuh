@@ -29,6 +29,72 @@ __device__ __forceinline__ float tf32_round(float v) {
     return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
 }
 
+// V (1 or 4) consecutive elements at p in one access: 16 bytes of f32, 8
+// of bf16 (as f32, exactly) when V is 4 (p then 16-byte aligned).
+template <int V>
+__device__ __forceinline__ void load_v(const float* p, float* v) {
+    if constexpr (V == 4) {
+        float4 x = *reinterpret_cast<const float4*>(p);
+        v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+    } else {
+        v[0] = *p;
+    }
+}
+template <int V>
+__device__ __forceinline__ void load_v16(const u16* p, float* v) {
+    if constexpr (V == 4) {
+        u64 bits = *reinterpret_cast<const u64*>(p);
+        for (int k = 0; k < 4; k++) v[k] = bf16_float((u16)(bits >> (16 * k)));
+    } else {
+        v[0] = bf16_float(*p);
+    }
+}
+template <int V>
+__device__ __forceinline__ void store_v(float* p, const float* v) {
+    if constexpr (V == 4) {
+        float4 x;
+        x.x = v[0], x.y = v[1], x.z = v[2], x.w = v[3];
+        *reinterpret_cast<float4*>(p) = x;
+    } else {
+        *p = v[0];
+    }
+}
+template <int V>
+__device__ __forceinline__ void store_v16(u16* p, const float* v) {
+    if constexpr (V == 4) {
+        u64 bits = 0;
+        for (int k = 0; k < 4; k++) bits |= (u64)bf16_bits(v[k]) << (16 * k);
+        *reinterpret_cast<u64*>(p) = bits;
+    } else {
+        *p = bf16_bits(v[0]);
+    }
+}
+
+// Elements i .. i + V - 1 of an array held in f32 (p) or, when p16 is not
+// null, in bf16: read as f32, or written rounded to that format.
+template <int V>
+__device__ __forceinline__ void load_either(const float* p, const u16* p16, u64 i, float* v) {
+    if (p16 != 0) {
+        load_v16<V>(p16 + i, v);
+    } else {
+        load_v<V>(p + i, v);
+    }
+}
+template <int V>
+__device__ __forceinline__ void store_either(float* p, u16* p16, u64 i, const float* v) {
+    if (p16 != 0) {
+        store_v16<V>(p16 + i, v);
+    } else {
+        store_v<V>(p + i, v);
+    }
+}
+
+// Whether every pointer is 16-byte aligned (null is).
+template <typename... P>
+__device__ __forceinline__ bool aligned16(const P*... p) {
+    return ((((u64)p & 15) == 0) && ...);
+}
+
 #define NEG_INF __int_as_float(0xff800000)  // -inf: masked scores, the max of nothing
 
 // ---------------------------------------------------------------------------
