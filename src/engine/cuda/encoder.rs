@@ -582,9 +582,11 @@ impl CudaEncoder {
             ws.kv.ensure(dev, ls * b * p * two_h)?;
             let site = PrefixSite::new((ls, b, p, two_h), prefix_dropout);
             let buffers: [&dyn KernelArg; 3] = [&past, &row_table, &ws.kv.ptr];
-            dev.launch_1d(
+            // A block per row of kv [Ls, B, P, 2H] (grid-stride).
+            dev.launch(
                 Kernel::ExpandPrefix,
-                ls * b * p * two_h,
+                ((ls * b * p).clamp(1, 65535) as u32, 1, 1),
+                ROW_BLOCK,
                 &[&buffers[..], &site.args()].concat(),
             )?;
         }

@@ -7,21 +7,25 @@
 // (k, b, i, c) = past[t_b, i, k*2H + c] * factor((b*P + i)*W + k*2H + c),
 // where row b reads table t_b = row_table[b] (the adapter of the row, when
 // the server batches several), or table 0 when row_table is null.
+// A block per row (k, b, i) of kv, grid-stride, its threads along the 2H
+// values: the index arithmetic once per row (per element, four 64-bit
+// divisions made it 0.24 ms for bert-large's 16 M values).
 extern "C" __global__ void expand_prefix(const float* past, const u32* row_table, float* kv, int layers, int batch,
                                          int p, int two_h, u64 key, u64 threshold, float scale, int dropout) {
     u64 w = (u64)layers * two_h;
-    u64 n = (u64)layers * batch * p * two_h;
-    for (u64 e = blockIdx.x * (u64)blockDim.x + threadIdx.x; e < n; e += (u64)gridDim.x * blockDim.x) {
-        u64 c = e % two_h, i = (e / two_h) % p, b = (e / ((u64)two_h * p)) % batch;
-        u64 k = e / ((u64)two_h * p * batch);
-        u64 col = k * two_h + c;
+    for (u64 row = blockIdx.x; row < (u64)layers * batch * p; row += gridDim.x) {
+        u64 i = row % p, b = row / p % batch, k = row / ((u64)p * batch);
         u64 table = row_table != 0 ? row_table[b] : 0;
-        float v = past[(table * p + i) * w + col];
-        if (dropout) {
-            float f = drop_factor(key, threshold, scale, (b * p + i) * w + col);
-            v = f == 0.0f ? 0.0f : v * f;
+        const float* src = past + (table * p + i) * w + k * two_h;
+        u64 counter = (b * p + i) * w + k * two_h;
+        for (int c = threadIdx.x; c < two_h; c += blockDim.x) {
+            float v = src[c];
+            if (dropout) {
+                float f = drop_factor(key, threshold, scale, counter + c);
+                v = f == 0.0f ? 0.0f : v * f;
+            }
+            kv[row * two_h + c] = v;
         }
-        kv[e] = v;
     }
 }
 
