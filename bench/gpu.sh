@@ -17,18 +17,24 @@
 #      in bf16 (10 s per scenario, 64 connections), into gpu-serve.txt.
 # Usage: bash bench/gpu.sh [--quick | --profile]
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 4 only.
+# SECTIONS (default "tests speed profile serve") runs a subset, for a short
+# lease: SECTIONS="tests speed" bash bench/gpu.sh.
 # The most wanted results come first: a run cut short keeps what it wrote in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
 mode="${1:-}"
 python="${PTUNING_TORCH_PYTHON:-python3}"
+sections=" ${SECTIONS:-tests speed profile serve} "
+want() { [[ "$sections" == *" $1 "* ]]; }
 # CUDA 13's libraries: the toolkit's, else PyTorch's wheels.
 for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
+tests_rc=0
+if want tests; then
 echo "== 1. GPU tests"
 # The emulated runs of these tests are CI's, and the NVRTC check of every
 # architecture runs wherever NVRTC loads (about 30 s of compiles); here they
@@ -36,15 +42,16 @@ echo "== 1. GPU tests"
 PTUNING_TEST_EMULATION=0 PTUNING_TEST_ROOT="$PWD" PTUNING_TEST_BIN="$PWD/.gpu/ptuning" timeout 300 .gpu/cuda-tests \
     --skip kernels_compile_with_nvrtc --nocapture --test-threads 1 2>&1 | tee "$out/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
+fi
 
-echo "== 2. speed against PyTorch"
+want speed && echo "== 2. speed against PyTorch"
 sizes="base large"; iters=20
 [ "$mode" = "--quick" ] && { sizes="base"; iters=5; }
 results="$out/gpu-runs.jsonl"; : > "$results"
 for size in $sizes; do
     dir="/tmp/bert-$size"
     [ -f "$dir/model.safetensors" ] || "$python" bench/random_bert.py --size "$size" --out "$dir" > /dev/null 2>&1
-    [ "$mode" = "--profile" ] && continue
+    { [ "$mode" = "--profile" ] || ! want speed; } && continue
     for precision in fp32 tf32 bf16; do
         args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json)
         ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
@@ -59,9 +66,9 @@ for size in $sizes; do
     done
 done
 
-[ "$mode" != "--profile" ] && timeout 120 "$python" bench/gemm_peak.py > "$out/gpu-peak.json" 2>> "$out/gpu-errors.log"
+[ "$mode" != "--profile" ] && want speed && timeout 120 "$python" bench/gemm_peak.py > "$out/gpu-peak.json" 2>> "$out/gpu-errors.log"
 
-if [ "$mode" != "--profile" ]; then
+if [ "$mode" != "--profile" ] && want speed; then
 echo "== 3. table"
 "$python" - "$results" "$out/gpu.txt" "$out/gpu-peak.json" > "$out/gpu-results.md" <<'PY'
 import json, sys
@@ -101,6 +108,7 @@ PY
 cat "$out/gpu-results.md"
 fi
 
+if want profile; then
 echo "== 4. where our time goes (bench --profile: device events around every launch)"
 : > "$out/gpu-profile.md"
 largest="${sizes##* }"
@@ -118,9 +126,11 @@ echo "### bert-$largest bf16, --prefix-projection" >> "$out/gpu-profile.md"
 timeout 120 .gpu/ptuning bench --device cuda --precision bf16 --model "/tmp/bert-$largest" --batch 32 --seq 128 \
     --prefix-len 20 --prefix-projection --warmup 2 --iters 3 --profile > /dev/null 2>> "$out/gpu-profile.md"
 cat "$out/gpu-profile.md"
+fi
 
 [ "$mode" = "--profile" ] && exit "$tests_rc"
 
+want serve || exit "$tests_rc"
 echo "== 5. serving on the GPU"
 if [ -f .gpu/serve/tokenizer.json ]; then
     cp .gpu/serve/tokenizer.json /tmp/bert-base/
