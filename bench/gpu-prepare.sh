@@ -5,9 +5,20 @@
 # section, also the default backbone's tokenizer (the random BERTs have the
 # same uncased vocabulary) and SuperGLUE CB's train and val files, from
 # PTUNING_DATA (default ../shared/data); without them that section is skipped.
+# PTUNING_NVRTC_LIBS (folders of libnvrtc.so.13, colon-separated): the
+# kernels must compile with each NVRTC before device time is spent. The GPU
+# machine's may be older than ours: NVRTC 13.0 refused a generic lambda
+# that 13.2 took, and a whole card run was lost to it. To get 13.0:
+#   pip download --no-deps 'nvidia-cuda-nvrtc==13.0.*' && unzip the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
+IFS=: read -ra nvrtc_libs <<< "${PTUNING_NVRTC_LIBS:-}"
+for lib in "${nvrtc_libs[@]}"; do
+    [ -f "$lib/libnvrtc.so.13" ] || { echo "no libnvrtc.so.13 in $lib" >&2; exit 1; }
+    echo "compiling the kernels with the NVRTC in $lib" >&2
+    LD_LIBRARY_PATH="$lib" cargo test --release --quiet --test cuda -- kernels_compile_with_nvrtc >&2
+done
 tests=$(cargo test --release --test cuda --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:

@@ -7,23 +7,19 @@ __device__ __forceinline__ int column(u64 i, u64 n, int width) {
     return n <= 0xffffffffull ? (int)((u32)i % (u32)width) : (int)(i % (u64)width);
 }
 
-template <int N>
-struct Lanes {
-    static constexpr int V = N;
-};
-
-// f(Lanes<V>(), i, col) for elements i .. i + V - 1 (column col ..) of a
+// op.at<V>(i, col) for elements i .. i + V - 1 (column col ..) of a
 // [*, width] matrix of n elements, over the grid: V = 4 (one access per
 // array) where rows are a multiple of 4 wide and `aligned` (every array the
 // kernel touches starts on 16 bytes), else 1. Scalar 2-byte accesses
-// bounded the bf16 element-wise kernels.
-template <typename Fn>
-__device__ __forceinline__ void for_each_vec(u64 n, int width, bool aligned, Fn f) {
+// bounded the bf16 element-wise kernels. (An operation struct, not a
+// generic lambda: NVRTC 13.0 takes those for host functions.)
+template <typename Op>
+__device__ __forceinline__ void for_each_vec(u64 n, int width, bool aligned, const Op& op) {
     u64 start = blockIdx.x * (u64)blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x;
     if (aligned && width % 4 == 0) {
-        for (u64 q = start; q < n / 4; q += stride) f(Lanes<4>(), 4 * q, column(4 * q, n, width));
+        for (u64 q = start; q < n / 4; q += stride) op.template at<4>(4 * q, column(4 * q, n, width));
     } else {
-        for (u64 i = start; i < n; i += stride) f(Lanes<1>(), i, column(i, n, width));
+        for (u64 i = start; i < n; i += stride) op.template at<1>(i, column(i, n, width));
     }
 }
 
@@ -35,10 +31,15 @@ __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(
 // into `saved` when not null: the f32 backward reads it there (`pre` itself;
 // inference and layers below the prompt skip that write; in bf16 the
 // backward reads pre16 and adds the bias again).
-extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const float* bias, float* saved,
-                                     float* act, u64 n, int width, u16* act16) {
-    for_each_vec(n, width, aligned16(pre, pre16, bias, saved, act, act16), [&](auto lanes, u64 i, int col) {
-        constexpr int V = decltype(lanes)::V;
+struct BiasGelu {
+    const float* pre;
+    const u16* pre16;
+    const float* bias;
+    float* saved;
+    float* act;
+    u16* act16;
+    template <int V>
+    __device__ __forceinline__ void at(u64 i, int col) const {
         float v[V], b[V];
         load_either<V>(pre, pre16, i, v);
         load_v<V>(bias + col, b);
@@ -46,7 +47,12 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
         if (saved != 0) store_v<V>(saved + i, v);
         for (int k = 0; k < V; k++) v[k] = gelu(v[k]);
         store_either<V>(act, act16, i, v);
-    });
+    }
+};
+extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const float* bias, float* saved,
+                                     float* act, u64 n, int width, u16* act16) {
+    for_each_vec(n, width, aligned16(pre, pre16, bias, saved, act, act16),
+                 BiasGelu{pre, pre16, bias, saved, act, act16});
 }
 
 // d *= gelu'(x), gelu'(x) = Φ(x) + x·φ(x), at x = pre (bias_gelu's `saved`)
@@ -54,10 +60,15 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
 // The incoming d is read from d, or from dy16 in bf16 (a bf16 GEMM's
 // output) when that is not null; the result goes into d16 in bf16 instead
 // of d when d16 is not null.
-extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
-                                         const u16* dy16, u64 n, int width, u16* d16) {
-    for_each_vec(n, width, aligned16(pre, pre16, bias, d, dy16, d16), [&](auto lanes, u64 i, int col) {
-        constexpr int V = decltype(lanes)::V;
+struct GeluBackward {
+    const float* pre;
+    const u16* pre16;
+    const float* bias;
+    float* d;
+    const u16* dy16;
+    u16* d16;
+    template <int V>
+    __device__ __forceinline__ void at(u64 i, int col) const {
         float x[V], g[V];
         load_either<V>(pre, pre16, i, x);
         if (pre16 != 0) {
@@ -72,7 +83,11 @@ extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, con
             g[k] *= cdf + x[k] * pdf;
         }
         store_either<V>(d, d16, i, g);
-    });
+    }
+};
+extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
+                                         const u16* dy16, u64 n, int width, u16* d16) {
+    for_each_vec(n, width, aligned16(pre, pre16, bias, d, dy16, d16), GeluBackward{pre, pre16, bias, d, dy16, d16});
 }
 
 // The pooler's tanh, fused with its bias: y = tanh(y + bias) [rows, width]
