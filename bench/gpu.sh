@@ -18,7 +18,11 @@
 # Usage: bash bench/gpu.sh [--quick | --profile]
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 4 only.
 # SECTIONS (default "tests speed profile serve") runs a subset, for a short
-# lease: SECTIONS="tests speed" bash bench/gpu.sh.
+# lease: SECTIONS="tests speed" bash bench/gpu.sh. SECTIONS="ncu" (not in the
+# default) runs Nsight Compute on one launch of each attention, LayerNorm
+# and GELU kernel of a bert-large bf16 step: occupancy, warp stall reasons
+# and instruction counts, into gpu-ncu.txt (where ncu reads the counters:
+# not under gVisor).
 # The most wanted results come first: a run cut short keeps what it wrote in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -129,6 +133,23 @@ cat "$out/gpu-profile.md"
 fi
 
 [ "$mode" = "--profile" ] && exit "$tests_rc"
+
+if want ncu; then
+echo "== 6. Nsight Compute"
+: > "$out/gpu-ncu.txt"
+[ -f /tmp/bert-large/model.safetensors ] || "$python" bench/random_bert.py --size large --out /tmp/bert-large > /dev/null 2>&1
+for kernel in attention_forward_bf16 attention_backward_dq_bf16 attention_backward_dkv_bf16 \
+    bias_dropout_residual_layernorm bias_gelu; do
+    echo "### $kernel" >> "$out/gpu-ncu.txt"
+    # The third launch: past the first layers' cold caches.
+    timeout 120 ncu --clock-control none --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section InstructionStats --print-summary none \
+        .gpu/ptuning --device cuda --precision bf16 bench --model /tmp/bert-large --batch 32 --seq 128 \
+        --prefix-len 20 --warmup 0 --iters 1 >> "$out/gpu-ncu.txt" 2>&1 || echo "(ncu failed)" >> "$out/gpu-ncu.txt"
+done
+grep -E "^###|Duration|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Executed Ipc|No Instruction|failed" "$out/gpu-ncu.txt"
+fi
 
 want serve || exit "$tests_rc"
 echo "== 5. serving on the GPU"
