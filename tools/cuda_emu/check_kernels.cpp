@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
 
 static int failures = 0;
 
@@ -28,6 +29,14 @@ static void check(const char* what, double err, double tol) {
     bool ok = err <= tol;
     std::printf("%-58s %.3e %s\n", what, err, ok ? "ok" : "FAILED");
     if (!ok) failures++;
+}
+
+// `what` and `suffix` as one check name (valid until the next call): the
+// checks a function runs for several shapes say which.
+static const char* suffixed(const char* what, const std::string& suffix) {
+    static std::string name;
+    name = what + suffix;
+    return name.c_str();
 }
 
 static std::mt19937_64 rng(7);
@@ -383,11 +392,7 @@ static void check_attention_mma() {
 // the last row have none); rows of 1100 a block's (kernels/layernorm.cuh).
 static void check_layernorm(const int rows, const int h) {
     const bool wide = h > 1024;
-    auto name = [&](const char* what) {
-        static char buf[128];
-        std::snprintf(buf, sizeof buf, wide ? "%s, h %d" : "%s", what, h);
-        return buf;
-    };
+    auto name = [&](const char* what) { return suffixed(what, wide ? ", h " + std::to_string(h) : ""); };
     auto y = rand_vec(rows * h), bias = rand_vec(h), res = rand_vec(rows * h), gamma = rand_vec(h), beta = rand_vec(h);
     std::vector<float> ln_in = y, x(rows * h), stats(rows * 2);
     std::vector<u16> x16(rows * h);
@@ -465,11 +470,7 @@ static void check_layernorm(const int rows, const int h) {
 // Rows of 50 go one element at a time, rows of 52 four (kernels/activations.cuh).
 static void check_gelu(const int w) {
     const int rows = 3;
-    auto name = [&](const char* what) {
-        static char buf[128];
-        std::snprintf(buf, sizeof buf, w % 4 == 0 ? "%s, 4 at a time" : "%s", what);
-        return buf;
-    };
+    auto name = [&](const char* what) { return suffixed(what, w % 4 == 0 ? ", 4 at a time" : ""); };
     auto pre = rand_vec(rows * w, 2.0f), bias = rand_vec(w);
     std::vector<float> act(rows * w);
     auto pre0 = pre, pre_b = pre;

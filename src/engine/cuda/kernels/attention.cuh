@@ -41,22 +41,6 @@
 #define ATTENTION_SHARED extern __shared__ __align__(16) float smem[]
 #endif
 
-__device__ __forceinline__ void ld4(const float* p, float* out) {
-    float4 v = *reinterpret_cast<const float4*>(p);
-    out[0] = v.x;
-    out[1] = v.y;
-    out[2] = v.z;
-    out[3] = v.w;
-}
-
-__device__ __forceinline__ void st4(float* p, const float* v) {
-    float4 x;
-    x.x = v[0];
-    x.y = v[1];
-    x.z = v[2];
-    x.w = v[3];
-    *reinterpret_cast<float4*>(p) = x;
-}
 
 // c[i][j] += sum_k a[i*lda + k] * B[k][j] (i, j < 4; kn a multiple of 4),
 // B[k][j] = b[j*ldb + k] when B_ROWS (b's rows are the product's columns:
@@ -179,10 +163,11 @@ __device__ int any_visible(const float* mask, int b, int t, int p) {
 }
 
 // Four elements d .. d + 3 of a row as loaded, not yet used: four f32, or
-// four bf16 in bits[0..1]. The tile loaders issue all of a thread's loads
-// before they use any, so that they overlap: one element (or 16 bytes) at a
-// time, each waiting for global memory in turn, bounded the attention
-// kernels.
+// four bf16 in bits[0..1], converted only where used (converted at once,
+// they held twice the registers: dQ went from 155-170 to 190-210). The tile
+// loaders issue all of a thread's loads before they use any, so that they
+// overlap: one element (or 16 bytes) at a time, each waiting for global
+// memory in turn, bounded the attention kernels.
 struct Chunk {
     u32 bits[4];
 };
@@ -398,9 +383,8 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
             u64 at = (u64)r * h + hh * HEAD_DIM;
             const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
             for (int k = 4 * lane; k < HEAD_DIM; k += 4 * DELTA_LANES) {
-                Chunk c = load_chunk(d, k);
                 float dv[4], cv[4];
-                chunk_values(c, d, k, 1.0f, dv);
+                load_either<4>(d.at, d.at16, k, dv);
                 ld4(ctx + at + k, cv);
 #pragma unroll
                 for (int e = 0; e < 4; e++) s += cv[e] * dv[e];

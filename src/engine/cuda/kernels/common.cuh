@@ -29,13 +29,31 @@ __device__ __forceinline__ float tf32_round(float v) {
     return __uint_as_float((bits + 0x1000u) & 0xffffe000u);
 }
 
+// Four f32 at p (16-byte aligned) in one access.
+__device__ __forceinline__ void ld4(const float* p, float* out) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
+
+__device__ __forceinline__ void st4(float* p, const float* v) {
+    float4 x;
+    x.x = v[0];
+    x.y = v[1];
+    x.z = v[2];
+    x.w = v[3];
+    *reinterpret_cast<float4*>(p) = x;
+}
+
 // V (1 or 4) consecutive elements at p in one access: 16 bytes of f32, 8
-// of bf16 (as f32, exactly) when V is 4 (p then 16-byte aligned).
+// of bf16 (as f32, exactly) when V is 4 (p then 16-byte aligned for f32,
+// 8-byte for bf16).
 template <int V>
 __device__ __forceinline__ void load_v(const float* p, float* v) {
     if constexpr (V == 4) {
-        float4 x = *reinterpret_cast<const float4*>(p);
-        v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+        ld4(p, v);
     } else {
         v[0] = *p;
     }
@@ -52,9 +70,7 @@ __device__ __forceinline__ void load_v16(const u16* p, float* v) {
 template <int V>
 __device__ __forceinline__ void store_v(float* p, const float* v) {
     if constexpr (V == 4) {
-        float4 x;
-        x.x = v[0], x.y = v[1], x.z = v[2], x.w = v[3];
-        *reinterpret_cast<float4*>(p) = x;
+        st4(p, v);
     } else {
         *p = v[0];
     }
