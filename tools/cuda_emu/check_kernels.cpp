@@ -98,6 +98,43 @@ struct AttnInputs {
     std::vector<float> qkv, prefix, mask;
 };
 
+// What attention_operands writes for the attention kernels: ops [B, NH,
+// T + 2N, HD] from qkv (f32, or bf16 in qkv16), its bias and the prefix
+// (0: none), in f32 (fmt 0), f32 rounded to tf32 (1) or bf16 (2).
+struct AttnOps {
+    std::vector<float> f;
+    std::vector<u16> h;
+    u64 ops() { return f.empty() ? 0 : (u64)f.data(); }
+    u64 ops16() { return h.empty() ? 0 : (u64)h.data(); }
+};
+static AttnOps operands(u64 qkv, u64 qkv16, u64 bias, u64 prefix, int t, int p, int fmt) {
+    size_t len = (size_t)B * NH * (t + 2 * (p + t)) * HD;
+    AttnOps o;
+    if (fmt == 2) {
+        o.h.assign(len, 0);
+    } else {
+        o.f.assign(len, 0.0f);
+    }
+    // Two blocks of 64: the grid-stride loop too.
+    launch(attention_operands, Dim3{2, NH, B}, 64, qkv, qkv16, bias, prefix, (u64)(p * 2 * H), o.ops(), o.ops16(), t, p,
+           NH, 1.0f / std::sqrt((float)HD), fmt == 1 ? 1 : 0);
+    return o;
+}
+
+// attention_delta: delta [B, NH, t] from ctx and dO (g [B*t, H] f32, or
+// bf16 in g16), and the returned dO [B, NH, t, HD] in format `fmt`.
+static AttnOps delta_and_dout(std::vector<float>& ctx, u64 g, u64 g16, std::vector<float>& delta, int t, int fmt) {
+    AttnOps d;
+    if (fmt == 2) {
+        d.h.assign((size_t)B * t * H, 0);
+    } else {
+        d.f.assign((size_t)B * t * H, 0.0f);
+    }
+    launch(attention_delta, Dim3{(unsigned)(B * t * HD / 4 + 255) / 256, NH, 1}, 256, ptr(ctx), g, g16, ptr(delta),
+           d.ops(), d.ops16(), B * t, NH, t, fmt == 1 ? 1 : 0);
+    return d;
+}
+
 // ctx [B*T, H] in double, the definition: softmax over visible keys of
 // (q·k)/sqrt(HD), dropout factor on the probabilities, times v.
 static std::vector<double> attention_ref(const AttnInputs& in, bool dropout, std::vector<double>* lse = nullptr) {
@@ -145,8 +182,9 @@ static void check_attention(bool dropout) {
     std::vector<u16> ctx16(B * T * H);
     float scale = 1.0f / std::sqrt((float)HD);
     int on = dropout ? 1 : 0;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(ctx), ptr(lse), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
+    AttnOps o = operands(ptr(in.qkv), 0, 0, ptr(in.prefix), T, P, 0);
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask), ptr(ctx), ptr(lse), T, P,
+           NH, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
     check("attention_forward ctx in bf16 too", bf16_mismatches(ctx, ctx16), 0.0);
     std::vector<double> want_lse;
     auto want = attention_ref(in, dropout, &want_lse);
@@ -156,19 +194,19 @@ static void check_attention(bool dropout) {
     // Backward of L = sum(ctx * G).
     auto g = rand_vec(B * T * H);
     std::vector<float> delta(B * NH * T), dqkv(B * T * 3 * H, 0.0f), dprefix(B * P * 2 * H, 0.0f);
-    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), (u64)0, ptr(delta), B * T, NH, T);
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), (u64)0, ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), (u64)0, ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+    AttnOps d = delta_and_dout(ctx, ptr(g), 0, delta, T, 0);
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask),
+           d.ops(), d.ops16(), ptr(lse), ptr(delta), ptr(dqkv), T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask),
+           d.ops(), d.ops16(), ptr(lse), ptr(delta), ptr(dqkv), ptr(dprefix), T, P, NH, N, KEY, THRESHOLD, DSCALE, on,
            (u64)0);
     // The same gradients in bf16 (d(qkv) feeding a bf16 GEMM), d(prefix) still f32.
     std::vector<u16> dqkv16(dqkv.size());
     std::vector<float> dprefix_b(dprefix.size());
-    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
-    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, scale, KEY, THRESHOLD, DSCALE, on,
+    launch(attention_backward_dq, Dim3{QUERY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask),
+           d.ops(), d.ops16(), ptr(lse), ptr(delta), (u64)0, T, P, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(dqkv16));
+    launch(attention_backward_dkv, Dim3{KEY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask),
+           d.ops(), d.ops16(), ptr(lse), ptr(delta), (u64)0, ptr(dprefix_b), T, P, NH, N, KEY, THRESHOLD, DSCALE, on,
            ptr16(dqkv16));
     check("attention backward d(qkv) in bf16 instead", bf16_mismatches(dqkv, dqkv16) + (dprefix_b != dprefix), 0.0);
     auto loss = [&](const AttnInputs& x) {
@@ -200,8 +238,8 @@ static void check_attention(bool dropout) {
 
     // The lowest prefixed layer: prefix keys only, no d(qkv).
     std::vector<float> dprefix2(B * P * 2 * H, 0.0f);
-    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, ptr(in.qkv), (u64)0, (u64)0, ptr(in.prefix), (u64)(P * 2 * H), ptr(in.mask),
-           ptr(g), (u64)0, ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    launch(attention_backward_dkv, Dim3{PREFIX_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(in.mask),
+           d.ops(), d.ops16(), ptr(lse), ptr(delta), (u64)0, ptr(dprefix2), T, P, NH, P, KEY, THRESHOLD, DSCALE, on, (u64)0);
     check("attention backward, prefix keys only", rel(dbl(dprefix2), dbl(dprefix)), 0.0);
 }
 
@@ -210,8 +248,9 @@ static void check_attention(bool dropout) {
 static void check_attention_no_prefix() {
     std::vector<float> qkv = rand_vec(B * T * 3 * H), mask(B * T, 1.0f), ctx(B * T * H);
     for (int t = 0; t < T; t++) mask[1 * T + t] = 0.0f;
-    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, ptr(qkv), (u64)0, (u64)0, (u64)0, (u64)0, ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
-           1.0f / std::sqrt((float)HD), KEY, THRESHOLD, DSCALE, 0, (u64)0);
+    AttnOps o = operands(ptr(qkv), 0, 0, 0, T, 0, 0);
+    launch(attention_forward, Dim3{QUERY_TILES, NH, B}, 64, o.ops(), o.ops16(), ptr(mask), ptr(ctx), (u64)0, T, 0, NH,
+           KEY, THRESHOLD, DSCALE, 0, (u64)0);
     // Row 1 attends uniformly to its T value rows.
     double err = 0;
     for (int h = 0; h < NH; h++)
@@ -248,36 +287,35 @@ struct AttnChain {
 // bit for bit, the f32 values of those copies read as f32; with NaN f32
 // buffers beside them, so a read of the wrong one shows.
 template <typename Fwd, typename Dq, typename Dkv>
-static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block);
+static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, int fmt);
 
+// The chain on operands of format `fmt` (attention_operands' formats).
 template <typename Fwd, typename Dq, typename Dkv>
-static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, std::vector<float>& qkv, u64 qkv16,
-                           u64 bias,
-                           std::vector<float>& prefix, std::vector<float>& mask, std::vector<float>& g, int t, int p,
-                           int on, u64 g16 = 0) {
+static AttnChain run_chain(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, int fmt, std::vector<float>& qkv,
+                           u64 qkv16, u64 bias, std::vector<float>& prefix, std::vector<float>& mask,
+                           std::vector<float>& g, int t, int p, int on, u64 g16 = 0) {
     AttnChain c{std::vector<float>(B * t * H), std::vector<float>(B * NH * t), std::vector<float>(B * t * 3 * H, 0.0f),
                 std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f), std::vector<float>(B * std::max(p, 1) * 2 * H, 0.0f)};
     float scale = 1.0f / std::sqrt((float)HD);
-    u64 pre = p > 0 ? ptr(prefix) : 0, stride = (u64)(p * 2 * H);
+    AttnOps o = operands(ptr(qkv), qkv16, bias, p > 0 ? ptr(prefix) : 0, t, p, fmt);
     unsigned qt = (t + tile - 1) / tile, kt = (p + t + tile - 1) / tile;
-    launch(fwd, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, scale, KEY,
-           THRESHOLD, DSCALE, on, (u64)0);
+    launch(fwd, Dim3{qt, NH, B}, block, o.ops(), o.ops16(), ptr(mask), ptr(c.ctx), ptr(c.lse), t, p, NH, KEY, THRESHOLD,
+           DSCALE, on, (u64)0);
     std::vector<float> delta(B * NH * t);
-    launch(attention_delta, Dim3{(unsigned)(B * t + 255) / 256, NH, 1}, 256, ptr(c.ctx), ptr(g), g16, ptr(delta), B * t,
-           NH, t);
-    launch(dq, Dim3{qt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse), ptr(delta), ptr(c.dqkv),
+    AttnOps d = delta_and_dout(c.ctx, ptr(g), g16, delta, t, fmt);
+    launch(dq, Dim3{qt, NH, B}, block, o.ops(), o.ops16(), ptr(mask), d.ops(), d.ops16(), ptr(c.lse), ptr(delta), ptr(c.dqkv),
            t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
-    launch(dkv, Dim3{kt, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse), ptr(delta), ptr(c.dqkv),
-           ptr(c.dprefix), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+    launch(dkv, Dim3{kt, NH, B}, block, o.ops(), o.ops16(), ptr(mask), d.ops(), d.ops16(), ptr(c.lse), ptr(delta), ptr(c.dqkv),
+           ptr(c.dprefix), t, p, NH, p + t, KEY, THRESHOLD, DSCALE, on, (u64)0);
     if (p > 0)
-        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, ptr(qkv), qkv16, bias, pre, stride, ptr(mask), ptr(g), g16, ptr(c.lse),
-               ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, scale, KEY, THRESHOLD, DSCALE, on, (u64)0);
+        launch(dkv, Dim3{(p + tile - 1) / tile, NH, B}, block, o.ops(), o.ops16(), ptr(mask), d.ops(), d.ops16(), ptr(c.lse),
+               ptr(delta), (u64)0, ptr(c.dprefix_only), t, p, NH, p, KEY, THRESHOLD, DSCALE, on, (u64)0);
     return c;
 }
 
 template <typename SelfTest, typename Fwd, typename Dq, typename Dkv>
-static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd fwd, Dq dq, Dkv dkv, double tol_out,
-                               double tol_grad) {
+static void check_attention_tc(const char* fmt, int k, int ops_fmt, SelfTest self_test, Fwd fwd, Dq dq, Dkv dkv,
+                               double tol_out, double tol_grad) {
     char what[96];
     std::vector<float> d(16 * 8, -1.0f);
     launch(self_test, Dim3{1, 1, 1}, 32, ptr(d));
@@ -297,12 +335,12 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
             std::vector<float> mask(B * t, 1.0f);
             for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
             mask[0 * t + 40] = 0.0f;
-            // The tensor-core kernels add the qkv bias as they read; the f32
-            // ones read it added (the same sums: check_qkv_bias).
+            // Their operands with the bias added as read; the f32 kernels'
+            // with it added before (the same sums: check_qkv_bias).
             auto bias = rand_vec(3 * H), biased = with_bias(qkv, bias, B * t);
-            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0,
-                                  0, prefix, mask, g, t, p, on);
-            auto got = run_chain(fwd, dq, dkv, 64, 128, qkv, 0, ptr(bias), prefix, mask, g, t, p, on);
+            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0, biased,
+                                  0, 0, prefix, mask, g, t, p, on);
+            auto got = run_chain(fwd, dq, dkv, 64, 128, ops_fmt, qkv, 0, ptr(bias), prefix, mask, g, t, p, on);
             std::snprintf(what, sizeof what, "attention on tensor cores (%s), %s%s: ctx", fmt,
                           p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
             check(what, rel(dbl(got.ctx), dbl(want.ctx)), tol_out);
@@ -319,32 +357,33 @@ static void check_attention_tc(const char* fmt, int k, SelfTest self_test, Fwd f
         dqkv(B * t * 3 * H), dpre(B * p * 2 * H), dpre16(B * p * 2 * H);
     std::vector<u16> ctx16(B * t * H), dqkv16(B * t * 3 * H);
     float scale = 1.0f / std::sqrt((float)HD);
-    launch(fwd, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(ctx), ptr(lse), t, p, NH,
-           scale, KEY, THRESHOLD, DSCALE, 1, ptr16(ctx16));
-    launch(attention_delta, Dim3{1, NH, 1}, 256, ptr(ctx), ptr(g), (u64)0, ptr(delta), B * t, NH, t);
+    AttnOps o = operands(ptr(qkv), 0, 0, ptr(prefix), t, p, ops_fmt);
+    launch(fwd, Dim3{2, NH, B}, 128, o.ops(), o.ops16(), ptr(mask), ptr(ctx), ptr(lse), t, p, NH, KEY, THRESHOLD,
+           DSCALE, 1, ptr16(ctx16));
+    AttnOps dout = delta_and_dout(ctx, ptr(g), 0, delta, t, ops_fmt);
     for (int pass = 0; pass < 2; pass++) {
         u64 out = pass ? 0 : ptr(dqkv), out16 = pass ? ptr16(dqkv16) : 0;
-        launch(dq, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), (u64)0, ptr(lse),
+        launch(dq, Dim3{2, NH, B}, 128, o.ops(), o.ops16(), ptr(mask), dout.ops(), dout.ops16(), ptr(lse),
                ptr(delta), out, t, p, NH, scale, KEY, THRESHOLD, DSCALE, 1, out16);
-        launch(dkv, Dim3{2, NH, B}, 128, ptr(qkv), (u64)0, (u64)0, ptr(prefix), (u64)(p * 2 * H), ptr(mask), ptr(g), (u64)0, ptr(lse),
-               ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, scale, KEY, THRESHOLD, DSCALE, 1,
+        launch(dkv, Dim3{2, NH, B}, 128, o.ops(), o.ops16(), ptr(mask), dout.ops(), dout.ops16(), ptr(lse),
+               ptr(delta), out, pass ? ptr(dpre16) : ptr(dpre), t, p, NH, p + t, KEY, THRESHOLD, DSCALE, 1,
                out16);
     }
     std::snprintf(what, sizeof what, "tensor-core attention (%s): ctx and d(qkv) in bf16 too", fmt);
     check(what, bf16_mismatches(ctx, ctx16) + bf16_mismatches(dqkv, dqkv16) + (dpre != dpre16), 0.0);
     std::snprintf(what, sizeof what, "tensor-core attention (%s): qkv, dO read in bf16 = in f32", fmt);
-    check(what, bf16_inputs_mismatch(fwd, dq, dkv, 64, 128), 0.0);
+    check(what, bf16_inputs_mismatch(fwd, dq, dkv, 64, 128, ops_fmt), 0.0);
 }
 
 template <typename Fwd, typename Dq, typename Dkv>
-static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block) {
+static double bf16_inputs_mismatch(Fwd fwd, Dq dq, Dkv dkv, unsigned tile, unsigned block, int fmt) {
     const int t = 70, p = 5;
     auto qkv16 = bf16_of(rand_vec(B * t * 3 * H)), g16 = bf16_of(rand_vec(B * t * H));
     auto qkv = f32_of(qkv16), g = f32_of(g16), bias = rand_vec(3 * H), prefix = rand_vec(B * p * 2 * H);
     std::vector<float> nan(qkv.size(), std::nanf("")), nan_g(g.size(), std::nanf("")), mask(B * t, 1.0f);
     for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
-    auto want = run_chain(fwd, dq, dkv, tile, block, qkv, 0, ptr(bias), prefix, mask, g, t, p, 1);
-    auto got = run_chain(fwd, dq, dkv, tile, block, nan, ptr16(qkv16), ptr(bias), prefix, mask, nan_g, t, p, 1,
+    auto want = run_chain(fwd, dq, dkv, tile, block, fmt, qkv, 0, ptr(bias), prefix, mask, g, t, p, 1);
+    auto got = run_chain(fwd, dq, dkv, tile, block, fmt, nan, ptr16(qkv16), ptr(bias), prefix, mask, nan_g, t, p, 1,
                          ptr16(g16));
     return got != want;
 }
@@ -357,27 +396,27 @@ static void check_qkv_bias() {
          g = rand_vec(B * t * H), biased = with_bias(qkv, bias, B * t);
     std::vector<float> mask(B * t, 1.0f);
     for (int i = t - 9; i < t; i++) mask[1 * t + i] = 0.0f;
-    auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, biased, 0, 0,
+    auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0, biased, 0, 0,
                           prefix, mask, g, t, p, 1);
-    auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, qkv, 0, ptr(bias),
+    auto got = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0, qkv, 0, ptr(bias),
                          prefix, mask, g, t, p, 1);
     check("qkv bias added as read = added before (f32 kernels)", got != want, 0.0);
     check("qkv, dO read in bf16 = their values in f32 (f32 kernels)",
-          bf16_inputs_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64), 0.0);
+          bf16_inputs_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0), 0.0);
 }
 
 // tf32 and tf32x3 where the head size is a multiple of 8, bf16 where it is
 // one of 16.
 static void check_attention_mma() {
 #if HEAD_DIM % 8 == 0
-    check_attention_tc("tf32", 8, mma_self_test_tf32, attention_forward_tf32, attention_backward_dq_tf32,
+    check_attention_tc("tf32", 8, 1, mma_self_test_tf32, attention_forward_tf32, attention_backward_dq_tf32,
                        attention_backward_dkv_tf32, 3e-3, 5e-3);
     // fp32 by 3xTF32: f32 accuracy, where one tf32 product is 3e-3 off.
-    check_attention_tc("tf32x3", 8, mma_self_test_tf32x3, attention_forward_tf32x3, attention_backward_dq_tf32x3,
+    check_attention_tc("tf32x3", 8, 0, mma_self_test_tf32x3, attention_forward_tf32x3, attention_backward_dq_tf32x3,
                        attention_backward_dkv_tf32x3, 1e-5, 1e-5);
 #endif
 #if HEAD_DIM % 16 == 0
-    check_attention_tc("bf16", 16, mma_self_test_bf16, attention_forward_bf16, attention_backward_dq_bf16,
+    check_attention_tc("bf16", 16, 2, mma_self_test_bf16, attention_forward_bf16, attention_backward_dq_bf16,
                        attention_backward_dkv_bf16, 2e-2, 3e-2);
 #endif
     if (HEAD_DIM % 16 != 0)

@@ -253,6 +253,10 @@ inline void check_shared() {
     }
 }
 
+struct alignas(8) float2 {
+    float x, y;
+};
+
 struct alignas(16) float4 {
     float x, y, z, w;
 };

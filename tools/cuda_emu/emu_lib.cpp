@@ -60,6 +60,7 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(tanh_backward)
     KERNEL(cross_entropy)
     KERNEL(squared_error)
+    KERNEL(attention_operands)
     KERNEL(attention_forward)
     KERNEL(attention_delta)
     KERNEL(attention_backward_dq)

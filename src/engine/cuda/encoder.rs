@@ -4,23 +4,28 @@
 //! Per layer (rows = B·T; see model/encoder.rs for the same picture):
 //!
 //! ```text
-//! x ─ qkv = x·Wqkvᵀ (cuBLAS) ─ attention_forward(qkv + bqkv, prefix kv) → ctx, lse
+//! x ─ qkv = x·Wqkvᵀ (cuBLAS) ─ ops = attention_operands(qkv + bqkv, prefix kv)
+//!   ─ attention_forward(ops) → ctx, lse
 //!   ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)     (one fused kernel)
 //!   inter_pre = x1·W1ᵀ + b1 ; inter = gelu(inter_pre)          (GEMM, fused bias+GELU)
 //!   ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)    (GEMM, fused kernel)
 //! ```
 //!
-//! The qkv bias is added by the attention kernels as they read q, k and v
-//! (forward and backward), which saves a pass that would write it into
-//! [rows, 3H] and the GEMM's read of it. Training saves per layer, from the
-//! lowest prefixed one up: qkv (without its bias), ctx and the log-sum-exp
+//! attention_operands writes what the attention kernels read, once per
+//! layer: per (batch row, head) the queries (bias added, times the softmax
+//! scale), the keys and the values (the prefix's first) as contiguous rows
+//! [B, NH, T + 2N, HD] in the format of the attention's products (bf16,
+//! tf32 or f32), so that each kernel copies its tiles (it converted and
+//! biased every element as it read, a third of the forward's instructions).
+//! Training saves per layer, from the lowest prefixed one up: those
+//! operands, ctx and the log-sum-exp
 //! of each softmax row (instead of the T×N probabilities the CPU keeps: the
 //! flash-style backward recomputes them), ln1_in and its stats, inter_pre,
 //! ln2_in and its stats.
 //!
 //! In bf16 the GEMMs read bf16 and write bf16 ([`GemmOut`]): each GEMM's
 //! output is read once, by the kernel after it, which adds the bias in f32;
-//! qkv and inter_pre are saved as the GEMMs wrote them (half the bytes),
+//! inter_pre is saved as the GEMM wrote it (half the bytes),
 //! and the f32 residual stream and LayerNorm inputs stay f32. In fp32 on a
 //! card with tensor cores, the weights are uploaded as tf32 pairs and each
 //! GEMM runs as three tf32 GEMMs (engine/cuda/tf32x3.rs); attention splits
@@ -42,7 +47,7 @@ use crate::engine::cuda::device::{
     dropout_site, CudaDevice, GemmOut, KernelArg, Operand, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
-use crate::engine::cuda::kernels::{Kernel, ROW_BLOCK};
+use crate::engine::cuda::kernels::{Kernel, MmaFormat, ROW_BLOCK};
 use crate::engine::cuda::memory::DevBuf;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
@@ -140,14 +145,15 @@ struct DevLayer {
     ln2: DevLayerNorm,
 }
 
-/// What one trained layer's backward reads. In bf16 the GEMMs' outputs
-/// qkv and inter_pre are kept as the GEMMs wrote them, in bf16 and without
-/// their bias (qkv16, inter16), and the f32 buffers are not used.
+/// What one trained layer's backward reads. In bf16 the GEMM's output
+/// inter_pre is kept as the GEMM wrote it, in bf16 and without its bias
+/// (inter16), and the f32 buffer is not used.
 #[derive(Default)]
 struct Saved {
-    /// [rows, 3H]
-    qkv: DevBuf<f32>,
-    qkv16: DevBuf<u16>,
+    /// [B, NH, T + 2N, HD]: attention_operands' output, f32 (tf32-rounded
+    /// for the tf32 tensor cores) or bf16 (ops16) for the bf16 ones.
+    ops: DevBuf<f32>,
+    ops16: DevBuf<u16>,
     /// [rows, H]: attention output before Wo (the backward's D = dO·O).
     ctx: DevBuf<f32>,
     /// [B, NH, T]
@@ -165,20 +171,24 @@ struct Saved {
 impl Saved {
     /// The buffers of one layer's forward: those it saves when `keep`
     /// (which in bf16 and inference leave the f32 copies of ctx and of the
-    /// LayerNorm inputs unwritten), in `bf16` or f32.
+    /// LayerNorm inputs unwritten), in `bf16` or f32, with `ops` attention
+    /// operands, in bf16 when `ops_bf16`.
     fn ensure(
         &mut self,
         dev: &CudaDevice,
-        (rows, h, inter, lse): (usize, usize, usize, usize),
-        bf16: bool,
+        (rows, h, inter, lse, ops): (usize, usize, usize, usize, usize),
+        (bf16, ops_bf16): (bool, bool),
         keep: bool,
     ) -> Result<()> {
         if bf16 {
-            self.qkv16.ensure(dev, rows * 3 * h)?;
             self.inter16.ensure(dev, rows * inter)?;
         } else {
-            self.qkv.ensure(dev, rows * 3 * h)?;
             self.inter_pre.ensure(dev, rows * inter)?;
+        }
+        if ops_bf16 {
+            self.ops16.ensure(dev, ops)?;
+        } else {
+            self.ops.ensure(dev, ops)?;
         }
         if keep || !bf16 {
             self.ctx.ensure(dev, rows * h)?;
@@ -232,6 +242,10 @@ struct Workspace {
     x1: DevBuf<f32>,
     /// [rows, I]
     act: DevBuf<f32>,
+    /// [rows, 3H]: the QKV GEMM's output (f32, or bf16 in qkv16), which
+    /// attention_operands reads.
+    qkv: DevBuf<f32>,
+    qkv16: DevBuf<u16>,
     /// Layer buffers for layers that save nothing.
     scratch: Saved,
     /// [rows, H]: in bf16, the attention-output and FFN-output GEMMs'
@@ -259,6 +273,10 @@ struct Workspace {
     d_inter16: DevBuf<u16>,
     d_qkv: DevBuf<f32>,
     delta: DevBuf<f32>,
+    /// [B, NH, T, HD]: dO where the attention's backward reads it (f32, or
+    /// bf16 in d_out16: the attention operands' format).
+    d_out: DevBuf<f32>,
+    d_out16: DevBuf<u16>,
     /// bf16 copies of GEMM inputs.
     bf16: DevBuf<u16>,
 }
@@ -637,6 +655,13 @@ impl CudaEncoder {
                 .resize_with(self.layers.len() - lowest, Saved::default);
         }
         let scale_qk = 1.0 / (hd as f32).sqrt();
+        let (ops_bf16, round_tf32) = operands_format(dev, self.precision);
+        let ops_len = b * (t + 2 * (p + t)) * h;
+        if bf16 {
+            ws.qkv16.ensure(dev, rows * 3 * h)?;
+        } else {
+            ws.qkv.ensure(dev, rows * 3 * h)?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             let keep = train && l >= lowest;
             let s = if keep {
@@ -644,29 +669,53 @@ impl CudaEncoder {
             } else {
                 &mut ws.scratch
             };
-            s.ensure(dev, (rows, h, inter, b * nh * t), bf16, keep)?;
+            let sizes = (rows, h, inter, b * nh * t, ops_len);
+            s.ensure(dev, sizes, (bf16, ops_bf16), keep)?;
             // In bf16, the f32 ctx and LayerNorm inputs only where saved.
             let saved_f32 = |ptr: u64| if bf16 && !keep { 0 } else { ptr };
 
-            // qkv = x·Wᵀ (the attention kernels add the bias).
-            let (x, qkv) = (gemm_in(ws.x.ptr), f32_or_bf16(bf16, s.qkv.ptr, s.qkv16.ptr));
+            // qkv = x·Wᵀ, then the attention's operands from it and the prompt.
+            let (x, qkv) = (
+                gemm_in(ws.x.ptr),
+                f32_or_bf16(bf16, ws.qkv.ptr, ws.qkv16.ptr),
+            );
             layer.qkv.forward(dev, x, rows, gemm_out(qkv))?;
-
             let (pl, prefix_ptr) = layer_prefix(&layers, l, ws.kv.ptr, (b, p, two_h));
+            let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
+            let chunks = (t + 2 * (pl + t)) * hd / 4;
+            dev.launch(
+                Kernel::AttentionOperands,
+                (
+                    chunks.div_ceil(ROW_BLOCK as usize) as u32,
+                    nh as u32,
+                    b as u32,
+                ),
+                ROW_BLOCK,
+                &[
+                    &qkv.0,
+                    &qkv.1,
+                    &layer.qkv.bias.ptr,
+                    &prefix_ptr,
+                    &((pl * two_h) as u64),
+                    &ops.0,
+                    &ops.1,
+                    &(t as i32),
+                    &(pl as i32),
+                    &(nh as i32),
+                    &scale_qk,
+                    &(round_tf32 as i32),
+                ],
+            )?;
+
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let lse = if keep { s.lse.ptr } else { 0u64 };
-            let call = AttentionCall::new(
-                (qkv, layer.qkv.bias.ptr),
-                prefix_ptr,
-                ws.mask.ptr,
-                (b, t, pl, nh, two_h),
-            );
+            let call = AttentionCall::new(ops, ws.mask.ptr, (b, t, pl, nh));
             call.launch(
                 dev,
                 (self.precision, Kernel::AttentionForward),
                 t,
                 &[&saved_f32(s.ctx.ptr), &lse],
-                &[&scale_qk, &key, &thr, &dscale, &on, &b16],
+                &[&key, &thr, &dscale, &on, &b16],
             )?;
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
@@ -751,6 +800,14 @@ impl CudaEncoder {
         // GEMM's input (a gradient) in bf16 only, into ws.bf16; the GEMMs
         // into d(inter) and d(ctx) write bf16 for the kernels after them.
         let bf16 = self.precision == Precision::Bf16;
+        // dO [B, NH, T, HD] in the attention operands' format (attention_delta).
+        let (ops_bf16, round_tf32) = operands_format(dev, self.precision);
+        if ops_bf16 {
+            ws.d_out16.ensure(dev, rows * h)?;
+        } else {
+            ws.d_out.ensure(dev, rows * h)?;
+        }
+        let d_o = f32_or_bf16(ops_bf16, ws.d_out.ptr, ws.d_out16.ptr);
         let b16 = bf16_scratch(dev, &mut ws.bf16, bf16, rows * inter.max(3 * h))?;
         let d_inter16 = bf16_scratch(dev, &mut ws.d_inter16, bf16, rows * inter)?;
         let d_ctx16 = bf16_scratch(dev, &mut ws.d_ctx16, bf16, rows * h)?;
@@ -819,8 +876,8 @@ impl CudaEncoder {
             layer.attn_out.backward_input(dev, dy, rows, d_out)?;
 
             // attention
-            let (pl, prefix_ptr) = layer_prefix(&step.layers, l, ws.kv.ptr, (b, p, two_h));
-            let (_, dprefix_ptr) = layer_prefix(&step.layers, l, ws.d_kv.ptr, (b, p, two_h));
+            // (The prefix keys and values are in the saved operands.)
+            let (pl, dprefix_ptr) = layer_prefix(&step.layers, l, ws.d_kv.ptr, (b, p, two_h));
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let need_below = l > lowest;
             dev.launch(
@@ -833,19 +890,17 @@ impl CudaEncoder {
                     &d_ctx.0,
                     &d_ctx.1,
                     &ws.delta.ptr,
+                    &d_o.0,
+                    &d_o.1,
                     &(rows as i32),
                     &(nh as i32),
                     &(t as i32),
+                    &(round_tf32 as i32),
                 ],
             )?;
-            let qkv = f32_or_bf16(bf16, s.qkv.ptr, s.qkv16.ptr);
-            let call = AttentionCall::new(
-                (qkv, layer.qkv.bias.ptr),
-                prefix_ptr,
-                ws.mask.ptr,
-                (b, t, pl, nh, two_h),
-            );
-            let stats: [&dyn KernelArg; 4] = [&d_ctx.0, &d_ctx.1, &s.lse.ptr, &ws.delta.ptr];
+            let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
+            let call = AttentionCall::new(ops, ws.mask.ptr, (b, t, pl, nh));
+            let stats: [&dyn KernelArg; 4] = [&d_o.0, &d_o.1, &s.lse.ptr, &ws.delta.ptr];
             if need_below {
                 call.launch(
                     dev,
@@ -869,15 +924,7 @@ impl CudaEncoder {
                     (self.precision, Kernel::AttentionBackwardDkv),
                     n_keys,
                     &[&stats[..], &[&dqkv, &dprefix_ptr]].concat(),
-                    &[
-                        &(n_keys as i32),
-                        &scale_qk,
-                        &key,
-                        &thr,
-                        &dscale,
-                        &on,
-                        &dqkv16,
-                    ],
+                    &[&(n_keys as i32), &key, &thr, &dscale, &on, &dqkv16],
                 )?;
             }
             if need_below {
@@ -906,35 +953,28 @@ impl CudaEncoder {
     }
 }
 
-/// What every attention kernel of kernels.cu takes first: the layer's qkv
-/// [rows, 3H] (without its bias; f32, or bf16 in qkv16) and the bias [3H], its prefix keys and
-/// values (0 without) with their row stride, and the mask; then its own
-/// buffers; then (T, P, NH); then the rest. Grid: (tiles, NH, B).
+/// What every attention kernel of kernels.cu takes first: the layer's
+/// operands [B, NH, T + 2N, HD] (attention_operands' output: f32, or bf16
+/// in ops16) and the mask; then its own buffers; then (T, P, NH); then the
+/// rest. Grid: (tiles, NH, B).
 struct AttentionCall {
-    qkv: u64,
-    qkv16: u64,
-    qkv_bias: u64,
-    prefix: u64,
-    row_stride: u64,
+    ops: u64,
+    ops16: u64,
     mask: u64,
     shape: (i32, i32, i32),
     batch: usize,
 }
 
 impl AttentionCall {
-    /// For a layer with `p` prefix keys (0 without) in `prefix`, rows of 2H.
+    /// For a layer with `p` prefix keys (0 without).
     fn new(
-        ((qkv, qkv16), qkv_bias): ((u64, u64), u64),
-        prefix: u64,
+        (ops, ops16): (u64, u64),
         mask: u64,
-        (b, t, p, nh, two_h): (usize, usize, usize, usize, usize),
+        (b, t, p, nh): (usize, usize, usize, usize),
     ) -> Self {
         AttentionCall {
-            qkv,
-            qkv16,
-            qkv_bias,
-            prefix,
-            row_stride: (p * two_h) as u64,
+            ops,
+            ops16,
             mask,
             shape: (t as i32, p as i32, nh as i32),
             batch: b,
@@ -967,14 +1007,7 @@ impl AttentionCall {
             }
         };
         let (t, p, nh) = &self.shape;
-        let head: [&dyn KernelArg; 6] = [
-            &self.qkv,
-            &self.qkv16,
-            &self.qkv_bias,
-            &self.prefix,
-            &self.row_stride,
-            &self.mask,
-        ];
+        let head: [&dyn KernelArg; 3] = [&self.ops, &self.ops16, &self.mask];
         let shape: [&dyn KernelArg; 3] = [t, p, nh];
         let args = [&head[..], buffers, &shape[..], rest].concat();
         dev.launch(
@@ -1130,6 +1163,17 @@ fn f32_or_bf16(bf16: bool, f32_ptr: u64, bf16_ptr: u64) -> (u64, u64) {
         (0, bf16_ptr)
     } else {
         (f32_ptr, 0)
+    }
+}
+
+/// The format of attention_operands' output on `dev` in `precision`: that
+/// of the attention's products, (bf16, f32 rounded to tf32); f32 when
+/// neither.
+fn operands_format(dev: &CudaDevice, precision: Precision) -> (bool, bool) {
+    match dev.attention_format(precision) {
+        Some(MmaFormat::Bf16) => (true, false),
+        Some(MmaFormat::Tf32) => (false, true),
+        _ => (false, false),
     }
 }
 

@@ -11,13 +11,14 @@
 // and a row stride of HD + 4 floats put the 8 rows that a quarter-warp
 // reads as 16-byte vectors on 8 distinct groups of banks.
 //
-// qkv [rows, 3H] (q | k | v, head h at h*HD) without its bias, qkv_bias [3H]
-// (added as rows are read; null: none); prefix [B, P, 2H] (keys | values;
-// this layer's slice of expand_prefix's output) with `prefix_row_stride` =
-// P*2H; mask [B, T] (1 real, 0 padding). Key j < P is
-// prefix key j, key P + t is token t. Masked keys get probability exactly 0,
-// as HF's f32::MIN bias gives (a row with no visible key at all, P = 0 and
-// only padding, is uniform over its T keys, as in HF).
+// The kernels read their operands as attention_operands (below) wrote them
+// once per layer: ops [B, NH, T + 2N, HD], per (batch row, head) its T
+// queries (bias added, times the softmax scale), N = P + T keys and N
+// values (the prefix's first), contiguous rows in f32 or bf16; mask [B, T]
+// (1 real, 0 padding). Key j < P is prefix key j, key P + t is token t.
+// Masked keys get probability exactly 0, as HF's f32::MIN bias gives (a
+// row with no visible key at all, P = 0 and only padding, is uniform over
+// its T keys, as in HF).
 //
 // Dropout on the probabilities numbers element (b, h, i, j) by its flat index
 // in [B, NH, T, N]; the softmax denominator is computed before dropout.
@@ -112,13 +113,12 @@ struct RowRef {
     }
 };
 
-// Where the attention of batch row b, head hh reads queries, keys and
-// values: qkv [rows, 3H] as the GEMM wrote it (f32, or bf16 in qkv16 when
-// that is not null: the bf16 GEMMs' output), without its bias, which is
-// added as the rows are read (qkv_bias [3H]; null in the kernel checks),
-// instead of a pass over qkv per layer; and this layer's prefix keys and
-// values [B, P, 2H] (keys | values, batch rows `prefix_row_stride` apart),
-// which have none. Key j < P is prefix key j, key P + t is token t.
+// Where attention_operands reads the queries, keys and values of batch row
+// b, head hh: qkv [rows, 3H] as the GEMM wrote it (f32, or bf16 in qkv16
+// when that is not null: the bf16 GEMMs' output), without its bias
+// (qkv_bias [3H], added as the rows are read; null: none), and this layer's
+// prefix keys and values [B, P, 2H] (keys | values, batch rows
+// `prefix_row_stride` apart; expand_prefix's output), which have none.
 struct QkvRows {
     const float* qkv;
     const u16* qkv16;
@@ -131,10 +131,6 @@ struct QkvRows {
         return {qkv16 != 0 ? 0 : qkv + at, qkv16 != 0 ? qkv16 + at : 0, bias != 0 ? bias + col : 0};
     }
     __device__ RowRef q(int i) const { return token(i, hh * HEAD_DIM); }
-    // The rows as the tile loaders take them: row index -> RowRef.
-    __device__ auto queries() const {
-        return [this](int i) { return q(i); };
-    }
     __device__ RowRef k(int j) const {
         if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0, 0};
         return token(j - p, h + hh * HEAD_DIM);
@@ -143,12 +139,36 @@ struct QkvRows {
     __device__ RowRef v(int j) const { return k(j).offset(h); }
 };
 
-// Row i of a [rows, H] gradient (dO) for batch row b, head hh: f32 in d,
-// or bf16 in d16 when that is not null (the bf16 GEMM's output).
-__device__ __forceinline__ RowRef grad_row(const float* d, const u16* d16, int b, int hh, int i, int t, int h) {
-    u64 at = ((u64)b * t + i) * h + hh * HEAD_DIM;
-    return {d16 != 0 ? 0 : d + at, d16 != 0 ? d16 + at : 0, 0};
-}
+// The rows of batch row b, head hh in a [B, NH, rows, HD] array (f32 in
+// f, or bf16 in f16 when that is not null): the attention's operands
+// (attention_operands) and dO (attention_delta).
+struct HeadRows {
+    const float* f;
+    const u16* f16;
+    u64 base;
+    __device__ HeadRows(const float* f_, const u16* f16_, int b, int hh, int nh, int rows)
+        : f(f_), f16(f16_), base(((u64)b * nh + hh) * rows * HEAD_DIM) {}
+    __device__ RowRef row(int r) const {
+        u64 at = base + (u64)r * HEAD_DIM;
+        return {f16 != 0 ? 0 : f + at, f16 != 0 ? f16 + at : 0, 0};
+    }
+    // The rows as the tile loaders take them: row index -> RowRef.
+    __device__ auto rows() const {
+        return [this](int r) { return row(r); };
+    }
+};
+
+// The operands of batch row b, head hh in ops [B, NH, T + 2N, HD]: query
+// i, key j, value j.
+struct Operands : HeadRows {
+    int t, n;
+    __device__ Operands(const float* ops, const u16* ops16, int b, int hh, int nh, int t_, int n_)
+        : HeadRows(ops, ops16, b, hh, nh, t_ + 2 * n_), t(t_), n(n_) {}
+    __device__ RowRef q(int i) const { return row(i); }
+    __device__ RowRef k(int j) const { return row(t + j); }
+    __device__ RowRef v(int j) const { return row(t + n + j); }
+};
+
 
 // Whether key j takes part: j < n and (visible, or none is: a uniform row).
 __device__ __forceinline__ bool key_used(const float* mask, int b, int j, int t, int p, int any) {
@@ -238,7 +258,7 @@ __device__ __forceinline__ void load_tile(float* dst, int r0, int count, float s
 }
 
 // The key and value tiles j0 .. j0 + TILE (zeros past the last key).
-__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const QkvRows& src, int j0, int n_keys) {
+__device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const Operands& src, int j0, int n_keys) {
     load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
     load_tile(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
 }
@@ -290,18 +310,46 @@ __device__ __forceinline__ void each_row(int r0, int ti, int count, Fn f) {
     }
 }
 
-extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                             u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
-                                             float scale, u64 key, u64 threshold, float dscale, int dropout,
-                                             u16* ctx16) {
+// ops [B, NH, T + 2N, HD], the operands of every attention kernel of a
+// layer, written once by its forward (and kept for its backward): per
+// (batch row, head) the queries (q + bias) * scale, the keys (the prefix's,
+// then k + bias) and the values alike, in f32 (ops; rounded to tf32 when
+// `round_tf32`, as the tf32 tensor cores read them), or bf16 in ops16 when
+// that is not null. Each kernel's tiles are then contiguous rows it copies
+// (the bias, the scale and the rounding were a third of the forward's
+// instructions when every kernel applied them as it read). Grid (x, NH, B),
+// grid-stride over the (T + 2N) * HD / 4 chunks of 4 of a (row, head).
+extern "C" __global__ void attention_operands(const float* qkv, const u16* qkv16, const float* qkv_bias,
+                                              const float* prefix, u64 prefix_row_stride, float* ops, u16* ops16,
+                                              int t, int p, int nh, float scale, int round_tf32) {
+    constexpr int PER_ROW = HEAD_DIM / 4;
+    int b = blockIdx.z, hh = blockIdx.y, n = p + t, chunks = (t + 2 * n) * PER_ROW;
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, nh * HEAD_DIM};
+    u64 base = ((u64)b * nh + hh) * (t + 2 * n) * HEAD_DIM;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < chunks; e += gridDim.x * blockDim.x) {
+        int r = e / PER_ROW, d = e % PER_ROW * 4;
+        RowRef row = r < t ? src.q(r) : r < t + n ? src.k(r - t) : src.v(r - t - n);
+        float v[4];
+        chunk_values(load_chunk(row, d), row, d, r < t ? scale : 1.0f, v);
+        if (round_tf32) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) v[k] = tf32_round(v[k]);
+        }
+        store_either<4>(ops, ops16, base + (u64)r * HEAD_DIM + d, v);
+    }
+}
+
+extern "C" __global__ void attention_forward(const float* ops, const u16* ops16, const float* mask, float* ctx,
+                                             float* lse, int t, int p, int nh, u64 key, u64 threshold, float dscale,
+                                             int dropout, u16* ctx16) {
     ATTENTION_SHARED;  // 3 [TILE, ROW] + 1 [TILE, PROW]
     float *qs = smem, *ks = qs + TILE * ROW, *vs = ks + TILE * ROW, *ps = vs + TILE * ROW;
     int b = blockIdx.z, hh = blockIdx.y, i0 = blockIdx.x * TILE;
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
-    load_tile(qs, i0, t, scale, src.queries());
+    const Operands src(ops, ops16, b, hh, nh, t, n);
+    load_tile(qs, i0, t, 1.0f, src.rows());
 
     float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
     for (int j0 = 0; j0 < n; j0 += TILE) {
@@ -365,14 +413,19 @@ extern "C" __global__ void attention_forward(const float* qkv, const u16* qkv16,
 }
 
 // delta[b, h, i] = dctx_i · ctx_i (per head): the softmax backward's row
-// term; dctx f32, or bf16 in dctx16 when that is not null. DELTA_LANES
-// neighbouring threads take a (row, head), 16 bytes of ctx each, so that a
-// warp reads whole rows (a thread per row read 64 strided floats), and sum
-// by shuffles; 1 where HD / 4 does not divide a warp. Grid-stride over
-// rows × DELTA_LANES threads, a warp at a time (the shuffles need all 32).
+// term; dctx [rows, H] f32, or bf16 in dctx16 when that is not null. It
+// also writes dO, the dctx of each head, where the attention's backward
+// reads it: dout [B, NH, T, HD] in f32 (rounded to tf32 when
+// `round_tf32`), or bf16 in dout16 when that is not null (the operands'
+// format, attention_operands'), so that those kernels copy their tiles.
+// DELTA_LANES neighbouring threads take a (row, head), 16 bytes of ctx
+// each, so that a warp reads whole rows (a thread per row read 64 strided
+// floats), and sum by shuffles; 1 where HD / 4 does not divide a warp.
+// Grid-stride over rows × DELTA_LANES threads, a warp at a time (the
+// shuffles need all 32).
 #define DELTA_LANES (HEAD_DIM / 4 <= 32 && 32 % (HEAD_DIM / 4) == 0 ? HEAD_DIM / 4 : 1)
 extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, const u16* dctx16, float* delta,
-                                           int rows, int nh, int t) {
+                                           float* dout, u16* dout16, int rows, int nh, int t, int round_tf32) {
     int hh = blockIdx.y, h = nh * HEAD_DIM, lane = threadIdx.x % DELTA_LANES;
     u64 total = (u64)rows * DELTA_LANES, stride = (u64)gridDim.x * blockDim.x;
     for (u64 base = (blockIdx.x * (u64)blockDim.x + threadIdx.x) & ~31ull; base < total; base += stride) {
@@ -380,18 +433,22 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
         int r = (int)(g / DELTA_LANES);
         float s = 0.0f;
         if (g < total) {
-            u64 at = (u64)r * h + hh * HEAD_DIM;
-            const RowRef d = grad_row(dctx, dctx16, 0, hh, r, 0, h);
+            // rows are b*T + i; delta and dout are per (b, head) first
+            u64 at = (u64)r * h + hh * HEAD_DIM, out = (((u64)(r / t) * nh + hh) * t + r % t) * HEAD_DIM;
             for (int k = 4 * lane; k < HEAD_DIM; k += 4 * DELTA_LANES) {
                 float dv[4], cv[4];
-                load_either<4>(d.at, d.at16, k, dv);
+                load_either<4>(dctx + at, dctx16 != 0 ? dctx16 + at : 0, k, dv);
                 ld4(ctx + at + k, cv);
 #pragma unroll
                 for (int e = 0; e < 4; e++) s += cv[e] * dv[e];
+                if (round_tf32) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) dv[e] = tf32_round(dv[e]);
+                }
+                store_either<4>(dout, dout16, out + k, dv);
             }
         }
         for (int o = DELTA_LANES / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        // rows are b*T + i; delta is [B, NH, T]
         if (g < total && lane == 0) delta[((u64)(r / t) * nh + hh) * t + r % t] = s;
     }
 }
@@ -401,8 +458,8 @@ extern "C" __global__ void attention_delta(const float* ctx, const float* dctx, 
 //   dS_ij = P_ij (dP_ij - delta_i), dq_i = scale * sum_j dS_ij K_j.
 // Writes the q columns of dqkv [rows, 3H], or of dqkv16 in bf16 when that
 // is not null.
-extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                                 u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+extern "C" __global__ void attention_backward_dq(const float* ops, const u16* ops16, const float* mask,
+                                                 const float* dout, const u16* dout16, const float* lse,
                                                  const float* delta, float* dqkv, int t, int p, int nh,
                                                  float scale, u64 key, u64 threshold, float dscale,
                                                  int dropout, u16* dqkv16) {
@@ -413,9 +470,10 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
-    load_tile(qs, i0, t, scale, src.queries());
-    load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
+    const Operands src(ops, ops16, b, hh, nh, t, n);
+    const HeadRows dO(dout, dout16, b, hh, nh, t);
+    load_tile(qs, i0, t, 1.0f, src.rows());
+    load_tile(dos, i0, t, 1.0f, dO.rows());
     float li[4], di[4], dq[CHUNKS][4][4] = {};
 #pragma unroll
     for (int r = 0; r < 4; r++) {
@@ -466,11 +524,11 @@ extern "C" __global__ void attention_backward_dq(const float* qkv, const u16* qk
 // Token keys go to the k and v columns of dqkv [rows, 3H], or of dqkv16 in
 // bf16 (when one is not null); prefix keys to dprefix [B, P, 2H] (per batch
 // row, reduced afterwards). Masked keys get zero gradients.
-extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                                  u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+extern "C" __global__ void attention_backward_dkv(const float* ops, const u16* ops16, const float* mask,
+                                                  const float* dout, const u16* dout16, const float* lse,
                                                   const float* delta, float* dqkv, float* dprefix, int t, int p,
-                                                  int nh, int n_keys, float scale, u64 key, u64 threshold,
-                                                  float dscale, int dropout, u16* dqkv16) {
+                                                  int nh, int n_keys, u64 key, u64 threshold, float dscale,
+                                                  int dropout, u16* dqkv16) {
     ATTENTION_SHARED;  // 4 [TILE, ROW] + 2 [TILE, PROW] + 2 [TILE]
     float *ks = smem, *vs = ks + TILE * ROW, *qs = vs + TILE * ROW, *dos = qs + TILE * ROW;
     float* pds = dos + TILE * ROW;  // [query][key]: P * dropout
@@ -480,7 +538,8 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
     int ti = threadIdx.x >> 3, tj = threadIdx.x & 7;
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, h};
+    const Operands src(ops, ops16, b, hh, nh, t, n);
+    const HeadRows dO(dout, dout16, b, hh, nh, t);
     load_kv_tiles(ks, vs, src, j0, n_keys);
     bool used[4];
 #pragma unroll
@@ -492,8 +551,8 @@ extern "C" __global__ void attention_backward_dkv(const float* qkv, const u16* q
     u64 stat0 = ((u64)b * nh + hh) * t;
     for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
-        load_tile(qs, i0, t, scale, src.queries());
-        load_tile(dos, i0, t, 1.0f, [&](int i) { return grad_row(dctx, dctx16, b, hh, i, t, h); });
+        load_tile(qs, i0, t, 1.0f, src.rows());  // q * scale: dK = dSᵀ (q * scale)
+        load_tile(dos, i0, t, 1.0f, dO.rows());
         for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;

@@ -5,11 +5,14 @@
 // operands, f32 accuracy) for fp32 by 3xTF32. The functions of the f32
 // kernels above, with q, k, v, dO, the probabilities and dS rounded to the
 // format where they enter a product (in tf32x3: split into two tf32 parts),
-// as the GEMMs of that precision treat their inputs. The three kernels of a format round alike, so the backward
-// recomputes exactly the forward's scores. The loader uses them when the
-// head size allows (bf16: a multiple of 16, tf32 and tf32x3: of 8; other
-// sizes do not build them), the format's self-test passed on the device and
-// their shared memory fits in a block.
+// as the GEMMs of that precision treat their inputs: q, k, v and dO by
+// attention_operands and attention_delta, which write them in the format,
+// so that the tiles are copies (cp.async). The three kernels of a format
+// round alike and take e^x alike (exp2_approx), so the backward recomputes
+// the forward's probabilities. The loader uses them when the head size
+// allows (bf16: a multiple of 16, tf32 and tf32x3: of 8; other sizes do not
+// build them), the format's self-test passed on the device and their shared
+// memory fits in a block.
 //
 // A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
 // other side streams through shared memory 64 at a time. Fragments (PTX ISA,
@@ -62,6 +65,43 @@ __device__ __forceinline__ void mma_tf32_1688(float d[4], const u32 a[4], const 
 }
 #endif
 
+// 16 bytes from global `src` to shared `dst` (both 16-byte aligned), zeros
+// when not `valid`: by cp.async on sm_80 and later (no registers, no wait
+// until copy_wait), else a load and a store.
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+#if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((u32)__cvta_generic_to_shared(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    float4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (valid) v = *reinterpret_cast<const float4*>(src);
+    *reinterpret_cast<float4*>(dst) = v;
+#endif
+}
+
+// This thread's copy16 calls have landed (a __syncthreads after it makes
+// every thread's visible).
+__device__ __forceinline__ void copy_wait() {
+#if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::);
+#endif
+}
+
+// 2^x by the special function unit (ex2.approx, flushing subnormal results
+// to 0): the softmax's e^s as 2^(s log2 e - max log2 e), one FFMA and one
+// MUFU where expf took eight instructions. Forward and backward take it
+// alike, so the backward recomputes the forward's probabilities.
+#define LOG2E 1.4426950408889634f
+__device__ __forceinline__ float exp2_approx(float x) {
+#if !defined(MMA_EMULATED)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
 // v rounded to tf32 as tf32_round, in one cvt.rna on sm_80 and later (the
 // mask makes the low bits zero, which the split's v - hi needs); a NaN
 // stays NaN, though not always with its payload.
@@ -108,11 +148,9 @@ __device__ __forceinline__ Operand<N> operand(const u32 (&r)[N]) {
 struct Bf16Format {
     typedef u16 T;
     static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
-    __device__ static T round(float v) { return bf16_bits(v); }
-    // v rounded to 4 consecutive elements at p (8-byte aligned).
-    __device__ static void store4(T* p, const float v[4]) {
-        *reinterpret_cast<u64*>(p) = (u64)pack(v[0], v[1]) | ((u64)pack(v[2], v[3]) << 32);
-    }
+    // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
+    // and attention_delta write them in bf16.
+    __device__ static const T* rows(const HeadRows& o) { return o.f16 + o.base; }
     __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
     __device__ static u32 pack(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
     __device__ static void split(u32 r, u32& hi, u32& lo) { hi = r, lo = 0; }
@@ -136,7 +174,8 @@ struct Bf16Format {
 };
 
 // tf32: one k in a register. SPLIT false (tf32): the f32 rounded to tf32
-// (tf32_round) where it enters the tile, one mma per product. SPLIT true
+// (tf32_round: the operands by attention_operands and attention_delta, the
+// probabilities and dS as they become A fragments), one mma per product. SPLIT true
 // (tf32x3, fp32 by 3xTF32): tiles and fragments keep the f32, and each mma
 // splits both operands, x = hi + lo, into lo·hi' + hi·lo' + hi·hi' (three
 // mma, the small terms first): f32 accuracy, as fp32's GEMMs
@@ -149,12 +188,10 @@ struct Tf32Formats {
     typedef float T;
     static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
     __device__ static T round(float v) { return SPLIT ? v : tf32_round(v); }
+    // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
+    // and attention_delta write them in f32 (rounded to tf32 unless SPLIT).
+    __device__ static const T* rows(const HeadRows& o) { return o.f + o.base; }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
-    // v rounded to 4 consecutive elements at p (16-byte aligned).
-    __device__ static void store4(T* p, const float v[4]) {
-        float x[4] = {round(v[0]), round(v[1]), round(v[2]), round(v[3])};
-        st4(p, x);
-    }
     __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
     __device__ static void split(u32 r, u32& hi, u32& lo) {
         if (SPLIT) {
@@ -250,13 +287,19 @@ __device__ __forceinline__ typename F::T* carve_tiles(float* smem, typename F::T
     return at;
 }
 
-// Rows r0 .. r0 + 64 of a strided [*, HD] source (load_rows), times
-// `scale`, rounded to format F, into `rows` [64, STRIDE]; zeros from row
-// `count` on. Every thread calls it.
-template <typename F, int BATCH = 8, typename Src>
-__device__ __forceinline__ void load_mma_tile(typename F::T* rows, int r0, int count, float scale, Src src) {
-    load_rows<MMA_ROWS, MMA_THREADS, BATCH>(r0, count, scale, src,
-                                     [&](int r, int d, const float* v) { F::store4(rows + r * F::STRIDE + d, v); });
+// Rows r0 .. r0 + 64 of `rows` (contiguous [*, HD] rows in format F, as
+// attention_operands wrote them) into `tile` [64, STRIDE], zeros from row
+// `count` on, 16 bytes a copy16; copy_wait, then a __syncthreads, before
+// they are read. Every thread calls it.
+template <typename F>
+__device__ __forceinline__ void copy_mma_tile(typename F::T* tile, const typename F::T* rows, int r0, int count) {
+    constexpr int PER_COPY = 16 / sizeof(typename F::T), PER_ROW = HEAD_DIM / PER_COPY;
+#pragma unroll 1
+    for (int e = threadIdx.x; e < MMA_ROWS * PER_ROW; e += MMA_THREADS) {
+        int r = e / PER_ROW, d = e % PER_ROW * PER_COPY;
+        bool valid = r0 + r < count;
+        copy16(tile + r * F::STRIDE + d, rows + (valid ? (u64)(r0 + r) * HEAD_DIM + d : 0), valid);
+    }
 }
 
 // f(nt, e, col, r) for every element e of the KT C tiles nt of a thread:
@@ -278,6 +321,43 @@ struct MmaBlock {
         : b(blockIdx.z), hh(blockIdx.y), warp(threadIdx.x >> 5), g((threadIdx.x & 31) >> 2), tq(threadIdx.x & 3),
           h(nh * HEAD_DIM), n(p + t), any(any_visible(mask, blockIdx.z, t, p)) {}
 };
+
+// kb[c] = 0 where key j0 + c takes part, -inf where it does not (masked,
+// or past the last key), for c < 64: added to the scores of a key tile, so
+// that the mask is read once per tile, not once per score.
+__device__ __forceinline__ void key_bias(float* kb, const float* mask, const MmaBlock& blk, int j0, int t, int p) {
+    for (int c = threadIdx.x; c < MMA_ROWS; c += MMA_THREADS)
+        kb[c] = key_used(mask, blk.b, j0 + c, t, p, blk.any) ? 0.0f : NEG_INF;
+}
+
+// Elements 2tq and 2tq + 1 of the 8 columns of C tile nt in a [64] row of
+// f32 in shared memory (a key bias, or per-query statistics).
+__device__ __forceinline__ float2 column_pair(const float* v, int nt, int tq) {
+    return *reinterpret_cast<const float2*>(v + nt * 8 + 2 * tq);
+}
+
+// The dropout keep bits of this thread's 32 elements of a 16 x 64 tile
+// (probabilities, or their transpose in dK/dV): bit nt*4 + e for element e
+// of C tile nt, whose z is z[e >> 1] (its rows' column 2tq) + (nt*8 +
+// (e & 1)) * step (the columns' z step). All ones without dropout. Taken
+// before the tile's products, so that the hash's 64-bit arithmetic does not
+// meet their registers.
+__device__ __forceinline__ u32 keep_bits(int dropout, const u64 z[2], u64 step, u64 threshold) {
+    if (!dropout) return ~0u;
+    u32 bits = 0;
+#pragma unroll
+    for (int nt = 0; nt < KT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            bits |= (u32)((mix64(z[e >> 1] + (u64)(nt * 8 + (e & 1)) * step) >> 40) >= threshold) << (nt * 4 + e);
+    return bits;
+}
+
+// The dropout factor of element k of keep_bits: `scale` (1 without dropout)
+// where kept, 0 where dropped.
+__device__ __forceinline__ float keep_factor(u32 bits, int k, float scale) {
+    return (bits >> k) & 1u ? scale : 0.0f;
+}
 
 // Checks format F's fragment layout above on this device: one warp
 // multiplies A[r][k] = (r + 2k) % 7 - 3 by B[k][n] = (3k + n) % 5 - 2 (small
@@ -317,53 +397,66 @@ __device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, fl
 
 // Arguments and outputs as attention_forward's.
 template <typename F>
-__device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix,
-                                                     u64 prefix_row_stride, const float* mask, float* ctx, float* lse, int t, int p, int nh,
-                                                     float scale, u64 key, u64 threshold, float dscale, int dropout,
-                                                     u16* ctx16) {
+__device__ __forceinline__ void attention_forward_tc(const float* ops, const u16* ops16, const float* mask, float* ctx,
+                                                     float* lse, int t, int p, int nh, u64 key, u64 threshold,
+                                                     float dscale, int dropout, u16* ctx16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // q, k, v [64, STRIDE]
+    ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias
     T* tiles[3];
-    carve_tiles<F>(smem, tiles);
+    float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
     T *qs = tiles[0], *ks = tiles[1], *vs = tiles[2];
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const T* rows = F::rows(Operands(ops, ops16, blk.b, blk.hh, nh, t, blk.n));
     int i0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(qs, i0, t, scale, src.queries());
-    // Rows g and g + 8 of this warp's 16 queries: running max and sum.
+    copy_mma_tile<F>(qs, rows, i0, t);
+    // Rows g and g + 8 of this warp's 16 queries: running max and sum, and
+    // the dropout z of their column 2tq of key 0.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[DT][4] = {};
-    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    u64 z[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        z[r] = drop_z(key, (((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1)) * blk.n + 2 * blk.tq);
+    float drop_scale = dropout ? dscale : 1.0f;
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F>(ks, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
-        load_mma_tile<F>(vs, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, blk.n);
+        copy_mma_tile<F>(vs, rows + (u64)(t + blk.n) * HEAD_DIM, j0, blk.n);
+        key_bias(kb, mask, blk, j0, t, p);
+        copy_wait();
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
+        const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
+        u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {};
         mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
-        each_element(blk.tq, [&](int nt, int e, int col, int r) {
-            bool used = key_used(mask, blk.b, j0 + col, t, p, blk.any);
-            s[nt][e] = used ? (blk.any ? s[nt][e] : 0.0f) : NEG_INF;
-            mx[r] = fmaxf(mx[r], s[nt][e]);
-        });
+#pragma unroll
+        for (int nt = 0; nt < KT; nt++) {
+            float2 bias = column_pair(kb, nt, blk.tq);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = (blk.any ? s[nt][e] : 0.0f) + (e & 1 ? bias.y : bias.x);
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+            }
+        }
         float base[2], corr[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
             float m_new = fmaxf(m[r], mx[r]);
-            base[r] = m_new == NEG_INF ? 0.0f : m_new;
-            corr[r] = expf(m[r] - base[r]);
+            base[r] = (m_new == NEG_INF ? 0.0f : m_new) * LOG2E;  // in log2 units
+            corr[r] = exp2_approx(fmaf(m[r], LOG2E, -base[r]));
             m[r] = m_new;
         }
-        each_element(blk.tq, [&](int nt, int e, int col, int r) {
-            float ex = expf(s[nt][e] - base[r]);
+        // The softmax denominator sums the probabilities before dropout.
+        each_element(blk.tq, [&](int nt, int e, int, int r) {
+            float ex = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
             sum[r] += ex;
-            u64 at = (((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1)) * blk.n + j0 + col;
-            s[nt][e] = dropout && ex != 0.0f ? ex * drop_factor(key, threshold, dscale, at) : ex;
+            s[nt][e] = ex * keep_factor(keep, nt * 4 + e, drop_scale);
         });
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -378,7 +471,7 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int i = rows[r];
+        int i = qrows[r];
         if (i >= t) continue;
         float inv = 1.0f / l[r];
         u64 at = ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM;
@@ -396,55 +489,67 @@ __device__ __forceinline__ void attention_forward_tc(const float* qkv, const u16
 
 // Arguments and outputs as attention_backward_dq's.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
-                                                         const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16, const float* lse,
+__device__ __forceinline__ void attention_backward_dq_tc(const float* ops, const u16* ops16, const float* mask,
+                                                         const float* dout, const u16* dout16, const float* lse,
                                                          const float* delta, float* dqkv, int t, int p, int nh,
                                                          float scale, u64 key, u64 threshold, float dscale,
                                                          int dropout, u16* dqkv16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // q, dO, k, v [64, STRIDE]
+    ATTENTION_SHARED;  // q, dO, k, v [64, STRIDE]; f32 [64] key bias
     T* tiles[4];
-    carve_tiles<F>(smem, tiles);
+    float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
     T *qs = tiles[0], *dos = tiles[1], *ks = tiles[2], *vs = tiles[3];
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const T* rows = F::rows(Operands(ops, ops16, blk.b, blk.hh, nh, t, blk.n));
     int i0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(qs, i0, t, scale, src.queries());
-    load_mma_tile<F>(dos, i0, t, 1.0f,
-                     [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
-    int rows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    copy_mma_tile<F>(qs, rows, i0, t);
+    copy_mma_tile<F>(dos, F::rows(HeadRows(dout, dout16, blk.b, blk.hh, nh, t)), i0, t);
+    int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    // Per row: lse in log2 units (+inf where the row takes no key: a
+    // uniform row, which does not depend on q or k, or a row past T), delta,
+    // and the dropout z of its column 2tq of key 0.
     float li[2], di[2];
+    u64 z[2];
     for (int r = 0; r < 2; r++) {
-        u64 stat = ((u64)blk.b * nh + blk.hh) * t + min(rows[r], t - 1);
-        li[r] = lse[stat];
+        u64 stat = ((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1);
+        li[r] = blk.any && qrows[r] < t ? lse[stat] * LOG2E : POS_INF;
         di[r] = delta[stat];
+        z[r] = drop_z(key, stat * blk.n + 2 * blk.tq);
     }
+    float drop_scale = dropout ? dscale : 1.0f;
     float dq[DT][4] = {};
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
     const T* dw = dos + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F>(ks, j0, blk.n, 1.0f, [&](int j) { return src.k(j); });
-        load_mma_tile<F>(vs, j0, blk.n, 1.0f, [&](int j) { return src.v(j); });
+        copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, blk.n);
+        copy_mma_tile<F>(vs, rows + (u64)(t + blk.n) * HEAD_DIM, j0, blk.n);
+        key_bias(kb, mask, blk, j0, t, p);
+        copy_wait();
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
+        const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
+        u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {}, dp[KT][4] = {};
         mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
         mma_rows_by_rows<F>(dw, vs, blk.n - j0, dp, blk.g, blk.tq);
-        each_element(blk.tq, [&](int nt, int e, int col, int r) {
-            int j = j0 + col;
-            // A uniform row (no visible key) does not depend on q or k.
-            float pr = key_used(mask, blk.b, j, t, p, blk.any) && blk.any && rows[r] < t ? expf(s[nt][e] - li[r]) : 0.0f;
-            u64 at = (((u64)blk.b * nh + blk.hh) * t + rows[r]) * blk.n + j;
-            float dpv = dropout && pr != 0.0f ? dp[nt][e] * drop_factor(key, threshold, dscale, at) : dp[nt][e];
-            s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
-        });
+#pragma unroll
+        for (int nt = 0; nt < KT; nt++) {
+            float2 bias = column_pair(kb, nt, blk.tq);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = e >> 1;
+                float pr = exp2_approx(fmaf(s[nt][e] + (e & 1 ? bias.y : bias.x), LOG2E, -li[r]));
+                float dpv = dp[nt][e] * keep_factor(keep, nt * 4 + e, drop_scale);
+                s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
+            }
+        }
         mma_tiles_by_cols<F>(s, ks, blk.n - j0, dq, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        if (rows[r] >= t) continue;
-        u64 at = ((u64)blk.b * t + rows[r]) * 3 * blk.h + blk.hh * HEAD_DIM;
+        if (qrows[r] >= t) continue;
+        u64 at = ((u64)blk.b * t + qrows[r]) * 3 * blk.h + blk.hh * HEAD_DIM;
 #pragma unroll
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
@@ -454,24 +559,24 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* qkv, const
 
 // Arguments and outputs as attention_backward_dkv's: a block per 64 keys.
 template <typename F>
-__device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, const u16* qkv16, const float* qkv_bias,
-                                                          const float* prefix, u64 prefix_row_stride, const float* mask, const float* dctx, const u16* dctx16,
-                                                          const float* lse, const float* delta, float* dqkv,
-                                                          float* dprefix, int t, int p, int nh, int n_keys,
-                                                          float scale, u64 key, u64 threshold, float dscale,
-                                                          int dropout, u16* dqkv16) {
+__device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, const u16* ops16, const float* mask,
+                                                          const float* dout, const u16* dout16, const float* lse,
+                                                          const float* delta, float* dqkv, float* dprefix, int t,
+                                                          int p, int nh, int n_keys, u64 key, u64 threshold,
+                                                          float dscale, int dropout, u16* dqkv16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // k, v, q, dO [64, STRIDE]; f32 lse, delta [64]
+    ATTENTION_SHARED;  // k, v, q, dO [64, STRIDE]; f32 lse (log2 units), delta [64]
     T* tiles[4];
     T* next = carve_tiles<F>(smem, tiles);
     T *ks = tiles[0], *vs = tiles[1], *qs = tiles[2], *dos = tiles[3];
     float* ls = reinterpret_cast<float*>(next);
     float* dl = ls + MMA_ROWS;
     const MmaBlock blk(mask, t, p, nh);
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, blk.b, blk.hh, t, p, blk.h};
+    const T* rows = F::rows(Operands(ops, ops16, blk.b, blk.hh, nh, t, blk.n));
+    const T* d_rows = F::rows(HeadRows(dout, dout16, blk.b, blk.hh, nh, t));
     int j0 = blockIdx.x * MMA_ROWS;
-    load_mma_tile<F>(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
-    load_mma_tile<F>(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
+    copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, n_keys);
+    copy_mma_tile<F>(vs, rows + (u64)(t + blk.n) * HEAD_DIM, j0, n_keys);
     int keys[2] = {j0 + blk.warp * 16 + blk.g, j0 + blk.warp * 16 + blk.g + 8};
     bool used[2];
     for (int r = 0; r < 2; r++) used[r] = keys[r] < n_keys && key_used(mask, blk.b, keys[r], t, p, blk.any);
@@ -479,31 +584,43 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
     const T* kw = ks + blk.warp * 16 * F::STRIDE;
     const T* vw = vs + blk.warp * 16 * F::STRIDE;
     u64 stat0 = ((u64)blk.b * nh + blk.hh) * t;
+    float drop_scale = dropout ? dscale : 1.0f;
     for (int i0 = 0; i0 < t; i0 += MMA_ROWS) {
         __syncthreads();
-        load_mma_tile<F, 4>(qs, i0, t, scale, src.queries());
-        load_mma_tile<F, 4>(dos, i0, t, 1.0f,
-                         [&](int i) { return grad_row(dctx, dctx16, blk.b, blk.hh, i, t, blk.h); });
+        copy_mma_tile<F>(qs, rows, i0, t);  // q * scale: dK = dSᵀ (q * scale)
+        copy_mma_tile<F>(dos, d_rows, i0, t);
+        // Past T: lse +inf, so those queries get probability 0.
         for (int e = threadIdx.x; e < MMA_ROWS; e += blockDim.x) {
-            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
+            ls[e] = i0 + e < t ? lse[stat0 + i0 + e] * LOG2E : POS_INF;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
         }
+        copy_wait();
         __syncthreads();
         if (j0 + blk.warp * 16 >= n_keys) continue;  // no key of this warp: it only loads
+        // Dropout of (query i0 + 2tq, key keys[r]); a query further adds n steps.
+        u64 z[2];
+        for (int r = 0; r < 2; r++) z[r] = drop_z(key, (stat0 + i0 + 2 * blk.tq) * blk.n + keys[r]);
+        u32 keep = keep_bits(dropout, z, (u64)blk.n * DROP_STEP, threshold);
         // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
         float st[KT][4] = {}, dpt[KT][4] = {};
         mma_rows_by_rows<F>(kw, qs, t - i0, st, blk.g, blk.tq);
         mma_rows_by_rows<F>(vw, dos, t - i0, dpt, blk.g, blk.tq);
-        each_element(blk.tq, [&](int nt, int e, int c, int r) {
-            int i = i0 + c;
-            // A uniform row averages the values: dV but no dK.
-            float pr = used[r] && i < t ? expf((blk.any ? st[nt][e] : 0.0f) - ls[c]) : 0.0f;
-            float f = dropout && pr != 0.0f ? drop_factor(key, threshold, dscale, (stat0 + i) * blk.n + keys[r]) : 1.0f;
-            dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - dl[c]) : 0.0f;  // dSᵀ
-            st[nt][e] = pr * f;                                             // (P · dropout)ᵀ
-        });
+        // P (a uniform row averages the values: dV but no dK), then dSᵀ
+        // and (P · dropout)ᵀ.
+#pragma unroll
+        for (int nt = 0; nt < KT; nt++) {
+            float2 lq = column_pair(ls, nt, blk.tq), d = column_pair(dl, nt, blk.tq);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = blk.any ? st[nt][e] : 0.0f;
+                float pr = used[e >> 1] ? exp2_approx(fmaf(x, LOG2E, -(e & 1 ? lq.y : lq.x))) : 0.0f;
+                float f = keep_factor(keep, nt * 4 + e, drop_scale);
+                dpt[nt][e] = blk.any ? pr * (dpt[nt][e] * f - (e & 1 ? d.y : d.x)) : 0.0f;
+                st[nt][e] = pr * f;
+            }
+        }
         mma_tiles_by_cols<F>(st, dos, t - i0, dv, blk.g, blk.tq);
-        mma_tiles_by_cols<F>(dpt, qs, t - i0, dk, blk.g, blk.tq);  // q holds q * scale: dK = scale · dSᵀ q
+        mma_tiles_by_cols<F>(dpt, qs, t - i0, dk, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -532,28 +649,26 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* qkv, cons
 // those of the f32 kernels. dK/dV holds the most registers: DKV_BLOCKS
 // blocks of it on a multiprocessor at least (ptxas, sm_90, head size 64:
 // 168 registers in bf16 and tf32, without spills; tf32x3 needs 193, so 2).
-#define TENSOR_CORE_ATTENTION(fmt, F, DKV_BLOCKS)                                                                               \
-    extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                           \
-    extern "C" __global__ void attention_forward_##fmt(                                                             \
-        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
-        float* ctx, float* lse, int t, int p, int nh, float scale, u64 key, u64 threshold, float dscale, int dropout, \
-        u16* ctx16) {                                                                                                \
-        attention_forward_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, ctx, lse, t, p, nh, scale, key,     \
-                                threshold, dscale, dropout, ctx16);                                                  \
-    }                                                                                                                \
-    extern "C" __global__ void attention_backward_dq_##fmt(                                                         \
-        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
-        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale,     \
-        u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                            \
-        attention_backward_dq_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv, t, p,   \
-                                    nh, scale, key, threshold, dscale, dropout, dqkv16);                             \
-    }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS, DKV_BLOCKS) attention_backward_dkv_##fmt(                                          \
-        const float* qkv, const u16* qkv16, const float* qkv_bias, const float* prefix, u64 prefix_row_stride, const float* mask,      \
-        const float* dctx, const u16* dctx16, const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh,  \
-        int n_keys, float scale, u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                   \
-        attention_backward_dkv_tc<F>(qkv, qkv16, qkv_bias, prefix, prefix_row_stride, mask, dctx, dctx16, lse, delta, dqkv,        \
-                                     dprefix, t, p, nh, n_keys, scale, key, threshold, dscale, dropout, dqkv16);     \
+#define TENSOR_CORE_ATTENTION(fmt, F, DKV_BLOCKS)                                                           \
+    extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                       \
+    extern "C" __global__ void attention_forward_##fmt(const float* ops, const u16* ops16, const float* mask,    \
+                                                       float* ctx, float* lse, int t, int p, int nh, u64 key,   \
+                                                       u64 threshold, float dscale, int dropout, u16* ctx16) {  \
+        attention_forward_tc<F>(ops, ops16, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);  \
+    }                                                                                                            \
+    extern "C" __global__ void attention_backward_dq_##fmt(                                                     \
+        const float* ops, const u16* ops16, const float* mask, const float* dout, const u16* dout16,            \
+        const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale, u64 key,          \
+        u64 threshold, float dscale, int dropout, u16* dqkv16) {                                                 \
+        attention_backward_dq_tc<F>(ops, ops16, mask, dout, dout16, lse, delta, dqkv, t, p, nh, scale, key,     \
+                                    threshold, dscale, dropout, dqkv16);                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, DKV_BLOCKS) attention_backward_dkv_##fmt(         \
+        const float* ops, const u16* ops16, const float* mask, const float* dout, const u16* dout16,            \
+        const float* lse, const float* delta, float* dqkv, float* dprefix, int t, int p, int nh, int n_keys,    \
+        u64 key, u64 threshold, float dscale, int dropout, u16* dqkv16) {                                        \
+        attention_backward_dkv_tc<F>(ops, ops16, mask, dout, dout16, lse, delta, dqkv, dprefix, t, p, nh,       \
+                                     n_keys, key, threshold, dscale, dropout, dqkv16);                           \
     }
 
 TENSOR_CORE_ATTENTION(tf32, Tf32Format, 3)

@@ -112,6 +112,7 @@ __device__ __forceinline__ bool aligned16(const P*... p) {
 }
 
 #define NEG_INF __int_as_float(0xff800000)  // -inf: masked scores, the max of nothing
+#define POS_INF __int_as_float(0x7f800000)  // +inf: the log-sum-exp of rows that take no key
 
 // ---------------------------------------------------------------------------
 // Block reductions (blockDim.x a multiple of 32, at most 1024).

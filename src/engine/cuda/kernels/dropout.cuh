@@ -10,11 +10,20 @@ __device__ __forceinline__ u64 mix64(u64 z) {
     return z ^ (z >> 31);
 }
 
-// The factor of element `index` at a site: scale if kept, 0 if dropped.
-// `key` = seed ^ (stream * 0x9E3779B97F4A7C15), computed on the host.
-__device__ __forceinline__ float drop_factor(u64 key, u64 threshold, float scale, u64 index) {
-    u64 z = key + index * 0xD1B54A32D192ED03ULL;
+// z of element `index` at a site: `key` = seed ^ (stream *
+// 0x9E3779B97F4A7C15), computed on the host. z of index + k is z + k *
+// DROP_STEP (mod 2^64): the attention kernels step along a row so.
+#define DROP_STEP 0xD1B54A32D192ED03ULL
+__device__ __forceinline__ u64 drop_z(u64 key, u64 index) { return key + index * DROP_STEP; }
+
+// The factor of the element with that z: scale if kept, 0 if dropped.
+__device__ __forceinline__ float drop_factor_z(u64 z, u64 threshold, float scale) {
     return (mix64(z) >> 40) >= threshold ? scale : 0.0f;
+}
+
+// The factor of element `index` at a site.
+__device__ __forceinline__ float drop_factor(u64 key, u64 threshold, float scale, u64 index) {
+    return drop_factor_z(drop_z(key, index), threshold, scale);
 }
 
 // x[i] = x[i] * factor(offset + i); threshold > 2^24 never keeps.

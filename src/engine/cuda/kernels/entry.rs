@@ -25,6 +25,7 @@ pub enum Kernel {
     TanhBackward,
     CrossEntropy,
     SquaredError,
+    AttentionOperands,
     AttentionForward,
     AttentionDelta,
     AttentionBackwardDq,
@@ -59,9 +60,10 @@ impl Kernel {
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         // Tensor-core kernels: (tiles [64, HD + pad], f32 [64] rows of
-        // statistics), as attention_mma.cuh carves them; bf16 (2 bytes, pad
-        // 8), tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values
-        // as it reads them).
+        // statistics: the key bias of the forward and dQ, lse and delta of
+        // dK/dV), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
+        // tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as
+        // it reads them).
         let tensor_cores = |format: MmaFormat, tiles: usize, stats: usize| {
             let (bytes, pad) = match format {
                 MmaFormat::Bf16 => (2, 8),
@@ -70,14 +72,14 @@ impl Kernel {
             (bytes * tiles * 64 * (head_dim + pad) + 4 * stats * 64) as u32
         };
         match self {
-            Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 0),
-            Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 0),
+            Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
+            Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
             Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
-                tensor_cores(MmaFormat::Tf32, 3, 0)
+                tensor_cores(MmaFormat::Tf32, 3, 1)
             }
             Kernel::AttentionBackwardDqTf32 | Kernel::AttentionBackwardDqTf32x3 => {
-                tensor_cores(MmaFormat::Tf32, 4, 0)
+                tensor_cores(MmaFormat::Tf32, 4, 1)
             }
             Kernel::AttentionBackwardDkvTf32 | Kernel::AttentionBackwardDkvTf32x3 => {
                 tensor_cores(MmaFormat::Tf32, 4, 2)
@@ -98,7 +100,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -110,6 +112,7 @@ impl Kernel {
         Kernel::TanhBackward,
         Kernel::CrossEntropy,
         Kernel::SquaredError,
+        Kernel::AttentionOperands,
         Kernel::AttentionForward,
         Kernel::AttentionDelta,
         Kernel::AttentionBackwardDq,
@@ -151,6 +154,7 @@ impl Kernel {
             Kernel::TanhBackward => "tanh_backward",
             Kernel::CrossEntropy => "cross_entropy",
             Kernel::SquaredError => "squared_error",
+            Kernel::AttentionOperands => "attention_operands",
             Kernel::AttentionForward => "attention_forward",
             Kernel::AttentionDelta => "attention_delta",
             Kernel::AttentionBackwardDq => "attention_backward_dq",
