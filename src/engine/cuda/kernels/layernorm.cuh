@@ -37,28 +37,72 @@ __device__ __forceinline__ float row_sum(const LnRow& w, float v, float* shared)
     return w.group == 32 ? warp_sum(v) : block_sum(v, shared);
 }
 
-#define FOR_ROW_ELEMENTS(k, j, w, h) \
-    _Pragma("unroll") for (int k = 0, j = (w).lane; k < LN_PER_THREAD; k++, j += (w).group) if (j < h)
+// This thread's elements of a row of h, V consecutive ones an access: V = 4
+// where h is a multiple of 4 and every array starts on 16 bytes, else 1
+// (scalar 2- and 4-byte accesses left the kernels at a quarter of the
+// memory's bandwidth). Element k (k < LN_PER_THREAD) is column
+// (k / V)·V·group + V·lane + k % V. FOR_ROW_VECTORS visits (k, j) for each
+// access (k a multiple of V), FOR_ROW_ELEMENTS each element.
+template <int V>
+__device__ __forceinline__ int ln_col(const LnRow& w, int k) {
+    return (k / V) * V * w.group + V * w.lane + k % V;
+}
+#define FOR_ROW_VECTORS(k, j, w, h, V) \
+    _Pragma("unroll") for (int k = 0, j = V * (w).lane; k < LN_PER_THREAD; k += V, j += V * (w).group) if (j < h)
+#define FOR_ROW_ELEMENTS(k, j, w, h, V) \
+    _Pragma("unroll") for (int k = 0, j = 0; k < LN_PER_THREAD; k++) if ((j = ln_col<V>(w, k)) < h)
+
+// Whether rows of h and these arrays (null or not) take 4-wide accesses.
+template <typename... P>
+__device__ __forceinline__ bool ln_vec4(int h, const P*... p) {
+    return h % 4 == 0 && aligned16(p...);
+}
+
+// rows<4>(args...) where `vec4` (ln_vec4), else rows<1>(args...).
+#define LN_ROWS(vec4, rows, ...)     \
+    if (vec4) {                      \
+        rows<4>(__VA_ARGS__);        \
+    } else {                         \
+        rows<1>(__VA_ARGS__);        \
+    }
 
 // LayerNorm of this thread's elements `v` of a row of h, in place: two
 // passes (mean, then the mean squared deviation) in the CPU kernel's order;
 // (mean, rstd) into stats when not null.
+template <int V>
 __device__ void layernorm_regs(const LnRow& w, float v[LN_PER_THREAD], const float* gamma, const float* beta,
                                float eps, float* stats, int h, float* shared) {
     float s = 0.0f;
-    FOR_ROW_ELEMENTS(k, j, w, h) s += v[k];
+    FOR_ROW_ELEMENTS(k, j, w, h, V) s += v[k];
     float mean = row_sum(w, s, shared) / h;
     float var = 0.0f;
-    FOR_ROW_ELEMENTS(k, j, w, h) {
+    FOR_ROW_ELEMENTS(k, j, w, h, V) {
         float d = v[k] - mean;
         var += d * d;
     }
     var = row_sum(w, var, shared) / h;
     float rstd = 1.0f / sqrtf(var + eps);
-    FOR_ROW_ELEMENTS(k, j, w, h) v[k] = (v[k] - mean) * rstd * gamma[j] + beta[j];
+    FOR_ROW_VECTORS(k, j, w, h, V) {
+        float g[V], b[V];
+        load_v<V>(gamma + j, g);
+        load_v<V>(beta + j, b);
+#pragma unroll
+        for (int c = 0; c < V; c++) v[k + c] = (v[k + c] - mean) * rstd * g[c] + b[c];
+    }
     if (stats != 0 && w.lane == 0) {
         stats[0] = mean;
         stats[1] = rstd;
+    }
+}
+
+// v[c] = dropout(v[c]) of elements `at` + c when `dropout`.
+template <int V>
+__device__ __forceinline__ void dropout_v(float* v, u64 at, u64 key, u64 threshold, float scale, int dropout) {
+    if (!dropout) return;
+#pragma unroll
+    for (int c = 0; c < V; c++) {
+        float f = drop_factor(key, threshold, scale, at + c);
+        v[c] = f == 0.0f ? 0.0f : v[c] * f;
     }
 }
 
@@ -66,6 +110,32 @@ __device__ void layernorm_regs(const LnRow& w, float v[LN_PER_THREAD], const flo
 // Embeddings: x = LN(word[ids[r]] + position[pos[r]] + type[types[r]]), then
 // dropout (element index r*H + j), and x in bf16 into x16 when not null.
 // Rows as ln_row maps them.
+template <int V>
+__device__ void embed_layernorm_rows(const LnRow& row, const u32* ids, const u32* pos, const u32* types,
+                                     const float* word, const float* position, const float* type,
+                                     const float* gamma, const float* beta, float eps, float* x, int h, u64 key,
+                                     u64 threshold, float scale, int dropout, u16* x16, float* shared) {
+    u64 r = row.r;
+    const float* w = word + (u64)ids[r] * h;
+    const float* p = position + (u64)pos[r] * h;
+    const float* t = type + (u64)types[r] * h;
+    float v[LN_PER_THREAD];
+    FOR_ROW_VECTORS(k, j, row, h, V) {
+        float a[V], b[V], c[V];
+        load_v<V>(w + j, a);
+        load_v<V>(p + j, b);
+        load_v<V>(t + j, c);
+#pragma unroll
+        for (int e = 0; e < V; e++) v[k + e] = a[e] + b[e] + c[e];
+    }
+    layernorm_regs<V>(row, v, gamma, beta, eps, 0, h, shared);
+    FOR_ROW_VECTORS(k, j, row, h, V) {
+        u64 at = r * h + j;
+        dropout_v<V>(v + k, at, key, threshold, scale, dropout);
+        store_v<V>(x + at, v + k);
+        if (x16 != 0) store_v16<V>(x16 + at, v + k);
+    }
+}
 extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const u32* types,
                                            const float* word, const float* position, const float* type,
                                            const float* gamma, const float* beta, float eps, float* x, int h,
@@ -73,22 +143,8 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
-    u64 r = row.r;
-    const float* w = word + (u64)ids[r] * h;
-    const float* p = position + (u64)pos[r] * h;
-    const float* t = type + (u64)types[r] * h;
-    float v[LN_PER_THREAD];
-    FOR_ROW_ELEMENTS(k, j, row, h) v[k] = w[j] + p[j] + t[j];
-    layernorm_regs(row, v, gamma, beta, eps, 0, h, shared);
-    FOR_ROW_ELEMENTS(k, j, row, h) {
-        float o = v[k];
-        if (dropout) {
-            float f = drop_factor(key, threshold, scale, r * h + j);
-            o = f == 0.0f ? 0.0f : o * f;
-        }
-        x[r * h + j] = o;
-        if (x16 != 0) x16[r * h + j] = bf16_bits(o);
-    }
+    LN_ROWS(ln_vec4(h, word, position, type, gamma, beta, x, x16), embed_layernorm_rows, row, ids, pos, types, word,
+            position, type, gamma, beta, eps, x, h, key, threshold, scale, dropout, x16, shared)
 }
 
 // ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in), y the
@@ -98,6 +154,34 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
 // counter of (r, j) is r*H + j. Rows as ln_row maps them. x_out may alias
 // residual (each thread reads its elements before it writes them). x_out
 // in bf16 into x16 too when not null.
+template <int V>
+__device__ void bias_dropout_residual_layernorm_rows(const LnRow& row, float* y, const u16* y16, const float* bias,
+                                                     const float* residual, const float* gamma, const float* beta,
+                                                     float eps, float* x_out, float* stats, int h, u64 key,
+                                                     u64 threshold, float scale, int dropout, u16* x16,
+                                                     float* shared) {
+    u64 r = row.r;
+    const float* res = residual + r * h;
+    float v[LN_PER_THREAD];
+    FOR_ROW_VECTORS(k, j, row, h, V) {
+        u64 at = r * h + j;
+        float a[V], b[V], c[V];
+        load_either<V>(y, y16, at, a);
+        load_v<V>(bias + j, b);
+        load_v<V>(res + j, c);
+#pragma unroll
+        for (int e = 0; e < V; e++) a[e] += b[e];
+        dropout_v<V>(a, at, key, threshold, scale, dropout);
+#pragma unroll
+        for (int e = 0; e < V; e++) v[k + e] = a[e] + c[e];
+        if (stats != 0) store_v<V>(y + at, v + k);
+    }
+    layernorm_regs<V>(row, v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
+    FOR_ROW_VECTORS(k, j, row, h, V) {
+        store_v<V>(x_out + r * h + j, v + k);
+        if (x16 != 0) store_v16<V>(x16 + r * h + j, v + k);
+    }
+}
 extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* y16, const float* bias,
                                                            const float* residual, const float* gamma,
                                                            const float* beta, float eps, float* x_out, float* stats,
@@ -106,24 +190,8 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* 
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
-    u64 r = row.r;
-    const float* res = residual + r * h;
-    float v[LN_PER_THREAD];
-    FOR_ROW_ELEMENTS(k, j, row, h) {
-        u64 at = r * h + j;
-        float a = (y16 != 0 ? bf16_float(y16[at]) : y[at]) + bias[j];
-        if (dropout) {
-            float f = drop_factor(key, threshold, scale, at);
-            a = f == 0.0f ? 0.0f : a * f;
-        }
-        v[k] = a + res[j];
-        if (stats != 0) y[at] = v[k];
-    }
-    layernorm_regs(row, v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
-    FOR_ROW_ELEMENTS(k, j, row, h) {
-        x_out[r * h + j] = v[k];
-        if (x16 != 0) x16[r * h + j] = bf16_bits(v[k]);
-    }
+    LN_ROWS(ln_vec4(h, y, y16, bias, residual, gamma, beta, x_out, x16), bias_dropout_residual_layernorm_rows, row, y,
+            y16, bias, residual, gamma, beta, eps, x_out, stats, h, key, threshold, scale, dropout, x16, shared)
 }
 
 // dx = dLN/dx · dy from the saved input and (mean, rstd); no dgamma/dbeta
@@ -133,30 +201,49 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* 
 // `dropped`, or into dropped16 in bf16 instead when that is not null (the
 // input of the branch's bf16 GEMM), with the dropout counter of (r, j) at
 // r*H + j; dx itself stays, for the residual.
-extern "C" __global__ void layernorm_backward(const float* dy, const float* x, const float* gamma,
-                                              const float* stats, float* dx, int h, u64 key, u64 threshold,
-                                              float scale, int dropout, float* dropped, u16* dropped16, u64 rows) {
-    __shared__ float shared[32];
-    const LnRow row = ln_row(rows, h);
-    if (!row.valid) return;
+template <int V>
+__device__ void layernorm_backward_rows(const LnRow& row, const float* dy, const float* x, const float* gamma,
+                                        const float* stats, float* dx, int h, u64 key, u64 threshold, float scale,
+                                        int dropout, float* dropped, u16* dropped16, float* shared) {
     u64 r = row.r;
     const float* d = dy + r * h;
     const float* xr = x + r * h;
     float mean = stats[2 * r], rstd = stats[2 * r + 1];
     float g[LN_PER_THREAD], xhat[LN_PER_THREAD];
     float a = 0.0f, b = 0.0f;
-    FOR_ROW_ELEMENTS(k, j, row, h) {
-        g[k] = d[j] * gamma[j];
-        xhat[k] = xr[j] - mean;
+    FOR_ROW_VECTORS(k, j, row, h, V) {
+        float dv[V], gv[V], xv[V];
+        load_v<V>(d + j, dv);
+        load_v<V>(gamma + j, gv);
+        load_v<V>(xr + j, xv);
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            g[k + e] = dv[e] * gv[e];
+            xhat[k + e] = xv[e] - mean;
+        }
+    }
+    FOR_ROW_ELEMENTS(k, j, row, h, V) {
         a += g[k];
         b += g[k] * xhat[k];
     }
     float mean_g = row_sum(row, a, shared) / h;
     float mean_gx = row_sum(row, b, shared) * rstd / h;
-    FOR_ROW_ELEMENTS(k, j, row, h) {
+    FOR_ROW_VECTORS(k, j, row, h, V) {
         u64 at = r * h + j;
-        float v = rstd * (g[k] - mean_g - xhat[k] * rstd * mean_gx);
-        dx[at] = v;
-        store_dropped(v, at, key, threshold, scale, dropout, dropped, dropped16);
+        float v[V];
+#pragma unroll
+        for (int e = 0; e < V; e++) v[e] = rstd * (g[k + e] - mean_g - xhat[k + e] * rstd * mean_gx);
+        store_v<V>(dx + at, v);
+        dropout_v<V>(v, at, key, threshold, scale, dropout);
+        store_either<V>(dropped, dropped16, at, v);
     }
+}
+extern "C" __global__ void layernorm_backward(const float* dy, const float* x, const float* gamma,
+                                              const float* stats, float* dx, int h, u64 key, u64 threshold,
+                                              float scale, int dropout, float* dropped, u16* dropped16, u64 rows) {
+    __shared__ float shared[32];
+    const LnRow row = ln_row(rows, h);
+    if (!row.valid) return;
+    LN_ROWS(ln_vec4(h, dy, x, gamma, dx, dropped, dropped16), layernorm_backward_rows, row, dy, x, gamma, stats, dx, h,
+            key, threshold, scale, dropout, dropped, dropped16, shared)
 }
