@@ -41,10 +41,11 @@ pub fn predict(
     pad_id: u32,
 ) -> Result<Vec<Scored>> {
     let mut out = Vec::with_capacity(features.len());
+    let past = model.prefix.table();
     for chunk in features.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().collect();
         let (batch, _) = collate(&refs, pad_id)?;
-        let logits = model.predict(&batch)?;
+        let logits = model.predict_with_table(&batch, &past)?;
         // [B, C] for classification, [B·N, 1] = [B, N] for choices, [B, 1] for regression.
         let width = logits.len() / chunk.len();
         for row in logits.chunks(width) {

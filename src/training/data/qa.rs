@@ -117,6 +117,7 @@ impl QaData {
             },
         );
         let mut windows = qa_features(&self.tokenizer, examples, self.max_len, self.stride);
+        let past = model.prefix.table();
         loop {
             let chunk: Vec<QaFeature> = windows
                 .by_ref()
@@ -126,7 +127,7 @@ impl QaData {
                 break;
             }
             let (batch, _) = collate(&chunk, self.tokenizer.pad_id())?;
-            let logits = model.predict(&batch)?;
+            let logits = model.predict_with_table(&batch, &past)?;
             // [B*T, 2] → per window, start and end logits over its T positions.
             for (feature, rows) in chunk.iter().zip(logits.chunks(batch.seq * 2)) {
                 let start: Vec<f32> = rows.iter().step_by(2).copied().collect();

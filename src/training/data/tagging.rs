@@ -168,9 +168,10 @@ impl TaggingData {
         let dev = self.dev()?;
         let c = self.tags.len();
         let mut token_argmax: Vec<Vec<usize>> = Vec::with_capacity(dev.features.features.len());
+        let past = model.prefix.table();
         for chunk in dev.features.features.chunks(batch_size.max(1)) {
             let (batch, _) = collate(chunk, self.pad_id)?;
-            let logits = model.predict(&batch)?;
+            let logits = model.predict_with_table(&batch, &past)?;
             // [B*T, C] → per feature, per token, the arg-max tag.
             for row in logits.chunks(batch.seq * c) {
                 token_argmax.push(row.chunks(c).map(argmax).collect());
