@@ -156,13 +156,29 @@ impl PromptModel {
     }
 
     /// Zeroes every gradient, a prefix table's kept on a GPU included.
+    /// The gradients of a prompt kept on a GPU are there (`grad_fresh`
+    /// starts them over); their host copies are written only by
+    /// [`PromptModel::grads_to_host`], so they are left alone: for an MLP
+    /// prefix on bert-large, zeroing them was a 100 MB memset per step (on
+    /// the H200, a bf16 step with the MLP took 30.8 ms, 19.8 without).
     pub fn zero_grad(&mut self) {
-        self.params_mut().into_iter().for_each(Param::zero_grad);
-        if let Some(gpu) = &self.gpu {
-            if let Some(r) = lock(gpu).resident.as_mut() {
-                r.grad_fresh = true;
-            }
+        let on_device = self.gpu.as_ref().is_some_and(|gpu| {
+            lock(gpu)
+                .resident
+                .as_mut()
+                .map(|r| r.grad_fresh = true)
+                .is_some()
+        });
+        if !on_device {
+            self.prefix
+                .params_mut()
+                .into_iter()
+                .for_each(Param::zero_grad);
         }
+        self.head
+            .params_mut()
+            .into_iter()
+            .for_each(Param::zero_grad);
     }
 
     /// Copies the gradients of a prompt kept on a GPU into its parameters
