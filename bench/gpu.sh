@@ -17,6 +17,8 @@
 #      in bf16 (10 s per scenario, 64 connections), into gpu-serve.txt.
 # Usage: bash bench/gpu.sh [--quick | --profile]
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 4 only.
+# SIZES (default "base large") and PRECISIONS (default "fp32 tf32 bf16")
+# narrow the speed section: SIZES=large PRECISIONS=bf16 for one row.
 # SECTIONS (default "tests speed profile serve") runs a subset, for a short
 # lease: SECTIONS="tests speed" bash bench/gpu.sh. SECTIONS="ncu" (not in the
 # default) runs Nsight Compute on one launch of each attention, LayerNorm
@@ -49,14 +51,14 @@ tests_rc=${PIPESTATUS[0]}
 fi
 
 want speed && echo "== 2. speed against PyTorch"
-sizes="base large"; iters=20
+sizes="${SIZES:-base large}"; iters=20
 [ "$mode" = "--quick" ] && { sizes="base"; iters=5; }
 results="$out/gpu-runs.jsonl"; : > "$results"
 for size in $sizes; do
     dir="/tmp/bert-$size"
     [ -f "$dir/model.safetensors" ] || "$python" bench/random_bert.py --size "$size" --out "$dir" > /dev/null 2>&1
     { [ "$mode" = "--profile" ] || ! want speed; } && continue
-    for precision in fp32 tf32 bf16; do
+    for precision in ${PRECISIONS:-fp32 tf32 bf16}; do
         args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json)
         ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
         peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision "$precision" "${args[@]}" 2>> "$out/gpu-errors.log")
