@@ -220,16 +220,16 @@ __device__ __forceinline__ void chunk_values(const Chunk& c, RowRef row, int d, 
     }
 }
 
-// Rows r0 .. r0 + ROWS of a [*, HD] strided source (`src(r)`: row r's
-// RowRef), bias added, times `scale`, zeros from row `count` on: store(r, d,
-// v) writes elements d .. d + 3 of tile row r. THREADS is the block's size
+// Rows r0 .. r0 + ROWS of a [*, HD] source (`src(r)`: row r's RowRef, in
+// f32 or bf16), as f32, zeros from row `count` on: store(r, d, v) writes
+// elements d .. d + 3 of tile row r. THREADS is the block's size
 // (every thread calls it); each takes chunks tid, tid + THREADS, ..., and
 // loads BATCH of them before it stores any (their bits live in registers
 // meanwhile: 4 each). The batches are a loop, not unrolled: unrolled, the
 // compiler hoisted every batch's loads to the top (45 more registers in
 // dK/dV, where 168 keep 3 blocks on a multiprocessor).
 template <int ROWS, int THREADS, int BATCH = 8, typename Src, typename Store>
-__device__ __forceinline__ void load_rows(int r0, int count, float scale, Src src, Store store) {
+__device__ __forceinline__ void load_rows(int r0, int count, Src src, Store store) {
     constexpr int PER_ROW = HEAD_DIM / 4, CHUNKS_ALL = ROWS * PER_ROW;
 #pragma unroll 1
     for (int c0 = 0; c0 < CHUNKS_ALL; c0 += BATCH * THREADS) {
@@ -244,7 +244,7 @@ __device__ __forceinline__ void load_rows(int r0, int count, float scale, Src sr
             int e = c0 + k * THREADS + (int)threadIdx.x, r = e / PER_ROW, d = e % PER_ROW * 4;
             if (e >= CHUNKS_ALL) continue;
             float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (r0 + r < count) chunk_values(raw[k], src(r0 + r), d, scale, v);
+            if (r0 + r < count) chunk_values(raw[k], src(r0 + r), d, 1.0f, v);
             store(r, d, v);
         }
     }
@@ -253,14 +253,14 @@ __device__ __forceinline__ void load_rows(int r0, int count, float scale, Src sr
 // Rows r0 .. r0 + TILE into a [TILE, ROW] shared tile, as load_rows reads
 // them, by the 64 threads of a block.
 template <typename Src>
-__device__ __forceinline__ void load_tile(float* dst, int r0, int count, float scale, Src src) {
-    load_rows<TILE, TILE_THREADS>(r0, count, scale, src, [&](int r, int d, const float* v) { st4(dst + r * ROW + d, v); });
+__device__ __forceinline__ void load_tile(float* dst, int r0, int count, Src src) {
+    load_rows<TILE, TILE_THREADS>(r0, count, src, [&](int r, int d, const float* v) { st4(dst + r * ROW + d, v); });
 }
 
 // The key and value tiles j0 .. j0 + TILE (zeros past the last key).
 __device__ __forceinline__ void load_kv_tiles(float* ks, float* vs, const Operands& src, int j0, int n_keys) {
-    load_tile(ks, j0, n_keys, 1.0f, [&](int j) { return src.k(j); });
-    load_tile(vs, j0, n_keys, 1.0f, [&](int j) { return src.v(j); });
+    load_tile(ks, j0, n_keys, [&](int j) { return src.k(j); });
+    load_tile(vs, j0, n_keys, [&](int j) { return src.v(j); });
 }
 
 // Four gradients at element `at` of d(qkv): f32, or bf16 when dqkv16 is set.
@@ -349,7 +349,7 @@ extern "C" __global__ void attention_forward(const float* ops, const u16* ops16,
     int h = nh * HEAD_DIM, n = p + t;
     int any = any_visible(mask, b, t, p);
     const Operands src(ops, ops16, b, hh, nh, t, n);
-    load_tile(qs, i0, t, 1.0f, src.rows());
+    load_tile(qs, i0, t, src.rows());
 
     float o[CHUNKS][4][4] = {}, m[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF}, l[4] = {};
     for (int j0 = 0; j0 < n; j0 += TILE) {
@@ -472,8 +472,8 @@ extern "C" __global__ void attention_backward_dq(const float* ops, const u16* op
     int any = any_visible(mask, b, t, p);
     const Operands src(ops, ops16, b, hh, nh, t, n);
     const HeadRows dO(dout, dout16, b, hh, nh, t);
-    load_tile(qs, i0, t, 1.0f, src.rows());
-    load_tile(dos, i0, t, 1.0f, dO.rows());
+    load_tile(qs, i0, t, src.rows());
+    load_tile(dos, i0, t, dO.rows());
     float li[4], di[4], dq[CHUNKS][4][4] = {};
 #pragma unroll
     for (int r = 0; r < 4; r++) {
@@ -551,8 +551,8 @@ extern "C" __global__ void attention_backward_dkv(const float* ops, const u16* o
     u64 stat0 = ((u64)b * nh + hh) * t;
     for (int i0 = 0; i0 < t; i0 += TILE) {
         __syncthreads();
-        load_tile(qs, i0, t, 1.0f, src.rows());  // q * scale: dK = dSᵀ (q * scale)
-        load_tile(dos, i0, t, 1.0f, dO.rows());
+        load_tile(qs, i0, t, src.rows());  // q * scale: dK = dSᵀ (q * scale)
+        load_tile(dos, i0, t, dO.rows());
         for (int e = threadIdx.x; e < TILE; e += blockDim.x) {
             ls[e] = i0 + e < t ? lse[stat0 + i0 + e] : 0.0f;
             dl[e] = i0 + e < t ? delta[stat0 + i0 + e] : 0.0f;
