@@ -47,7 +47,7 @@ use crate::engine::cuda::device::{
     dropout_site, CudaDevice, GemmOut, KernelArg, Operand, Precision,
 };
 use crate::engine::cuda::head::CudaHead;
-use crate::engine::cuda::kernels::{Kernel, MmaFormat, ROW_BLOCK};
+use crate::engine::cuda::kernels::{operands_per_thread, Kernel, MmaFormat, ROW_BLOCK};
 use crate::engine::cuda::memory::DevBuf;
 use crate::engine::cuda::optim::ResidentPrefix;
 use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
@@ -691,11 +691,11 @@ impl CudaEncoder {
             layer.qkv.forward(dev, x, rows, gemm_out(qkv))?;
             let (pl, prefix_ptr) = layer_prefix(&layers, l, ws.kv.ptr, (b, p, two_h));
             let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
-            let chunks = (t + 2 * (pl + t)) * hd / 4;
+            let pieces = (t + 2 * (pl + t)) * hd / operands_per_thread(hd);
             dev.launch(
                 Kernel::AttentionOperands,
                 (
-                    chunks.div_ceil(ROW_BLOCK as usize) as u32,
+                    pieces.div_ceil(ROW_BLOCK as usize) as u32,
                     nh as u32,
                     b as u32,
                 ),

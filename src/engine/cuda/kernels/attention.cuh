@@ -310,6 +310,50 @@ __device__ __forceinline__ void each_row(int r0, int ti, int count, Fn f) {
     }
 }
 
+// Elements of an operand row per thread of attention_operands: 8 (16
+// bytes of bf16 an access) where the head size allows, else 4.
+#define OPS_PER_THREAD (HEAD_DIM % 8 == 0 ? 8 : 4)
+
+// Elements d .. d + 7 of `row` (16-byte aligned), its bias added, times
+// `scale`: one 16-byte load of bf16 or two of f32, and two of the bias.
+__device__ __forceinline__ void row_values8(RowRef row, int d, float scale, float v[8]) {
+    if (row.at16 != 0) {
+        float4 w = *reinterpret_cast<const float4*>(row.at16 + d);
+        u32 bits[4] = {__float_as_uint(w.x), __float_as_uint(w.y), __float_as_uint(w.z), __float_as_uint(w.w)};
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = bf16_float((u16)(bits[i / 2] >> (16 * (i % 2))));
+    } else {
+        ld4(row.at + d, v);
+        ld4(row.at + d + 4, v + 4);
+    }
+    float bias[8] = {};
+    if (row.bias != 0) {
+        ld4(row.bias + d, bias);
+        ld4(row.bias + d + 4, bias + 4);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = (v[i] + bias[i]) * scale;
+}
+
+// v[0..8] at element `at` of ops (f32) or, when ops16 is not null, of ops16
+// in bf16 (16-byte aligned): 16 bytes of bf16 a store, or two of f32.
+__device__ __forceinline__ void store8_either(float* ops, u16* ops16, u64 at, const float v[8]) {
+    if (ops16 != 0) {
+        u32 bits[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) bits[i] = (u32)bf16_bits(v[2 * i]) | ((u32)bf16_bits(v[2 * i + 1]) << 16);
+        float4 w;
+        w.x = __uint_as_float(bits[0]);
+        w.y = __uint_as_float(bits[1]);
+        w.z = __uint_as_float(bits[2]);
+        w.w = __uint_as_float(bits[3]);
+        *reinterpret_cast<float4*>(ops16 + at) = w;
+    } else {
+        st4(ops + at, v);
+        st4(ops + at + 4, v + 4);
+    }
+}
+
 // ops [B, NH, T + 2N, HD], the operands of every attention kernel of a
 // layer, written once by its forward (and kept for its backward): per
 // (batch row, head) the queries (q + bias) * scale, the keys (the prefix's,
@@ -318,24 +362,34 @@ __device__ __forceinline__ void each_row(int r0, int ti, int count, Fn f) {
 // that is not null. Each kernel's tiles are then contiguous rows it copies
 // (the bias, the scale and the rounding were a third of the forward's
 // instructions when every kernel applied them as it read). Grid (x, NH, B),
-// grid-stride over the (T + 2N) * HD / 4 chunks of 4 of a (row, head).
+// grid-stride over the (T + 2N) * HD / OPS_PER_THREAD pieces of a (row,
+// head); the launch sizes x for one piece a thread
+// (kernels::operands_per_thread).
 extern "C" __global__ void attention_operands(const float* qkv, const u16* qkv16, const float* qkv_bias,
                                               const float* prefix, u64 prefix_row_stride, float* ops, u16* ops16,
                                               int t, int p, int nh, float scale, int round_tf32) {
-    constexpr int PER_ROW = HEAD_DIM / 4;
-    int b = blockIdx.z, hh = blockIdx.y, n = p + t, chunks = (t + 2 * n) * PER_ROW;
+    constexpr int V = OPS_PER_THREAD, PER_ROW = HEAD_DIM / V;
+    int b = blockIdx.z, hh = blockIdx.y, n = p + t, pieces = (t + 2 * n) * PER_ROW;
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, nh * HEAD_DIM};
     u64 base = ((u64)b * nh + hh) * (t + 2 * n) * HEAD_DIM;
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < chunks; e += gridDim.x * blockDim.x) {
-        int r = e / PER_ROW, d = e % PER_ROW * 4;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < pieces; e += gridDim.x * blockDim.x) {
+        int r = e / PER_ROW, d = e % PER_ROW * V;
         RowRef row = r < t ? src.q(r) : r < t + n ? src.k(r - t) : src.v(r - t - n);
-        float v[4];
-        chunk_values(load_chunk(row, d), row, d, r < t ? scale : 1.0f, v);
+        float v[V];
+        if constexpr (V == 8) {
+            row_values8(row, d, r < t ? scale : 1.0f, v);
+        } else {
+            chunk_values(load_chunk(row, d), row, d, r < t ? scale : 1.0f, v);
+        }
         if (round_tf32) {
 #pragma unroll
-            for (int k = 0; k < 4; k++) v[k] = tf32_round(v[k]);
+            for (int k = 0; k < V; k++) v[k] = tf32_round(v[k]);
         }
-        store_either<4>(ops, ops16, base + (u64)r * HEAD_DIM + d, v);
+        if constexpr (V == 8) {
+            store8_either(ops, ops16, base + (u64)r * HEAD_DIM + d, v);
+        } else {
+            store_either<4>(ops, ops16, base + (u64)r * HEAD_DIM + d, v);
+        }
     }
 }
 

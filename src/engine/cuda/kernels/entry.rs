@@ -11,6 +11,17 @@ use crate::engine::cuda::tf32x3::Fp32Gemm;
 /// same blocks.
 pub const ROW_BLOCK: u32 = 256;
 
+/// Elements of an operand row per thread of attention_operands
+/// (OPS_PER_THREAD in kernels/attention.cuh): 8 where the head size is a
+/// multiple of 8, else 4.
+pub fn operands_per_thread(head_dim: usize) -> usize {
+    if head_dim.is_multiple_of(8) {
+        8
+    } else {
+        4
+    }
+}
+
 /// The kernels of kernels.cu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {

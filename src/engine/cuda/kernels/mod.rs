@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 mod entry;
-pub use entry::{Kernel, MmaFormat, ROW_BLOCK};
+pub use entry::{operands_per_thread, Kernel, MmaFormat, ROW_BLOCK};
 
 /// The translation unit, then every part, by file name in this folder.
 pub const FILES: &[(&str, &str)] = &[
