@@ -102,14 +102,14 @@ struct RowRef {
     const float* at;
     const u16* at16;
     const float* bias;
+    // Element `i` of an array in f32 (f), or in bf16 (f16) when that is
+    // not null, with `bias` (null: none).
+    __device__ static RowRef either(const float* f, const u16* f16, u64 i, const float* bias) {
+        return {f16 != 0 ? 0 : f + i, f16 != 0 ? f16 + i : 0, bias};
+    }
     // The row `n` elements further (the same source).
     __device__ RowRef offset(int n) const {
         return {at != 0 ? at + n : 0, at16 != 0 ? at16 + n : 0, bias != 0 ? bias + n : 0};
-    }
-    // Element d, its bias added.
-    __device__ float operator[](int d) const {
-        float v = at16 != 0 ? bf16_float(at16[d]) : at[d];
-        return bias != 0 ? v + bias[d] : v;
     }
 };
 
@@ -128,7 +128,7 @@ struct QkvRows {
     // Token row i of qkv from column `col` on, with the bias from `col`.
     __device__ RowRef token(int i, int col) const {
         u64 at = ((u64)b * t + i) * 3 * h + col;
-        return {qkv16 != 0 ? 0 : qkv + at, qkv16 != 0 ? qkv16 + at : 0, bias != 0 ? bias + col : 0};
+        return RowRef::either(qkv, qkv16, at, bias != 0 ? bias + col : 0);
     }
     __device__ RowRef q(int i) const { return token(i, hh * HEAD_DIM); }
     __device__ RowRef k(int j) const {
@@ -149,8 +149,7 @@ struct HeadRows {
     __device__ HeadRows(const float* f_, const u16* f16_, int b, int hh, int nh, int rows)
         : f(f_), f16(f16_), base(((u64)b * nh + hh) * rows * HEAD_DIM) {}
     __device__ RowRef row(int r) const {
-        u64 at = base + (u64)r * HEAD_DIM;
-        return {f16 != 0 ? 0 : f + at, f16 != 0 ? f16 + at : 0, 0};
+        return RowRef::either(f, f16, base + (u64)r * HEAD_DIM, 0);
     }
     // The rows as the tile loaders take them: row index -> RowRef.
     __device__ auto rows() const {

@@ -349,7 +349,7 @@ __device__ __forceinline__ u32 keep_bits(int dropout, const u64 z[2], u64 step, 
     for (int nt = 0; nt < KT; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            bits |= (u32)((mix64(z[e >> 1] + (u64)(nt * 8 + (e & 1)) * step) >> 40) >= threshold) << (nt * 4 + e);
+            bits |= (u32)drop_kept(z[e >> 1] + (u64)(nt * 8 + (e & 1)) * step, threshold) << (nt * 4 + e);
     return bits;
 }
 

@@ -16,14 +16,12 @@ __device__ __forceinline__ u64 mix64(u64 z) {
 #define DROP_STEP 0xD1B54A32D192ED03ULL
 __device__ __forceinline__ u64 drop_z(u64 key, u64 index) { return key + index * DROP_STEP; }
 
-// The factor of the element with that z: scale if kept, 0 if dropped.
-__device__ __forceinline__ float drop_factor_z(u64 z, u64 threshold, float scale) {
-    return (mix64(z) >> 40) >= threshold ? scale : 0.0f;
-}
+// Whether the element with that z is kept.
+__device__ __forceinline__ bool drop_kept(u64 z, u64 threshold) { return (mix64(z) >> 40) >= threshold; }
 
-// The factor of element `index` at a site.
+// The factor of element `index` at a site: scale if kept, 0 if dropped.
 __device__ __forceinline__ float drop_factor(u64 key, u64 threshold, float scale, u64 index) {
-    return drop_factor_z(drop_z(key, index), threshold, scale);
+    return drop_kept(drop_z(key, index), threshold) ? scale : 0.0f;
 }
 
 // x[i] = x[i] * factor(offset + i); threshold > 2^24 never keeps.
