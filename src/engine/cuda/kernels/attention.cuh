@@ -340,7 +340,7 @@ __device__ __forceinline__ void store8_either(float* ops, u16* ops16, u64 at, co
     if (ops16 != 0) {
         u32 bits[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) bits[i] = (u32)bf16_bits(v[2 * i]) | ((u32)bf16_bits(v[2 * i + 1]) << 16);
+        for (int i = 0; i < 4; i++) bits[i] = bf16x2_bits(v[2 * i], v[2 * i + 1]);
         float4 w;
         w.x = __uint_as_float(bits[0]);
         w.y = __uint_as_float(bits[1]);

@@ -152,7 +152,7 @@ struct Bf16Format {
     // and attention_delta write them in bf16.
     __device__ static const T* rows(const HeadRows& o) { return o.f16 + o.base; }
     __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
-    __device__ static u32 pack(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
+    __device__ static u32 pack(float lo, float hi) { return bf16x2_bits(lo, hi); }
     __device__ static void split(u32 r, u32& hi, u32& lo) { hi = r, lo = 0; }
     __device__ static void mma(float d[4], const Operand<4>& a, const Operand<2>& b, const float c[4]) {
         mma_bf16_16816(d, a.hi, b.hi, c);
