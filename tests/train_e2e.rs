@@ -388,3 +388,193 @@ fn dev_from_train_holds_out_part_of_train_for_model_selection() {
     assert!(summary["best_epoch"].is_u64());
     assert!(config.out.join("best/ptuning.json").is_file());
 }
+
+/// The prompt table and head of an adapter folder.
+fn prompt_and_head(dir: &Path) -> (Vec<f32>, Vec<f32>) {
+    let adapter = Adapter::load(dir, None).unwrap();
+    let head = &adapter.model.head;
+    let mut h = head.weight.value.clone();
+    h.extend(&head.bias.value);
+    (adapter.model.prefix.table().into_owned(), h)
+}
+
+#[test]
+fn a_run_starts_from_another_runs_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tiny_task(tmp.path(), true);
+    let source_summary = train(&source, quiet()).unwrap();
+    // An lr far below f32's resolution leaves every parameter where it
+    // started: the target's best/ then holds what --init-from loaded.
+    let frozen = |out: &str, task: TrainConfig| TrainConfig {
+        out: tmp.path().join(out),
+        init_from: Some(source.out.clone()),
+        lr: 1e-30,
+        epochs: 1,
+        ..task
+    };
+    let same = frozen("same", source.clone());
+    let summary = train(&same, quiet()).unwrap();
+    assert_eq!(
+        prompt_and_head(&same.out.join("best")),
+        prompt_and_head(&source.out.join("best")),
+        "the same task and labels take the prompt and the head"
+    );
+    assert_eq!(summary["best_metric"], source_summary["best_metric"]);
+    let stored: TrainConfig = serde_json::from_value(
+        ptuning::training::checkpoint::load_checkpoint(&same.out.join("last"))
+            .unwrap()
+            .info
+            .hyperparameters,
+    )
+    .unwrap();
+    assert_eq!(stored.init_from, Some(source.out.clone()));
+
+    // Other labels: the prompt, and a fresh head.
+    let other_data = tmp.path().join("other");
+    std::fs::create_dir(&other_data).unwrap();
+    let rows = "text,label\n\"a b c\",good\n\"d e f\",bad\n\"a a b\",good\n\"e e d\",bad\n";
+    std::fs::write(other_data.join("train.csv"), rows).unwrap();
+    std::fs::write(other_data.join("dev.csv"), rows).unwrap();
+    let other = frozen(
+        "other",
+        TrainConfig {
+            data: other_data,
+            ..source.clone()
+        },
+    );
+    train(&other, quiet()).unwrap();
+    let (prompt, head) = prompt_and_head(&other.out.join("best"));
+    let (source_prompt, source_head) = prompt_and_head(&source.out.join("best"));
+    assert_eq!(prompt, source_prompt);
+    assert_ne!(head, source_head, "labels bad/good are not neg/pos");
+}
+
+#[test]
+fn a_reparameterized_prompt_starts_a_plain_run_folded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = TrainConfig {
+        prefix_projection: true,
+        prefix_hidden_size: 16,
+        ..tiny_task(tmp.path(), true)
+    };
+    train(&source, quiet()).unwrap();
+    let plain = TrainConfig {
+        out: tmp.path().join("plain"),
+        init_from: Some(source.out.join("last")),
+        lr: 1e-30,
+        epochs: 1,
+        ..tiny_task(tmp.path(), true)
+    };
+    train(&plain, quiet()).unwrap();
+    let (prompt, _) = prompt_and_head(&plain.out.join("last"));
+    let (folded, _) = prompt_and_head(&source.out.join("last"));
+    assert_eq!(prompt, folded);
+    // The MLP itself comes from last/ (best/ holds it folded).
+    let mlp = TrainConfig {
+        out: tmp.path().join("mlp"),
+        init_from: Some(source.out.join("last")),
+        ..source.clone()
+    };
+    train(&mlp, quiet()).unwrap();
+}
+
+#[test]
+fn init_from_errors_say_what_to_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tiny_task(tmp.path(), true);
+    train(&source, quiet()).unwrap();
+    let from = |out: &str, config: TrainConfig| TrainConfig {
+        out: tmp.path().join(out),
+        init_from: Some(source.out.clone()),
+        ..config
+    };
+    for (config, needles) in [
+        (
+            from(
+                "len",
+                TrainConfig {
+                    prefix_len: 6,
+                    ..source.clone()
+                },
+            ),
+            vec!["4 tokens", "--prefix-len 4", "--prefix-layers 0,1"],
+        ),
+        (
+            from(
+                "mlp",
+                TrainConfig {
+                    prefix_projection: true,
+                    ..source.clone()
+                },
+            ),
+            vec!["cannot be turned back", "last/"],
+        ),
+        (
+            from(
+                "backbone",
+                TrainConfig {
+                    model: root()
+                        .join("tests/fixtures/tiny-roberta")
+                        .display()
+                        .to_string(),
+                    ..source.clone()
+                },
+            ),
+            vec!["tiny-bert", "tiny-roberta", "--init-from"],
+        ),
+        (
+            TrainConfig {
+                init_from: Some(tmp.path().join("nowhere")),
+                ..from("missing", source.clone())
+            },
+            vec!["--init-from", "nowhere", "not a checkpoint folder"],
+        ),
+    ] {
+        let err = train(&config, quiet()).unwrap_err().to_string();
+        for needle in needles {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        assert!(
+            !config.out.join("last").exists(),
+            "{}",
+            config.out.display()
+        );
+    }
+}
+
+#[test]
+fn the_cli_takes_init_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args([
+            "train",
+            "--task",
+            "custom/classification",
+            "--text-fields",
+            "text",
+        ])
+        .args([
+            "--label-field",
+            "label",
+            "--quiet",
+            "--model",
+            &config.model,
+        ])
+        .arg("--data")
+        .arg(&config.data)
+        .arg("--out")
+        .arg(&config.out)
+        .arg("--init-from")
+        .arg(tmp.path().join("nowhere"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--init-from")
+            && stderr.contains("nowhere")
+            && stderr.contains("not a checkpoint folder"),
+        "{stderr}"
+    );
+}

@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// custom/classification: the label column.
     #[arg(long)]
     label_field: Option<String>,
+    /// Start from a trained adapter's prompt (a checkpoint or run folder), and
+    /// its head when the task and labels are the same: prompt transfer.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// Continue the interrupted run in --out exactly where last/ stopped.
     #[arg(long)]
     resume: bool,
@@ -146,7 +150,8 @@ impl TrainArgs {
             doc_stride,
             null_score_diff_threshold,
             token_col,
-            tag_col
+            tag_col,
+            init_from
         );
         Ok(c)
     }

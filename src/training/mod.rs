@@ -12,3 +12,4 @@ pub mod peft;
 pub mod run_files;
 pub mod schedule;
 pub mod trainer;
+pub mod warm_start;

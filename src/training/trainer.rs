@@ -35,6 +35,7 @@ use crate::training::data::{
 };
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
+use crate::training::warm_start::warm_start;
 
 /// Every setting of a run. Flags and `--config run.toml` fill it (flags win);
 /// it is stored in each checkpoint's ptuning.json.
@@ -82,6 +83,9 @@ pub struct TrainConfig {
     /// custom/conll: 0-based columns of the word and of the tag (default: the last).
     pub token_col: usize,
     pub tag_col: Option<usize>,
+    /// Start from this adapter's prompt (and its head, for the same task and
+    /// labels) instead of random ones: see training::warm_start.
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +119,7 @@ impl Default for TrainConfig {
             label_field: None,
             token_col: 0,
             tag_col: None,
+            init_from: None,
         }
     }
 }
@@ -376,18 +381,49 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             (model, opt_state.into_adamw(adamw), trainer_state)
         }
         None => {
-            let prefix = PrefixEncoder::new(
-                prefix_config,
-                bert.hidden_size,
-                bert.num_hidden_layers,
-                derive_seed(config.seed, INIT_PREFIX, 0),
-            )?;
-            let head = ClassificationHead::for_kind(
-                head.kind,
-                bert.hidden_size,
-                head.outputs,
-                derive_seed(config.seed, INIT_HEAD, 0),
-            );
+            let warm = match &config.init_from {
+                Some(from) => {
+                    let warm = warm_start(
+                        from,
+                        (&config.model, &backbone.hash),
+                        &prefix_config,
+                        data.task_name(),
+                        &head,
+                    )?;
+                    reporter.line(&format!(
+                        "prompt from {} ({}); {}",
+                        warm.dir.display(),
+                        warm.source_task,
+                        if warm.head.is_some() {
+                            "head too (same task and labels)"
+                        } else {
+                            "fresh head"
+                        }
+                    ));
+                    Some(warm)
+                }
+                None => None,
+            };
+            let fresh_head = || {
+                ClassificationHead::for_kind(
+                    head.kind,
+                    bert.hidden_size,
+                    head.outputs,
+                    derive_seed(config.seed, INIT_HEAD, 0),
+                )
+            };
+            let (prefix, head) = match warm {
+                Some(w) => (w.prefix, w.head.unwrap_or_else(fresh_head)),
+                None => (
+                    PrefixEncoder::new(
+                        prefix_config,
+                        bert.hidden_size,
+                        bert.num_hidden_layers,
+                        derive_seed(config.seed, INIT_PREFIX, 0),
+                    )?,
+                    fresh_head(),
+                ),
+            };
             let model = PromptModel {
                 backbone: Arc::clone(&backbone.model),
                 prefix,
