@@ -23,6 +23,26 @@ fn quiet() -> TrainOptions {
     }
 }
 
+/// Trains `config` for one epoch, checks that a second start without
+/// --resume is refused, then resumes it to the end: the summary.
+fn pause_and_resume(config: &TrainConfig) -> serde_json::Value {
+    let options = TrainOptions {
+        stop_after_epoch: Some(1),
+        ..quiet()
+    };
+    train(config, options).unwrap();
+    let err = train(config, quiet()).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    train(
+        config,
+        TrainOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn cb_short_run_beats_the_majority_class_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -44,21 +64,7 @@ fn cb_short_run_beats_the_majority_class_and_resumes_exactly() {
         out: tmp.path().join("paused"),
         ..config.clone()
     };
-    let options = TrainOptions {
-        stop_after_epoch: Some(1),
-        ..quiet()
-    };
-    train(&paused, options).unwrap();
-    let err = train(&paused, quiet()).unwrap_err().to_string();
-    assert!(err.contains("--resume"), "{err}");
-    let resumed = train(
-        &paused,
-        TrainOptions {
-            resume: true,
-            ..quiet()
-        },
-    )
-    .unwrap();
+    let resumed = pause_and_resume(&paused);
     assert_eq!(full["history"], resumed["history"]);
     assert_eq!(full["best_epoch"], resumed["best_epoch"]);
     let read = |run: &str, file: &str| std::fs::read(tmp.path().join(run).join(file)).unwrap();
@@ -577,4 +583,199 @@ fn the_cli_takes_init_from() {
             && stderr.contains("not a checkpoint folder"),
         "{stderr}"
     );
+}
+
+/// A multi-task run on the tiny model: a classification dataset and a
+/// tagging one sharing the prompt.
+fn tiny_multitask(dir: &Path) -> TrainConfig {
+    let classes = dir.join("classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    let single = tiny_task(&classes, true);
+    let tags = dir.join("tags");
+    std::fs::create_dir_all(&tags).unwrap();
+    let s1: &[(&str, &str)] = &[("a", "B-PER"), ("b", "I-PER"), ("c", "O"), ("d", "B-LOC")];
+    let s2: &[(&str, &str)] = &[("d", "B-LOC"), ("c", "O"), ("a", "B-PER")];
+    std::fs::write(tags.join("train.txt"), conll(&[s1, s2, s1, s2, s1])).unwrap();
+    std::fs::write(tags.join("dev.txt"), conll(&[s2, s1])).unwrap();
+    TrainConfig {
+        task: String::new(),
+        data: PathBuf::new(),
+        out: dir.join("run"),
+        tasks: vec![
+            format!("custom/classification={}", classes.display())
+                .parse()
+                .unwrap(),
+            format!("custom/conll={}", tags.display()).parse().unwrap(),
+        ],
+        text_fields: vec!["text".into()],
+        label_field: Some("label".into()),
+        epochs: 3,
+        batch_size: 2,
+        ..single
+    }
+}
+
+#[test]
+fn a_multitask_run_shares_its_prompt_and_keeps_a_head_per_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_multitask(tmp.path());
+    let full = train(&config, quiet()).unwrap();
+    let slugs = ["custom-classification", "custom-conll"];
+    assert_eq!(full["main_metric"], "mean");
+    // 6 classification examples and 5 sentences in batches of 2: 3 + 3 steps an epoch.
+    assert_eq!(full["global_step"], 18);
+    for (k, slug) in slugs.iter().enumerate() {
+        // Each task's best/ is an ordinary adapter that reproduces its own
+        // best dev metric.
+        let task = &full["tasks"][k];
+        let adapter = Adapter::load(&config.out.join("best").join(slug), None).unwrap();
+        // (A .txt file is raw text to tag: the tagged dev split as .conll.)
+        let tagged = tmp.path().join("tags/dev.conll");
+        std::fs::copy(tmp.path().join("tags/dev.txt"), &tagged).unwrap();
+        let dev = [tmp.path().join("classes/dev.csv"), tagged];
+        let data = adapter.data_for(&dev[k]).unwrap();
+        let metrics = data.evaluate_dev(&adapter.model, 8).unwrap();
+        let metric = task["main_metric"].as_str().unwrap();
+        assert_eq!(
+            Some(metrics[metric]),
+            task["best_metric"].as_f64(),
+            "{slug}"
+        );
+        let history = full["history"].as_array().unwrap();
+        let best_seen = history
+            .iter()
+            .map(|h| h["dev"][*slug][metric].as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(task["best_metric"].as_f64(), Some(best_seen));
+    }
+    let mean = |h: &serde_json::Value| h["dev"]["mean"].as_f64().unwrap();
+    let h0 = &full["history"][0];
+    assert!(
+        (mean(h0)
+            - (h0["dev"][slugs[0]]["accuracy"].as_f64().unwrap()
+                + h0["dev"][slugs[1]]["f1"].as_f64().unwrap())
+                / 2.0)
+            .abs()
+            < 1e-12
+    );
+    // The run folder itself names the adapters to choose from.
+    let err = Adapter::load(&config.out, None).err().unwrap().to_string();
+    assert!(
+        err.contains("multi-task") && err.contains("best/custom-conll"),
+        "{err}"
+    );
+    // last/ holds every task's state with the one shared prompt.
+    let (prompt_a, head_a) = prompt_and_head(&config.out.join("last").join(slugs[0]));
+    let (prompt_b, head_b) = prompt_and_head(&config.out.join("last").join(slugs[1]));
+    assert_eq!(prompt_a, prompt_b);
+    assert_ne!(head_a.len(), head_b.len(), "2 classes against 4 tags");
+
+    // Paused after epoch 1 and resumed: the same run, byte for byte.
+    let paused = TrainConfig {
+        out: tmp.path().join("paused"),
+        ..config.clone()
+    };
+    let resumed = pause_and_resume(&paused);
+    assert_eq!(full["history"], resumed["history"]);
+    for slug in slugs {
+        for file in ["training_state.safetensors", "trainer_state.json"] {
+            let read = |run: &Path| std::fs::read(run.join("last").join(slug).join(file)).unwrap();
+            assert_eq!(read(&config.out), read(&paused.out), "{slug}/{file}");
+        }
+    }
+
+    // The second stage: one task's prompt tuned alone, with its head.
+    let alone = TrainConfig {
+        tasks: Vec::new(),
+        task: "custom/conll".into(),
+        data: tmp.path().join("tags"),
+        out: tmp.path().join("alone"),
+        init_from: Some(config.out.join("best").join(slugs[1])),
+        lr: 1e-30,
+        epochs: 1,
+        ..config.clone()
+    };
+    train(&alone, quiet()).unwrap();
+    assert_eq!(
+        prompt_and_head(&alone.out.join("best")),
+        prompt_and_head(&config.out.join("best").join(slugs[1]))
+    );
+}
+
+#[test]
+fn multitask_settings_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_multitask(tmp.path());
+    for (bad, needle) in [
+        (
+            TrainConfig {
+                task: "custom/conll".into(),
+                ..config.clone()
+            },
+            "not both",
+        ),
+        (
+            TrainConfig {
+                tasks: config.tasks[..1].to_vec(),
+                ..config.clone()
+            },
+            "at least two",
+        ),
+        (
+            TrainConfig {
+                tasks: vec![config.tasks[1].clone(), config.tasks[1].clone()],
+                ..config.clone()
+            },
+            "twice",
+        ),
+    ] {
+        let err = train(&bad, quiet()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args([
+            "train",
+            "--quiet",
+            "--text-fields",
+            "text",
+            "--label-field",
+            "label",
+        ])
+        .args(["--model", &config.model, "--tasks"])
+        .arg(format!(
+            "custom/classification={},custom/conll={}",
+            tmp.path().join("classes").display(),
+            tmp.path().join("nowhere").display()
+        ))
+        .arg("--out")
+        .arg(tmp.path().join("cli"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    let toml = tmp.path().join("run.toml");
+    std::fs::write(
+        &toml,
+        "tasks = [{ task = \"ner/conll2003\", data = \"a\" }, { task = \"ner/wnut17\", data = \"b\" }]\n",
+    )
+    .unwrap();
+    let from_toml = TrainConfig::from_toml_file(&toml).unwrap();
+    assert_eq!(
+        from_toml
+            .task_configs()
+            .iter()
+            .map(|(slug, c)| (slug.as_str(), c.data.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("ner-conll2003", PathBuf::from("a")),
+            ("ner-wnut17", PathBuf::from("b"))
+        ]
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(["train", "--tasks", "custom/conll"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TASK=DATA_DIR"), "{stderr}");
 }

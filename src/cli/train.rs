@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::engine::device::Compute;
 use crate::error::Result;
+use crate::training::multitask::TaskSource;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
 
 #[derive(Args, Debug)]
@@ -20,6 +21,10 @@ pub struct TrainArgs {
     /// The task's data folder (e.g. ../shared/data/superglue/CB).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Multi-task: TASK=DATA_DIR,... sharing one prompt, a head each (instead
+    /// of --task and --data); best/<task>/ holds each task's adapter.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<TaskSource>>,
     /// The run folder to create (or to continue with --resume).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -151,7 +156,8 @@ impl TrainArgs {
             null_score_diff_threshold,
             token_col,
             tag_col,
-            init_from
+            init_from,
+            tasks
         );
         Ok(c)
     }

@@ -213,6 +213,22 @@ pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
+    // A multi-task run keeps an adapter per task under best/.
+    let mut tasks: Vec<String> = std::fs::read_dir(run_dir.join("best"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(RUN_INFO).is_file())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    if !tasks.is_empty() {
+        tasks.sort();
+        return Err(Error::InvalidArgument(format!(
+            "{} is a multi-task run with an adapter per task: pass one of {}",
+            run_dir.display(),
+            tasks.join(", ")
+        )));
+    }
     Err(Error::InvalidArgument(format!(
         "{} is not a checkpoint folder (no {RUN_INFO}, nor best/ or last/ holding one)",
         run_dir.display()
@@ -223,6 +239,30 @@ pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
 /// docs). Leftovers of an earlier crash next to `dir` are repaired first.
 pub fn save_checkpoint(dir: &Path, ckpt: &CheckpointRef<'_>) -> Result<()> {
     validate(ckpt)?;
+    save_atomically(dir, |tmp| write_contents(tmp, ckpt))
+}
+
+/// Writes the checkpoints of a multi-task run into `dir/<name>/`, one per
+/// task, atomically as a whole: a resumed run must never find the tasks'
+/// states from two different epochs.
+pub fn save_checkpoint_set(dir: &Path, set: &[(&str, CheckpointRef<'_>)]) -> Result<()> {
+    for (_, ckpt) in set {
+        validate(ckpt)?;
+    }
+    save_atomically(dir, |tmp| {
+        set.iter().try_for_each(|(name, ckpt)| {
+            let sub = tmp.join(name);
+            std::fs::create_dir(&sub).map_err(|e| Error::io(&sub, e))?;
+            write_contents(&sub, ckpt)?;
+            sync_dir(&sub);
+            Ok(())
+        })
+    })
+}
+
+/// `write` fills a fresh sibling temp folder, which then replaces `dir`
+/// (see the module docs); leftovers of an earlier crash are repaired first.
+fn save_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     recover_checkpoint_dir(dir)?;
     let parent = parent_of(dir);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
@@ -231,12 +271,41 @@ pub fn save_checkpoint(dir: &Path, ckpt: &CheckpointRef<'_>) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    if let Err(e) = write_contents(&tmp, ckpt) {
+    if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     sync_dir(&tmp);
     swap_into_place(&tmp, dir)
+}
+
+/// The checkpoints in `dir`: itself, named "", when it is one (a
+/// single-task run's last/), else each sub-folder holding one, by name (a
+/// multi-task run's last/, see [`save_checkpoint_set`]). A folder a crash
+/// left half-swapped is repaired first.
+pub fn load_checkpoint_set(dir: &Path) -> Result<Vec<(String, Checkpoint)>> {
+    recover_checkpoint_dir(dir)?;
+    if dir.join(RUN_INFO).is_file() || !dir.is_dir() {
+        return Ok(vec![(String::new(), load_checkpoint(dir)?)]);
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.path().join(RUN_INFO).is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(missing(&dir.join(RUN_INFO)));
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let ckpt = load_checkpoint(&dir.join(&name))?;
+            Ok((name, ckpt))
+        })
+        .collect()
 }
 
 /// Loads a checkpoint folder written by [`save_checkpoint`]. If `dir` is

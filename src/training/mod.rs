@@ -8,6 +8,7 @@ pub mod clip;
 pub mod curve;
 pub mod data;
 pub mod evaluate;
+pub mod multitask;
 pub mod peft;
 pub mod run_files;
 pub mod schedule;

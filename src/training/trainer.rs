@@ -7,6 +7,7 @@
 //! pure functions of (seed, e) and (seed, s), so a resumed run continues with
 //! the very batches and masks the uninterrupted run would have used.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,17 +26,22 @@ use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::training::adamw::{AdamW, AdamWConfig};
 use crate::training::checkpoint::{
-    created_by, load_checkpoint, save_checkpoint, weights_hash, BackboneInfo, CheckpointRef,
-    PrefixInfo, RunInfo, TokenizerInfo, TrainerState, FORMAT_VERSION,
+    created_by, load_checkpoint_set, save_checkpoint, save_checkpoint_set, weights_hash,
+    BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, TrainerState, FORMAT_VERSION,
 };
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
-    derive_seed, load_task_data, shuffled, DevSource, Family, DROPOUT, INIT_HEAD, INIT_PREFIX,
-    SHUFFLE,
+    derive_seed, load_task_data, shuffled, DevSource, Family, TaskData, DROPOUT, INIT_HEAD,
+    INIT_PREFIX, SHUFFLE, TASK_MIX,
 };
+use crate::training::multitask::{task_slugs, validate_sources, TaskHeads, TaskSource};
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
 use crate::training::warm_start::warm_start;
+
+/// The metric of a multi-task run that picks its best epoch and drives
+/// patience: the mean of the tasks' main dev metrics.
+pub const MEAN_METRIC: &str = "mean";
 
 /// Every setting of a run. Flags and `--config run.toml` fill it (flags win);
 /// it is stored in each checkpoint's ptuning.json.
@@ -86,6 +92,9 @@ pub struct TrainConfig {
     /// Start from this adapter's prompt (and its head, for the same task and
     /// labels) instead of random ones: see training::warm_start.
     pub init_from: Option<PathBuf>,
+    /// Multi-task: several datasets sharing the prompt, a head each (instead
+    /// of `task` and `data`): see training::multitask.
+    pub tasks: Vec<TaskSource>,
 }
 
 impl Default for TrainConfig {
@@ -120,6 +129,7 @@ impl Default for TrainConfig {
             token_col: 0,
             tag_col: None,
             init_from: None,
+            tasks: Vec::new(),
         }
     }
 }
@@ -140,10 +150,47 @@ impl TrainConfig {
             .unwrap_or_else(|| Family::of(&self.task).default_max_seq_len())
     }
 
+    /// The run's tasks, each with its folder name under best/ and last/
+    /// ("" for a single task) and its settings: this config with the
+    /// task's `task` and `data`.
+    pub fn task_configs(&self) -> Vec<(String, TrainConfig)> {
+        if self.tasks.is_empty() {
+            return vec![(String::new(), self.clone())];
+        }
+        self.tasks
+            .iter()
+            .zip(task_slugs(&self.tasks))
+            .map(|(source, slug)| {
+                let config = TrainConfig {
+                    task: source.task.clone(),
+                    data: source.data.clone(),
+                    ..self.clone()
+                };
+                (slug, config)
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.tasks.is_empty() {
+            return self.validate_task();
+        }
+        if !self.task.is_empty() || !self.data.as_os_str().is_empty() {
+            return Err(Error::InvalidArgument(
+                "give --tasks, or --task and --data, not both".into(),
+            ));
+        }
+        validate_sources(&self.tasks)?;
+        self.task_configs()
+            .iter()
+            .try_for_each(|(_, config)| config.validate_task())
+    }
+
+    /// The checks of one task's settings.
+    fn validate_task(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.task.is_empty() {
-            return bad("--task is required (e.g. superglue/cb)".into());
+            return bad("--task is required (e.g. superglue/cb), or --tasks for several".into());
         }
         if self.out.as_os_str().is_empty() {
             return bad("--out is required: the run folder".into());
@@ -271,7 +318,20 @@ impl Reporter {
     }
 }
 
+/// One task of a run as the loop holds it: its name in the run folder
+/// ("" for a single-task run), its data and its checkpoints' metadata.
+struct RunTask {
+    slug: String,
+    data: Box<dyn TaskData>,
+    info: RunInfo,
+    /// The best value of its main dev metric so far (multi-task runs keep a
+    /// best/ per task).
+    best: Option<f64>,
+}
+
 /// Trains as configured; returns the summary also written to summary.json.
+/// With `tasks` (multi-task), the prompt is shared and each task has its
+/// own head: see training::multitask.
 pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::Value> {
     let mut config = config.clone();
     let out = config.out.clone();
@@ -280,19 +340,26 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     // Resume: the stored settings win; only the length of the run may change.
     let resumed = if options.resume {
-        let ckpt = load_checkpoint(&last_dir).map_err(|e| {
+        let ckpts = load_checkpoint_set(&last_dir).map_err(|e| {
             Error::InvalidArgument(format!("--resume: cannot load {}: {e}", last_dir.display()))
         })?;
-        let mut stored: TrainConfig = serde_json::from_value(ckpt.info.hyperparameters.clone())
-            .map_err(|e| Error::Json {
-                path: last_dir.join("ptuning.json"),
-                message: format!("hyperparameters: {e}"),
+        let mut stored: TrainConfig =
+            serde_json::from_value(ckpts[0].1.info.hyperparameters.clone()).map_err(|e| {
+                Error::Json {
+                    path: last_dir.join("ptuning.json"),
+                    message: format!("hyperparameters: {e}"),
+                }
             })?;
+        if !stored.tasks.is_empty() {
+            // Each task's checkpoint names its own task; the run has them all.
+            stored.task.clear();
+            stored.data = PathBuf::new();
+        }
         stored.epochs = config.epochs;
         stored.patience = config.patience;
         stored.out = config.out.clone();
         config = stored;
-        Some(ckpt)
+        Some(ckpts)
     } else {
         if last_dir.exists() {
             return Err(Error::InvalidArgument(format!(
@@ -308,23 +375,6 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     let backbone = Backbone::load(&config.model)?;
     let bert = &backbone.model.config;
-
-    let stored_labels = resumed.as_ref().map(|c| c.info.label_names.clone());
-    let data = load_task_data(
-        &config,
-        &backbone.tokenizer,
-        stored_labels,
-        DevSource::Training,
-    )?;
-    let head = data.head();
-    reporter.line(&format!(
-        "{}; backbone {} ({} layers, hidden {})",
-        data.describe(),
-        backbone.dir.display(),
-        bert.num_hidden_layers,
-        bert.hidden_size
-    ));
-
     let layers = parse_layers(&config.prefix_layers, bert.num_hidden_layers)?;
     let prefix_config = PrefixConfig {
         len: config.prefix_len,
@@ -332,116 +382,206 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         hidden_size: config.prefix_hidden_size,
         layers,
     };
-    let info = RunInfo {
-        format_version: FORMAT_VERSION,
-        task: data.task_name().to_string(),
-        head: head.kind,
-        label_names: head.label_names.clone(),
-        backbone: BackboneInfo {
-            name_or_path: config.model.clone(),
-            model_type: format!("{:?}", bert.model_type).to_lowercase(),
-            hidden_size: bert.hidden_size,
-            num_layers: bert.num_hidden_layers,
-            num_heads: bert.num_attention_heads,
-            weights_hash: backbone.hash.clone(),
-        },
-        tokenizer: TokenizerInfo {
-            max_seq_len: config.max_seq_len(),
-            truncation: "longest_first".into(),
-        },
-        prefix: PrefixInfo::from(&prefix_config),
-        hyperparameters: serde_json::to_value(&config).expect("config serializes"),
-        created_by: created_by(),
-    };
+
+    let mut tasks = Vec::new();
+    for (slug, task_config) in config.task_configs() {
+        let stored = match &resumed {
+            Some(ckpts) => Some(
+                ckpts
+                    .iter()
+                    .find(|(name, _)| *name == slug)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "--resume: {} has no checkpoint of task {slug}",
+                            last_dir.display()
+                        ))
+                    })?
+                    .1
+                    .info
+                    .label_names
+                    .clone(),
+            ),
+            None => None,
+        };
+        let data = load_task_data(
+            &task_config,
+            &backbone.tokenizer,
+            stored,
+            DevSource::Training,
+        )?;
+        let head = data.head();
+        reporter.line(&format!(
+            "{}; backbone {} ({} layers, hidden {})",
+            data.describe(),
+            backbone.dir.display(),
+            bert.num_hidden_layers,
+            bert.hidden_size
+        ));
+        let info = RunInfo {
+            format_version: FORMAT_VERSION,
+            task: data.task_name().to_string(),
+            head: head.kind,
+            label_names: head.label_names.clone(),
+            backbone: BackboneInfo {
+                name_or_path: config.model.clone(),
+                model_type: format!("{:?}", bert.model_type).to_lowercase(),
+                hidden_size: bert.hidden_size,
+                num_layers: bert.num_hidden_layers,
+                num_heads: bert.num_attention_heads,
+                weights_hash: backbone.hash.clone(),
+            },
+            tokenizer: TokenizerInfo {
+                max_seq_len: task_config.max_seq_len(),
+                truncation: "longest_first".into(),
+            },
+            prefix: PrefixInfo::from(&prefix_config),
+            hyperparameters: serde_json::to_value(&task_config).expect("config serializes"),
+            created_by: created_by(),
+        };
+        tasks.push(RunTask {
+            slug,
+            data,
+            info,
+            best: None,
+        });
+    }
+    let multi = tasks.len() > 1;
     let adamw = AdamWConfig {
         lr: config.lr,
         weight_decay: config.weight_decay,
         ..AdamWConfig::default()
     };
-    let (mut model, mut opt, mut state) = match resumed {
-        Some(ckpt) => {
-            if ckpt.info.backbone.weights_hash != backbone.hash {
-                return Err(Error::InvalidArgument(format!(
-                    "--resume: the run was trained on backbone {} (weights {}), not {} (weights {})",
-                    ckpt.info.backbone.name_or_path, ckpt.info.backbone.weights_hash, config.model, backbone.hash
-                )));
+    let n_prompt = PrefixEncoder::new(
+        prefix_config.clone(),
+        bert.hidden_size,
+        bert.num_hidden_layers,
+        0,
+    )?
+    .params()
+    .len();
+    let (prefix, heads, mut opt, mut state) = match resumed {
+        Some(ckpts) => {
+            let mut by_task = Vec::new();
+            for task in &tasks {
+                let (_, ckpt) = ckpts
+                    .iter()
+                    .find(|(name, _)| *name == task.slug)
+                    .expect("every task's checkpoint was found above");
+                if ckpt.info.backbone.weights_hash != backbone.hash {
+                    return Err(Error::InvalidArgument(format!(
+                        "--resume: the run was trained on backbone {} (weights {}), not {} (weights {})",
+                        ckpt.info.backbone.name_or_path, ckpt.info.backbone.weights_hash, config.model, backbone.hash
+                    )));
+                }
+                let (opt_state, trainer_state) = ckpt.training.clone().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "--resume: {} has no training state",
+                        last_dir.join(&task.slug).display()
+                    ))
+                })?;
+                by_task.push((
+                    ckpt.prefix.clone(),
+                    ckpt.head.clone(),
+                    opt_state,
+                    trainer_state,
+                ));
             }
-            let (opt_state, trainer_state) = ckpt.training.ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "--resume: {} has no training state",
-                    last_dir.display()
-                ))
-            })?;
-            let model = PromptModel {
-                backbone: Arc::clone(&backbone.model),
-                prefix: ckpt.prefix,
-                head: ckpt.head,
-                gpu: None,
-            };
-            (model, opt_state.into_adamw(adamw), trainer_state)
+            let heads = by_task
+                .iter()
+                .map(|(_, head, opt, _)| {
+                    let moments = opt.moments.get(n_prompt..).unwrap_or_default().to_vec();
+                    (head.clone(), moments)
+                })
+                .collect::<Vec<_>>();
+            let (prefix, _, opt_state, trainer_state) = by_task.swap_remove(0);
+            (prefix, heads, opt_state.into_adamw(adamw), trainer_state)
         }
         None => {
-            let warm = match &config.init_from {
-                Some(from) => {
-                    let warm = warm_start(
-                        from,
-                        (&config.model, &backbone.hash),
-                        &prefix_config,
-                        data.task_name(),
-                        &head,
-                    )?;
-                    reporter.line(&format!(
-                        "prompt from {} ({}); {}",
-                        warm.dir.display(),
-                        warm.source_task,
-                        if warm.head.is_some() {
-                            "head too (same task and labels)"
-                        } else {
-                            "fresh head"
-                        }
-                    ));
-                    Some(warm)
-                }
-                None => None,
-            };
-            let fresh_head = || {
-                ClassificationHead::for_kind(
-                    head.kind,
-                    bert.hidden_size,
-                    head.outputs,
-                    derive_seed(config.seed, INIT_HEAD, 0),
-                )
-            };
-            let (prefix, head) = match warm {
-                Some(w) => (w.prefix, w.head.unwrap_or_else(fresh_head)),
-                None => (
-                    PrefixEncoder::new(
-                        prefix_config,
+            let mut prefix = None;
+            let mut heads = Vec::new();
+            for (k, task) in tasks.iter().enumerate() {
+                let spec = task.data.head();
+                let fresh_head = || {
+                    // Task 0's seed is a single-task run's.
+                    ClassificationHead::for_kind(
+                        spec.kind,
                         bert.hidden_size,
-                        bert.num_hidden_layers,
-                        derive_seed(config.seed, INIT_PREFIX, 0),
-                    )?,
-                    fresh_head(),
-                ),
-            };
-            let model = PromptModel {
-                backbone: Arc::clone(&backbone.model),
-                prefix,
-                head,
-                gpu: None,
+                        spec.outputs,
+                        derive_seed(config.seed, INIT_HEAD, k as u64),
+                    )
+                };
+                let head = match &config.init_from {
+                    Some(from) => {
+                        let warm = warm_start(
+                            from,
+                            (&config.model, &backbone.hash),
+                            &prefix_config,
+                            task.data.task_name(),
+                            &spec,
+                        )?;
+                        reporter.line(&format!(
+                            "{}prompt from {} ({}); {}",
+                            if multi {
+                                format!("{}: ", task.slug)
+                            } else {
+                                String::new()
+                            },
+                            warm.dir.display(),
+                            warm.source_task,
+                            if warm.head.is_some() {
+                                "head too (same task and labels)"
+                            } else {
+                                "fresh head"
+                            }
+                        ));
+                        prefix.get_or_insert(warm.prefix);
+                        warm.head.unwrap_or_else(fresh_head)
+                    }
+                    None => fresh_head(),
+                };
+                heads.push((head, Vec::new()));
+            }
+            let prefix = match prefix {
+                Some(p) => p,
+                None => PrefixEncoder::new(
+                    prefix_config,
+                    bert.hidden_size,
+                    bert.num_hidden_layers,
+                    derive_seed(config.seed, INIT_PREFIX, 0),
+                )?,
             };
             let state = TrainerState {
                 seed: config.seed,
                 ..TrainerState::default()
             };
-            (model, AdamW::new(adamw), state)
+            (prefix, heads, AdamW::new(adamw), state)
         }
     };
+    let mut model = PromptModel {
+        backbone: Arc::clone(&backbone.model),
+        prefix,
+        head: heads[0].0.clone(),
+        gpu: None,
+    };
+    let mut heads = TaskHeads::new(&mut model, &mut opt, heads);
+    // A resumed multi-task run's per-task bests, from its history.
+    for task in &mut tasks {
+        let metric = task.data.main_metric().to_string();
+        task.best = state
+            .history
+            .iter()
+            .filter_map(|h| task_dev(h, &task.slug)[&metric].as_f64())
+            .reduce(f64::max);
+    }
     model.use_compute(options.compute)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out)?;
 
-    let steps_per_epoch = data.train_len().div_ceil(config.batch_size) as u64;
+    let batch_size = config.batch_size;
+    let steps_per_epoch: u64 = tasks
+        .iter()
+        .map(|t| t.data.train_len().div_ceil(batch_size) as u64)
+        .sum();
     let total_steps = steps_per_epoch * config.epochs as u64;
     let warmup = (config.warmup_ratio as f64 * total_steps as f64).ceil() as u64;
     let schedule = Schedule::parse(&config.scheduler, warmup, total_steps, config.gamma)?;
@@ -450,21 +590,26 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     let mut acts = Activations::default();
     let start = Instant::now();
     let mut trained_examples = 0usize;
-    let main_metric = data.main_metric().to_string();
+    // The metric that picks best/ and drives patience: the task's own, or
+    // for several tasks the mean of their main metrics.
+    let main_metric = if multi {
+        MEAN_METRIC.to_string()
+    } else {
+        tasks[0].data.main_metric().to_string()
+    };
     let main_metric = main_metric.as_str();
+    let has_dev = tasks.iter().all(|t| t.data.has_dev());
 
     for epoch in state.epoch_completed..config.epochs {
         let epoch_start = Instant::now();
-        let order = shuffled(
-            data.train_len(),
-            derive_seed(config.seed, SHUFFLE, epoch as u64),
-        );
+        let batches = epoch_batches(&tasks, batch_size, config.seed, epoch);
         reporter.start_epoch(epoch + 1, config.epochs, steps_per_epoch);
         let mut loss_sum = 0.0f64;
         let mut lr = config.lr;
         let mut seen = 0usize;
-        for chunk in order.chunks(config.batch_size) {
-            let (batch, targets) = data.train_batch(chunk)?;
+        for (k, chunk) in &batches {
+            heads.activate(*k, &mut model, &mut opt);
+            let (batch, targets) = tasks[*k].data.train_batch(chunk)?;
             let dropout = DropoutConfig {
                 hidden: dropout_p,
                 attention: attention_p,
@@ -474,7 +619,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             let step = model.forward_backward(&batch, targets.as_targets(), &dropout, &mut acts)?;
             if !step.loss.is_finite() {
                 reporter.end_epoch();
-                let kept = if last_dir.join("ptuning.json").exists() {
+                let kept = if last_dir.exists() {
                     format!("the last good checkpoint is {} (continue with --resume, perhaps with a lower --lr)", last_dir.display())
                 } else {
                     "no checkpoint had been written yet; try a lower --lr".to_string()
@@ -520,8 +665,51 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             config.epochs
         );
         let mut history = serde_json::json!({"epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss, "lr": lr});
-        if data.has_dev() {
-            let metrics = data.evaluate_dev(&model, config.eval_batch_size)?;
+        if has_dev {
+            // Each task's metrics; for several, under the task's name, with
+            // the mean of their main metrics beside them.
+            let mut metrics = BTreeMap::new();
+            let mut dev = serde_json::Map::new();
+            let mut mean = 0.0;
+            for (k, task) in tasks.iter_mut().enumerate() {
+                heads.activate(k, &mut model, &mut opt);
+                let m = task.data.evaluate_dev(&model, config.eval_batch_size)?;
+                let value = m.get(task.data.main_metric()).copied().unwrap_or(f64::NAN);
+                mean += value / heads.len() as f64;
+                if multi {
+                    // The first epoch reaching a task's highest value is its best.
+                    if task.best.is_none_or(|best| value > best) {
+                        task.best = Some(value);
+                        save_checkpoint(
+                            &best_dir.join(&task.slug),
+                            &CheckpointRef {
+                                info: &task.info,
+                                prefix: &model.prefix,
+                                head: &model.head,
+                                training: None,
+                            },
+                        )?;
+                    }
+                    line.push_str(&format!(
+                        "  {} {} {value:.4}",
+                        task.slug,
+                        task.data.main_metric()
+                    ));
+                    dev.insert(
+                        task.slug.clone(),
+                        serde_json::to_value(&m).expect("metrics serialize"),
+                    );
+                    for (name, v) in m {
+                        metrics.insert(format!("{}/{name}", task.slug), v);
+                    }
+                } else {
+                    metrics = m;
+                }
+            }
+            if multi {
+                metrics.insert(MEAN_METRIC.to_string(), mean);
+                dev.insert(MEAN_METRIC.to_string(), serde_json::json!(mean));
+            }
             log.append(&MetricsEvent {
                 event: EventKind::Eval,
                 epoch: epoch + 1,
@@ -537,36 +725,38 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 state.best_metric = Some(value);
                 state.best_epoch = Some(epoch + 1);
                 state.epochs_without_improvement = 0;
-                save_checkpoint(
-                    &best_dir,
-                    &CheckpointRef {
-                        info: &info,
-                        prefix: &model.prefix,
-                        head: &model.head,
-                        training: None,
-                    },
-                )?;
+                if !multi {
+                    save_checkpoint(
+                        &best_dir,
+                        &CheckpointRef {
+                            info: &tasks[0].info,
+                            prefix: &model.prefix,
+                            head: &model.head,
+                            training: None,
+                        },
+                    )?;
+                }
             } else {
                 state.epochs_without_improvement += 1;
             }
-            for (k, v) in &metrics {
-                line.push_str(&format!("  dev {k} {v:.4}"));
+            if multi {
+                line.push_str(&format!("  {MEAN_METRIC} {value:.4}"));
+            } else {
+                for (k, v) in &metrics {
+                    line.push_str(&format!("  dev {k} {v:.4}"));
+                }
             }
             if improved {
                 line.push_str("  (best)");
             }
-            history["dev"] = serde_json::to_value(&metrics).expect("metrics serialize");
+            history["dev"] = if multi {
+                serde_json::Value::Object(dev)
+            } else {
+                serde_json::to_value(&metrics).expect("metrics serialize")
+            };
         }
         state.history.push(history);
-        save_checkpoint(
-            &last_dir,
-            &CheckpointRef {
-                info: &info,
-                prefix: &model.prefix,
-                head: &model.head,
-                training: Some((&opt, &state)),
-            },
-        )?;
+        save_last(&last_dir, &tasks, &heads, &model, &opt, &state)?;
         let points: Vec<EpochPoint> = state
             .history
             .iter()
@@ -611,8 +801,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 .find(|h| h["epoch"].as_u64() == Some(e as u64))
         })
         .map(|h| h["dev"].clone());
+    let task_names: Vec<&str> = tasks.iter().map(|t| t.data.task_name()).collect();
     let mut summary = serde_json::json!({
-        "task": data.task_name(),
+        "task": task_names.join(","),
         "run_dir": out,
         "backbone": config.model,
         "main_metric": main_metric,
@@ -623,10 +814,26 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         "global_step": state.global_step,
         "seconds_this_session": seconds,
         "train_examples_per_s_this_session": trained_examples as f64 / seconds.max(1e-9),
-        "trainable_parameters": model.params_mut().iter().map(|p| p.value.len()).sum::<usize>(),
+        "trainable_parameters": model.params_mut().iter().map(|p| p.value.len()).sum::<usize>()
+            + heads.parked_parameters(),
         "history": state.history,
     });
-    if let (Some(fields), Some(counts)) = (summary.as_object_mut(), data.summary().as_object()) {
+    if multi {
+        summary["tasks"] = tasks
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "task": t.data.task_name(),
+                    "adapter": best_dir.join(&t.slug),
+                    "main_metric": t.data.main_metric(),
+                    "best_metric": t.best,
+                    "data": t.data.summary(),
+                })
+            })
+            .collect();
+    } else if let (Some(fields), Some(counts)) =
+        (summary.as_object_mut(), tasks[0].data.summary().as_object())
+    {
         fields.extend(counts.clone());
     }
     write_summary(&out, &summary)?;
@@ -634,6 +841,83 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         print_summary(&summary, main_metric);
     }
     Ok(summary)
+}
+
+/// The dev metrics of task `slug` in one epoch's history entry (a
+/// single-task run's, slug "", are the entry's `dev` itself).
+fn task_dev<'a>(entry: &'a serde_json::Value, slug: &str) -> &'a serde_json::Value {
+    match slug {
+        "" => &entry["dev"],
+        s => &entry["dev"][s],
+    }
+}
+
+/// The batches of one epoch: each task's train units shuffled by (seed,
+/// epoch, task) and cut into batches, then, for several tasks, the batches
+/// shuffled across tasks. A single task's epoch is the plain shuffle.
+fn epoch_batches(
+    tasks: &[RunTask],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<(usize, Vec<usize>)> {
+    let k_count = tasks.len() as u64;
+    let mut batches: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (k, task) in tasks.iter().enumerate() {
+        let order = shuffled(
+            task.data.train_len(),
+            derive_seed(seed, SHUFFLE, epoch as u64 * k_count + k as u64),
+        );
+        batches.extend(order.chunks(batch_size).map(|c| (k, c.to_vec())));
+    }
+    if tasks.len() > 1 {
+        let mix = shuffled(batches.len(), derive_seed(seed, TASK_MIX, epoch as u64));
+        let mut slots: Vec<Option<(usize, Vec<usize>)>> = batches.into_iter().map(Some).collect();
+        batches = mix.iter().filter_map(|&i| slots[i].take()).collect();
+    }
+    batches
+}
+
+/// Writes last/: the run's checkpoint, or for several tasks one per task
+/// (the shared prompt, the task's head and its optimizer state), as one.
+fn save_last(
+    dir: &Path,
+    tasks: &[RunTask],
+    heads: &TaskHeads,
+    model: &PromptModel,
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
+    if tasks.len() == 1 {
+        return save_checkpoint(
+            dir,
+            &CheckpointRef {
+                info: &tasks[0].info,
+                prefix: &model.prefix,
+                head: &model.head,
+                training: Some((opt, state)),
+            },
+        );
+    }
+    let parts: Vec<(&ClassificationHead, AdamW)> = (0..tasks.len())
+        .map(|k| heads.checkpoint_parts(k, model, opt))
+        .collect();
+    let set: Vec<(&str, CheckpointRef<'_>)> = tasks
+        .iter()
+        .zip(&parts)
+        .map(|(task, (head, task_opt))| {
+            (
+                task.slug.as_str(),
+                CheckpointRef {
+                    info: &task.info,
+                    prefix: &model.prefix,
+                    head,
+                    training: Some((task_opt, state)),
+                },
+            )
+        })
+        .collect();
+    save_checkpoint_set(dir, &set)
 }
 
 /// The table printed at the end of a run.
@@ -657,6 +941,19 @@ fn print_summary(summary: &serde_json::Value, main_metric: &str) {
         );
     }
     let run = summary["run_dir"].as_str().unwrap_or("");
+    if let Some(tasks) = summary["tasks"].as_array() {
+        for t in tasks {
+            println!(
+                "{}: best dev {} {:.4}; adapter in {}",
+                t["task"].as_str().unwrap_or(""),
+                t["main_metric"].as_str().unwrap_or(""),
+                t["best_metric"].as_f64().unwrap_or(f64::NAN),
+                t["adapter"].as_str().unwrap_or("")
+            );
+        }
+        println!("resumable state in {run}/last");
+        return;
+    }
     match summary["best_epoch"].as_u64() {
         Some(e) => println!(
             "best dev {main_metric} {:.4} at epoch {e}; adapter in {run}/best, resumable state in {run}/last",

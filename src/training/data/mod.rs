@@ -100,6 +100,8 @@ pub fn derive_seed(seed: u64, tag: u64, n: u64) -> u64 {
 pub const SHUFFLE: u64 = 1;
 pub const DROPOUT: u64 = 2;
 pub const HOLDOUT: u64 = 3;
+/// The order of a multi-task epoch's batches across tasks.
+pub const TASK_MIX: u64 = 4;
 pub const INIT_PREFIX: u64 = 10;
 pub const INIT_HEAD: u64 = 11;
 
