@@ -1572,6 +1572,18 @@ fn the_cli_runs_on_the_emulated_gpu() {
         assert!(out.status.success(), "{device} {order} {args:?}:\n{err}");
         (out.stdout, err)
     };
+    // The runs' settings: 2 epochs of 2 batches, prefix 4.
+    let settings = [
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--prefix-len",
+        "4",
+        "--max-seq-len",
+        "32",
+        "--quiet",
+    ];
     let train = |device: (&str, &str), out: &str, extra: &[&str]| {
         let paths =
             [data.to_path_buf(), data.join(out), tiny.clone()].map(|p| p.display().to_string());
@@ -1579,15 +1591,6 @@ fn the_cli_runs_on_the_emulated_gpu() {
             "train",
             "--task",
             "custom/classification",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--prefix-len",
-            "4",
-            "--max-seq-len",
-            "32",
-            "--quiet",
             "--data",
             &paths[0],
             "--out",
@@ -1595,6 +1598,7 @@ fn the_cli_runs_on_the_emulated_gpu() {
             "--model",
             &paths[2],
         ];
+        args.extend(settings);
         args.extend(extra);
         ptuning(device, &args);
     };
@@ -1615,22 +1619,60 @@ fn the_cli_runs_on_the_emulated_gpu() {
     train(on_gpu, "cuda", &[]);
     // fp32 (3xTF32 on the emulated device) after 4 AdamW steps: the prompt
     // and the head within 1e-4 of their largest value.
-    let (cpu, gpu) = (tensors("cpu/last"), tensors("cuda/last"));
-    assert_eq!(cpu.len(), gpu.len());
-    for ((name, want), (got_name, got)) in cpu.iter().zip(&gpu) {
-        assert_eq!(name, got_name);
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = want
-            .iter()
-            .zip(got)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-4 * scale, "{name}: {diff} against {scale}");
-    }
+    let close = |cpu: &[(String, Vec<f32>)], gpu: &[(String, Vec<f32>)]| {
+        assert_eq!(cpu.len(), gpu.len());
+        for ((name, want), (got_name, got)) in cpu.iter().zip(gpu) {
+            assert_eq!(name, got_name);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = want
+                .iter()
+                .zip(got)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale, "{name}: {diff} against {scale}");
+        }
+    };
+    let gpu = tensors("cuda/last");
+    close(&tensors("cpu/last"), &gpu);
     // Stopped after the first epoch and resumed on the device: the same
     // bytes as the run that went straight through.
     train(on_gpu, "resumed", &["--stop-after-epoch", "1"]);
     train(on_gpu, "resumed", &["--resume"]);
     assert_eq!(tensors("resumed/last"), gpu);
+    // Multi-task on the device: the prompt stays there while the heads
+    // change places on the host; the same as on the CPU.
+    let other = data.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(
+        other.join("train.csv"),
+        "text,label\n\"a b\",x\n\"c d\",y\n\"e f\",z\n\"b a\",x\n\"d c\",y\n",
+    )
+    .unwrap();
+    std::fs::write(other.join("dev.csv"), "text,label\n\"a\",x\n\"d\",y\n").unwrap();
+    let tasks = format!(
+        "custom/classification={},custom/classification={}",
+        data.display(),
+        other.display()
+    );
+    let multi = |device: (&str, &str), out: &str| {
+        let paths = [data.join(out), tiny.clone()].map(|p| p.display().to_string());
+        let mut args = vec![
+            "train", "--tasks", &tasks, "--out", &paths[0], "--model", &paths[1],
+        ];
+        args.extend(settings);
+        ptuning(device, &args);
+    };
+    multi(on_cpu, "mt-cpu");
+    multi(on_gpu, "mt-cuda");
+    let first = format!(
+        "custom-classification-{}",
+        data.file_name().unwrap().to_string_lossy()
+    );
+    for slug in [first.as_str(), "custom-classification-other"] {
+        close(
+            &tensors(&format!("mt-cpu/last/{slug}")),
+            &tensors(&format!("mt-cuda/last/{slug}")),
+        );
+    }
     // The threads of every block in reverse order: the same bytes again,
     // in the launch shapes of a real run (a race that changed any value
     // here would not; the kernel checks above cover the other shapes).
