@@ -139,6 +139,14 @@ fn a_custom_task_trains_evaluates_and_predicts() {
         panic!("a classifier predicts lines");
     };
     assert_eq!(lines.len(), 2);
+    // `eval` without --data reads the dev split the adapter was trained on.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(["eval", "--json", "--run"])
+        .arg(config.out.join("best"))
+        .output()
+        .unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(metrics["accuracy"].as_f64(), Some(best));
     for line in &lines {
         let scores: Vec<f64> = serde_json::from_value(line["scores"].clone()).unwrap();
         assert!((scores.iter().sum::<f64>() - 1.0).abs() < 1e-5);
@@ -192,7 +200,7 @@ fn a_tagger_trains_evaluates_and_tags_raw_text() {
     );
     let raw = tmp.path().join("raw.txt");
     std::fs::write(&raw, "a b, c d\n").unwrap();
-    let data = adapter.data_for(&raw).unwrap();
+    let data = adapter.input_for(&raw).unwrap();
     let Predictions::Lines(lines) = data.predict_dev(&adapter.model, 4).unwrap() else {
         panic!("a tagger predicts lines");
     };
@@ -629,10 +637,10 @@ fn a_multitask_run_shares_its_prompt_and_keeps_a_head_per_task() {
         // best dev metric.
         let task = &full["tasks"][k];
         let adapter = Adapter::load(&config.out.join("best").join(slug), None).unwrap();
-        // (A .txt file is raw text to tag: the tagged dev split as .conll.)
-        let tagged = tmp.path().join("tags/dev.conll");
-        std::fs::copy(tmp.path().join("tags/dev.txt"), &tagged).unwrap();
-        let dev = [tmp.path().join("classes/dev.csv"), tagged];
+        let dev = [
+            tmp.path().join("classes/dev.csv"),
+            tmp.path().join("tags/dev.txt"),
+        ];
         let data = adapter.data_for(&dev[k]).unwrap();
         let metrics = data.evaluate_dev(&adapter.model, 8).unwrap();
         let metric = task["main_metric"].as_str().unwrap();
@@ -664,6 +672,32 @@ fn a_multitask_run_shares_its_prompt_and_keeps_a_head_per_task() {
         err.contains("multi-task") && err.contains("best/custom-conll"),
         "{err}"
     );
+    // `eval` of the run folder: each task's adapter on its own dev data.
+    let eval = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .arg("eval")
+            .arg("--run")
+            .arg(&config.out)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = eval(&["--json"]);
+    assert!(ok, "{stderr}");
+    let metrics: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for (k, slug) in slugs.iter().enumerate() {
+        let task = &full["tasks"][k];
+        let metric = task["main_metric"].as_str().unwrap();
+        assert_eq!(metrics[slug][metric], task["best_metric"], "{slug}");
+    }
+    let (ok, _, stderr) = eval(&["--data", "anything"]);
+    assert!(!ok && stderr.contains("multi-task run"), "{stderr}");
     // last/ holds every task's state with the one shared prompt.
     let (prompt_a, head_a) = prompt_and_head(&config.out.join("last").join(slugs[0]));
     let (prompt_b, head_b) = prompt_and_head(&config.out.join("last").join(slugs[1]));

@@ -35,7 +35,7 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs, compute: Compute) -> Result<()> {
     let mut adapter = Adapter::load(&args.run, args.model.as_deref())?;
     adapter.model.use_compute(compute)?;
-    let data = adapter.data_for(&args.input)?;
+    let data = adapter.input_for(&args.input)?;
     let text = match data.predict_dev(&adapter.model, args.batch_size)? {
         Predictions::Lines(lines) => lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
         Predictions::Document(doc) => {

@@ -53,12 +53,17 @@ impl Adapter {
     /// The examples of `path` (any split of the task's format; labels needed
     /// only for evaluation), tokenized as in training.
     pub fn data_for(&self, path: &Path) -> Result<Box<dyn TaskData>> {
+        self.task_data(DevSource::File(path))
+    }
+
+    /// The inputs of `path` to predict on: as [`Adapter::data_for`], and for
+    /// sequence labelling a `.txt` file is raw text, one text per line.
+    pub fn input_for(&self, path: &Path) -> Result<Box<dyn TaskData>> {
+        self.task_data(DevSource::Input(path))
+    }
+
+    fn task_data(&self, source: DevSource<'_>) -> Result<Box<dyn TaskData>> {
         let labels = (!self.info.label_names.is_empty()).then(|| self.info.label_names.clone());
-        load_task_data(
-            &self.config,
-            &self.backbone.tokenizer,
-            labels,
-            DevSource::File(path),
-        )
+        load_task_data(&self.config, &self.backbone.tokenizer, labels, source)
     }
 }

@@ -213,26 +213,33 @@ pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    // A multi-task run keeps an adapter per task under best/.
-    let mut tasks: Vec<String> = std::fs::read_dir(run_dir.join("best"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join(RUN_INFO).is_file())
-        .map(|e| e.path().display().to_string())
-        .collect();
+    let tasks = task_adapters(run_dir);
     if !tasks.is_empty() {
-        tasks.sort();
+        let dirs: Vec<String> = tasks.iter().map(|(_, d)| d.display().to_string()).collect();
         return Err(Error::InvalidArgument(format!(
             "{} is a multi-task run with an adapter per task: pass one of {}",
             run_dir.display(),
-            tasks.join(", ")
+            dirs.join(", ")
         )));
     }
     Err(Error::InvalidArgument(format!(
         "{} is not a checkpoint folder (no {RUN_INFO}, nor best/ or last/ holding one)",
         run_dir.display()
     )))
+}
+
+/// The adapters of a multi-task run folder, by task folder name, sorted:
+/// its best/<task>/ folders (none for any other folder).
+pub fn task_adapters(run_dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut tasks: Vec<(String, PathBuf)> = std::fs::read_dir(run_dir.join("best"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(RUN_INFO).is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    tasks.sort();
+    tasks
 }
 
 /// Writes the checkpoint folder `dir` atomically as a whole (see the module

@@ -191,13 +191,28 @@ pub fn split_file(config: &TrainConfig, dir: &Path, split: Split) -> Result<Path
 pub enum DevSource<'a> {
     /// The task's dev split in `config.data`, or a hold-out of train.
     Training,
-    /// One file to evaluate or predict (labels optional for prediction).
+    /// One file in the task's format, to evaluate (labels needed) or to
+    /// predict on (labels optional).
     File(&'a Path),
+    /// One file to predict on: as `File`, except that for sequence
+    /// labelling a `.txt` file is raw text, one text per line (CoNLL-2003's
+    /// own splits are .txt files too, so evaluation reads them as `File`).
+    Input(&'a Path),
+}
+
+impl<'a> DevSource<'a> {
+    /// The file of `File` and `Input`.
+    pub fn file(&self) -> Option<&'a Path> {
+        match *self {
+            DevSource::File(p) | DevSource::Input(p) => Some(p),
+            DevSource::Training => None,
+        }
+    }
 }
 
 /// The data of a run's task. `labels`: the label (or tag) set the adapter was
 /// trained with, when resuming or evaluating (custom tasks read it from train
-/// otherwise). With `DevSource::File`, no train split is read.
+/// otherwise). With a file source, no train split is read.
 pub fn load_task_data(
     config: &TrainConfig,
     tokenizer: &Tokenizer,

@@ -48,12 +48,12 @@ impl QaData {
             }
         };
         let read = |path: &Path| read_squad(path, version_2);
-        let (train, dev, skipped) = match source {
-            DevSource::File(path) => {
+        let (train, dev, skipped) = match source.file() {
+            Some(path) => {
                 let r = read(path)?;
                 (Vec::new(), Some(r.examples), r.skipped_misaligned)
             }
-            DevSource::Training => {
+            None => {
                 let r = read(&config.data.join("train.json"))?;
                 let skipped = r.skipped_misaligned;
                 match config.dev_from_train {

@@ -34,9 +34,9 @@ impl SequenceData {
         // same task object then rejects labels train never had.
         let task = task_for(config, labels)?;
         let max_len = config.max_seq_len();
-        let (train, dev) = match source {
-            DevSource::File(path) => (Vec::new(), Some(task.read(path)?)),
-            DevSource::Training => {
+        let (train, dev) = match source.file() {
+            Some(path) => (Vec::new(), Some(task.read(path)?)),
+            None => {
                 let train = task.read_split(&config.data, Split::Train)?;
                 if train.is_empty() {
                     return Err(Error::InvalidArgument(format!(

@@ -103,11 +103,13 @@ impl TaggingData {
     ) -> Result<Self> {
         let task = task(config)?;
         let max_len = config.max_seq_len();
-        let (train, dev, tags) = match source {
-            DevSource::File(path) => {
+        let raw_text =
+            matches!(source, DevSource::Input(p) if p.extension().is_some_and(|e| e == "txt"));
+        let (train, dev, tags) = match source.file() {
+            Some(path) => {
                 let tags = tags
                     .ok_or_else(|| Error::InvalidArgument("the adapter has no tag set".into()))?;
-                let dev = if path.extension().is_some_and(|e| e == "txt") {
+                let dev = if raw_text {
                     let raw = read_raw_text(path)?;
                     let sentences = raw
                         .iter()
@@ -122,7 +124,7 @@ impl TaggingData {
                 };
                 (Vec::new(), Some(dev), tags)
             }
-            DevSource::Training => {
+            None => {
                 let mut train = task.read_split(&config.data, Split::Train)?;
                 let tags = tags.unwrap_or_else(|| task.tag_names(&train));
                 let dev = match config.dev_from_train {
