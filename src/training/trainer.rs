@@ -451,14 +451,6 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         weight_decay: config.weight_decay,
         ..AdamWConfig::default()
     };
-    let n_prompt = PrefixEncoder::new(
-        prefix_config.clone(),
-        bert.hidden_size,
-        bert.num_hidden_layers,
-        0,
-    )?
-    .params()
-    .len();
     let (prefix, heads, mut opt, mut state) = match resumed {
         Some(ckpts) => {
             let mut by_task = Vec::new();
@@ -486,6 +478,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                     trainer_state,
                 ));
             }
+            // Each checkpoint's moments: the prompt's, then its head's.
+            let n_prompt = by_task[0].0.params().len();
             let heads = by_task
                 .iter()
                 .map(|(_, head, opt, _)| {
