@@ -86,22 +86,21 @@ pub fn validate_sources(sources: &[TaskSource]) -> Result<()> {
     Ok(())
 }
 
+/// A task's head and its AdamW moments (empty before its first step).
+pub type TaskHead = (ClassificationHead, Vec<Moments>);
+
 /// The heads of a run's tasks and their AdamW moments, all but the active
 /// one's parked here (the active head is the model's, its moments the
 /// optimizer's after the prompt's).
 pub struct TaskHeads {
-    parked: Vec<(ClassificationHead, Vec<Moments>)>,
+    parked: Vec<TaskHead>,
     active: usize,
 }
 
 impl TaskHeads {
     /// `heads[k]` with its moments (empty before its first step); `heads[0]`
     /// becomes active: it goes into `model.head`, its moments into `opt`.
-    pub fn new(
-        model: &mut PromptModel,
-        opt: &mut AdamW,
-        mut heads: Vec<(ClassificationHead, Vec<Moments>)>,
-    ) -> Self {
+    pub fn new(model: &mut PromptModel, opt: &mut AdamW, mut heads: Vec<TaskHead>) -> Self {
         let first = heads[0].clone();
         model.head = first.0;
         if !opt.moments.is_empty() {

@@ -27,14 +27,15 @@ use crate::model::tokenizer::Tokenizer;
 use crate::training::adamw::{AdamW, AdamWConfig};
 use crate::training::checkpoint::{
     created_by, load_checkpoint_set, save_checkpoint, save_checkpoint_set, weights_hash,
-    BackboneInfo, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, TrainerState, FORMAT_VERSION,
+    BackboneInfo, Checkpoint, CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, TrainerState,
+    FORMAT_VERSION,
 };
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
     derive_seed, load_task_data, shuffled, DevSource, Family, TaskData, DROPOUT, INIT_HEAD,
     INIT_PREFIX, SHUFFLE, TASK_MIX,
 };
-use crate::training::multitask::{task_slugs, validate_sources, TaskHeads, TaskSource};
+use crate::training::multitask::{task_slugs, validate_sources, TaskHead, TaskHeads, TaskSource};
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
 use crate::training::warm_start::warm_start;
@@ -383,68 +384,14 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         layers,
     };
 
-    let mut tasks = Vec::new();
-    for (slug, task_config) in config.task_configs() {
-        let stored = match &resumed {
-            Some(ckpts) => Some(
-                ckpts
-                    .iter()
-                    .find(|(name, _)| *name == slug)
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "--resume: {} has no checkpoint of task {slug}",
-                            last_dir.display()
-                        ))
-                    })?
-                    .1
-                    .info
-                    .label_names
-                    .clone(),
-            ),
-            None => None,
-        };
-        let data = load_task_data(
-            &task_config,
-            &backbone.tokenizer,
-            stored,
-            DevSource::Training,
-        )?;
-        let head = data.head();
-        reporter.line(&format!(
-            "{}; backbone {} ({} layers, hidden {})",
-            data.describe(),
-            backbone.dir.display(),
-            bert.num_hidden_layers,
-            bert.hidden_size
-        ));
-        let info = RunInfo {
-            format_version: FORMAT_VERSION,
-            task: data.task_name().to_string(),
-            head: head.kind,
-            label_names: head.label_names.clone(),
-            backbone: BackboneInfo {
-                name_or_path: config.model.clone(),
-                model_type: format!("{:?}", bert.model_type).to_lowercase(),
-                hidden_size: bert.hidden_size,
-                num_layers: bert.num_hidden_layers,
-                num_heads: bert.num_attention_heads,
-                weights_hash: backbone.hash.clone(),
-            },
-            tokenizer: TokenizerInfo {
-                max_seq_len: task_config.max_seq_len(),
-                truncation: "longest_first".into(),
-            },
-            prefix: PrefixInfo::from(&prefix_config),
-            hyperparameters: serde_json::to_value(&task_config).expect("config serializes"),
-            created_by: created_by(),
-        };
-        tasks.push(RunTask {
-            slug,
-            data,
-            info,
-            best: None,
-        });
-    }
+    let mut tasks = load_tasks(
+        &config,
+        &backbone,
+        &prefix_config,
+        resumed.as_deref(),
+        &last_dir,
+        &reporter,
+    )?;
     let multi = tasks.len() > 1;
     let adamw = AdamWConfig {
         lr: config.lr,
@@ -452,98 +399,10 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         ..AdamWConfig::default()
     };
     let (prefix, heads, mut opt, mut state) = match resumed {
-        Some(ckpts) => {
-            let mut by_task = Vec::new();
-            for task in &tasks {
-                let (_, ckpt) = ckpts
-                    .iter()
-                    .find(|(name, _)| *name == task.slug)
-                    .expect("every task's checkpoint was found above");
-                if ckpt.info.backbone.weights_hash != backbone.hash {
-                    return Err(Error::InvalidArgument(format!(
-                        "--resume: the run was trained on backbone {} (weights {}), not {} (weights {})",
-                        ckpt.info.backbone.name_or_path, ckpt.info.backbone.weights_hash, config.model, backbone.hash
-                    )));
-                }
-                let (opt_state, trainer_state) = ckpt.training.clone().ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "--resume: {} has no training state",
-                        last_dir.join(&task.slug).display()
-                    ))
-                })?;
-                by_task.push((
-                    ckpt.prefix.clone(),
-                    ckpt.head.clone(),
-                    opt_state,
-                    trainer_state,
-                ));
-            }
-            // Each checkpoint's moments: the prompt's, then its head's.
-            let n_prompt = by_task[0].0.params().len();
-            let heads = by_task
-                .iter()
-                .map(|(_, head, opt, _)| {
-                    let moments = opt.moments.get(n_prompt..).unwrap_or_default().to_vec();
-                    (head.clone(), moments)
-                })
-                .collect::<Vec<_>>();
-            let (prefix, _, opt_state, trainer_state) = by_task.swap_remove(0);
-            (prefix, heads, opt_state.into_adamw(adamw), trainer_state)
-        }
+        Some(ckpts) => resume_from(&ckpts, &tasks, &backbone, &config, &last_dir, adamw)?,
         None => {
-            let mut prefix = None;
-            let mut heads = Vec::new();
-            for (k, task) in tasks.iter().enumerate() {
-                let spec = task.data.head();
-                let fresh_head = || {
-                    // Task 0's seed is a single-task run's.
-                    ClassificationHead::for_kind(
-                        spec.kind,
-                        bert.hidden_size,
-                        spec.outputs,
-                        derive_seed(config.seed, INIT_HEAD, k as u64),
-                    )
-                };
-                let head = match &config.init_from {
-                    Some(from) => {
-                        let warm = warm_start(
-                            from,
-                            (&config.model, &backbone.hash),
-                            &prefix_config,
-                            task.data.task_name(),
-                            &spec,
-                        )?;
-                        reporter.line(&format!(
-                            "{}prompt from {} ({}); {}",
-                            if multi {
-                                format!("{}: ", task.slug)
-                            } else {
-                                String::new()
-                            },
-                            warm.dir.display(),
-                            warm.source_task,
-                            if warm.head.is_some() {
-                                "head too (same task and labels)"
-                            } else {
-                                "fresh head"
-                            }
-                        ));
-                        prefix.get_or_insert(warm.prefix);
-                        warm.head.unwrap_or_else(fresh_head)
-                    }
-                    None => fresh_head(),
-                };
-                heads.push((head, Vec::new()));
-            }
-            let prefix = match prefix {
-                Some(p) => p,
-                None => PrefixEncoder::new(
-                    prefix_config,
-                    bert.hidden_size,
-                    bert.num_hidden_layers,
-                    derive_seed(config.seed, INIT_PREFIX, 0),
-                )?,
-            };
+            let (prefix, heads) =
+                fresh_start(&config, &backbone, prefix_config, &tasks, &reporter)?;
             let state = TrainerState {
                 seed: config.seed,
                 ..TrainerState::default()
@@ -660,50 +519,15 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         );
         let mut history = serde_json::json!({"epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss, "lr": lr});
         if has_dev {
-            // Each task's metrics; for several, under the task's name, with
-            // the mean of their main metrics beside them.
-            let mut metrics = BTreeMap::new();
-            let mut dev = serde_json::Map::new();
-            let mut mean = 0.0;
-            for (k, task) in tasks.iter_mut().enumerate() {
-                heads.activate(k, &mut model, &mut opt);
-                let m = task.data.evaluate_dev(&model, config.eval_batch_size)?;
-                let value = m.get(task.data.main_metric()).copied().unwrap_or(f64::NAN);
-                mean += value / heads.len() as f64;
-                if multi {
-                    // The first epoch reaching a task's highest value is its best.
-                    if task.best.is_none_or(|best| value > best) {
-                        task.best = Some(value);
-                        save_checkpoint(
-                            &best_dir.join(&task.slug),
-                            &CheckpointRef {
-                                info: &task.info,
-                                prefix: &model.prefix,
-                                head: &model.head,
-                                training: None,
-                            },
-                        )?;
-                    }
-                    line.push_str(&format!(
-                        "  {} {} {value:.4}",
-                        task.slug,
-                        task.data.main_metric()
-                    ));
-                    dev.insert(
-                        task.slug.clone(),
-                        serde_json::to_value(&m).expect("metrics serialize"),
-                    );
-                    for (name, v) in m {
-                        metrics.insert(format!("{}/{name}", task.slug), v);
-                    }
-                } else {
-                    metrics = m;
-                }
-            }
-            if multi {
-                metrics.insert(MEAN_METRIC.to_string(), mean);
-                dev.insert(MEAN_METRIC.to_string(), serde_json::json!(mean));
-            }
+            let (metrics, dev) = evaluate_tasks(
+                &mut tasks,
+                &mut heads,
+                &mut model,
+                &mut opt,
+                &best_dir,
+                config.eval_batch_size,
+                &mut line,
+            )?;
             log.append(&MetricsEvent {
                 event: EventKind::Eval,
                 epoch: epoch + 1,
@@ -743,11 +567,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             if improved {
                 line.push_str("  (best)");
             }
-            history["dev"] = if multi {
-                serde_json::Value::Object(dev)
-            } else {
-                serde_json::to_value(&metrics).expect("metrics serialize")
-            };
+            history["dev"] = dev;
         }
         state.history.push(history);
         save_last(&last_dir, &tasks, &heads, &model, &opt, &state)?;
@@ -835,6 +655,267 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         print_summary(&summary, main_metric);
     }
     Ok(summary)
+}
+
+/// Each task's data (with the label set a resumed run stored) and the
+/// metadata its checkpoints carry.
+fn load_tasks(
+    config: &TrainConfig,
+    backbone: &Backbone,
+    prefix_config: &PrefixConfig,
+    resumed: Option<&[(String, Checkpoint)]>,
+    last_dir: &Path,
+    reporter: &Reporter,
+) -> Result<Vec<RunTask>> {
+    let bert = &backbone.model.config;
+    let mut tasks = Vec::new();
+    for (slug, task_config) in config.task_configs() {
+        let stored = match resumed {
+            Some(ckpts) => Some(
+                ckpts
+                    .iter()
+                    .find(|(name, _)| *name == slug)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "--resume: {} has no checkpoint of task {slug}",
+                            last_dir.display()
+                        ))
+                    })?
+                    .1
+                    .info
+                    .label_names
+                    .clone(),
+            ),
+            None => None,
+        };
+        let data = load_task_data(
+            &task_config,
+            &backbone.tokenizer,
+            stored,
+            DevSource::Training,
+        )?;
+        let head = data.head();
+        reporter.line(&format!(
+            "{}; backbone {} ({} layers, hidden {})",
+            data.describe(),
+            backbone.dir.display(),
+            bert.num_hidden_layers,
+            bert.hidden_size
+        ));
+        let info = RunInfo {
+            format_version: FORMAT_VERSION,
+            task: data.task_name().to_string(),
+            head: head.kind,
+            label_names: head.label_names.clone(),
+            backbone: BackboneInfo {
+                name_or_path: config.model.clone(),
+                model_type: format!("{:?}", bert.model_type).to_lowercase(),
+                hidden_size: bert.hidden_size,
+                num_layers: bert.num_hidden_layers,
+                num_heads: bert.num_attention_heads,
+                weights_hash: backbone.hash.clone(),
+            },
+            tokenizer: TokenizerInfo {
+                max_seq_len: task_config.max_seq_len(),
+                truncation: "longest_first".into(),
+            },
+            prefix: PrefixInfo::from(prefix_config),
+            hyperparameters: serde_json::to_value(&task_config).expect("config serializes"),
+            created_by: created_by(),
+        };
+        tasks.push(RunTask {
+            slug,
+            data,
+            info,
+            best: None,
+        });
+    }
+    Ok(tasks)
+}
+
+/// A resumed run's prompt, heads (with their AdamW moments), optimizer
+/// and loop state, from every task's checkpoint in last/.
+fn resume_from(
+    ckpts: &[(String, Checkpoint)],
+    tasks: &[RunTask],
+    backbone: &Backbone,
+    config: &TrainConfig,
+    last_dir: &Path,
+    adamw: AdamWConfig,
+) -> Result<(PrefixEncoder, Vec<TaskHead>, AdamW, TrainerState)> {
+    let mut by_task = Vec::new();
+    for task in tasks {
+        let (_, ckpt) = ckpts
+            .iter()
+            .find(|(name, _)| *name == task.slug)
+            .expect("every task's checkpoint was found above");
+        if ckpt.info.backbone.weights_hash != backbone.hash {
+            return Err(Error::InvalidArgument(format!(
+                "--resume: the run was trained on backbone {} (weights {}), not {} (weights {})",
+                ckpt.info.backbone.name_or_path,
+                ckpt.info.backbone.weights_hash,
+                config.model,
+                backbone.hash
+            )));
+        }
+        let (opt_state, trainer_state) = ckpt.training.clone().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--resume: {} has no training state",
+                last_dir.join(&task.slug).display()
+            ))
+        })?;
+        by_task.push((
+            ckpt.prefix.clone(),
+            ckpt.head.clone(),
+            opt_state,
+            trainer_state,
+        ));
+    }
+    // Each checkpoint's moments: the prompt's, then its head's.
+    let n_prompt = by_task[0].0.params().len();
+    let heads = by_task
+        .iter()
+        .map(|(_, head, opt, _)| {
+            let moments = opt.moments.get(n_prompt..).unwrap_or_default().to_vec();
+            (head.clone(), moments)
+        })
+        .collect::<Vec<_>>();
+    let (prefix, _, opt_state, trainer_state) = by_task.swap_remove(0);
+    Ok((prefix, heads, opt_state.into_adamw(adamw), trainer_state))
+}
+
+/// A new run's prompt (random, or --init-from's) and heads (fresh, or the
+/// source adapter's for the same task and labels).
+fn fresh_start(
+    config: &TrainConfig,
+    backbone: &Backbone,
+    prefix_config: PrefixConfig,
+    tasks: &[RunTask],
+    reporter: &Reporter,
+) -> Result<(PrefixEncoder, Vec<TaskHead>)> {
+    let bert = &backbone.model.config;
+    let multi = tasks.len() > 1;
+    let mut prefix = None;
+    let mut heads = Vec::new();
+    for (k, task) in tasks.iter().enumerate() {
+        let spec = task.data.head();
+        let fresh_head = || {
+            // Task 0's seed is a single-task run's.
+            ClassificationHead::for_kind(
+                spec.kind,
+                bert.hidden_size,
+                spec.outputs,
+                derive_seed(config.seed, INIT_HEAD, k as u64),
+            )
+        };
+        let head = match &config.init_from {
+            Some(from) => {
+                let warm = warm_start(
+                    from,
+                    (&config.model, &backbone.hash),
+                    &prefix_config,
+                    task.data.task_name(),
+                    &spec,
+                )?;
+                reporter.line(&format!(
+                    "{}prompt from {} ({}); {}",
+                    if multi {
+                        format!("{}: ", task.slug)
+                    } else {
+                        String::new()
+                    },
+                    warm.dir.display(),
+                    warm.source_task,
+                    if warm.head.is_some() {
+                        "head too (same task and labels)"
+                    } else {
+                        "fresh head"
+                    }
+                ));
+                prefix.get_or_insert(warm.prefix);
+                warm.head.unwrap_or_else(fresh_head)
+            }
+            None => fresh_head(),
+        };
+        heads.push((head, Vec::new()));
+    }
+    let prefix = match prefix {
+        Some(p) => p,
+        None => PrefixEncoder::new(
+            prefix_config,
+            bert.hidden_size,
+            bert.num_hidden_layers,
+            derive_seed(config.seed, INIT_PREFIX, 0),
+        )?,
+    };
+    Ok((prefix, heads))
+}
+
+/// Every task's dev metrics after an epoch, and what the history keeps of
+/// them: a single task's metrics as they are; for several, each task's
+/// under its name ("<task>/<metric>" in the returned map) with the mean of
+/// their main metrics, and each task's best/ saved when its main metric
+/// improves (`line` gets each task's value).
+fn evaluate_tasks(
+    tasks: &mut [RunTask],
+    heads: &mut TaskHeads,
+    model: &mut PromptModel,
+    opt: &mut AdamW,
+    best_dir: &Path,
+    batch_size: usize,
+    line: &mut String,
+) -> Result<(BTreeMap<String, f64>, serde_json::Value)> {
+    let multi = tasks.len() > 1;
+    // Each task's metrics; for several, under the task's name, with
+    // the mean of their main metrics beside them.
+    let mut metrics = BTreeMap::new();
+    let mut dev = serde_json::Map::new();
+    let mut mean = 0.0;
+    for (k, task) in tasks.iter_mut().enumerate() {
+        heads.activate(k, model, opt);
+        let m = task.data.evaluate_dev(model, batch_size)?;
+        let value = m.get(task.data.main_metric()).copied().unwrap_or(f64::NAN);
+        mean += value / heads.len() as f64;
+        if multi {
+            // The first epoch reaching a task's highest value is its best.
+            if task.best.is_none_or(|best| value > best) {
+                task.best = Some(value);
+                save_checkpoint(
+                    &best_dir.join(&task.slug),
+                    &CheckpointRef {
+                        info: &task.info,
+                        prefix: &model.prefix,
+                        head: &model.head,
+                        training: None,
+                    },
+                )?;
+            }
+            line.push_str(&format!(
+                "  {} {} {value:.4}",
+                task.slug,
+                task.data.main_metric()
+            ));
+            dev.insert(
+                task.slug.clone(),
+                serde_json::to_value(&m).expect("metrics serialize"),
+            );
+            for (name, v) in m {
+                metrics.insert(format!("{}/{name}", task.slug), v);
+            }
+        } else {
+            metrics = m;
+        }
+    }
+    if multi {
+        metrics.insert(MEAN_METRIC.to_string(), mean);
+        dev.insert(MEAN_METRIC.to_string(), serde_json::json!(mean));
+    }
+    if multi {
+        Ok((metrics, serde_json::Value::Object(dev)))
+    } else {
+        let dev = serde_json::to_value(&metrics).expect("metrics serialize");
+        Ok((metrics, dev))
+    }
 }
 
 /// The dev metrics of task `slug` in one epoch's history entry (a
