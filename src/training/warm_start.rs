@@ -2,7 +2,7 @@
 //! of a random one. This is prompt transfer (train on a large source task,
 //! then tune the same prompt on a small target task, as SPoT does), or a
 //! second run from a trained prompt with other settings (a new schedule,
-//! more epochs, other layers' data). The head comes along only when it
+//! more epochs, more data). The head comes along only when it
 //! means the same thing: the same task with the same labels; otherwise the
 //! run gets a fresh head. The optimizer always starts fresh: this is a new
 //! run, not a resumed one (`--resume` is that).
