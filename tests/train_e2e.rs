@@ -766,6 +766,20 @@ fn multitask_settings_are_checked() {
         let err = train(&bad, quiet()).unwrap_err().to_string();
         assert!(err.contains(needle), "{needle}: {err}");
     }
+    // One task without a dev split: evaluate all or none.
+    std::fs::remove_file(tmp.path().join("tags/dev.txt")).unwrap();
+    let err = train(&config, quiet()).unwrap_err().to_string();
+    assert!(
+        err.contains("custom/conll has no labelled dev split") && err.contains("--dev-from-train"),
+        "{err}"
+    );
+    let held_out = TrainConfig {
+        dev_from_train: Some(0.4),
+        epochs: 1,
+        ..config.clone()
+    };
+    let summary = train(&held_out, quiet()).unwrap();
+    assert!(summary["tasks"][1]["best_metric"].is_number());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
         .args([
             "train",

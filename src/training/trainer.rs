@@ -393,6 +393,15 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         &reporter,
     )?;
     let multi = tasks.len() > 1;
+    if let Some(without) = tasks.iter().find(|t| !t.data.has_dev()) {
+        if tasks.iter().any(|t| t.data.has_dev()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} has no labelled dev split while the other tasks do; a multi-task run \
+                 evaluates all or none: add --dev-from-train 0.1 to hold out part of each train split",
+                without.data.task_name()
+            )));
+        }
+    }
     let adamw = AdamWConfig {
         lr: config.lr,
         weight_decay: config.weight_decay,
