@@ -99,15 +99,12 @@ pub struct TaskHeads {
 
 impl TaskHeads {
     /// `heads[k]` with its moments (empty before its first step); `heads[0]`
-    /// becomes active: it goes into `model.head`, its moments into `opt`.
-    pub fn new(model: &mut PromptModel, opt: &mut AdamW, mut heads: Vec<TaskHead>) -> Self {
-        let first = heads[0].clone();
-        model.head = first.0;
-        if !opt.moments.is_empty() {
-            let n = opt.moments.len() - first.1.len();
-            opt.moments.truncate(n);
-            opt.moments.extend(first.1);
-        }
+    /// becomes active: it goes into `model.head` (whose head is parked in
+    /// its place), and `opt` must already hold its moments after the
+    /// prompt's (a resumed run's optimizer, or a fresh one with none).
+    pub fn new(model: &mut PromptModel, opt: &AdamW, mut heads: Vec<TaskHead>) -> Self {
+        std::mem::swap(&mut model.head, &mut heads[0].0);
+        debug_assert!(opt.moments.is_empty() || opt.moments.ends_with(&heads[0].1));
         heads[0].1.clear();
         TaskHeads {
             parked: heads,
@@ -123,14 +120,6 @@ impl TaskHeads {
             .filter(|(k, _)| *k != self.active)
             .map(|(_, (h, _))| h.weight.value.len() + h.bias.value.len())
             .sum()
-    }
-
-    pub fn len(&self) -> usize {
-        self.parked.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.parked.is_empty()
     }
 
     /// Makes task k's head the model's, and its moments the optimizer's
@@ -241,7 +230,7 @@ mod tests {
             (ClassificationHead::new(h, 2, 1), Vec::new()),
             (ClassificationHead::new(h, 3, 2), Vec::new()),
         ];
-        let mut heads = TaskHeads::new(&mut model, &mut opt, heads);
+        let mut heads = TaskHeads::new(&mut model, &opt, heads);
         assert_eq!(model.head.num_labels(), 2);
         step(&mut model, &mut opt);
         let (head0, moments0) = (model.head.weight.value.clone(), opt.moments[n..].to_vec());

@@ -32,8 +32,8 @@ use crate::training::checkpoint::{
 };
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
-    derive_seed, load_task_data, shuffled, DevSource, Family, TaskData, DROPOUT, INIT_HEAD,
-    INIT_PREFIX, SHUFFLE, TASK_MIX,
+    derive_seed, load_task_data, shuffled, DevSource, Family, HeadSpec, TaskData, DROPOUT,
+    INIT_HEAD, INIT_PREFIX, SHUFFLE, TASK_MIX,
 };
 use crate::training::multitask::{task_slugs, validate_sources, TaskHead, TaskHeads, TaskSource};
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
@@ -393,6 +393,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         &reporter,
     )?;
     let multi = tasks.len() > 1;
+    let has_dev = tasks.iter().all(|t| t.data.has_dev());
     if let Some(without) = tasks.iter().find(|t| !t.data.has_dev()) {
         if tasks.iter().any(|t| t.data.has_dev()) {
             return Err(Error::InvalidArgument(format!(
@@ -425,7 +426,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         head: heads[0].0.clone(),
         gpu: None,
     };
-    let mut heads = TaskHeads::new(&mut model, &mut opt, heads);
+    let mut heads = TaskHeads::new(&mut model, &opt, heads);
     // A resumed multi-task run's per-task bests, from its history.
     for task in &mut tasks {
         let metric = task.data.main_metric().to_string();
@@ -460,7 +461,6 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         tasks[0].data.main_metric().to_string()
     };
     let main_metric = main_metric.as_str();
-    let has_dev = tasks.iter().all(|t| t.data.has_dev());
 
     for epoch in state.epoch_completed..config.epochs {
         let epoch_start = Instant::now();
@@ -752,7 +752,11 @@ fn resume_from(
     last_dir: &Path,
     adamw: AdamWConfig,
 ) -> Result<(PrefixEncoder, Vec<TaskHead>, AdamW, TrainerState)> {
-    let mut by_task = Vec::new();
+    // The prompt, the optimizer and the loop state are every checkpoint's
+    // (task 0's are taken); each adds its head and the head's moments,
+    // which follow the prompt's.
+    let mut heads = Vec::new();
+    let mut shared = None;
     for task in tasks {
         let (_, ckpt) = ckpts
             .iter()
@@ -767,29 +771,24 @@ fn resume_from(
                 backbone.hash
             )));
         }
-        let (opt_state, trainer_state) = ckpt.training.clone().ok_or_else(|| {
+        let (opt_state, trainer_state) = ckpt.training.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "--resume: {} has no training state",
                 last_dir.join(&task.slug).display()
             ))
         })?;
-        by_task.push((
-            ckpt.prefix.clone(),
-            ckpt.head.clone(),
-            opt_state,
-            trainer_state,
-        ));
+        let n_prompt = ckpt.prefix.params().len();
+        let moments = opt_state.moments.get(n_prompt..).unwrap_or_default();
+        heads.push((ckpt.head.clone(), moments.to_vec()));
+        shared.get_or_insert_with(|| {
+            (
+                ckpt.prefix.clone(),
+                opt_state.clone(),
+                trainer_state.clone(),
+            )
+        });
     }
-    // Each checkpoint's moments: the prompt's, then its head's.
-    let n_prompt = by_task[0].0.params().len();
-    let heads = by_task
-        .iter()
-        .map(|(_, head, opt, _)| {
-            let moments = opt.moments.get(n_prompt..).unwrap_or_default().to_vec();
-            (head.clone(), moments)
-        })
-        .collect::<Vec<_>>();
-    let (prefix, _, opt_state, trainer_state) = by_task.swap_remove(0);
+    let (prefix, opt_state, trainer_state) = shared.expect("a run has at least one task");
     Ok((prefix, heads, opt_state.into_adamw(adamw), trainer_state))
 }
 
@@ -803,60 +802,68 @@ fn fresh_start(
     reporter: &Reporter,
 ) -> Result<(PrefixEncoder, Vec<TaskHead>)> {
     let bert = &backbone.model.config;
-    let multi = tasks.len() > 1;
-    let mut prefix = None;
-    let mut heads = Vec::new();
-    for (k, task) in tasks.iter().enumerate() {
-        let spec = task.data.head();
-        let fresh_head = || {
-            // Task 0's seed is a single-task run's.
-            ClassificationHead::for_kind(
-                spec.kind,
-                bert.hidden_size,
-                spec.outputs,
-                derive_seed(config.seed, INIT_HEAD, k as u64),
-            )
-        };
-        let head = match &config.init_from {
-            Some(from) => {
-                let warm = warm_start(
-                    from,
-                    (&config.model, &backbone.hash),
-                    &prefix_config,
-                    task.data.task_name(),
-                    &spec,
-                )?;
-                reporter.line(&format!(
-                    "{}prompt from {} ({}); {}",
-                    if multi {
-                        format!("{}: ", task.slug)
-                    } else {
-                        String::new()
-                    },
-                    warm.dir.display(),
-                    warm.source_task,
-                    if warm.head.is_some() {
+    let specs: Vec<(&str, HeadSpec)> = tasks
+        .iter()
+        .map(|t| (t.data.task_name(), t.data.head()))
+        .collect();
+    let (prefix, warm_heads) = match &config.init_from {
+        Some(from) => {
+            let warm = warm_start(
+                from,
+                (&config.model, &backbone.hash),
+                &prefix_config,
+                &specs,
+            )?;
+            let heads: Vec<String> = tasks
+                .iter()
+                .zip(&warm.heads)
+                .map(|(task, head)| {
+                    let which = if head.is_some() {
                         "head too (same task and labels)"
                     } else {
                         "fresh head"
+                    };
+                    match tasks.len() {
+                        1 => which.to_string(),
+                        _ => format!("{}: {which}", task.slug),
                     }
-                ));
-                prefix.get_or_insert(warm.prefix);
-                warm.head.unwrap_or_else(fresh_head)
-            }
-            None => fresh_head(),
-        };
-        heads.push((head, Vec::new()));
-    }
-    let prefix = match prefix {
-        Some(p) => p,
-        None => PrefixEncoder::new(
-            prefix_config,
-            bert.hidden_size,
-            bert.num_hidden_layers,
-            derive_seed(config.seed, INIT_PREFIX, 0),
-        )?,
+                })
+                .collect();
+            reporter.line(&format!(
+                "prompt from {} ({}); {}",
+                warm.dir.display(),
+                warm.source_task,
+                heads.join(", ")
+            ));
+            (warm.prefix, warm.heads)
+        }
+        None => (
+            PrefixEncoder::new(
+                prefix_config,
+                bert.hidden_size,
+                bert.num_hidden_layers,
+                derive_seed(config.seed, INIT_PREFIX, 0),
+            )?,
+            vec![None; tasks.len()],
+        ),
     };
+    let heads = specs
+        .iter()
+        .zip(warm_heads)
+        .enumerate()
+        .map(|(k, ((_, spec), warm))| {
+            // Task 0's seed is a single-task run's.
+            let head = warm.unwrap_or_else(|| {
+                ClassificationHead::for_kind(
+                    spec.kind,
+                    bert.hidden_size,
+                    spec.outputs,
+                    derive_seed(config.seed, INIT_HEAD, k as u64),
+                )
+            });
+            (head, Vec::new())
+        })
+        .collect();
     Ok((prefix, heads))
 }
 
@@ -874,7 +881,8 @@ fn evaluate_tasks(
     batch_size: usize,
     line: &mut String,
 ) -> Result<(BTreeMap<String, f64>, serde_json::Value)> {
-    let multi = tasks.len() > 1;
+    let tasks_count = tasks.len();
+    let multi = tasks_count > 1;
     // Each task's metrics; for several, under the task's name, with
     // the mean of their main metrics beside them.
     let mut metrics = BTreeMap::new();
@@ -884,7 +892,7 @@ fn evaluate_tasks(
         heads.activate(k, model, opt);
         let m = task.data.evaluate_dev(model, batch_size)?;
         let value = m.get(task.data.main_metric()).copied().unwrap_or(f64::NAN);
-        mean += value / heads.len() as f64;
+        mean += value / tasks_count as f64;
         if multi {
             // The first epoch reaching a task's highest value is its best.
             if task.best.is_none_or(|best| value > best) {
@@ -918,8 +926,6 @@ fn evaluate_tasks(
     if multi {
         metrics.insert(MEAN_METRIC.to_string(), mean);
         dev.insert(MEAN_METRIC.to_string(), serde_json::json!(mean));
-    }
-    if multi {
         Ok((metrics, serde_json::Value::Object(dev)))
     } else {
         let dev = serde_json::to_value(&metrics).expect("metrics serialize");

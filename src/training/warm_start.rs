@@ -22,15 +22,17 @@ pub struct WarmStart {
     pub dir: PathBuf,
     /// The source adapter's prompt, in the run's shape.
     pub prefix: PrefixEncoder,
-    /// The source's head, when its task and labels are the run's.
-    pub head: Option<ClassificationHead>,
+    /// For each of the run's tasks, the source's head when its task and
+    /// labels are that task's.
+    pub heads: Vec<Option<ClassificationHead>>,
     /// The source adapter's task.
     pub source_task: String,
 }
 
 /// Reads the adapter at `from` (a checkpoint folder, or a run folder: its
-/// best/, else its last/) for a run of `task` with `head` on the backbone
-/// `backbone` (as given, and its weights hash) whose prompt is `prefix`.
+/// best/, else its last/), once, for a run of `tasks` (each task's name and
+/// head) on the backbone `backbone` (as given, and its weights hash) whose
+/// prompt is `prefix`.
 ///
 /// The prompt must have the run's length and layers. A reparameterized run
 /// needs the MLP itself, which only a last/ folder keeps (best/ holds the
@@ -39,8 +41,7 @@ pub fn warm_start(
     from: &Path,
     backbone: (&str, &str),
     prefix: &PrefixConfig,
-    task: &str,
-    head: &HeadSpec,
+    tasks: &[(&str, HeadSpec)],
 ) -> Result<WarmStart> {
     let dir = checkpoint_dir(from).map_err(|e| init_error(from, &e.to_string()))?;
     let ckpt = load_checkpoint(&dir).map_err(|e| init_error(&dir, &e.to_string()))?;
@@ -87,14 +88,20 @@ pub fn warm_start(
     // Without an MLP the hidden size means nothing; the run's config is
     // the one its checkpoints describe.
     table.config = prefix.clone();
-    let same_head = ckpt.info.task == task
-        && ckpt.info.head == head.kind
-        && ckpt.info.label_names == head.label_names
-        && ckpt.head.num_labels() == head.outputs;
+    let heads = tasks
+        .iter()
+        .map(|(task, head)| {
+            let same = ckpt.info.task == *task
+                && ckpt.info.head == head.kind
+                && ckpt.info.label_names == head.label_names
+                && ckpt.head.num_labels() == head.outputs;
+            same.then(|| ckpt.head.clone())
+        })
+        .collect();
     Ok(WarmStart {
         dir,
         prefix: table,
-        head: same_head.then_some(ckpt.head),
+        heads,
         source_task: ckpt.info.task,
     })
 }
