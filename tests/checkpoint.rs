@@ -6,7 +6,7 @@ use std::path::Path;
 use ptuning::model::heads::ClassificationHead;
 use ptuning::model::heads::HeadKind;
 use ptuning::model::param::Param;
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::weights::{save_tensors, WeightFile};
 use ptuning::rng::Rng;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
@@ -36,7 +36,13 @@ struct Model {
 /// A small trained-looking model: a few AdamW steps on random gradients so
 /// that parameters and both moments are all non-trivial.
 fn model(projection: bool, layers: Vec<usize>, seed: u64) -> Model {
+    // No layers: prompt tuning's prompt, in front of the input.
+    let method = match layers.is_empty() {
+        true => PromptMethod::PromptTuning,
+        false => PromptMethod::PTuningV2,
+    };
     let config = PrefixConfig {
+        method,
         len: 4,
         projection,
         hidden_size: 6,
@@ -190,6 +196,33 @@ fn plain_prefix_round_trips_bit_identically() {
 #[test]
 fn reparameterized_prefix_round_trips_with_its_mlp() {
     round_trip(true, vec![1, 2]);
+}
+
+#[test]
+fn prompt_tuning_round_trips_and_is_peft_prompt_tuning() {
+    round_trip(false, vec![]);
+    round_trip(true, vec![]);
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model(false, vec![], 5);
+    save(&tmp.path().join("ck"), &m, false);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("ck/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "PROMPT_TUNING");
+    assert_eq!(config["token_dim"], HIDDEN);
+    assert!(config.get("prefix_projection").is_none());
+    // A ptuning.json written before prompt tuning existed has no method:
+    // P-Tuning v2.
+    let m = model(false, vec![0, 1], 6);
+    save(&tmp.path().join("old"), &m, false);
+    let path = tmp.path().join("old/ptuning.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    info["prefix"].as_object_mut().unwrap().remove("method");
+    std::fs::write(&path, info.to_string()).unwrap();
+    let ck = load_checkpoint(&tmp.path().join("old")).unwrap();
+    assert_eq!(ck.prefix.config.method, PromptMethod::PTuningV2);
 }
 
 #[test]

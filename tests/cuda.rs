@@ -25,7 +25,7 @@ use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prefix::{DeepPrompt, PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{BatchPrompt, PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::prompt_model::{PromptModel, Targets};
 use ptuning::model::weights::{save_tensors, WeightFile};
 use ptuning::rng::Rng;
@@ -203,6 +203,10 @@ const CASES: &[&str] = &[
     "tiny_roberta_mlp",
     "minilm_plain",
     "minilm_mlp_subset",
+    "prompt_tuning_tiny_bert",
+    "prompt_tuning_tiny_roberta",
+    "prompt_tuning_tiny_bert_tokens",
+    "prompt_tuning_minilm",
 ];
 
 /// Per precision: (max |Δ| of hidden states and logits for fp32, else the
@@ -232,7 +236,7 @@ fn output_error(precision: Precision, got: &[f32], want: &[f32]) -> f64 {
 fn cuda_engine_matches_the_reference_fixtures() {
     for target in targets("cuda_engine_matches_the_reference_fixtures") {
         for name in CASES {
-            if name.starts_with("minilm") && !common::minilm_available() {
+            if name.contains("minilm") && !common::minilm_available() {
                 eprintln!(
                     "{target:?}: skipped {name} (MiniLM needs its cache: scripts/fetch-model.sh)"
                 );
@@ -271,6 +275,7 @@ fn cuda_engine_matches_the_reference_fixtures() {
                     .forward(
                         &batch,
                         Some(Prompt {
+                            method: model.prefix.config.method,
                             len: model.prefix.config.len,
                             layers: &model.prefix.config.layers,
                             source: PromptSource::Shared(&past),
@@ -314,12 +319,22 @@ fn cuda_engine_matches_the_reference_fixtures() {
 #[test]
 fn cuda_engine_dropout_and_heads_match_the_cpu() {
     for target in targets("cuda_engine_dropout_and_heads_match_the_cpu") {
-        // MiniLM on a GPU where it is cached, else the tiny BERT (same code paths).
-        let case = Case::load(if target == Target::Gpu && common::minilm_available() {
+        // MiniLM on a GPU where it is cached, else the tiny BERT (same code
+        // paths); then prompt tuning (its backward through the embeddings'
+        // dropout, its heads reading past the prompt's rows).
+        let deep = if target == Target::Gpu && common::minilm_available() {
             "minilm_plain"
         } else {
             "tiny_bert_plain"
-        });
+        };
+        for name in [deep, "prompt_tuning_tiny_bert"] {
+            dropout_and_heads_match(target, &Case::load(name));
+        }
+    }
+}
+
+fn dropout_and_heads_match(target: Target, case: &Case) {
+    {
         let batch = case.batch();
         let labels = case.labels();
         let dropout = DropoutConfig {
@@ -488,6 +503,7 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
             enc.forward(
                 &batch,
                 Some(Prompt {
+                    method: PromptMethod::PTuningV2,
                     len,
                     layers,
                     source,
@@ -523,7 +539,8 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
                     .collect()
             })
             .collect();
-        let prompt = DeepPrompt {
+        let prompt = BatchPrompt {
+            method: PromptMethod::PTuningV2,
             len,
             layers: layers.clone(),
             kv,
@@ -541,6 +558,7 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
             .forward(
                 &batch,
                 Some(Prompt {
+                    method: PromptMethod::PTuningV2,
                     len,
                     layers,
                     source: PromptSource::PerRow {
@@ -660,6 +678,7 @@ fn profile_counts_every_launch() {
         );
         enc.dev.start_profile();
         let prompt = Prompt {
+            method: PromptMethod::PTuningV2,
             len: model.prefix.config.len,
             layers: &model.prefix.config.layers,
             source: PromptSource::Shared(&past),
@@ -777,7 +796,7 @@ fn kernels_pass_the_cpu_emulation() {
             // Every check ran: head size 8 has the tf32 and tf32x3
             // tensor-core checks, 32 and 64 the bf16 ones too (19 more).
             let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-            let want = if head_dim % 16 == 0 { 120 } else { 101 };
+            let want = if head_dim % 16 == 0 { 121 } else { 102 };
             assert!(
                 passed == want && out.contains("0 failed"),
                 "{passed} of {want}:\n{out}"
@@ -805,6 +824,7 @@ fn a_bert_base_wide_model_matches_the_cpu() {
     assert_eq!(c.head_dim(), 64);
     let model = || {
         let config = PrefixConfig {
+            method: PromptMethod::PTuningV2,
             len: 5,
             projection: false,
             hidden_size: 512,
@@ -1638,6 +1658,12 @@ fn the_cli_runs_on_the_emulated_gpu() {
     train(on_gpu, "resumed", &["--stop-after-epoch", "1"]);
     train(on_gpu, "resumed", &["--resume"]);
     assert_eq!(tensors("resumed/last"), gpu);
+    // Prompt tuning on the device (its backward through every layer and
+    // the embeddings' LayerNorm): the same as on the CPU.
+    let shallow = ["--method", "prompt-tuning"];
+    train(on_cpu, "pt-cpu", &shallow);
+    train(on_gpu, "pt-cuda", &shallow);
+    close(&tensors("pt-cpu/last"), &tensors("pt-cuda/last"));
     // Multi-task on the device: the prompt stays there while the heads
     // change places on the host; the same as on the CPU.
     let other = data.join("other");

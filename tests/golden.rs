@@ -1,6 +1,7 @@
-//! The engine against the PyTorch reference (tools/reference.py): hidden
-//! states, pooled output, logits, loss, gradients of the prefix (and its MLP)
-//! and of the head, and the parameters after one AdamW step.
+//! The engine against the PyTorch reference (tools/reference.py, and
+//! tools/prompt_tuning_reference.py for prompt tuning, checked there against
+//! PEFT): hidden states, pooled output, logits, loss, gradients of the prompt
+//! (and its MLP) and of the head, and the parameters after one AdamW step.
 //!
 //! The MiniLM cases read the real model from the cache that
 //! scripts/fetch-model.sh fills (or $PTUNING_MODEL_DIR).
@@ -8,6 +9,7 @@
 mod common;
 
 use common::{max_abs_diff, rel_err, Case};
+use ptuning::model::prefix::PromptMethod;
 use ptuning::training::adamw::{AdamW, AdamWConfig};
 
 fn check_case(name: &str) {
@@ -16,10 +18,12 @@ fn check_case(name: &str) {
     let batch = case.batch();
     let layers = model.backbone.layers.len();
 
-    // The prefix encoder's output.
+    // The prefix encoder's output (prompt tuning's is its plain table).
     let prefix = model.prefix.forward();
-    let d = max_abs_diff(&prefix.past, &case.f32("prefix.past"));
-    assert!(d <= 1e-5, "{name}: prefix.past differs by {d}");
+    if case.method() == PromptMethod::PTuningV2 {
+        let d = max_abs_diff(&prefix.past, &case.f32("prefix.past"));
+        assert!(d <= 1e-5, "{name}: prefix.past differs by {d}");
+    }
 
     // Hidden states after the embeddings and after every layer, then the head.
     let prompt = model.prefix.expand(&prefix.past, batch.batch, None);
@@ -32,16 +36,21 @@ fn check_case(name: &str) {
         .unwrap();
     let d = max_abs_diff(&hidden, &case.f32(&format!("hidden_states.{layers}")));
     assert!(d <= 1e-4, "{name}: last hidden state differs by {d}");
-    let head = model.head.forward(
-        model.backbone.pooler.as_ref(),
-        &hidden,
-        batch.batch,
-        batch.seq,
-        None,
-    );
-    let d = max_abs_diff(&head.pooled, &case.f32("pooled"));
-    assert!(d <= 1e-4, "{name}: pooled output differs by {d}");
-    let d = max_abs_diff(&head.logits, &case.f32("logits"));
+    if !case.per_token() {
+        // Row 0 of each sequence: [CLS], or prompt tuning's first virtual token.
+        let seq = hidden.len() / (batch.batch * model.head.weight.shape[1]);
+        let head = model.head.forward(
+            model.backbone.pooler.as_ref(),
+            &hidden,
+            batch.batch,
+            seq,
+            None,
+        );
+        let d = max_abs_diff(&head.pooled, &case.f32("pooled"));
+        assert!(d <= 1e-4, "{name}: pooled output differs by {d}");
+    }
+    let logits = model.predict(&batch).unwrap();
+    let d = max_abs_diff(&logits, &case.f32("logits"));
     assert!(d <= 1e-4, "{name}: logits differ by {d}");
 
     // Loss and gradients, dropout off.
@@ -119,4 +128,24 @@ fn minilm_plain_prefix_on_every_layer() {
 #[test]
 fn minilm_reparameterized_prefix_on_two_layers() {
     check_case("minilm_mlp_subset");
+}
+
+#[test]
+fn prompt_tuning_tiny_bert() {
+    check_case("prompt_tuning_tiny_bert");
+}
+
+#[test]
+fn prompt_tuning_tiny_roberta_positions_from_the_prompt() {
+    check_case("prompt_tuning_tiny_roberta");
+}
+
+#[test]
+fn prompt_tuning_tiny_bert_token_head_skips_the_prompt() {
+    check_case("prompt_tuning_tiny_bert_tokens");
+}
+
+#[test]
+fn prompt_tuning_minilm() {
+    check_case("prompt_tuning_minilm");
 }

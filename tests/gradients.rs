@@ -11,15 +11,25 @@ use ptuning::model::batch::Batch;
 use ptuning::model::bert::BertModel;
 use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::prompt_model::{PromptModel, Targets};
 
 fn tiny_model(projection: bool, layers: Vec<usize>) -> PromptModel {
+    tiny_model_with(PromptMethod::PTuningV2, projection, layers)
+}
+
+/// The tiny model with prompt tuning's prompt in front of the input.
+fn tiny_prompt_tuning(projection: bool) -> PromptModel {
+    tiny_model_with(PromptMethod::PromptTuning, projection, vec![])
+}
+
+fn tiny_model_with(method: PromptMethod, projection: bool, layers: Vec<usize>) -> PromptModel {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
     let backbone = Arc::new(BertModel::load(&dir).unwrap());
     let c = backbone.config.clone();
     let prefix = PrefixEncoder::new(
         PrefixConfig {
+            method,
             len: 3,
             projection,
             hidden_size: 8,
@@ -52,22 +62,38 @@ fn tiny_batch() -> (Batch, Vec<usize>) {
 }
 
 fn loss(model: &mut PromptModel, batch: &Batch, labels: &[usize]) -> f64 {
-    loss_of(model, batch, Targets::Classes(labels))
+    loss_of(model, batch, Targets::Classes(labels), &DropoutConfig::OFF)
 }
 
-fn loss_of(model: &mut PromptModel, batch: &Batch, targets: Targets<'_>) -> f64 {
+fn loss_of(
+    model: &mut PromptModel,
+    batch: &Batch,
+    targets: Targets<'_>,
+    dropout: &DropoutConfig,
+) -> f64 {
     let mut acts = Activations::default();
     model.zero_grad();
     model
-        .forward_backward(batch, targets, &DropoutConfig::OFF, &mut acts)
+        .forward_backward(batch, targets, dropout, &mut acts)
         .unwrap()
         .loss as f64
 }
 
 /// Central differences of the loss against the analytical gradient of entries
 /// sampled from every trainable tensor (prefix, its MLP, the head).
-fn check_finite_differences(mut model: PromptModel, batch: &Batch, targets: Targets<'_>) {
-    loss_of(&mut model, batch, targets);
+fn check_finite_differences(model: PromptModel, batch: &Batch, targets: Targets<'_>) {
+    check_finite_differences_with(model, batch, targets, &DropoutConfig::OFF);
+}
+
+/// [`check_finite_differences`] with `dropout`: its masks are functions of
+/// the seed, the same in every evaluation of the loss.
+fn check_finite_differences_with(
+    mut model: PromptModel,
+    batch: &Batch,
+    targets: Targets<'_>,
+    dropout: &DropoutConfig,
+) {
+    loss_of(&mut model, batch, targets, dropout);
     let grads: Vec<Vec<f32>> = model.params_mut().iter().map(|p| p.grad.clone()).collect();
     let h = 1e-2f32;
     for (pi, grad) in grads.iter().enumerate() {
@@ -78,9 +104,9 @@ fn check_finite_differences(mut model: PromptModel, batch: &Batch, targets: Targ
         for idx in (0..grad.len()).step_by(step) {
             let orig = model.params_mut()[pi].value[idx];
             model.params_mut()[pi].value[idx] = orig + h;
-            let up = loss_of(&mut model, batch, targets);
+            let up = loss_of(&mut model, batch, targets, dropout);
             model.params_mut()[pi].value[idx] = orig - h;
-            let down = loss_of(&mut model, batch, targets);
+            let down = loss_of(&mut model, batch, targets, dropout);
             model.params_mut()[pi].value[idx] = orig;
             let numeric = ((up - down) / (2.0 * h as f64)) as f32;
             let err = (numeric - grad[idx]).abs();
@@ -232,7 +258,8 @@ fn a_prefix_only_on_top_layers_leaves_lower_layers_untouched() {
         .backbone
         .forward_observed(&batch, Some(&prompt), |_, h| with.push(h.to_vec()))
         .unwrap();
-    let empty = ptuning::model::prefix::DeepPrompt {
+    let empty = ptuning::model::prefix::BatchPrompt {
+        method: PromptMethod::PTuningV2,
         len: 3,
         layers: vec![],
         kv: vec![],
@@ -312,4 +339,81 @@ fn span_gradient_matches_finite_differences() {
         end: &[4, 2, 0],
     };
     check_finite_differences(model, &batch, targets);
+}
+
+#[test]
+fn prompt_tuning_gradient_matches_finite_differences_through_dropout() {
+    // The backward runs through every layer, the embeddings' dropout and
+    // LayerNorm to the prompt's rows.
+    let (batch, labels) = tiny_batch();
+    let dropout = DropoutConfig {
+        hidden: 0.1,
+        attention: 0.1,
+        seed: 3,
+    };
+    check_finite_differences_with(
+        tiny_prompt_tuning(false),
+        &batch,
+        Targets::Classes(&labels),
+        &dropout,
+    );
+    check_finite_differences(tiny_prompt_tuning(true), &batch, Targets::Classes(&labels));
+}
+
+#[test]
+fn prompt_tuning_span_head_reads_the_tokens_after_the_prompt() {
+    let (batch, _) = tiny_batch();
+    let mut model = tiny_prompt_tuning(false);
+    model.head = ClassificationHead::for_kind(HeadKind::QuestionAnswering, 32, 2, 15);
+    model.head.weight.value.iter_mut().for_each(|w| *w *= 20.0);
+    // [B·T, 2]: one start and one end logit per real token, none for the prompt.
+    let logits = model.predict(&batch).unwrap();
+    assert_eq!(logits.len(), batch.rows() * 2);
+    let targets = Targets::Spans {
+        start: &[1, 2, 0],
+        end: &[4, 2, 0],
+    };
+    check_finite_differences(model, &batch, targets);
+}
+
+#[test]
+fn prompt_tuning_reaches_every_token_and_has_no_layers() {
+    // Changing the prompt changes every sequence's first token: it is
+    // attended from the first layer on. A layer selection is refused.
+    let (batch, _) = tiny_batch();
+    let mut model = tiny_prompt_tuning(false);
+    let h = 32;
+    let seq = batch.seq + 3;
+    let states = |model: &PromptModel| {
+        let table = model.prefix.table().into_owned();
+        let prompt = model.prefix.expand(&table, batch.batch, None);
+        model.backbone.forward(&batch, Some(&prompt)).unwrap()
+    };
+    let before = states(&model);
+    assert_eq!(before.len(), batch.batch * seq * h);
+    model.prefix.embedding.value[5] += 0.5;
+    let after = states(&model);
+    for b in 0..batch.batch {
+        let token = &before[(b * seq + 3) * h..][..h];
+        let moved = &after[(b * seq + 3) * h..][..h];
+        assert_ne!(
+            token, moved,
+            "sequence {b}: the first token ignores the prompt"
+        );
+    }
+    let err = PrefixEncoder::new(
+        PrefixConfig {
+            method: PromptMethod::PromptTuning,
+            len: 3,
+            projection: false,
+            hidden_size: 8,
+            layers: vec![1],
+        },
+        32,
+        3,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--prefix-layers does not apply"), "{err}");
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use ptuning::model::batch::Batch;
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::prompt_model::PromptModel;
 use ptuning::model::weights::{save_tensors, WeightFile};
 use ptuning::rng::Rng;
@@ -39,12 +39,21 @@ fn backbone() -> Backbone {
     Backbone::load(&tiny()).unwrap()
 }
 
-/// A checkpoint on tiny-bert with O(1) values: P = 4, 3 labels, a
-/// reparameterized prefix (so export has to fold it) on `layers`.
-fn checkpoint(dir: &Path, layers: Vec<usize>, seed: u64, hash: &str, name_or_path: &str) {
+/// A checkpoint on tiny-bert with O(1) values: P = 4, 3 labels. P-Tuning v2:
+/// a reparameterized prefix (so export has to fold it) on `layers`; prompt
+/// tuning (`layers` empty): a plain [P, H] table of input embeddings.
+fn checkpoint(
+    dir: &Path,
+    method: PromptMethod,
+    layers: Vec<usize>,
+    seed: u64,
+    hash: &str,
+    name_or_path: &str,
+) {
     let config = PrefixConfig {
+        method,
         len: 4,
-        projection: true,
+        projection: method == PromptMethod::PTuningV2,
         hidden_size: 16,
         layers,
     };
@@ -132,7 +141,14 @@ fn export_then_import_gives_identical_logits() {
     let b = backbone();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    checkpoint(&run.join("best"), vec![0, 1, 2], 1, &b.hash, &tiny());
+    checkpoint(
+        &run.join("best"),
+        PromptMethod::PTuningV2,
+        vec![0, 1, 2],
+        1,
+        &b.hash,
+        &tiny(),
+    );
     let peft = tmp.path().join("peft");
     let read = export_peft(&run, &peft).unwrap();
     assert_eq!(read, run.join("best"));
@@ -234,7 +250,14 @@ fn export_refuses_a_layer_subset() {
     let b = backbone();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("ckpt");
-    checkpoint(&run, vec![1, 2], 2, &b.hash, &tiny());
+    checkpoint(
+        &run,
+        PromptMethod::PTuningV2,
+        vec![1, 2],
+        2,
+        &b.hash,
+        &tiny(),
+    );
     let err = export_peft(&run, &tmp.path().join("out"))
         .unwrap_err()
         .to_string();
@@ -420,6 +443,19 @@ fn import_refusals_say_why() {
             },
             "pass --task",
         ),
+        (
+            // A prompt-tuning config with a deep prompt's [P, L·2·H] table.
+            "prompt_tuning_deep_table",
+            with(&|c| {
+                c["peft_type"] = json!("PROMPT_TUNING");
+                let o = c.as_object_mut().unwrap();
+                o.remove("encoder_hidden_size");
+                o.remove("prefix_projection");
+            }),
+            good_tensors(),
+            options(&["a", "b"]),
+            "tensor \"prompt_embeddings\" has shape [5, 192], expected [5, 32]",
+        ),
     ];
     for (name, config, tensors, opts, needle) in cases.drain(..) {
         let dir = tmp.path().join(name);
@@ -482,18 +518,44 @@ fn import_refusals_say_why() {
 }
 
 // ---------------------------------------------------------------------------
-// Against PEFT itself: tests/fixtures/peft/ (tools/peft_check.py)
+// Against PEFT itself: tests/fixtures/peft/ (prefix tuning) and
+// tests/fixtures/peft_prompt_tuning/ (prompt tuning), tools/peft_check.py
 // ---------------------------------------------------------------------------
 
 /// The fixture's source checkpoint: deterministic, so that its export can be
 /// compared with the committed adapter PEFT was run on.
 fn fixture_source(dir: &Path) {
     let hash = ptuning::training::checkpoint::weights_hash(&tiny_dir()).unwrap();
-    checkpoint(dir, vec![0, 1, 2], 42, &hash, "tests/fixtures/tiny-bert");
+    checkpoint(
+        dir,
+        PromptMethod::PTuningV2,
+        vec![0, 1, 2],
+        42,
+        &hash,
+        "tests/fixtures/tiny-bert",
+    );
+}
+
+/// The prompt-tuning fixture's source: P = 4 input embeddings [4, 32] and
+/// the head, random O(1) values from a fixed seed.
+fn prompt_tuning_fixture_source(dir: &Path) {
+    let hash = ptuning::training::checkpoint::weights_hash(&tiny_dir()).unwrap();
+    checkpoint(
+        dir,
+        PromptMethod::PromptTuning,
+        Vec::new(),
+        43,
+        &hash,
+        "tests/fixtures/tiny-bert",
+    );
 }
 
 fn fixture_dir() -> PathBuf {
     root().join("tests/fixtures/peft")
+}
+
+fn prompt_tuning_fixture_dir() -> PathBuf {
+    root().join("tests/fixtures/peft_prompt_tuning")
 }
 
 /// Writes tests/fixtures/peft/adapter (then run tools/peft_check.py).
@@ -505,17 +567,31 @@ fn write_peft_fixture_adapter() {
     export_peft(&tmp.path().join("ckpt"), &fixture_dir().join("adapter")).unwrap();
 }
 
+/// Writes tests/fixtures/peft_prompt_tuning/adapter (then run
+/// tools/peft_check.py --method prompt-tuning).
 #[test]
-fn export_is_the_adapter_peft_was_checked_on() {
+#[ignore]
+fn write_peft_prompt_tuning_fixture_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    fixture_source(&tmp.path().join("ckpt"));
+    prompt_tuning_fixture_source(&tmp.path().join("ckpt"));
+    export_peft(
+        &tmp.path().join("ckpt"),
+        &prompt_tuning_fixture_dir().join("adapter"),
+    )
+    .unwrap();
+}
+
+/// Exports the checkpoint `source` writes and checks that it is the
+/// committed adapter of fixture folder `dir`: config and tensors. Returns
+/// the export's config.
+fn assert_export_is_committed(source: fn(&Path), dir: &Path) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    source(&tmp.path().join("ckpt"));
     let out = tmp.path().join("peft");
     export_peft(&tmp.path().join("ckpt"), &out).unwrap();
-    let committed = fixture_dir().join("adapter");
-    assert_eq!(
-        read_json(&out.join(ADAPTER_CONFIG)),
-        read_json(&committed.join(ADAPTER_CONFIG))
-    );
+    let committed = dir.join("adapter");
+    let config = read_json(&out.join(ADAPTER_CONFIG));
+    assert_eq!(config, read_json(&committed.join(ADAPTER_CONFIG)));
     let a = WeightFile::open(&out.join(ADAPTER_WEIGHTS)).unwrap();
     let b = WeightFile::open(&committed.join(ADAPTER_WEIGHTS)).unwrap();
     let mut names = a.names();
@@ -526,15 +602,46 @@ fn export_is_the_adapter_peft_was_checked_on() {
     for n in names {
         assert_eq!(a.tensor_f32(&n).unwrap(), b.tensor_f32(&n).unwrap(), "{n}");
     }
+    config
 }
 
 #[test]
-fn logits_match_peft() {
-    let dir = fixture_dir();
+fn export_is_the_adapter_peft_was_checked_on() {
+    assert_export_is_committed(fixture_source, &fixture_dir());
+}
+
+#[test]
+fn prompt_tuning_export_is_the_adapter_peft_was_checked_on() {
+    let dir = prompt_tuning_fixture_dir();
+    let c = assert_export_is_committed(prompt_tuning_fixture_source, &dir);
+    for (k, v) in [
+        ("peft_type", json!("PROMPT_TUNING")),
+        ("task_type", json!("SEQ_CLS")),
+        ("num_virtual_tokens", json!(4)),
+        ("token_dim", json!(32)),
+        ("num_layers", json!(3)),
+        ("num_transformer_submodules", json!(1)),
+        ("modules_to_save", json!(["classifier"])),
+        ("base_model_name_or_path", json!("tests/fixtures/tiny-bert")),
+    ] {
+        assert_eq!(c[k], v, "{k}");
+    }
+    for k in ["encoder_hidden_size", "prefix_projection"] {
+        assert!(c.get(k).is_none(), "{k} in a PROMPT_TUNING config");
+    }
+    let w = WeightFile::open(&dir.join("adapter").join(ADAPTER_WEIGHTS)).unwrap();
+    assert_eq!(w.shape("prompt_embeddings").unwrap(), [4, 32]);
+    assert_eq!(w.shape("base_model.classifier.weight").unwrap(), [3, 32]);
+}
+
+/// Imports the committed adapter of fixture folder `dir` and checks that
+/// our logits are the ones PEFT computed (`peft_logits.safetensors`), and
+/// that our tokenizer gives PEFT's input ids. Returns the import's RunInfo.
+fn assert_logits_match_peft(dir: &Path) -> RunInfo {
     let b = backbone();
     let tmp = tempfile::tempdir().unwrap();
     let imported = tmp.path().join("imported");
-    import_peft(
+    let info = import_peft(
         &dir.join("adapter"),
         &imported,
         &options(&["neg", "neu", "pos"]),
@@ -562,7 +669,10 @@ fn logits_match_peft() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    eprintln!("ptuning vs PEFT logits: worst |diff| {worst:e} over {bsz}x3");
+    eprintln!(
+        "ptuning vs PEFT logits ({}): worst |diff| {worst:e} over {bsz}x3",
+        info.prefix.method.name()
+    );
     assert!(worst <= 1e-4, "worst {worst}\nours {got:?}\npeft {want:?}");
     // Our tokenizer gives PEFT's input ids too.
     let texts = read_json(&dir.join("inputs.json"));
@@ -577,4 +687,21 @@ fn logits_match_peft() {
         let row: Vec<u32> = batch.input_ids[r * seq..r * seq + n].to_vec();
         assert_eq!(e.ids, row, "row {r}: {t:?}");
     }
+    info
+}
+
+#[test]
+fn logits_match_peft() {
+    let info = assert_logits_match_peft(&fixture_dir());
+    assert_eq!(info.prefix.method, PromptMethod::PTuningV2);
+}
+
+#[test]
+fn prompt_tuning_logits_match_peft() {
+    let info = assert_logits_match_peft(&prompt_tuning_fixture_dir());
+    assert_eq!(info.prefix.method, PromptMethod::PromptTuning);
+    assert_eq!(info.prefix.method.name(), "prompt-tuning");
+    assert!(info.prefix.layers.is_empty(), "{:?}", info.prefix.layers);
+    assert!(!info.prefix.projection);
+    assert_eq!(info.prefix.len, 4);
 }

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use ptuning::engine::cuda::{CudaDevice, CudaEncoder, Precision};
 use ptuning::model::batch::Batch;
 use ptuning::model::heads::{ClassificationHead, HeadKind};
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::prompt_model::PromptModel;
 use ptuning::rng::Rng;
 use ptuning::serve::batcher::{forward_mixed, plan, Row, Sequence};
@@ -51,6 +51,7 @@ fn backbone() -> Backbone {
 
 #[derive(Clone)]
 struct Spec {
+    method: PromptMethod,
     p: usize,
     layers: Vec<usize>,
     projection: bool,
@@ -62,6 +63,7 @@ struct Spec {
 impl Spec {
     fn classes(p: usize, labels: Vec<&'static str>, seed: u64) -> Self {
         Spec {
+            method: PromptMethod::PTuningV2,
             p,
             layers: vec![0, 1, 2],
             projection: false,
@@ -75,6 +77,7 @@ impl Spec {
 /// A prefix and head with O(1) values, so that adapters differ clearly.
 fn build(spec: &Spec, hash: &str) -> (RunInfo, PrefixEncoder, ClassificationHead) {
     let config = PrefixConfig {
+        method: spec.method,
         len: spec.p,
         projection: spec.projection,
         hidden_size: 8,
@@ -195,18 +198,15 @@ fn mixed_batch_matches_each_adapter_alone() {
         Spec {
             p: 3,
             layers: vec![1, 2],
-            projection: false,
             kind: HeadKind::Regression,
             labels: vec![],
-            seed: 4,
+            ..Spec::classes(3, vec![], 4)
         },
         Spec {
             p: 5,
-            layers: vec![0, 1, 2],
-            projection: false,
             kind: HeadKind::MultipleChoice,
             labels: vec!["0", "1"],
-            seed: 5,
+            ..Spec::classes(5, vec![], 5)
         },
         // Per-token heads share passes with the pooled ones of their shape.
         Spec {
@@ -217,6 +217,19 @@ fn mixed_batch_matches_each_adapter_alone() {
             kind: HeadKind::QuestionAnswering,
             labels: vec![],
             ..Spec::classes(4, vec![], 7)
+        },
+        // Prompt tuning: the prompt in front of the input, a pass of its own
+        // (pooled on the first virtual token, tags on the tokens after it).
+        Spec {
+            method: PromptMethod::PromptTuning,
+            layers: vec![],
+            ..Spec::classes(4, vec!["u", "v"], 8)
+        },
+        Spec {
+            method: PromptMethod::PromptTuning,
+            layers: vec![],
+            kind: HeadKind::TokenClassification,
+            ..Spec::classes(4, vec!["O", "B-LOC"], 9)
         },
     ];
     let adapters: Vec<ServedAdapter> = specs
@@ -240,7 +253,8 @@ fn mixed_batch_matches_each_adapter_alone() {
             sequence: s,
         })
         .collect();
-    // Shapes: (4, all) x5, (3, [1,2]), (5, all) → 3 groups; max_batch 4 splits them.
+    // Shapes: (4, all) x5, (3, [1,2]), (5, all), prompt tuning (4) x2 → 4
+    // groups; max_batch 4 splits them.
     let passes = plan(&rows, 4);
     assert!(passes.iter().all(|p| p.len() <= 4));
     for pass in &passes {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ptuning::model::prefix::PromptMethod;
 use ptuning::training::adapter::Adapter;
 use ptuning::training::data::Predictions;
 use ptuning::training::trainer::{train, TrainConfig, TrainOptions};
@@ -169,6 +170,13 @@ fn conll(sentences: &[&[(&str, &str)]]) -> String {
 
 #[test]
 fn a_tagger_trains_evaluates_and_tags_raw_text() {
+    // Deep prompts, and prompt tuning, whose tags are read past the prompt's rows.
+    for method in [PromptMethod::PTuningV2, PromptMethod::PromptTuning] {
+        tagger_round(method);
+    }
+}
+
+fn tagger_round(method: PromptMethod) {
     let tmp = tempfile::tempdir().unwrap();
     let s1: &[(&str, &str)] = &[("a", "B-PER"), ("b", "I-PER"), ("c", "O"), ("d", "B-LOC")];
     let s2: &[(&str, &str)] = &[("d", "B-LOC"), ("c", "O"), ("a", "B-PER")];
@@ -182,6 +190,7 @@ fn a_tagger_trains_evaluates_and_tags_raw_text() {
             .join("tests/fixtures/tiny-bert")
             .display()
             .to_string(),
+        method,
         epochs: 2,
         batch_size: 2,
         prefix_len: 4,
@@ -197,6 +206,12 @@ fn a_tagger_trains_evaluates_and_tags_raw_text() {
     assert_eq!(
         adapter.info.label_names,
         vec!["O", "B-LOC", "B-PER", "I-PER"]
+    );
+    let dev = adapter.data_for(&tmp.path().join("dev.txt")).unwrap();
+    let metrics = dev.evaluate_dev(&adapter.model, 4).unwrap();
+    assert_eq!(
+        metrics["f1"], best["f1"],
+        "{method:?}: eval of the best epoch"
     );
     let raw = tmp.path().join("raw.txt");
     std::fs::write(&raw, "a b, c d\n").unwrap();
@@ -342,6 +357,14 @@ fn bad_settings_are_clear_errors() {
                 ..base.clone()
             },
             "cosine",
+        ),
+        (
+            TrainConfig {
+                method: PromptMethod::PromptTuning,
+                prefix_layers: "top:1".into(),
+                ..base.clone()
+            },
+            "does not apply to --method prompt-tuning",
         ),
         (
             TrainConfig {
@@ -522,6 +545,16 @@ fn init_from_errors_say_what_to_pass() {
                 },
             ),
             vec!["cannot be turned back", "last/"],
+        ),
+        (
+            from(
+                "method",
+                TrainConfig {
+                    method: PromptMethod::PromptTuning,
+                    ..source.clone()
+                },
+            ),
+            vec!["p-tuning-v2", "--method p-tuning-v2"],
         ),
         (
             from(
@@ -826,4 +859,88 @@ fn multitask_settings_are_checked() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TASK=DATA_DIR"), "{stderr}");
+}
+
+#[test]
+fn prompt_tuning_trains_resumes_evaluates_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        method: PromptMethod::PromptTuning,
+        lr: 3e-2,
+        ..tiny_task(tmp.path(), true)
+    };
+    let full = train(&config, quiet()).unwrap();
+    let paused = TrainConfig {
+        out: tmp.path().join("paused"),
+        ..config.clone()
+    };
+    let resumed = pause_and_resume(&paused);
+    assert_eq!(full["history"], resumed["history"]);
+    let read = |run: &Path, file: &str| std::fs::read(run.join(file)).unwrap();
+    assert_eq!(
+        read(&config.out, "last/training_state.safetensors"),
+        read(&paused.out, "last/training_state.safetensors")
+    );
+
+    // best/ is a PEFT PROMPT_TUNING adapter of a [P, H] table.
+    let best = config.out.join("best");
+    let info: serde_json::Value = serde_json::from_slice(&read(&best, "ptuning.json")).unwrap();
+    assert_eq!(info["prefix"]["method"], "prompt-tuning");
+    assert_eq!(info["prefix"]["layers"], serde_json::json!([]));
+    let peft: serde_json::Value =
+        serde_json::from_slice(&read(&best, "adapter_config.json")).unwrap();
+    assert_eq!(peft["peft_type"], "PROMPT_TUNING");
+    let adapter = Adapter::load(&best, None).unwrap();
+    assert_eq!(adapter.model.prefix.embedding.shape, vec![4, 32]);
+    let data = adapter.data_for(&tmp.path().join("dev.csv")).unwrap();
+    let metrics = data.evaluate_dev(&adapter.model, 8).unwrap();
+    assert_eq!(metrics["accuracy"], full["best_dev_metrics"]["accuracy"]);
+
+    // The CLI flag.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out_dir = tmp.path().join("cli");
+    let (data_dir, out_path) = (
+        tmp.path().display().to_string(),
+        out_dir.display().to_string(),
+    );
+    let model = config.model.clone();
+    let base = [
+        "train",
+        "--task",
+        "custom/classification",
+        "--data",
+        &data_dir,
+        "--model",
+        &model,
+        "--out",
+        &out_path,
+        "--prefix-len",
+        "4",
+        "--epochs",
+        "1",
+        "--quiet",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let bad = cli(&with(&["--method", "shallow"]));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("prompt-tuning"),
+        "{err}"
+    );
+    let ok = cli(&with(&["--method", "prompt-tuning"]));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&read(&out_dir, "best/ptuning.json")).unwrap();
+    assert_eq!(info["hyperparameters"]["method"], "prompt-tuning");
 }

@@ -14,7 +14,7 @@ use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
-use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder};
+use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::model::prompt_model::{PromptModel, Targets};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -216,6 +216,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let config = backbone.config.clone();
     let prefix = PrefixEncoder::new(
         PrefixConfig {
+            method: PromptMethod::PTuningV2,
             len: args.prefix_len,
             projection: args.prefix_projection,
             hidden_size: args.prefix_hidden_size,

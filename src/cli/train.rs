@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::engine::device::Compute;
 use crate::error::Result;
+use crate::model::prefix::PromptMethod;
 use crate::training::multitask::TaskSource;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
 
@@ -31,6 +32,11 @@ pub struct TrainArgs {
     /// Backbone: a model folder or a hub id in the local HF cache.
     #[arg(long)]
     model: Option<String>,
+    /// p-tuning-v2 (deep prompts at every layer, the default) or
+    /// prompt-tuning (the shallow baseline: P embeddings in front of the input).
+    #[arg(long)]
+    method: Option<PromptMethod>,
+    /// P, the number of virtual tokens.
     #[arg(long)]
     prefix_len: Option<usize>,
     /// Reparameterize the prefix through an MLP (folded into a table on export).
@@ -126,6 +132,7 @@ impl TrainArgs {
             data,
             out,
             model,
+            method,
             prefix_len,
             prefix_projection,
             prefix_hidden_size,

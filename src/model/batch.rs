@@ -106,6 +106,40 @@ impl Batch {
         Ok(())
     }
 
+    /// The batch the layers see under prompt tuning: P rows in front of each
+    /// sequence ([B, P+T]), always attended (mask 1), token type 0, and
+    /// `pad_id` as their ids (never gathered: the prompt's embeddings take
+    /// their place).
+    pub fn with_prompt_rows(&self, p: usize, pad_id: u32) -> Batch {
+        let seq = p + self.seq;
+        let mut out = Batch {
+            batch: self.batch,
+            seq,
+            input_ids: vec![pad_id; self.batch * seq],
+            token_type_ids: vec![0; self.batch * seq],
+            attention_mask: vec![1.0; self.batch * seq],
+        };
+        for b in 0..self.batch {
+            let (from, to) = (b * self.seq..(b + 1) * self.seq, b * seq + p..(b + 1) * seq);
+            out.input_ids[to.clone()].copy_from_slice(&self.input_ids[from.clone()]);
+            out.token_type_ids[to.clone()].copy_from_slice(&self.token_type_ids[from.clone()]);
+            out.attention_mask[to].copy_from_slice(&self.attention_mask[from]);
+        }
+        out
+    }
+
+    /// Position ids [B, P+T] of the layer batch of prompt tuning
+    /// ([`Batch::with_prompt_rows`] of this batch): every row numbered in
+    /// order from the model's first position, padding included, as HF
+    /// numbers the inputs_embeds PEFT passes. Real tokens get the positions
+    /// a deep prompt of P gives them.
+    pub fn prompt_tuning_position_ids(&self, config: &BertConfig, p: usize) -> Vec<u32> {
+        let offset = config.position_offset();
+        (0..self.batch)
+            .flat_map(|_| (0..p + self.seq).map(move |s| (offset + s) as u32))
+            .collect()
+    }
+
     /// Position ids [B, T] with the prefix shift: as HF computes them with
     /// past_key_values of length P. BERT: P + t. RoBERTa: pad + P + (1-based
     /// index among non-pad tokens) for real tokens, pad for padding.

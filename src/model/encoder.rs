@@ -15,6 +15,14 @@
 //! backbone is frozen. Layers below the lowest prefix run the inference path.
 //! The backward stops at the lowest prefixed layer, where it has the prefix
 //! gradients and nothing below needs any.
+//!
+//! Prompt tuning (the shallow baseline) has no prefix in any layer: its P
+//! embeddings take the place of word embeddings in P rows in front of each
+//! sequence, so the layers see B sequences of P+T rows ([`BertModel::layer_batch`])
+//! and the backward runs through every layer and the embeddings' LayerNorm
+//! down to those rows.
+
+use std::borrow::Cow;
 
 use crate::engine::cpu::attention::{attention_backward, attention_forward, AttentionShape};
 use crate::engine::cpu::dropout::Dropout;
@@ -25,7 +33,7 @@ use crate::engine::cpu::layernorm::{bias_dropout_residual, layernorm_backward, l
 use crate::error::Result;
 use crate::model::batch::Batch;
 use crate::model::bert::{BertLayer, BertModel};
-use crate::model::prefix::DeepPrompt;
+use crate::model::prefix::BatchPrompt;
 
 /// Dropout probabilities and the seed of this step. Streams: embeddings 0,
 /// layer l's attention probabilities 3l+1, attention output 3l+2, FFN output 3l+3.
@@ -119,6 +127,10 @@ pub struct Activations {
     scratch: Scratch,
     grads: GradBuffers,
     positions: Vec<u32>,
+    /// Prompt tuning: the embeddings' LayerNorm input [rows, H] and its
+    /// per-row (mean, rstd) [rows, 2], which the backward reaches.
+    embed_in: Vec<f32>,
+    embed_stats: Vec<f32>,
     /// [rows, H]: the encoder's output, the head's input.
     pub hidden: Vec<f32>,
 }
@@ -151,17 +163,51 @@ impl BertModel {
         }
     }
 
-    /// Embeddings into `x` [rows, H]: gather, LayerNorm, dropout.
+    /// The batch the layers see: `batch` itself, or under prompt tuning its
+    /// sequences with the prompt's P rows in front ([B, P+T]).
+    pub fn layer_batch<'a>(
+        &self,
+        batch: &'a Batch,
+        prompt: Option<&BatchPrompt>,
+    ) -> Cow<'a, Batch> {
+        match prompt.and_then(BatchPrompt::input) {
+            Some(_) => Cow::Owned(
+                batch
+                    .with_prompt_rows(prompt.map_or(0, |p| p.len), self.config.pad_token_id as u32),
+            ),
+            None => Cow::Borrowed(batch),
+        }
+    }
+
+    /// Position ids of the layer batch's rows: real tokens shifted by P (as
+    /// HF does with past_key_values), under prompt tuning every row in order.
+    fn positions(&self, batch: &Batch, prompt: Option<&BatchPrompt>) -> Vec<u32> {
+        let p = prompt.map_or(0, |p| p.len);
+        match prompt.and_then(BatchPrompt::input) {
+            Some(_) => batch.prompt_tuning_position_ids(&self.config, p),
+            None => batch.position_ids(&self.config, p),
+        }
+    }
+
+    /// Embeddings into `x` [rows, H]: gather, LayerNorm, dropout. Under
+    /// prompt tuning, `input` [B, P, H] is summed with position and token
+    /// type 0 in the first P rows of each sequence, in place of a word's
+    /// embedding. `sum` gets the LayerNorm's input and `stats` its per-row
+    /// (mean, rstd) when given (the backward to the prompt reads both).
+    #[allow(clippy::too_many_arguments)]
     fn embed(
         &self,
         batch: &Batch,
         positions: &[u32],
+        input: Option<&[f32]>,
         dropout: &DropoutConfig,
-        scratch: &mut Vec<f32>,
+        sum: &mut Vec<f32>,
         x: &mut [f32],
+        stats: Option<&mut [f32]>,
     ) {
         let e = &self.embeddings;
-        let sum = sized(scratch, x.len());
+        let h = self.config.hidden_size;
+        let sum = sized(sum, x.len());
         embedding_forward(
             &batch.input_ids,
             positions,
@@ -171,13 +217,31 @@ impl BertModel {
             &e.token_type_embeddings,
             sum,
         );
+        if let Some(input) = input {
+            let p = input.len() / (batch.batch * h);
+            for (b, prompt) in input.chunks(p * h).enumerate() {
+                for (i, prompt) in prompt.chunks(h).enumerate() {
+                    let r = b * batch.seq + i;
+                    let position = &e.position_embeddings[positions[r] as usize * h..][..h];
+                    let token_type = &e.token_type_embeddings[..h];
+                    for (((o, w), p), t) in sum[r * h..][..h]
+                        .iter_mut()
+                        .zip(prompt)
+                        .zip(position)
+                        .zip(token_type)
+                    {
+                        *o = w + p + t;
+                    }
+                }
+            }
+        }
         layernorm_forward(
             sum,
             &e.layer_norm.weight,
             &e.layer_norm.bias,
             e.layer_norm.eps,
             x,
-            None,
+            stats,
         );
         if let Some(d) = dropout.embeddings() {
             d.apply(x, 0);
@@ -192,7 +256,7 @@ impl BertModel {
         index: usize,
         layer: &BertLayer,
         batch: &Batch,
-        prompt: Option<&DeepPrompt>,
+        prompt: Option<&BatchPrompt>,
         dropout: &DropoutConfig,
         x: &mut [f32],
         saved: &mut SavedLayer,
@@ -305,27 +369,38 @@ impl BertModel {
 
     /// Inference: the hidden states after the embeddings (index 0) and after each
     /// layer (index l+1) are passed to `observe`; nothing is kept. Returns the
-    /// last hidden state [rows, H].
+    /// last hidden state [rows, H] of the layer batch (under prompt tuning
+    /// [B·(P+T), H], the prompt's rows first).
     pub fn forward_observed(
         &self,
         batch: &Batch,
-        prompt: Option<&DeepPrompt>,
+        prompt: Option<&BatchPrompt>,
         mut observe: impl FnMut(usize, &[f32]),
     ) -> Result<Vec<f32>> {
         let prefix_len = prompt.map_or(0, |p| p.len);
         batch.validate(&self.config, prefix_len)?;
-        let positions = batch.position_ids(&self.config, prefix_len);
+        let positions = self.positions(batch, prompt);
+        let batch = self.layer_batch(batch, prompt);
         let mut x = vec![0.0; batch.rows() * self.config.hidden_size];
         let mut scratch = Scratch::default();
         let mut sum = Vec::new();
-        self.embed(batch, &positions, &DropoutConfig::OFF, &mut sum, &mut x);
+        let input = prompt.and_then(BatchPrompt::input);
+        self.embed(
+            &batch,
+            &positions,
+            input,
+            &DropoutConfig::OFF,
+            &mut sum,
+            &mut x,
+            None,
+        );
         observe(0, &x);
         let mut layer_buffers = SavedLayer::default();
         for (l, layer) in self.layers.iter().enumerate() {
             self.layer_forward(
                 l,
                 layer,
-                batch,
+                &batch,
                 prompt,
                 &DropoutConfig::OFF,
                 &mut x,
@@ -338,25 +413,28 @@ impl BertModel {
         Ok(x)
     }
 
-    /// Inference forward: the last hidden state [rows, H].
-    pub fn forward(&self, batch: &Batch, prompt: Option<&DeepPrompt>) -> Result<Vec<f32>> {
+    /// Inference forward: the last hidden state [rows, H] (see
+    /// [`BertModel::forward_observed`]).
+    pub fn forward(&self, batch: &Batch, prompt: Option<&BatchPrompt>) -> Result<Vec<f32>> {
         self.forward_observed(batch, prompt, |_, _| {})
     }
 
-    /// Training forward: `acts.hidden` [rows, H] gets the output, and `acts`
-    /// keeps what `backward` needs for every layer from the lowest prefixed one.
+    /// Training forward: `acts.hidden` [rows, H] gets the output (rows of the
+    /// layer batch), and `acts` keeps what `backward` needs for every layer
+    /// from the lowest prefixed one (under prompt tuning, from the embeddings).
     pub fn forward_train(
         &self,
         batch: &Batch,
-        prompt: &DeepPrompt,
+        prompt: &BatchPrompt,
         dropout: &DropoutConfig,
         acts: &mut Activations,
     ) -> Result<()> {
         batch.validate(&self.config, prompt.len)?;
         let lowest = prompt.lowest_layer().unwrap_or(self.layers.len());
+        acts.positions = self.positions(batch, Some(prompt));
+        let batch = self.layer_batch(batch, Some(prompt));
         let rows = batch.rows();
         let h = self.config.hidden_size;
-        acts.positions = batch.position_ids(&self.config, prompt.len);
         acts.saved
             .resize_with(self.layers.len() - lowest, SavedLayer::default);
         let Activations {
@@ -364,10 +442,26 @@ impl BertModel {
             scratch,
             grads,
             positions,
+            embed_in,
+            embed_stats,
             hidden,
         } = acts;
         let x = sized(hidden, rows * h);
-        self.embed(batch, positions, dropout, &mut grads.tmp, x);
+        match prompt.input() {
+            Some(input) => {
+                let stats = sized(embed_stats, rows * 2);
+                self.embed(
+                    &batch,
+                    positions,
+                    Some(input),
+                    dropout,
+                    embed_in,
+                    x,
+                    Some(stats),
+                );
+            }
+            None => self.embed(&batch, positions, None, dropout, &mut grads.tmp, x, None),
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             if l < lowest {
                 // Below every prefix: no gradient flows here, keep nothing.
@@ -375,7 +469,7 @@ impl BertModel {
                 self.layer_forward(
                     l,
                     layer,
-                    batch,
+                    &batch,
                     Some(prompt),
                     dropout,
                     x,
@@ -388,7 +482,7 @@ impl BertModel {
                 self.layer_forward(
                     l,
                     layer,
-                    batch,
+                    &batch,
                     Some(prompt),
                     dropout,
                     x,
@@ -401,17 +495,20 @@ impl BertModel {
         Ok(())
     }
 
-    /// Backward from d_hidden [rows, H] (consumed) down to the lowest prefixed
-    /// layer. Returns, per prefixed layer, d(prefix_kv) [B, P, 2H].
+    /// Backward from d_hidden [rows, H] (consumed; rows of the layer batch)
+    /// down to the lowest prefixed layer. Returns, per prefixed layer,
+    /// d(prefix_kv) [B, P, 2H]; under prompt tuning, d(input) [B, P, H]
+    /// alone, from the embeddings' LayerNorm.
     pub fn backward(
         &self,
         batch: &Batch,
-        prompt: &DeepPrompt,
+        prompt: &BatchPrompt,
         dropout: &DropoutConfig,
         acts: &mut Activations,
         d_hidden: &mut [f32],
     ) -> Vec<Vec<f32>> {
         let lowest = prompt.lowest_layer().unwrap_or(self.layers.len());
+        let batch = self.layer_batch(batch, Some(prompt));
         let rows = batch.rows();
         let h = self.config.hidden_size;
         let inter = self.config.intermediate_size;
@@ -472,12 +569,12 @@ impl BertModel {
             }
             linear_backward_input(tmp, &att.output.dense.weight, rows, h, h, d_ctx, false);
 
-            let shape = self.attention_shape(batch, p);
+            let shape = self.attention_shape(&batch, p);
             let d_prefix: &mut [f32] = match prompt.layers.iter().position(|&x| x == l) {
                 Some(k) => &mut d_prompt[k],
                 None => &mut [],
             };
-            let need_below = l > lowest;
+            let need_below = l > lowest || prompt.input().is_some();
             attention_backward(
                 shape,
                 &saved.qkv,
@@ -500,6 +597,25 @@ impl BertModel {
                     grad,
                     true,
                 );
+            }
+        }
+        if prompt.input().is_some() {
+            // grad = d(embedding output): back through the embeddings'
+            // dropout and LayerNorm; the prompt's rows of d(sum) are d(input).
+            if let Some(d) = dropout.embeddings() {
+                d.apply(grad, 0);
+            }
+            let e = &self.embeddings;
+            layernorm_backward(
+                grad,
+                &acts.embed_in,
+                &e.layer_norm.weight,
+                &acts.embed_stats,
+                d_h,
+            );
+            let p = prompt.len;
+            for (b, d_rows) in d_prompt[0].chunks_mut(p * h).enumerate() {
+                d_rows.copy_from_slice(&d_h[b * batch.seq * h..][..p * h]);
             }
         }
         d_prompt

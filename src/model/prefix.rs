@@ -1,13 +1,19 @@
-//! The deep prompt: P trainable key and value vectors for each prefixed layer.
+//! The trained prompt: P trainable key and value vectors for each prefixed
+//! layer (P-Tuning v2), or P embeddings in front of the input (prompt tuning,
+//! the shallow baseline).
 //!
 //! The prefix encoder yields the table `past` [P, Ls*2*H] (Ls = prefixed layers),
 //! laid out as the official code's `view(B, P, 2L, NH, HD)`: for the k-th
 //! prefixed layer, columns [2kH, 2kH+H) are keys and [2kH+H, 2kH+2H) values.
-//! Either the table is the parameter itself, or it is reparameterized as
-//! Embedding(P, H) → Linear(H, h) → tanh → Linear(h, Ls*2*H), which folds back
-//! into a plain table for export.
+//! Prompt tuning's table is [P, H]: row i is the input embedding of virtual
+//! token i. Either the table is the parameter itself, or it is
+//! reparameterized as Embedding(P, H) → Linear(H, h) → tanh → Linear(h, width),
+//! which folds back into a plain table for export.
 
 use std::borrow::Cow;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::gemm::{linear_backward_input, linear_backward_params, linear_forward};
@@ -24,16 +30,109 @@ pub const INIT_STD: f64 = 0.02;
 /// Dropout stream of the prefix (layers use 0..3L+1; see encoder.rs).
 pub const PREFIX_DROPOUT_STREAM: u64 = 1 << 32;
 
+/// Where the trained prompt enters the frozen encoder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromptMethod {
+    /// P-Tuning v2 (deep prompts): P keys and values in front of the
+    /// attention of every selected layer.
+    #[default]
+    #[serde(rename = "p-tuning-v2")]
+    PTuningV2,
+    /// Prompt tuning (Lester et al. 2021; PEFT's PROMPT_TUNING), the shallow
+    /// baseline: P embeddings in front of the input's, which then pass
+    /// through every layer as tokens do.
+    #[serde(rename = "prompt-tuning")]
+    PromptTuning,
+}
+
+impl PromptMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptMethod::PTuningV2 => "p-tuning-v2",
+            PromptMethod::PromptTuning => "prompt-tuning",
+        }
+    }
+}
+
+impl FromStr for PromptMethod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "p-tuning-v2" => Ok(PromptMethod::PTuningV2),
+            "prompt-tuning" => Ok(PromptMethod::PromptTuning),
+            _ => Err(Error::InvalidArgument(format!(
+                "--method {s:?}: expected p-tuning-v2 (deep prompts) or prompt-tuning (the input only)"
+            ))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PrefixConfig {
+    pub method: PromptMethod,
     /// P, the number of virtual tokens.
     pub len: usize,
     /// Reparameterize through an MLP (official `--prefix_projection`).
     pub projection: bool,
     /// h, the MLP's hidden width.
     pub hidden_size: usize,
-    /// Layers that get a prefix, ascending.
+    /// Layers that get a prefix, ascending (P-Tuning v2); empty for prompt
+    /// tuning, whose prompt is in front of the input.
     pub layers: Vec<usize>,
+}
+
+impl PrefixConfig {
+    /// Columns of the prompt table: Ls·2·H keys and values, or H for the
+    /// input embeddings of prompt tuning.
+    pub fn width(&self, hidden: usize) -> usize {
+        match self.method {
+            PromptMethod::PTuningV2 => self.layers.len() * 2 * hidden,
+            PromptMethod::PromptTuning => hidden,
+        }
+    }
+
+    /// Columns of one block of the table, what one consumer reads per
+    /// virtual token: a layer's keys and values (2H), or an input embedding (H).
+    pub fn block(&self, hidden: usize) -> usize {
+        match self.method {
+            PromptMethod::PTuningV2 => 2 * hidden,
+            PromptMethod::PromptTuning => hidden,
+        }
+    }
+
+    /// Checks the shape against a model of `num_layers` layers.
+    pub fn validate(&self, num_layers: usize) -> Result<()> {
+        if self.len == 0 {
+            return Err(Error::InvalidArgument(
+                "--prefix-len must be at least 1".into(),
+            ));
+        }
+        match self.method {
+            PromptMethod::PTuningV2 if self.layers.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "the prefix needs at least one layer".into(),
+                ))
+            }
+            PromptMethod::PromptTuning if !self.layers.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "prompt tuning puts its prompt in front of the input: --prefix-layers does not apply to it".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(&l) = self.layers.iter().find(|&&l| l >= num_layers) {
+            return Err(Error::InvalidArgument(format!(
+                "prefix layer {l} does not exist in a model of {num_layers} layers"
+            )));
+        }
+        if self.projection && self.hidden_size == 0 {
+            return Err(Error::InvalidArgument(
+                "--prefix-hidden-size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Parses a layer selection: `all`, a range `2-5`, a list `0,3,5` (ranges may
@@ -141,17 +240,19 @@ pub struct PrefixForward {
     hidden_act: Vec<f32>,
 }
 
-/// The per-batch prefix keys and values the encoder consumes: for each prefixed
-/// layer a [B, P, 2H] buffer (keys cols [0,H), values [H,2H)). They differ per
-/// batch row only by the prefix dropout.
+/// The per-batch prompt the encoder consumes. P-Tuning v2: for each prefixed
+/// layer a [B, P, 2H] buffer of keys (cols [0,H)) and values ([H,2H)).
+/// Prompt tuning: one [B, P, H] buffer of input embeddings, `layers` empty.
+/// Rows differ only by the prefix dropout (or, when serving, by adapter).
 #[derive(Clone, Debug)]
-pub struct DeepPrompt {
+pub struct BatchPrompt {
+    pub method: PromptMethod,
     pub len: usize,
     pub layers: Vec<usize>,
     pub kv: Vec<Vec<f32>>,
 }
 
-impl DeepPrompt {
+impl BatchPrompt {
     /// Prefix keys and values of layer `layer`, if it has a prefix.
     pub fn layer(&self, layer: usize) -> Option<&[f32]> {
         self.layers
@@ -160,36 +261,30 @@ impl DeepPrompt {
             .map(|k| self.kv[k].as_slice())
     }
 
+    /// The lowest layer the backward must reach: prompt tuning's gradient
+    /// flows down through every layer to the embeddings.
     pub fn lowest_layer(&self) -> Option<usize> {
-        self.layers.first().copied()
+        match self.method {
+            PromptMethod::PTuningV2 => self.layers.first().copied(),
+            PromptMethod::PromptTuning => Some(0),
+        }
+    }
+
+    /// Prompt tuning's input embeddings [B, P, H], None for a deep prompt.
+    pub fn input(&self) -> Option<&[f32]> {
+        match self.method {
+            PromptMethod::PTuningV2 => None,
+            PromptMethod::PromptTuning => self.kv.first().map(Vec::as_slice),
+        }
     }
 }
 
 impl PrefixEncoder {
     /// A freshly initialised encoder: weights ~ N(0, INIT_STD²), biases 0.
     pub fn new(config: PrefixConfig, hidden: usize, num_layers: usize, seed: u64) -> Result<Self> {
-        if config.len == 0 {
-            return Err(Error::InvalidArgument(
-                "--prefix-len must be at least 1".into(),
-            ));
-        }
-        if config.layers.is_empty() {
-            return Err(Error::InvalidArgument(
-                "the prefix needs at least one layer".into(),
-            ));
-        }
-        if let Some(&l) = config.layers.iter().find(|&&l| l >= num_layers) {
-            return Err(Error::InvalidArgument(format!(
-                "prefix layer {l} does not exist in a model of {num_layers} layers"
-            )));
-        }
-        if config.projection && config.hidden_size == 0 {
-            return Err(Error::InvalidArgument(
-                "--prefix-hidden-size must be at least 1".into(),
-            ));
-        }
+        config.validate(num_layers)?;
         let mut rng = Rng::new(seed);
-        let width = config.layers.len() * 2 * hidden;
+        let width = config.width(hidden);
         let p = config.len;
         let (embedding, trans) = if config.projection {
             let mut e = vec![0.0; p * hidden];
@@ -213,9 +308,26 @@ impl PrefixEncoder {
         })
     }
 
-    /// Ls*2*H: the width of the table.
+    /// Prompt tuning's plain table set to the word embeddings of P tokens
+    /// drawn uniformly from the vocabulary `word` [V, H]: Lester et al.'s
+    /// "sampled vocabulary" start (PEFT's SAMPLE_VOCAB), which trained
+    /// better than random vectors there. A deep or reparameterized prompt
+    /// keeps its N(0, INIT_STD²) start.
+    pub fn init_from_vocabulary(&mut self, word: &[f32], seed: u64) {
+        if self.config.method != PromptMethod::PromptTuning || self.trans.is_some() {
+            return;
+        }
+        let h = self.hidden;
+        let vocab = word.len() / h;
+        let mut rng = Rng::new(seed);
+        for row in self.embedding.value.chunks_mut(h) {
+            row.copy_from_slice(&word[rng.below(vocab) * h..][..h]);
+        }
+    }
+
+    /// The width of the table: Ls*2*H, or H for prompt tuning.
     pub fn width(&self) -> usize {
-        self.config.layers.len() * 2 * self.hidden
+        self.config.width(self.hidden)
     }
 
     pub fn params(&self) -> Vec<&Param> {
@@ -348,35 +460,37 @@ impl PrefixEncoder {
         }
     }
 
-    /// Splits `past` per layer and repeats it over the batch, with the prefix
-    /// dropout (index = flat position in [B, P, Ls*2H]) in training.
-    pub fn expand(&self, past: &[f32], batch: usize, dropout: Option<&Dropout>) -> DeepPrompt {
+    /// Splits `past` into blocks (a layer's keys and values, or prompt
+    /// tuning's input embeddings) and repeats it over the batch, with the
+    /// prefix dropout (index = flat position in [B, P, width]) in training.
+    pub fn expand(&self, past: &[f32], batch: usize, dropout: Option<&Dropout>) -> BatchPrompt {
         let p = self.config.len;
         let width = self.width();
-        let two_h = 2 * self.hidden;
-        let kv = (0..self.config.layers.len())
+        let block = self.config.block(self.hidden);
+        let kv = (0..width / block)
             .map(|k| {
-                let mut buf = vec![0.0; batch * p * two_h];
-                for (b, rows) in buf.chunks_mut(p * two_h).enumerate() {
-                    for (i, row) in rows.chunks_mut(two_h).enumerate() {
-                        row.copy_from_slice(&past[i * width + k * two_h..][..two_h]);
+                let mut buf = vec![0.0; batch * p * block];
+                for (b, rows) in buf.chunks_mut(p * block).enumerate() {
+                    for (i, row) in rows.chunks_mut(block).enumerate() {
+                        row.copy_from_slice(&past[i * width + k * block..][..block]);
                         if let Some(d) = dropout {
-                            d.apply(row, ((b * p + i) * width + k * two_h) as u64);
+                            d.apply(row, ((b * p + i) * width + k * block) as u64);
                         }
                     }
                 }
                 buf
             })
             .collect();
-        DeepPrompt {
+        BatchPrompt {
+            method: self.config.method,
             len: p,
             layers: self.config.layers.clone(),
             kv,
         }
     }
 
-    /// The backward of `expand`: sums the per-row gradients [B, P, 2H] of each
-    /// layer into d_past [P, Ls*2H], through the same dropout mask.
+    /// The backward of `expand`: sums the per-row gradients [B, P, block] of
+    /// each block into d_past [P, width], through the same dropout mask.
     pub fn reduce(
         &self,
         d_kv: &mut [Vec<f32>],
@@ -385,15 +499,15 @@ impl PrefixEncoder {
     ) -> Vec<f32> {
         let p = self.config.len;
         let width = self.width();
-        let two_h = 2 * self.hidden;
+        let block = self.config.block(self.hidden);
         let mut d_past = vec![0.0; p * width];
         for (k, d) in d_kv.iter_mut().enumerate() {
-            for (b, rows) in d.chunks_mut(p * two_h).enumerate().take(batch) {
-                for (i, row) in rows.chunks_mut(two_h).enumerate() {
+            for (b, rows) in d.chunks_mut(p * block).enumerate().take(batch) {
+                for (i, row) in rows.chunks_mut(block).enumerate() {
                     if let Some(drop) = dropout {
-                        drop.apply(row, ((b * p + i) * width + k * two_h) as u64);
+                        drop.apply(row, ((b * p + i) * width + k * block) as u64);
                     }
-                    for (acc, g) in d_past[i * width + k * two_h..][..two_h]
+                    for (acc, g) in d_past[i * width + k * block..][..block]
                         .iter_mut()
                         .zip(row.iter())
                     {

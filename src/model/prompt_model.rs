@@ -2,6 +2,7 @@
 //! P-Tuning v2 trains. The backbone sits behind an Arc so that many prompts can
 //! share one copy of it.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use crate::engine::cpu::dropout::Dropout;
@@ -17,7 +18,7 @@ use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::{ClassificationHead, POOLED_DROPOUT_STREAM};
 use crate::model::param::Param;
-use crate::model::prefix::{PrefixEncoder, PREFIX_DROPOUT_STREAM};
+use crate::model::prefix::{PrefixEncoder, PromptMethod, PREFIX_DROPOUT_STREAM};
 use crate::training::adamw::AdamW;
 use crate::training::clip::{clip_coef, clip_grad_norm, grad_sum_squares, scale_grads};
 
@@ -128,16 +129,66 @@ fn lock(gpu: &Mutex<CudaEncoder>) -> std::sync::MutexGuard<'_, CudaEncoder> {
 /// The dropout of the prefix encoder's output and of the head's input.
 /// HF's *ForQuestionAnswering feeds the token states to qa_outputs without
 /// dropout; every other head drops its input (pooled [CLS] or tokens).
+/// Prompt tuning's prompt has no dropout of its own (PEFT's has none): the
+/// embeddings' dropout covers its rows.
 fn dropout_sites(
     dropout: &DropoutConfig,
+    method: PromptMethod,
     targets: Targets<'_>,
 ) -> (Option<Dropout>, Option<Dropout>) {
-    let prefix = dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM);
+    let prefix = match method {
+        PromptMethod::PTuningV2 => dropout.site(dropout.hidden, PREFIX_DROPOUT_STREAM),
+        PromptMethod::PromptTuning => None,
+    };
     let head = match targets {
         Targets::Spans { .. } => None,
         _ => dropout.site(dropout.hidden, POOLED_DROPOUT_STREAM),
     };
     (prefix, head)
+}
+
+/// How the encoder's output of a batch is laid out for the head: `seq` rows
+/// a sequence, of which the first `skip` are prompt tuning's prompt (0 for
+/// a deep prompt). A pooled head reads row 0 of each sequence ([CLS], or
+/// the first virtual token, as PEFT's models pool); a per-token head reads
+/// the tokens only.
+#[derive(Clone, Copy, Debug)]
+struct HiddenLayout {
+    batch: usize,
+    seq: usize,
+    skip: usize,
+}
+
+impl HiddenLayout {
+    /// The head's input and its rows per sequence: the tokens' rows of a
+    /// per-token head under prompt tuning, else `hidden` itself.
+    fn head_input<'a>(&self, hidden: &'a [f32], per_token: bool) -> (Cow<'a, [f32]>, usize) {
+        if !per_token || self.skip == 0 {
+            return (Cow::Borrowed(hidden), self.seq);
+        }
+        let h = hidden.len() / (self.batch * self.seq);
+        let tokens = self.seq - self.skip;
+        let mut out = Vec::with_capacity(self.batch * tokens * h);
+        for b in 0..self.batch {
+            out.extend_from_slice(&hidden[(b * self.seq + self.skip) * h..][..tokens * h]);
+        }
+        (Cow::Owned(out), tokens)
+    }
+
+    /// The backward of [`HiddenLayout::head_input`]: d(head input) into
+    /// d(hidden), zeros in the prompt's rows.
+    fn scatter(&self, d_input: Vec<f32>, per_token: bool) -> Vec<f32> {
+        if !per_token || self.skip == 0 {
+            return d_input;
+        }
+        let tokens = self.seq - self.skip;
+        let h = d_input.len() / (self.batch * tokens);
+        let mut out = vec![0.0; self.batch * self.seq * h];
+        for (b, rows) in d_input.chunks(tokens * h).enumerate() {
+            out[(b * self.seq + self.skip) * h..][..tokens * h].copy_from_slice(rows);
+        }
+        out
+    }
 }
 
 /// The result of one forward and backward: gradients are in the parameters.
@@ -149,6 +200,19 @@ pub struct StepOutput {
 }
 
 impl PromptModel {
+    /// The layout of the encoder's output for `batch`.
+    fn layout(&self, batch: &Batch) -> HiddenLayout {
+        let skip = match self.prefix.config.method {
+            PromptMethod::PTuningV2 => 0,
+            PromptMethod::PromptTuning => self.prefix.config.len,
+        };
+        HiddenLayout {
+            batch: batch.batch,
+            seq: batch.seq + skip,
+            skip,
+        }
+    }
+
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
         let mut params = self.prefix.params_mut();
         params.extend(self.head.params_mut());
@@ -211,11 +275,12 @@ impl PromptModel {
         }
         let prompt = self.prefix.expand(past, batch.batch, None);
         let hidden = self.backbone.forward(batch, Some(&prompt))?;
+        let (input, seq) = self.layout(batch).head_input(&hidden, self.head.per_token);
         let head = self.head.forward(
             self.backbone.pooler.as_ref(),
-            &hidden,
+            &input,
             batch.batch,
-            batch.seq,
+            seq,
             None,
         );
         Ok(head.logits)
@@ -236,7 +301,8 @@ impl PromptModel {
             return self.forward_backward_cuda(&mut lock(&gpu), batch, targets, dropout);
         }
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
-        let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
+        let (prefix_dropout, pooled_dropout) =
+            dropout_sites(dropout, self.prefix.config.method, targets);
 
         let prefix = self.prefix.forward();
         let prompt = self
@@ -244,13 +310,12 @@ impl PromptModel {
             .expand(&prefix.past, batch.batch, prefix_dropout.as_ref());
         let backbone = Arc::clone(&self.backbone);
         backbone.forward_train(batch, &prompt, dropout, acts)?;
-        let (loss, logits, mut d_hidden) = self.head_step(
-            &acts.hidden,
-            batch.batch,
-            batch.seq,
-            targets,
-            pooled_dropout.as_ref(),
-        );
+        let layout = self.layout(batch);
+        let per_token = self.head.per_token;
+        let (input, seq) = layout.head_input(&acts.hidden, per_token);
+        let (loss, logits, d_input) =
+            self.head_step(&input, batch.batch, seq, targets, pooled_dropout.as_ref());
+        let mut d_hidden = layout.scatter(d_input, per_token);
         let mut d_kv = backbone.backward(batch, &prompt, dropout, acts, &mut d_hidden);
         let d_past = self
             .prefix
@@ -394,13 +459,15 @@ impl PromptModel {
         dropout: &DropoutConfig,
     ) -> Result<StepOutput> {
         targets.validate(batch.batch, batch.seq, self.head.num_labels())?;
-        let (prefix_dropout, pooled_dropout) = dropout_sites(dropout, targets);
+        let (prefix_dropout, pooled_dropout) =
+            dropout_sites(dropout, self.prefix.config.method, targets);
         if encoder.resident.is_none() {
             encoder.resident = Some(ResidentPrefix::new(&encoder.dev, &self.prefix)?);
         }
         encoder.forward_train(
             batch,
             Prompt {
+                method: self.prefix.config.method,
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
                 source: PromptSource::Resident,
@@ -520,6 +587,7 @@ impl PromptModel {
         encoder.encode(
             batch,
             Some(Prompt {
+                method: self.prefix.config.method,
                 len: self.prefix.config.len,
                 layers: &self.prefix.config.layers,
                 source: PromptSource::Shared(past),

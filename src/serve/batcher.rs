@@ -9,7 +9,7 @@
 //!    the positions, the layers decide where keys and values are added);
 //! 2. each group (sorted by length, cut into passes of at most `max_batch`
 //!    where padding would cost more than a pass: [`plan`]) becomes ONE
-//!    [`Batch`] and ONE [`DeepPrompt`] whose per-row keys and values
+//!    [`Batch`] and ONE [`BatchPrompt`] whose per-row keys and values
 //!    `kv[k][b]` [P, 2H] are copied from row b's own adapter's folded table;
 //! 3. the backbone runs once per chunk;
 //! 4. each adapter's head is applied to its own rows' hidden states: the
@@ -33,7 +33,7 @@ use crate::engine::cuda::CudaEncoder;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
-use crate::model::prefix::DeepPrompt;
+use crate::model::prefix::{BatchPrompt, PromptMethod};
 use crate::serve::metrics::Metrics;
 use crate::serve::registry::ServedAdapter;
 
@@ -134,30 +134,48 @@ pub fn forward_group(
     }
     let h = backbone.config.hidden_size;
     let p = first.adapter.prefix_len;
-    let two_h = 2 * h;
+    let method = first.adapter.method;
     let sequences: Vec<Sequence> = rows.iter().map(|r| r.sequence.clone()).collect();
     let batch = Batch::pad(&sequences, pad_id)?;
     let Some(enc) = gpu else {
-        // On the CPU, each row's keys and values from its adapter's table.
-        let kv = (0..first.adapter.layers.len())
+        // On the CPU, each row's prompt (a layer's keys and values, or the
+        // input embeddings) from its adapter's table.
+        let block = match method {
+            PromptMethod::PTuningV2 => 2 * h,
+            PromptMethod::PromptTuning => h,
+        };
+        let kv = (0..first.adapter.width() / block)
             .map(|k| {
-                let mut buf = vec![0.0; rows.len() * p * two_h];
-                for (row, dst) in rows.iter().zip(buf.chunks_mut(p * two_h)) {
+                let mut buf = vec![0.0; rows.len() * p * block];
+                for (row, dst) in rows.iter().zip(buf.chunks_mut(p * block)) {
                     let width = row.adapter.width();
-                    for (i, d) in dst.chunks_mut(two_h).enumerate() {
-                        d.copy_from_slice(&row.adapter.past[i * width + k * two_h..][..two_h]);
+                    for (i, d) in dst.chunks_mut(block).enumerate() {
+                        d.copy_from_slice(&row.adapter.past[i * width + k * block..][..block]);
                     }
                 }
                 buf
             })
             .collect();
-        let prompt = DeepPrompt {
+        let prompt = BatchPrompt {
+            method,
             len: p,
             layers: first.adapter.layers.clone(),
             kv,
         };
         let hidden = backbone.forward(&batch, Some(&prompt))?;
-        return Ok(heads_on_host(backbone, &hidden, &batch, rows));
+        // Prompt tuning's hidden state has the prompt's P rows in front of
+        // each sequence.
+        let skip = match method {
+            PromptMethod::PTuningV2 => 0,
+            PromptMethod::PromptTuning => p,
+        };
+        return Ok(heads_on_host(
+            backbone,
+            &hidden,
+            batch.seq + skip,
+            skip,
+            rows,
+        ));
     };
     // On a GPU only each adapter's table goes up, with the table of each
     // row (the device expands them), and the hidden state stays there: each
@@ -178,6 +196,7 @@ pub fn forward_group(
     enc.encode(
         &batch,
         Some(Prompt {
+            method,
             len: p,
             layers: &first.adapter.layers,
             source: PromptSource::PerRow {
@@ -223,13 +242,15 @@ fn by_adapter(rows: &[Row<'_>]) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Each adapter's head on its own rows of the pass's `hidden` state [B·T, H]
-/// (see [`forward_group`]): the members' [CLS] states for pooled heads,
-/// their real tokens back to back for per-token heads.
+/// Each adapter's head on its own rows of the pass's `hidden` state [B·S, H]
+/// (see [`forward_group`]): the members' first rows for pooled heads ([CLS],
+/// or prompt tuning's first virtual token, as PEFT pools), their real tokens
+/// (after `skip` prompt rows) back to back for per-token heads.
 fn heads_on_host(
     backbone: &BertModel,
     hidden: &[f32],
-    batch: &Batch,
+    seq: usize,
+    skip: usize,
     rows: &[Row<'_>],
 ) -> Vec<Vec<f32>> {
     let h = backbone.config.hidden_size;
@@ -242,7 +263,7 @@ fn heads_on_host(
             let lens: Vec<usize> = members.iter().map(|&b| rows[b].sequence.0.len()).collect();
             let mut states = Vec::with_capacity(lens.iter().sum::<usize>() * h);
             for (&b, &t) in members.iter().zip(&lens) {
-                states.extend_from_slice(&hidden[b * batch.seq * h..][..t * h]);
+                states.extend_from_slice(&hidden[(b * seq + skip) * h..][..t * h]);
             }
             let total = states.len() / h;
             let logits = head.forward(None, &states, total, 1, None).logits;
@@ -255,7 +276,7 @@ fn heads_on_host(
             // Pooled heads read each member's [CLS] state.
             let mut cls = vec![0.0; members.len() * h];
             for (dst, &b) in cls.chunks_mut(h).zip(&members) {
-                dst.copy_from_slice(&hidden[b * batch.seq * h..][..h]);
+                dst.copy_from_slice(&hidden[b * seq * h..][..h]);
             }
             let logits = head
                 .forward(backbone.pooler.as_ref(), &cls, members.len(), 1, None)

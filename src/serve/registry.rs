@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::model::config::BertConfig;
 use crate::model::heads::{ClassificationHead, HeadKind};
-use crate::model::prefix::PrefixEncoder;
+use crate::model::prefix::{PrefixEncoder, PromptMethod};
 use crate::training::checkpoint::{check_backbone, checkpoint_dir, load_checkpoint, RunInfo};
 
 /// The longest adapter name accepted.
@@ -25,8 +25,9 @@ pub struct ServedAdapter {
     /// The checkpoint folder it was read from (empty when built in memory).
     pub path: PathBuf,
     pub info: RunInfo,
-    /// [P, Ls·2·H]
+    /// [P, Ls·2·H], or [P, H] for prompt tuning.
     pub past: Vec<f32>,
+    pub method: PromptMethod,
     pub prefix_len: usize,
     /// Prefixed layers, ascending.
     pub layers: Vec<usize>,
@@ -106,7 +107,7 @@ impl ServedAdapter {
         let p = prefix.config.len;
         let past = prefix.forward().past;
         if p == 0 || past.len() != p * prefix.width() {
-            return bad("its prefix table is empty or not [P, Ls*2*H]".into());
+            return bad("its prompt table is empty or not [P, width]".into());
         }
         let positions = config
             .max_position_embeddings
@@ -121,6 +122,7 @@ impl ServedAdapter {
         Ok(ServedAdapter {
             name: name.to_string(),
             path: PathBuf::new(),
+            method: prefix.config.method,
             prefix_len: p,
             layers: prefix.config.layers.clone(),
             info,
@@ -134,7 +136,7 @@ impl ServedAdapter {
         self.info.head
     }
 
-    /// Columns of `past`: Ls·2·H.
+    /// Columns of `past`: Ls·2·H, or H for prompt tuning.
     pub fn width(&self) -> usize {
         self.past.len() / self.prefix_len
     }
@@ -142,7 +144,9 @@ impl ServedAdapter {
     /// Whether two adapters' rows can share one forward: same P (the position
     /// shift) and the same prefixed layers.
     pub fn same_shape(&self, other: &ServedAdapter) -> bool {
-        self.prefix_len == other.prefix_len && self.layers == other.layers
+        self.method == other.method
+            && self.prefix_len == other.prefix_len
+            && self.layers == other.layers
     }
 
     /// The listing entry: `GET /v1/adapters`.
@@ -152,6 +156,7 @@ impl ServedAdapter {
             "task": self.info.task,
             "head": self.info.head,
             "labels": self.info.label_names,
+            "method": self.method,
             "prefix_len": self.prefix_len,
             "prefix_layers": self.layers,
             "max_len": self.max_len,

@@ -39,7 +39,7 @@ use crate::atomic_file::{sync_dir, write_atomic};
 use crate::error::{Error, Result};
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::param::Param;
-use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear};
+use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::training::adamw::{AdamW, AdamWConfig, Moments};
 
@@ -92,6 +92,9 @@ pub struct TokenizerInfo {
 /// The prefix as trained (before folding), mirroring [`PrefixConfig`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrefixInfo {
+    /// Absent in files written before prompt tuning existed: P-Tuning v2.
+    #[serde(default)]
+    pub method: PromptMethod,
     pub len: usize,
     pub projection: bool,
     pub hidden_size: usize,
@@ -101,6 +104,7 @@ pub struct PrefixInfo {
 impl From<&PrefixConfig> for PrefixInfo {
     fn from(c: &PrefixConfig) -> Self {
         PrefixInfo {
+            method: c.method,
             len: c.len,
             projection: c.projection,
             hidden_size: c.hidden_size,
@@ -112,6 +116,7 @@ impl From<&PrefixConfig> for PrefixInfo {
 impl From<&PrefixInfo> for PrefixConfig {
     fn from(p: &PrefixInfo) -> Self {
         PrefixConfig {
+            method: p.method,
             len: p.len,
             projection: p.projection,
             hidden_size: p.hidden_size,
@@ -338,7 +343,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     let hidden = info.backbone.hidden_size;
     let config = PrefixConfig::from(&info.prefix);
     validate_prefix_info(&info, &dir.join(RUN_INFO))?;
-    let width = config.layers.len() * 2 * hidden;
+    let width = config.width(hidden);
 
     let adapter = open_required(dir, ADAPTER_WEIGHTS)?;
     let table = adapter.tensor(PROMPT_EMBEDDINGS, &[config.len, width])?;
@@ -556,25 +561,42 @@ pub fn read_run_info(path: &Path) -> Result<RunInfo> {
     })
 }
 
-/// The PEFT `adapter_config.json` of `info` (keys sorted, as PEFT writes them).
+/// The PEFT `adapter_config.json` of `info` (keys sorted, as PEFT writes
+/// them): PREFIX_TUNING for P-Tuning v2, PROMPT_TUNING for prompt tuning.
 pub fn adapter_config(info: &RunInfo) -> serde_json::Value {
     let p = &info.prefix;
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "auto_mapping": null,
         "base_model_name_or_path": info.backbone.name_or_path,
-        "encoder_hidden_size": if p.projection { p.hidden_size } else { info.backbone.hidden_size },
         "inference_mode": true,
         "modules_to_save": ["classifier"],
         "num_attention_heads": info.backbone.num_heads,
         "num_layers": info.backbone.num_layers,
         "num_transformer_submodules": 1,
         "num_virtual_tokens": p.len,
-        "peft_type": "PREFIX_TUNING",
-        "prefix_projection": false,
         "revision": null,
         "task_type": "SEQ_CLS",
         "token_dim": info.backbone.hidden_size,
-    })
+    });
+    let own = match p.method {
+        PromptMethod::PTuningV2 => serde_json::json!({
+            "encoder_hidden_size": if p.projection { p.hidden_size } else { info.backbone.hidden_size },
+            "peft_type": "PREFIX_TUNING",
+            "prefix_projection": false,
+        }),
+        // The table is stored as trained: PEFT's init never runs on load.
+        PromptMethod::PromptTuning => serde_json::json!({
+            "peft_type": "PROMPT_TUNING",
+            "prompt_tuning_init": "RANDOM",
+            "prompt_tuning_init_text": null,
+            "tokenizer_kwargs": null,
+            "tokenizer_name_or_path": null,
+        }),
+    };
+    if let (Some(all), serde_json::Value::Object(own)) = (config.as_object_mut(), own) {
+        all.extend(own);
+    }
+    config
 }
 
 /// Checks that what is about to be written is self-consistent, so a bad
@@ -788,8 +810,10 @@ fn validate_prefix_info(info: &RunInfo, path: &Path) -> Result<()> {
     let b = &info.backbone;
     let why = if p.len == 0 {
         Some("prefix.len is 0".to_string())
-    } else if p.layers.is_empty() {
+    } else if p.method == PromptMethod::PTuningV2 && p.layers.is_empty() {
         Some("prefix.layers is empty".to_string())
+    } else if p.method == PromptMethod::PromptTuning && !p.layers.is_empty() {
+        Some("prefix.layers must be empty for prompt tuning".to_string())
     } else if let Some(l) = p.layers.iter().find(|&&l| l >= b.num_layers) {
         Some(format!(
             "prefix layer {l} does not exist in a backbone of {} layers",
@@ -814,7 +838,7 @@ fn validate_prefix_info(info: &RunInfo, path: &Path) -> Result<()> {
 /// The unfolded prefix from the training state, shapes checked against `config`.
 fn read_prefix(state: &WeightFile, config: PrefixConfig, hidden: usize) -> Result<PrefixEncoder> {
     let p = config.len;
-    let width = config.layers.len() * 2 * hidden;
+    let width = config.width(hidden);
     let param = |name: &str, shape: &[usize], decay: bool| -> Result<Param> {
         Ok(Param::new(name, shape, state.tensor(name, shape)?, decay))
     };
@@ -937,6 +961,7 @@ mod tests {
                 truncation: "longest_first".into(),
             },
             prefix: PrefixInfo {
+                method: PromptMethod::PTuningV2,
                 len: 20,
                 projection: true,
                 hidden_size: 512,

@@ -192,7 +192,7 @@ fn zero_moments(head: &ClassificationHead) -> Vec<Moments> {
 mod tests {
     use super::*;
     use crate::model::bert::BertModel;
-    use crate::model::prefix::{PrefixConfig, PrefixEncoder};
+    use crate::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
     use crate::training::adamw::AdamWConfig;
     use std::sync::Arc;
 
@@ -213,6 +213,7 @@ mod tests {
             backbone.config.num_hidden_layers,
         );
         let config = PrefixConfig {
+            method: PromptMethod::PTuningV2,
             len: 2,
             projection: false,
             hidden_size: 8,

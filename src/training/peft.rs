@@ -1,4 +1,5 @@
-//! Interchange with Hugging Face PEFT's prefix tuning (`PREFIX_TUNING`).
+//! Interchange with Hugging Face PEFT's prefix tuning (`PREFIX_TUNING`) and,
+//! for prompt tuning adapters, its `PROMPT_TUNING`.
 //!
 //! A PEFT prefix adapter is a folder with
 //! - `adapter_config.json`: `peft_type` PREFIX_TUNING, `num_virtual_tokens` P,
@@ -17,6 +18,10 @@
 //!
 //! PEFT puts a prefix on every layer: a ptuning adapter with a layer subset
 //! (`--prefix-layers`) has no PEFT equivalent and is refused.
+//!
+//! A PROMPT_TUNING adapter has the same two files, its `prompt_embeddings`
+//! [P, H] being the input embeddings of the P virtual tokens (no
+//! `encoder_hidden_size` or `prefix_projection` in its config).
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +30,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::param::Param;
-use crate::model::prefix::{PrefixConfig, PrefixEncoder};
+use crate::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::tasks::{task_by_name, TaskKind, TaskOptions};
 use crate::training::checkpoint::{
@@ -45,9 +50,11 @@ pub const HEAD_NAMES: &[(&str, &str)] = &[
     ("classifier.weight", "classifier.bias"),
 ];
 
-/// The prefix-tuning fields of a PEFT `adapter_config.json`.
+/// The prefix- or prompt-tuning fields of a PEFT `adapter_config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeftPrefixConfig {
+    /// PREFIX_TUNING: P-Tuning v2; PROMPT_TUNING: prompt tuning.
+    pub method: PromptMethod,
     pub task_type: Option<String>,
     pub num_virtual_tokens: usize,
     pub token_dim: usize,
@@ -61,7 +68,7 @@ pub struct PeftPrefixConfig {
 
 impl PeftPrefixConfig {
     /// Reads `adapter_config.json`, refusing anything but an encoder's
-    /// PREFIX_TUNING adapter with a clear reason.
+    /// PREFIX_TUNING or PROMPT_TUNING adapter with a clear reason.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::MissingFile {
@@ -83,13 +90,16 @@ impl PeftPrefixConfig {
             path: path.to_path_buf(),
             message,
         };
-        let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("");
-        if peft_type != "PREFIX_TUNING" {
-            return Err(bad(format!(
-                "peft_type is {}, not \"PREFIX_TUNING\": only prefix-tuning adapters (P-Tuning v2's deep prompts) can be imported",
-                v.get("peft_type").unwrap_or(&Value::Null)
-            )));
-        }
+        let method = match v.get("peft_type").and_then(Value::as_str) {
+            Some("PREFIX_TUNING") => PromptMethod::PTuningV2,
+            Some("PROMPT_TUNING") => PromptMethod::PromptTuning,
+            _ => {
+                return Err(bad(format!(
+                    "peft_type is {}, not \"PREFIX_TUNING\" or \"PROMPT_TUNING\": only prefix-tuning adapters (P-Tuning v2's deep prompts) and prompt-tuning adapters can be imported",
+                    v.get("peft_type").unwrap_or(&Value::Null)
+                )))
+            }
+        };
         let count = |key: &str| -> Result<Option<usize>> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -107,6 +117,7 @@ impl PeftPrefixConfig {
             }
         };
         let config = PeftPrefixConfig {
+            method,
             task_type: v.get("task_type").and_then(Value::as_str).map(String::from),
             num_virtual_tokens: required("num_virtual_tokens")?,
             token_dim: required("token_dim")?,
@@ -133,14 +144,17 @@ impl PeftPrefixConfig {
         Ok(config)
     }
 
-    /// Columns of the prefix table: L·2·H.
+    /// Columns of the prompt table: L·2·H, or H for prompt tuning.
     pub fn width(&self) -> usize {
-        self.num_layers * 2 * self.token_dim
+        match self.method {
+            PromptMethod::PTuningV2 => self.num_layers * 2 * self.token_dim,
+            PromptMethod::PromptTuning => self.token_dim,
+        }
     }
 }
 
 /// Writes the adapter of `run_dir` (a run or checkpoint folder) as a PEFT
-/// prefix-tuning folder `out`: `adapter_config.json` and
+/// prefix-tuning (or prompt-tuning) folder `out`: `adapter_config.json` and
 /// `adapter_model.safetensors` (folded table and head). Returns the
 /// checkpoint folder it read.
 pub fn export_peft(run_dir: &Path, out: &Path) -> Result<PathBuf> {
@@ -148,7 +162,7 @@ pub fn export_peft(run_dir: &Path, out: &Path) -> Result<PathBuf> {
     let ckpt = load_checkpoint(&dir)?;
     let info = &ckpt.info;
     let all: Vec<usize> = (0..info.backbone.num_layers).collect();
-    if info.prefix.layers != all {
+    if info.prefix.method == PromptMethod::PTuningV2 && info.prefix.layers != all {
         return Err(Error::InvalidArgument(format!(
             "{}: the prefix covers layers {:?} of the backbone's {}, but PEFT's prefix tuning puts a prefix on every layer, \
              so PEFT cannot load this adapter; train with --prefix-layers all to export it",
@@ -186,10 +200,8 @@ pub fn export_peft(run_dir: &Path, out: &Path) -> Result<PathBuf> {
             ),
         ],
     )?;
-    let mut config = adapter_config(info);
-    // The table is stored folded: PEFT must not build a projection MLP for it.
-    config["prefix_projection"] = Value::Bool(false);
-    config["num_transformer_submodules"] = Value::from(1);
+    // The table is stored folded: adapter_config says no projection MLP.
+    let config = adapter_config(info);
     let mut text = serde_json::to_string_pretty(&config).expect("adapter config serializes");
     text.push('\n');
     let path = out.join(ADAPTER_CONFIG);
@@ -377,14 +389,19 @@ pub fn read_peft(
 
     let max_seq_len = options.max_seq_len.unwrap_or(128);
     let prefix_config = PrefixConfig {
+        method: config.method,
         len: p,
         projection: false,
         hidden_size: config.encoder_hidden_size.unwrap_or(c.hidden_size),
-        layers: (0..c.num_hidden_layers).collect(),
+        layers: match config.method {
+            PromptMethod::PTuningV2 => (0..c.num_hidden_layers).collect(),
+            PromptMethod::PromptTuning => Vec::new(),
+        },
     };
     let hyperparameters = TrainConfig {
         task: task_name.clone(),
         model: model_name.to_string(),
+        method: config.method,
         prefix_len: p,
         max_seq_len: Some(max_seq_len),
         ..TrainConfig::default()

@@ -21,7 +21,7 @@ use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
-use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder};
+use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -56,6 +56,9 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Model folder or hub id.
     pub model: String,
+    /// P-Tuning v2 (deep prompts, the default) or prompt tuning (the
+    /// shallow baseline: the prompt in front of the input only).
+    pub method: PromptMethod,
     pub prefix_len: usize,
     pub prefix_projection: bool,
     pub prefix_hidden_size: usize,
@@ -105,6 +108,7 @@ impl Default for TrainConfig {
             data: PathBuf::new(),
             out: PathBuf::new(),
             model: crate::model::hub::DEFAULT_MODEL.into(),
+            method: PromptMethod::PTuningV2,
             prefix_len: 16,
             prefix_projection: false,
             prefix_hidden_size: 512,
@@ -212,6 +216,12 @@ impl TrainConfig {
             return bad(format!(
                 "--warmup-ratio {} must be in [0, 1)",
                 self.warmup_ratio
+            ));
+        }
+        if self.method == PromptMethod::PromptTuning && self.prefix_layers != "all" {
+            return bad(format!(
+                "--prefix-layers {} does not apply to --method prompt-tuning: its prompt is in front of the input",
+                self.prefix_layers
             ));
         }
         if self.max_seq_len() < 8 {
@@ -376,8 +386,12 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     let backbone = Backbone::load(&config.model)?;
     let bert = &backbone.model.config;
-    let layers = parse_layers(&config.prefix_layers, bert.num_hidden_layers)?;
+    let layers = match config.method {
+        PromptMethod::PTuningV2 => parse_layers(&config.prefix_layers, bert.num_hidden_layers)?,
+        PromptMethod::PromptTuning => Vec::new(),
+    };
     let prefix_config = PrefixConfig {
+        method: config.method,
         len: config.prefix_len,
         projection: config.prefix_projection,
         hidden_size: config.prefix_hidden_size,
@@ -837,15 +851,17 @@ fn fresh_start(
             ));
             (warm.prefix, warm.heads)
         }
-        None => (
-            PrefixEncoder::new(
+        None => {
+            let seed = derive_seed(config.seed, INIT_PREFIX, 0);
+            let mut prefix = PrefixEncoder::new(
                 prefix_config,
                 bert.hidden_size,
                 bert.num_hidden_layers,
-                derive_seed(config.seed, INIT_PREFIX, 0),
-            )?,
-            vec![None; tasks.len()],
-        ),
+                seed,
+            )?;
+            prefix.init_from_vocabulary(&backbone.model.embeddings.word_embeddings, seed);
+            (prefix, vec![None; tasks.len()])
+        }
     };
     let heads = specs
         .iter()

@@ -48,6 +48,17 @@ pub fn warm_start(
     check_backbone(&ckpt.info, backbone.0, backbone.1)
         .map_err(|e| init_error(&dir, &e.to_string()))?;
     let source = &ckpt.prefix.config;
+    if source.method != prefix.method {
+        return Err(init_error(
+            &dir,
+            &format!(
+                "its prompt is {}'s, this run trains {}; pass --method {}",
+                source.method.name(),
+                prefix.method.name(),
+                source.method.name()
+            ),
+        ));
+    }
     if source.len != prefix.len || source.layers != prefix.layers {
         return Err(init_error(
             &dir,

@@ -11,7 +11,7 @@ use ptuning::model::encoder::{Activations, DropoutConfig};
 use ptuning::model::heads::ClassificationHead;
 use ptuning::model::hub::default_model_dir;
 use ptuning::model::param::Param;
-use ptuning::model::prefix::{PrefixConfig, PrefixEncoder};
+use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use ptuning::model::prompt_model::{PromptModel, StepOutput, Targets};
 use ptuning::model::weights::WeightFile;
 
@@ -123,6 +123,19 @@ impl Case {
         self.ids("labels").iter().map(|&l| l as usize).collect()
     }
 
+    /// The prompt's method: P-Tuning v2 unless the case says otherwise
+    /// (tools/prompt_tuning_reference.py writes prompt tuning's).
+    pub fn method(&self) -> PromptMethod {
+        self.spec["method"]
+            .as_str()
+            .map_or(PromptMethod::PTuningV2, |m| m.parse().unwrap())
+    }
+
+    /// A head per token (tags [B, T] in `labels`) rather than a pooled one.
+    pub fn per_token(&self) -> bool {
+        self.spec["head"].as_str() == Some("tokens")
+    }
+
     /// The model with the fixture's initial prefix and head.
     pub fn model(&self) -> PromptModel {
         let backbone =
@@ -135,13 +148,17 @@ impl Case {
             .map(|l| l.as_u64().unwrap() as usize)
             .collect();
         let config = PrefixConfig {
+            method: self.method(),
             len: self.usize("prefix_len"),
             projection: self.spec["prefix_projection"].as_bool().unwrap(),
             hidden_size: self.spec["prefix_hidden_size"].as_u64().unwrap_or(512) as usize,
             layers,
         };
         let mut prefix = PrefixEncoder::new(config, c.hidden_size, c.num_hidden_layers, 0).unwrap();
-        let mut head = ClassificationHead::new(c.hidden_size, self.usize("num_labels"), 0);
+        let mut head = ClassificationHead {
+            per_token: self.per_token(),
+            ..ClassificationHead::new(c.hidden_size, self.usize("num_labels"), 0)
+        };
         for p in prefix.params_mut().into_iter().chain(head.params_mut()) {
             self.set(p);
         }
@@ -163,13 +180,14 @@ impl Case {
     /// [`Case::step`] with `dropout`.
     pub fn step_with(&self, model: &mut PromptModel, dropout: &DropoutConfig) -> StepOutput {
         model.zero_grad();
+        let classes = self.labels();
+        let tags = self.tensors.tensor_i64("labels").unwrap().0;
+        let targets = match self.per_token() {
+            true => Targets::Tokens(&tags),
+            false => Targets::Classes(&classes),
+        };
         let out = model
-            .forward_backward(
-                &self.batch(),
-                Targets::Classes(&self.labels()),
-                dropout,
-                &mut Activations::default(),
-            )
+            .forward_backward(&self.batch(), targets, dropout, &mut Activations::default())
             .unwrap();
         model.grads_to_host().unwrap();
         out

@@ -746,20 +746,47 @@ static void check_embedding_and_glue() {
     std::vector<u16> x16(rows * h);
     launch(embed_layernorm, Dim3{rows, 1, 1}, 256, (u64)ids.data(), (u64)positions.data(), (u64)types.data(),
            ptr(word), ptr(pos), ptr(type), ptr(gamma), ptr(beta), 1e-12f, ptr(x), h, KEY, THRESHOLD,
-           DSCALE, 1, ptr16(x16), (u64)rows);
+           DSCALE, 1, ptr16(x16), (u64)rows, (u64)0, 0, (u64)0, (u64)0, (u64)0);
     check("embeddings in bf16 too", bf16_mismatches(x, x16), 0.0);
-    std::vector<double> want(rows * h);
-    for (int r = 0; r < rows; r++) {
-        std::vector<double> e(h);
-        double mean = 0, var = 0;
-        for (int j = 0; j < h; j++)
-            e[j] = (double)word[ids[r] * h + j] + pos[positions[r] * h + j] + type[types[r] * h + j], mean += e[j] / h;
-        for (int j = 0; j < h; j++) var += (e[j] - mean) * (e[j] - mean) / h;
-        for (int j = 0; j < h; j++)
-            want[r * h + j] = ((e[j] - mean) / std::sqrt(var + 1e-12) * gamma[j] + beta[j]) *
-                              drop_factor(KEY, THRESHOLD, DSCALE, (u64)r * h + j);
-    }
-    check("embeddings + LayerNorm + dropout", rel(dbl(x), want), 1e-5);
+    // The rows' LayerNorm inputs; with `prompt`, the first `p` rows of each
+    // sequence of `seq` take the prompt's rows [rows / seq, p, h].
+    auto sums = [&](const float* prompt, int p, int seq) {
+        std::vector<double> e(rows * h);
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < h; j++) {
+                double w = prompt != nullptr && r % seq < p ? prompt[((r / seq) * p + r % seq) * h + j]
+                                                            : word[ids[r] * h + j];
+                e[r * h + j] = w + pos[positions[r] * h + j] + type[types[r] * h + j];
+            }
+        return e;
+    };
+    auto normed = [&](const std::vector<double>& e, std::vector<double>* stats) {
+        std::vector<double> want(rows * h);
+        for (int r = 0; r < rows; r++) {
+            double mean = 0, var = 0;
+            for (int j = 0; j < h; j++) mean += e[r * h + j] / h;
+            for (int j = 0; j < h; j++) var += (e[r * h + j] - mean) * (e[r * h + j] - mean) / h;
+            if (stats != nullptr) (*stats)[2 * r] = mean, (*stats)[2 * r + 1] = 1.0 / std::sqrt(var + 1e-12);
+            for (int j = 0; j < h; j++)
+                want[r * h + j] = ((e[r * h + j] - mean) / std::sqrt(var + 1e-12) * gamma[j] + beta[j]) *
+                                  drop_factor(KEY, THRESHOLD, DSCALE, (u64)r * h + j);
+        }
+        return want;
+    };
+    check("embeddings + LayerNorm + dropout", rel(dbl(x), normed(sums(nullptr, 0, 1), nullptr)), 1e-5);
+
+    // Prompt tuning: sequences of 2 rows, the first of each the prompt's,
+    // with the LayerNorm's input and stats kept for the backward.
+    auto prompt = rand_vec(2 * h);
+    std::vector<float> sum(rows * h), stats(rows * 2);
+    launch(embed_layernorm, Dim3{rows, 1, 1}, 256, (u64)ids.data(), (u64)positions.data(), (u64)types.data(),
+           ptr(word), ptr(pos), ptr(type), ptr(gamma), ptr(beta), 1e-12f, ptr(x), h, KEY, THRESHOLD,
+           DSCALE, 1, (u64)0, (u64)rows, ptr(prompt), 1, (u64)2, ptr(sum), ptr(stats));
+    auto e = sums(prompt.data(), 1, 2);
+    std::vector<double> want_stats(rows * 2);
+    auto want = normed(e, &want_stats);
+    check("embeddings with prompt rows, sums and stats kept",
+          rel(dbl(x), want) + rel(dbl(sum), e) + rel(dbl(stats), want_stats), 1e-5);
 
     auto a = rand_vec(1000), b = a, c(a);
     std::vector<float> d(a.size());

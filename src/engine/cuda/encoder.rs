@@ -57,6 +57,7 @@ use crate::model::bert::{BertModel, LayerNorm, Linear};
 use crate::model::config::BertConfig;
 use crate::model::encoder::DropoutConfig;
 use crate::model::heads::ClassificationHead;
+use crate::model::prefix::PromptMethod;
 
 /// Row elements per thread of the LayerNorm kernels (LN_PER_THREAD in
 /// kernels/layernorm.cuh).
@@ -209,19 +210,42 @@ impl Saved {
     }
 }
 
-/// The deep prompt of a forward pass.
+/// The prompt of a forward pass: P-Tuning v2's keys and values at
+/// `layers`, or prompt tuning's P input embeddings (`layers` empty), whose
+/// rows the layers see in front of each sequence's tokens.
 #[derive(Clone, Copy, Debug)]
 pub struct Prompt<'a> {
+    pub method: PromptMethod,
     pub len: usize,
     /// Prefixed layers, ascending.
     pub layers: &'a [usize],
     pub source: PromptSource<'a>,
 }
 
+impl Prompt<'_> {
+    /// (blocks, block): a table row holds `blocks` blocks of `block`
+    /// values, a prefixed layer's keys and values (2H) or the input
+    /// embedding (H).
+    fn blocks(&self, h: usize) -> (usize, usize) {
+        match self.method {
+            PromptMethod::PTuningV2 => (self.layers.len(), 2 * h),
+            PromptMethod::PromptTuning => (1, h),
+        }
+    }
+
+    /// Rows in front of each sequence: P under prompt tuning, else none.
+    fn input_rows(&self) -> usize {
+        match self.method {
+            PromptMethod::PTuningV2 => 0,
+            PromptMethod::PromptTuning => self.len,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum PromptSource<'a> {
-    /// The prefix encoder's output [P, Ls·2H], shared by every row
-    /// (inference; sent only when it changed).
+    /// The prefix encoder's output [P, Ls·2H] (prompt tuning: [P, H]),
+    /// shared by every row (inference; sent only when it changed).
     Shared(&'a [f32]),
     /// Rows of different adapters (serving): their prefix tables, each
     /// [P, Ls·2H], and the table of each of the B rows. Only the tables go
@@ -245,6 +269,14 @@ struct Workspace {
     mask: DevBuf<f32>,
     /// [rows, H]: the running hidden state.
     x: DevBuf<f32>,
+    /// Prompt tuning's training: the embeddings' LayerNorm input [rows, H]
+    /// and (mean, rstd) [rows, 2], which the backward reaches.
+    embed_in: DevBuf<f32>,
+    embed_stats: DevBuf<f32>,
+    /// Prompt tuning: a per-token head's input [B·T, H] (the tokens' rows,
+    /// without the prompt's) and its gradient.
+    tokens: DevBuf<f32>,
+    d_tokens: DevBuf<f32>,
     /// [rows, H]: the backward's scratch.
     tmp: DevBuf<f32>,
     x1: DevBuf<f32>,
@@ -260,7 +292,7 @@ struct Workspace {
     /// output, which the residual LayerNorm after each reads.
     out16: DevBuf<u16>,
     saved: Vec<Saved>,
-    /// [P, Ls·2H] and [Ls, B, P, 2H]
+    /// [P, Ls·2H] and [Ls, B, P, 2H] (prompt tuning: [P, H] and [B, P, H])
     past: DevBuf<f32>,
     /// What `past` holds, on the host: a table already there is not sent
     /// again (inference and evaluation reuse one prompt batch after batch).
@@ -292,8 +324,10 @@ struct Workspace {
 /// What the backward needs to know about the last training forward.
 struct Step {
     batch: usize,
+    /// Rows per sequence the layers saw: T, or P + T under prompt tuning.
     seq: usize,
     prefix: usize,
+    method: PromptMethod,
     layers: Vec<usize>,
     dropout: DropoutConfig,
     prefix_dropout: Option<Dropout>,
@@ -312,8 +346,11 @@ pub struct CudaEncoder {
     embed_ln: DevLayerNorm,
     layers: Vec<DevLayer>,
     ws: Workspace,
-    /// (B, T) of the last forward, whose output the head reads.
-    last: Option<(usize, usize)>,
+    /// (B, rows per sequence, prompt rows in front of the tokens) of the
+    /// last forward, whose output the head reads.
+    last: Option<(usize, usize, usize)>,
+    /// The head reads `tokens` (a per-token head under prompt tuning).
+    head_on_tokens: bool,
     step: Option<Step>,
     head: CudaHead,
     /// A training run's prefix table with its gradient and moments, when
@@ -418,6 +455,7 @@ impl CudaEncoder {
         let enc = CudaEncoder {
             head: CudaHead::new(&dev, model.pooler.as_ref())?,
             last: None,
+            head_on_tokens: false,
             word: up(&e.word_embeddings)?,
             position: up(&e.position_embeddings)?,
             token_type: up(&e.token_type_embeddings)?,
@@ -434,13 +472,15 @@ impl CudaEncoder {
         Ok(enc)
     }
 
-    /// Inference: the last hidden state [B·T, H], brought to the host. No
-    /// dropout, nothing saved.
+    /// Inference: the last hidden state [B·T, H] (prompt tuning: [B·(P+T),
+    /// H], the prompt's rows first), brought to the host. No dropout,
+    /// nothing saved.
     pub fn forward(&mut self, batch: &Batch, prompt: Option<Prompt<'_>>) -> Result<Vec<f32>> {
         self.encode(batch, prompt)?;
+        let rows = batch.batch * (batch.seq + prompt.map_or(0, |p| p.input_rows()));
         self.ws
             .x
-            .download(&self.dev, batch.rows() * self.config.hidden_size)
+            .download(&self.dev, rows * self.config.hidden_size)
     }
 
     /// Inference whose output stays on the device for
@@ -469,8 +509,9 @@ impl CudaEncoder {
         self.run_forward(batch, Some(prompt), dropout, prefix_dropout, true)?;
         self.step = Some(Step {
             batch: batch.batch,
-            seq: batch.seq,
+            seq: batch.seq + prompt.input_rows(),
             prefix: prompt.len,
+            method: prompt.method,
             layers: prompt.layers.to_vec(),
             dropout: *dropout,
             prefix_dropout,
@@ -487,12 +528,25 @@ impl CudaEncoder {
         head: &ClassificationHead,
         dropout: Option<Dropout>,
     ) -> Result<()> {
-        let (b, t) = self.last.ok_or_else(|| {
+        let (b, s, skip) = self.last.ok_or_else(|| {
             Error::InvalidArgument("CUDA head forward without an encoder forward".into())
         })?;
         let h = self.config.hidden_size;
+        // Pooled heads read row 0 of each sequence ([CLS], or prompt
+        // tuning's first virtual token, as PEFT pools); per-token heads the
+        // tokens' rows, gathered after the prompt's.
+        self.head_on_tokens = head.per_token && skip > 0;
+        if !self.head_on_tokens {
+            return self
+                .head
+                .forward(&self.dev, head, self.ws.x.ptr, (b, s, h), dropout);
+        }
+        let t = s - skip;
+        self.ws.tokens.ensure(&self.dev, b * t * h)?;
+        let from = self.ws.x.ptr + (skip * h * std::mem::size_of::<f32>()) as u64;
+        gather_sequences(&self.dev, from, self.ws.tokens.ptr, (b, t * h, s * h))?;
         self.head
-            .forward(&self.dev, head, self.ws.x.ptr, (b, t, h), dropout)
+            .forward(&self.dev, head, self.ws.tokens.ptr, (b, t, h), dropout)
     }
 
     /// The device and the head, for the logits and the losses.
@@ -508,7 +562,29 @@ impl CudaEncoder {
             Error::InvalidArgument("CUDA head backward without a training forward".into())
         })?;
         let h = self.config.hidden_size;
-        let grads = self.head.backward(&self.dev, &mut self.ws.d_x, h)?;
+        if !self.head_on_tokens {
+            let grads = self.head.backward(&self.dev, &mut self.ws.d_x, h)?;
+            step.d_out_ready = true;
+            return Ok(grads);
+        }
+        // The tokens' gradient back into their rows, the prompt's zero.
+        let grads = self.head.backward(&self.dev, &mut self.ws.d_tokens, h)?;
+        let (b, s, skip) = (step.batch, step.seq, step.prefix);
+        let t = s - skip;
+        self.ws.d_x.ensure(&self.dev, b * s * h)?;
+        self.ws.d_x.zero(&self.dev)?;
+        let to = self.ws.d_x.ptr + (skip * h * std::mem::size_of::<f32>()) as u64;
+        self.dev.launch_1d(
+            Kernel::ScatterRows,
+            b * t * h,
+            &[
+                &self.ws.d_tokens.ptr,
+                &to,
+                &(b as i32),
+                &((t * h) as i32),
+                &((s * h) as u64),
+            ],
+        )?;
         step.d_out_ready = true;
         Ok(grads)
     }
@@ -526,6 +602,21 @@ impl CudaEncoder {
         let c = &self.config;
         let p = prompt.map_or(0, |p| p.len);
         batch.validate(c, p)?;
+        // Prompt tuning: the layers see P rows in front of each sequence
+        // (as model::encoder's layer_batch), numbered in order.
+        let skip = prompt.map_or(0, |p| p.input_rows());
+        let positions = if skip > 0 {
+            batch.prompt_tuning_position_ids(c, p)
+        } else {
+            batch.position_ids(c, p)
+        };
+        let extended;
+        let batch = if skip > 0 {
+            extended = batch.with_prompt_rows(skip, c.pad_token_id as u32);
+            &extended
+        } else {
+            batch
+        };
         let (h, inter, nh, hd) = (
             c.hidden_size,
             c.intermediate_size,
@@ -541,25 +632,30 @@ impl CudaEncoder {
                 self.layers.len()
             )));
         }
-        let lowest = layers.first().copied().unwrap_or(self.layers.len());
+        let lowest = match skip {
+            0 => layers.first().copied().unwrap_or(self.layers.len()),
+            _ => 0,
+        };
         let dev = &self.dev;
         let ws = &mut self.ws;
 
         // The batch.
         ws.ids.upload(dev, &batch.input_ids)?;
-        ws.positions.upload(dev, &batch.position_ids(c, p))?;
+        ws.positions.upload(dev, &positions)?;
         ws.types.upload(dev, &batch.token_type_ids)?;
         ws.mask.upload(dev, &batch.attention_mask)?;
 
         // The prompt: [Ls, B, P, 2H] on the device, expanded there from the
-        // prefix tables ([U, P, Ls·2H]; U = 1 but in serving).
+        // prefix tables ([U, P, Ls·2H]; U = 1 but in serving); prompt
+        // tuning's [B, P, H] from [U, P, H].
         let two_h = 2 * h;
         if let Some(pr) = prompt {
-            let ls = pr.layers.len();
-            let table_len = p * ls * two_h;
+            let (ls, block) = pr.blocks(h);
+            let table_len = p * ls * block;
             let wrong_table = |len: usize| {
                 Error::InvalidArgument(format!(
-                    "prefix table has {len} values, expected P·Ls·2H = {table_len}"
+                    "prompt table has {len} values, expected P·{} = {table_len}",
+                    ls * block
                 ))
             };
             let (past, row_table) = match pr.source {
@@ -584,7 +680,7 @@ impl CudaEncoder {
                     Some(r) if r.len == table_len => (r.table(dev)?, 0u64),
                     _ => {
                         return Err(Error::InvalidArgument(format!(
-                            "no prefix table of P·Ls·2H = {table_len} values on the device"
+                            "no prompt table of {table_len} values on the device"
                         )))
                     }
                 },
@@ -605,8 +701,8 @@ impl CudaEncoder {
                     (ws.tables.ptr, ws.row_table.ptr)
                 }
             };
-            ws.kv.ensure(dev, ls * b * p * two_h)?;
-            let site = PrefixSite::new((ls, b, p, two_h), prefix_dropout);
+            ws.kv.ensure(dev, ls * b * p * block)?;
+            let site = PrefixSite::new((ls, b, p, block), prefix_dropout);
             let buffers: [&dyn KernelArg; 3] = [&past, &row_table, &ws.kv.ptr];
             // A block per row of kv [Ls, B, P, 2H] (grid-stride).
             dev.launch(
@@ -634,6 +730,16 @@ impl CudaEncoder {
         let (key, thr, scale, on) = dropout_site(dropout.embeddings());
         let e = &self.embed_ln;
         let (grid, block) = layernorm_launch(rows, h);
+        // Prompt tuning: its rows come from kv [B, P, H]; training keeps the
+        // LayerNorm's input and stats for the backward to the prompt.
+        let prompt_rows = if skip > 0 { ws.kv.ptr } else { 0 };
+        let (sum_out, stats) = if skip > 0 && train {
+            ws.embed_in.ensure(dev, rows * h)?;
+            ws.embed_stats.ensure(dev, rows * 2)?;
+            (ws.embed_in.ptr, ws.embed_stats.ptr)
+        } else {
+            (0, 0)
+        };
         dev.launch(
             Kernel::EmbedLayernorm,
             grid,
@@ -656,6 +762,11 @@ impl CudaEncoder {
                 &on,
                 &b16,
                 &(rows as u64),
+                &prompt_rows,
+                &(skip as i32),
+                &(t as u64),
+                &sum_out,
+                &stats,
             ],
         )?;
 
@@ -665,7 +776,8 @@ impl CudaEncoder {
         }
         let scale_qk = 1.0 / (hd as f32).sqrt();
         let (ops_bf16, round_tf32) = operands_format(dev, self.precision);
-        let ops_len = b * (t + 2 * (p + t)) * h;
+        // Prompt tuning has no prefix keys.
+        let ops_len = b * (t + 2 * (p * usize::from(skip == 0) + t)) * h;
         if bf16 {
             ws.qkv16.ensure(dev, rows * 3 * h)?;
         } else {
@@ -775,7 +887,7 @@ impl CudaEncoder {
                 b16,
             )?;
         }
-        self.last = Some((b, t));
+        self.last = Some((b, t, skip));
         Ok(())
     }
 
@@ -796,8 +908,17 @@ impl CudaEncoder {
         let (b, t, p) = (step.batch, step.seq, step.prefix);
         let rows = b * t;
         let two_h = 2 * h;
-        let ls = step.layers.len();
-        let lowest = step.layers.first().copied().unwrap_or(self.layers.len());
+        let input = step.method == PromptMethod::PromptTuning;
+        // Prompt tuning: one block of H, reached through every layer.
+        let (ls, block) = if input {
+            (1, h)
+        } else {
+            (step.layers.len(), two_h)
+        };
+        let lowest = match input {
+            true => 0,
+            false => step.layers.first().copied().unwrap_or(self.layers.len()),
+        };
         let dev = &self.dev;
         let ws = &mut self.ws;
         let dropout = step.dropout;
@@ -830,7 +951,7 @@ impl CudaEncoder {
         ws.delta.ensure(dev, b * nh * t)?;
         // Not zeroed: every prefixed layer's dK/dV launch writes all of its
         // [B, P, 2H] block.
-        ws.d_kv.ensure(dev, ls * b * p * two_h)?;
+        ws.d_kv.ensure(dev, ls * b * p * block)?;
         let scale_qk = 1.0 / (c.head_dim() as f32).sqrt();
 
         for l in (lowest..self.layers.len()).rev() {
@@ -888,7 +1009,7 @@ impl CudaEncoder {
             // (The prefix keys and values are in the saved operands.)
             let (pl, dprefix_ptr) = layer_prefix(&step.layers, l, ws.d_kv.ptr, (b, p, two_h));
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
-            let need_below = l > lowest;
+            let need_below = l > lowest || input;
             dev.launch(
                 Kernel::AttentionDelta,
                 // A thread per 16 bytes of a head's row (DELTA_LANES).
@@ -944,18 +1065,44 @@ impl CudaEncoder {
             }
         }
 
+        if input {
+            // d_x = d(embedding output): back through the embeddings'
+            // dropout and LayerNorm into d_h; the prompt's rows of it,
+            // [B, P, H], into d_kv.
+            if let Some(d) = dropout.embeddings() {
+                let (key, thr, scale, _) = dropout_site(Some(d));
+                let n = (rows * h) as u64;
+                dev.launch_1d(
+                    Kernel::DropoutApply,
+                    rows * h,
+                    &[&ws.d_x.ptr, &n, &key, &thr, &scale],
+                )?;
+            }
+            layernorm_backward(
+                dev,
+                (rows, h),
+                ws.d_x.ptr,
+                ws.embed_in.ptr,
+                &self.embed_ln,
+                ws.embed_stats.ptr,
+                ws.d_h.ptr,
+                (None, ws.tmp.ptr, 0),
+            )?;
+            gather_sequences(dev, ws.d_h.ptr, ws.d_kv.ptr, (b, p * h, t * h))?;
+        }
+
         // d(prefix table), through the prefix dropout, summed over rows,
         // into the resident prompt: its table's gradient, or through its MLP.
         let resident = self.resident.as_mut().ok_or_else(|| {
             Error::InvalidArgument("CUDA backward without the prompt on the device".into())
         })?;
         let (d_past, accumulate) = resident.table_grad();
-        let site = PrefixSite::new((ls, b, p, two_h), step.prefix_dropout);
+        let site = PrefixSite::new((ls, b, p, block), step.prefix_dropout);
         let buffers: [&dyn KernelArg; 2] = [&ws.d_kv.ptr, &d_past];
         let accumulate = accumulate as i32;
         dev.launch_1d(
             Kernel::ReducePrefix,
-            p * ls * two_h,
+            p * ls * block,
             &[&buffers[..], &site.args(), &[&accumulate]].concat(),
         )?;
         resident.backward(dev)
@@ -1169,6 +1316,22 @@ fn layer_prefix(
 
 /// A buffer as the kernels take it, in f32 or in bf16: (its f32 address,
 /// its bf16 address), the one not used 0.
+/// dst [B, n] = the first n values of each of B sequences of src, `stride`
+/// apart (gather_rows with rows of n): prompt tuning's token rows, or its
+/// prompt rows.
+fn gather_sequences(
+    dev: &CudaDevice,
+    src: u64,
+    dst: u64,
+    (b, n, stride): (usize, usize, usize),
+) -> Result<()> {
+    dev.launch_1d(
+        Kernel::GatherRows,
+        b * n,
+        &[&src, &dst, &(b as i32), &(n as i32), &(stride as u64)],
+    )
+}
+
 fn f32_or_bf16(bf16: bool, f32_ptr: u64, bf16_ptr: u64) -> (u64, u64) {
     if bf16 {
         (0, bf16_ptr)

@@ -109,14 +109,21 @@ __device__ __forceinline__ void dropout_v(float* v, u64 at, u64 key, u64 thresho
 // ---------------------------------------------------------------------------
 // Embeddings: x = LN(word[ids[r]] + position[pos[r]] + type[types[r]]), then
 // dropout (element index r*H + j), and x in bf16 into x16 when not null.
+// Prompt tuning (`prompt` not null): the first prompt_len rows of each
+// sequence of `seq` rows read their own row of prompt [B, prompt_len, H]
+// instead of a word's. Where the backward reaches the embeddings (stats not
+// null), the sum goes into sum_out and (mean, rstd) into stats.
 // Rows as ln_row maps them.
 template <int V>
 __device__ void embed_layernorm_rows(const LnRow& row, const u32* ids, const u32* pos, const u32* types,
                                      const float* word, const float* position, const float* type,
                                      const float* gamma, const float* beta, float eps, float* x, int h, u64 key,
-                                     u64 threshold, float scale, int dropout, u16* x16, float* shared) {
+                                     u64 threshold, float scale, int dropout, u16* x16, const float* prompt,
+                                     int prompt_len, u64 seq, float* sum_out, float* stats, float* shared) {
     u64 r = row.r;
-    const float* w = word + (u64)ids[r] * h;
+    u64 i = prompt != 0 ? r % seq : 0;
+    const float* w = prompt != 0 && i < (u64)prompt_len ? prompt + ((r / seq) * prompt_len + i) * h
+                                                        : word + (u64)ids[r] * h;
     const float* p = position + (u64)pos[r] * h;
     const float* t = type + (u64)types[r] * h;
     float v[LN_PER_THREAD];
@@ -127,8 +134,9 @@ __device__ void embed_layernorm_rows(const LnRow& row, const u32* ids, const u32
         load_v<V>(t + j, c);
 #pragma unroll
         for (int e = 0; e < V; e++) v[k + e] = a[e] + b[e] + c[e];
+        if (stats != 0) store_v<V>(sum_out + r * h + j, v + k);
     }
-    layernorm_regs<V>(row, v, gamma, beta, eps, 0, h, shared);
+    layernorm_regs<V>(row, v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
     FOR_ROW_VECTORS(k, j, row, h, V) {
         u64 at = r * h + j;
         dropout_v<V>(v + k, at, key, threshold, scale, dropout);
@@ -139,12 +147,15 @@ __device__ void embed_layernorm_rows(const LnRow& row, const u32* ids, const u32
 extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const u32* types,
                                            const float* word, const float* position, const float* type,
                                            const float* gamma, const float* beta, float eps, float* x, int h,
-                                           u64 key, u64 threshold, float scale, int dropout, u16* x16, u64 rows) {
+                                           u64 key, u64 threshold, float scale, int dropout, u16* x16, u64 rows,
+                                           const float* prompt, int prompt_len, u64 seq, float* sum_out,
+                                           float* stats) {
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
-    LN_ROWS(ln_vec4(h, word, position, type, gamma, beta, x, x16), embed_layernorm_rows, row, ids, pos, types, word,
-            position, type, gamma, beta, eps, x, h, key, threshold, scale, dropout, x16, shared)
+    LN_ROWS(ln_vec4(h, word, position, type, gamma, beta, x, x16, prompt, sum_out), embed_layernorm_rows, row, ids,
+            pos, types, word, position, type, gamma, beta, eps, x, h, key, threshold, scale, dropout, x16, prompt,
+            prompt_len, seq, sum_out, stats, shared)
 }
 
 // ln_in = dropout(y + bias) + residual, then x_out = LN(ln_in), y the
