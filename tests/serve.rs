@@ -781,6 +781,7 @@ async fn listing_and_admin_load_unload() {
     let cls = &v["adapters"][0];
     assert_eq!(cls["labels"], json!(["neg", "neu", "pos"]));
     assert_eq!(cls["prefix_len"], 4);
+    assert_eq!(cls["method"], "p-tuning-v2");
     assert_eq!(cls["task"], "custom/classification");
     assert_eq!(cls["head"], "classification");
     assert_eq!(cls["max_len"], MAX_LEN);

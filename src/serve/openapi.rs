@@ -224,6 +224,7 @@ pub fn spec() -> Value {
                         "task": {"type": "string"},
                         "head": {"type": "string", "enum": ["classification", "multiple_choice", "regression", "token_classification", "question_answering"]},
                         "labels": {"type": "array", "items": {"type": "string"}},
+                        "method": {"type": "string", "enum": ["p-tuning-v2", "prompt-tuning"], "description": "Deep prompts at prefix_layers, or prompt tuning's prompt in front of the input (prefix_layers empty)"},
                         "prefix_len": {"type": "integer"},
                         "prefix_layers": {"type": "array", "items": {"type": "integer"}},
                         "max_len": {"type": "integer", "description": "Tokens per sequence, special tokens included"},
