@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::error::Result;
+use crate::model::prefix::PromptMethod;
+use crate::training::checkpoint::{read_run_info, RUN_INFO};
 use crate::training::peft::export_peft;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
-    /// Hugging Face PEFT prefix tuning (adapter_config.json + adapter_model.safetensors).
+    /// Hugging Face PEFT (adapter_config.json + adapter_model.safetensors):
+    /// PREFIX_TUNING, or PROMPT_TUNING for a prompt-tuning adapter.
     Peft,
 }
 
@@ -29,8 +32,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
     match args.format {
         Format::Peft => {
             let dir = export_peft(&args.run, &args.out)?;
+            let info = read_run_info(&dir.join(RUN_INFO))?;
+            let kind = match info.prefix.method {
+                PromptMethod::PTuningV2 => "PREFIX_TUNING",
+                PromptMethod::PromptTuning => "PROMPT_TUNING",
+            };
             eprintln!(
-                "wrote a PEFT prefix-tuning adapter from {} to {}",
+                "wrote a PEFT {kind} adapter from {} to {}",
                 dir.display(),
                 args.out.display()
             );

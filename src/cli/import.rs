@@ -1,4 +1,5 @@
-//! `ptuning import`: a PEFT prefix-tuning adapter as a ptuning checkpoint.
+//! `ptuning import`: a PEFT prefix-tuning or prompt-tuning adapter as a
+//! ptuning checkpoint.
 
 use std::path::PathBuf;
 
@@ -41,11 +42,12 @@ pub fn run(args: ImportArgs) -> Result<()> {
         },
     )?;
     eprintln!(
-        "wrote checkpoint {} ({}, {:?} head, labels {:?}, prefix {} on backbone {})",
+        "wrote checkpoint {} ({}, {:?} head, labels {:?}, {} prompt of {} on backbone {})",
         args.out.display(),
         info.task,
         info.head,
         info.label_names,
+        info.prefix.method.name(),
         info.prefix.len,
         info.backbone.name_or_path
     );

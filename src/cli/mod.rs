@@ -60,9 +60,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Serve adapters over one backbone: HTTP API with mixed-task batching.
     Serve(serve::ServeArgs),
-    /// Write an adapter in another format (PEFT prefix tuning).
+    /// Write an adapter in another format (PEFT prefix or prompt tuning).
     Export(export::ExportArgs),
-    /// Turn a PEFT prefix-tuning adapter into a ptuning checkpoint folder.
+    /// Turn a PEFT prefix- or prompt-tuning adapter into a ptuning checkpoint folder.
     Import(import::ImportArgs),
 }
 
