@@ -899,6 +899,16 @@ fn hub_from_env_reads_hf_home() {
     assert!(text.contains("1 passed"), "child test did not run: {text}");
 }
 
+#[test]
+fn parameters_are_counted_as_pytorch_counts_them() {
+    // sum(p.numel()) of transformers' BertModel on the tiny fixture, pooler included.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+    let mut m = BertModel::load(&dir).unwrap();
+    assert_eq!(m.num_parameters(), 32_704);
+    m.pooler = None;
+    assert_eq!(m.num_parameters(), 32_704 - (32 * 32 + 32));
+}
+
 // ---------------------------------------------------------------- real model
 
 #[test]
@@ -919,6 +929,8 @@ fn minilm_from_ptuning_cache_if_present() {
     assert_eq!(m.config.num_attention_heads, 12);
     assert_eq!(m.config.intermediate_size, 1536);
     assert_eq!(m.layers.len(), 6);
+    // PyTorch's sum(p.numel() for p in BertModel.parameters()).
+    assert_eq!(m.num_parameters(), 22_713_216);
     assert_eq!(m.embeddings.word_embeddings.len(), 30522 * 384);
     assert_eq!(
         m.layers[5].attention.self_attention.qkv.weight.len(),

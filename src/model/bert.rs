@@ -136,6 +136,30 @@ impl BertModel {
             pooler,
         })
     }
+
+    /// The number of (frozen) parameters, as PyTorch counts the module's.
+    pub fn num_parameters(&self) -> usize {
+        let linear = |l: &Linear| l.weight.len() + l.bias.len();
+        let norm = |n: &LayerNorm| n.weight.len() + n.bias.len();
+        let e = &self.embeddings;
+        let embeddings = e.word_embeddings.len()
+            + e.position_embeddings.len()
+            + e.token_type_embeddings.len()
+            + norm(&e.layer_norm);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                linear(&l.attention.self_attention.qkv)
+                    + linear(&l.attention.output.dense)
+                    + norm(&l.attention.output.layer_norm)
+                    + linear(&l.intermediate.dense)
+                    + linear(&l.output.dense)
+                    + norm(&l.output.layer_norm)
+            })
+            .sum();
+        embeddings + layers + self.pooler.as_ref().map_or(0, |p| linear(&p.dense))
+    }
 }
 
 /// The error for a folder without model.safetensors, saying what is there

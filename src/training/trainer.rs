@@ -451,6 +451,31 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             .reduce(f64::max);
     }
     model.use_compute(options.compute)?;
+    let trainable = model
+        .params_mut()
+        .iter()
+        .map(|p| p.value.len())
+        .sum::<usize>()
+        + heads.parked_parameters();
+    let frozen = backbone.model.num_parameters();
+    let prompt = &model.prefix.config;
+    reporter.line(&format!(
+        "{}: {trainable} trainable parameters, {:.2}% of the frozen backbone's {frozen}",
+        match prompt.method {
+            PromptMethod::PTuningV2 => format!(
+                "P-Tuning v2, {} virtual tokens at {} layers",
+                prompt.len,
+                prompt.layers.len()
+            ),
+            PromptMethod::PromptTuning => {
+                format!(
+                    "prompt tuning, {} virtual tokens before the input",
+                    prompt.len
+                )
+            }
+        },
+        100.0 * trainable as f64 / frozen as f64
+    ));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out)?;
 
@@ -651,8 +676,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         "global_step": state.global_step,
         "seconds_this_session": seconds,
         "train_examples_per_s_this_session": trained_examples as f64 / seconds.max(1e-9),
-        "trainable_parameters": model.params_mut().iter().map(|p| p.value.len()).sum::<usize>()
-            + heads.parked_parameters(),
+        "method": model.prefix.config.method,
+        "trainable_parameters": trainable,
+        "backbone_parameters": frozen,
         "history": state.history,
     });
     if multi {
