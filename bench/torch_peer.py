@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""PyTorch peer of the ptuning benchmark: P-Tuning v2 on a frozen HF BertModel, CPU or GPU.
+"""PyTorch peer of the ptuning benchmark: P-Tuning v2 or prompt tuning on a frozen HF BERT, CPU or GPU.
 
     /work/venv/torch/bin/python bench/torch_peer.py --model DIR --batch 16 --seq 128 \
-        --prefix-len 16 [--threads 2] [--warmup 2] [--iters 10] [--json] \
+        --prefix-len 16 [--method p-tuning-v2|prompt-tuning] [--prompt-impl peft|plain] \
+        [--threads 2] [--warmup 2] [--iters 10] [--json] \
         [--device cpu|cuda] [--precision fp32|tf32|bf16]
 
 On a GPU (eager, SDPA): fp32 with TF32 off, tf32 with torch's TF32 matmuls,
@@ -23,6 +24,31 @@ fixed seed, attn_implementation="sdpa"):
     model.eval();
   * rss_after_load_mb: RSS once the model, prefix, head and optimizer exist,
     before any step; peak_rss_mb: ru_maxrss after all runs (MB = 2**20 bytes).
+
+--method prompt-tuning (`ptuning bench --method prompt-tuning`): shallow prompt
+tuning, PEFT's PROMPT_TUNING, on the same frozen weights: a trainable [P, H]
+prompt in front of each sequence's word embeddings, passed as inputs_embeds
+with the mask extended by P ones and token_type_ids by P zeros (positions
+numbered over all P+T rows, as HF numbers inputs_embeds), every layer on P+T
+rows, no prompt dropout (the embeddings' dropout covers its rows), pooled
+head on row 0 (pooler, dropout, linear), the same train step and inference
+as above. By default (--prompt-impl peft) it is PEFT itself:
+get_peft_model(BertForSequenceClassification, PromptTuningConfig(SEQ_CLS,
+SAMPLE_VOCAB)), called with input_ids, attention_mask and token_type_ids, as
+a user runs it (tools/baselines.py does). PEFT adds no work ptuning skips:
+per step it looks up [1, P, H] and repeats it over the batch (its backward a
+sum over the batch, as ptuning's reduce), concatenates the mask and token
+types, and wraps the classifier in a ModulesToSaveWrapper (one Linear, the
+same one call); the layers, the embeddings' backward over all P+T rows (to
+reach the prompt's rows) and the head are HF's either way. --prompt-impl plain
+is that model in plain torch (nn.Embedding(P, H) concatenated in front of
+bert.embeddings.word_embeddings(input_ids), BertModel's pooler, dropout and a
+linear head), the check on PEFT's wrapping: both give the same logits and
+prompt gradients, and run the same aten ops (torch.profiler); on the 2-core
+machine (batch 16 x 128, prompt 16, 2 threads, 2026-11-27) PEFT's train
+step took 767-776 ms against 752-764 and its inference 272-274 ms against
+262-264, 1-4% more (Python and a few small copies), about the spread
+between runs, and to ptuning's advantage if anything.
 """
 
 import argparse
@@ -34,6 +60,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import transformers
-from transformers import BertModel, DynamicCache
+from transformers import BertForSequenceClassification, BertModel, DynamicCache
 
 
 def rss_mb():
@@ -96,6 +123,57 @@ class PrefixTuned(nn.Module):
         return self.classifier(self.dropout(out.pooler_output))
 
 
+class PromptTuned(nn.Module):
+    """Frozen BertModel + shallow prompt (PEFT's PROMPT_TUNING semantics) + pooled head, in plain torch."""
+
+    def __init__(self, bert, prompt_len, num_labels):
+        super().__init__()
+        cfg = bert.config
+        self.bert = bert
+        self.P = prompt_len
+        self.prompt = nn.Embedding(prompt_len, cfg.hidden_size)
+        with torch.no_grad():  # sampled from the vocabulary, as PEFT's SAMPLE_VOCAB and ptuning start it
+            ids = torch.randint(0, cfg.vocab_size, (prompt_len,))
+            self.prompt.weight.copy_(bert.embeddings.word_embeddings.weight[ids])
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        for p in self.bert.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        B = input_ids.shape[0]
+        words = self.bert.embeddings.word_embeddings(input_ids)
+        prompt = self.prompt.weight.unsqueeze(0).expand(B, -1, -1).to(words.dtype)
+        embeds = torch.cat([prompt, words], dim=1)
+        mask = torch.cat([torch.ones(B, self.P, dtype=attention_mask.dtype, device=attention_mask.device),
+                          attention_mask], dim=1)
+        types = torch.cat([torch.zeros(B, self.P, dtype=token_type_ids.dtype, device=token_type_ids.device),
+                           token_type_ids], dim=1)
+        out = self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types)
+        return self.classifier(self.dropout(out.pooler_output))
+
+
+class PeftPromptTuned(nn.Module):
+    """PEFT's PROMPT_TUNING on BertForSequenceClassification, called as a user calls it; returns the logits."""
+
+    def __init__(self, model_dir, prompt_len, num_labels):
+        super().__init__()
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+        clf = BertForSequenceClassification.from_pretrained(
+            model_dir, num_labels=num_labels, attn_implementation="sdpa", dtype=torch.float32)
+        if clf.bert.pooler is None:
+            sys.exit("model has no pooler")
+        config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=prompt_len,
+                                    prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+        with warnings.catch_warnings():  # transformers' deprecation notes on what PEFT calls
+            warnings.simplefilter("ignore", FutureWarning)
+            self.peft = get_peft_model(clf, config)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.peft(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
 def main():
     default_model = os.environ.get("PTUNING_MODEL_DIR") or str(
         Path.home() / ".cache" / "ptuning" / "models" / "all-MiniLM-L6-v2")
@@ -103,7 +181,10 @@ def main():
     ap.add_argument("--model", default=default_model, help="HF BERT folder (config.json, model.safetensors)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--prefix-len", type=int, default=16)
+    ap.add_argument("--prefix-len", type=int, default=16, help="P, the number of virtual tokens")
+    ap.add_argument("--method", default="p-tuning-v2", choices=["p-tuning-v2", "prompt-tuning"])
+    ap.add_argument("--prompt-impl", default="peft", choices=["peft", "plain"],
+                    help="prompt-tuning: PEFT itself, or the same model in plain torch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
@@ -132,14 +213,24 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    bert = BertModel.from_pretrained(args.model, attn_implementation="sdpa", dtype=torch.float32)
-    cfg = bert.config
+    if args.method == "prompt-tuning" and args.prompt_impl == "peft":
+        model = PeftPromptTuned(args.model, args.prefix_len, args.labels)
+        cfg = model.peft.config
+        peer = f"peft {__import__('peft').__version__}"
+    else:
+        bert = BertModel.from_pretrained(args.model, attn_implementation="sdpa", dtype=torch.float32)
+        cfg = bert.config
+        if bert.pooler is None:
+            sys.exit("model has no pooler")
+        if args.method == "prompt-tuning":
+            model, peer = PromptTuned(bert, args.prefix_len, args.labels), "plain torch"
+        else:
+            model, peer = PrefixTuned(bert, args.prefix_len, args.labels), "plain torch"
     if args.prefix_len + args.seq > cfg.max_position_embeddings:
         sys.exit(f"prefix_len + seq = {args.prefix_len + args.seq} > max_position_embeddings "
-                 f"{cfg.max_position_embeddings} (HF shifts positions by the prefix length)")
-    if bert.pooler is None:
-        sys.exit("model has no pooler")
-    model = PrefixTuned(bert, args.prefix_len, args.labels).to(device)
+                 f"{cfg.max_position_embeddings} (HF numbers positions after the prefix, or over the "
+                 "prompt's rows and the tokens')")
+    model = model.to(device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(
         [{"params": [p for n, p in trainable.items() if not n.endswith(".bias")], "weight_decay": 0.01},
@@ -149,7 +240,10 @@ def main():
 
     g = torch.Generator().manual_seed(args.seed)
     B, T = args.batch, args.seq
-    input_ids = torch.randint(1000, cfg.vocab_size, (B, T), generator=g).to(device)
+    # Ids from 1000 up (past BERT's special and unused tokens), or from the
+    # middle of a small test vocabulary, as `ptuning bench` draws them.
+    low = min(1000, cfg.vocab_size // 2)
+    input_ids = torch.randint(low, cfg.vocab_size, (B, T), generator=g).to(device)
     attention_mask = torch.ones(B, T, dtype=torch.int64, device=device)
     token_type_ids = torch.zeros(B, T, dtype=torch.int64, device=device)
     labels = torch.randint(0, args.labels, (B,), generator=g).to(device)
@@ -195,6 +289,8 @@ def main():
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "precision": args.precision,
         "threads": args.threads,
+        "method": args.method,
+        "peer": peer,
         "batch": B,
         "seq": T,
         "prefix_len": args.prefix_len,
@@ -212,6 +308,7 @@ def main():
     print(f"PyTorch peer  torch {torch.__version__}  transformers {transformers.__version__}  "
           f"threads {args.threads}")
     print(f"model {args.model}")
+    print(f"method {args.method} ({peer})")
     print(f"batch {B}  seq {T}  prefix_len {args.prefix_len}  warmup {args.warmup}  iters {args.iters}")
     rows = [
         ("train step (median)", f"{res['train_step_ms']:.1f} ms",

@@ -14,7 +14,7 @@ use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
-use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder, PromptMethod};
+use crate::model::prefix::{method_layers, PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::model::prompt_model::{PromptModel, Targets};
 use crate::rng::Rng;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -46,9 +46,17 @@ pub struct BenchArgs {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq: usize,
+    /// p-tuning-v2 (deep prompts: P keys and values at every layer) or
+    /// prompt-tuning (the shallow baseline: P embeddings in front of the
+    /// input, so the layers run on P+T rows and the backward reaches the
+    /// embeddings).
+    #[arg(long, default_value = "p-tuning-v2")]
+    method: PromptMethod,
+    /// P, the number of virtual tokens.
     #[arg(long, default_value_t = 16)]
     prefix_len: usize,
-    /// Layers with a prefix: all, a range 0-5, a list, or top:k.
+    /// Layers with a prefix: all, a range 0-5, a list, or top:k (P-Tuning v2
+    /// only).
     #[arg(long, default_value = "all")]
     prefix_layers: String,
     /// Reparameterize the prefix through an MLP.
@@ -128,7 +136,8 @@ fn profile_take(
 }
 
 /// The attention shape of a bench step with a prompt on every layer: B
-/// rows of T tokens, P prefix keys, NH heads of HD.
+/// rows of T queries, P prefix keys, NH heads of HD. Prompt tuning's layers
+/// see T = P + tokens rows and no prefix keys (P = 0).
 #[derive(Clone, Copy, Debug)]
 struct AttentionDims {
     batch: usize,
@@ -146,7 +155,9 @@ struct AttentionDims {
 /// in products of HD: the forward makes 2 products of 2·T·N·HD (scores,
 /// then probabilities by values), dQ 3 (the scores again, dP, dQ), dK/dV 4
 /// (the scores again, dP, dK, dV); the lowest layer's dK/dV (the launches
-/// beyond dQ's) takes the P prefix keys only.
+/// beyond dQ's) takes the P prefix keys only. (Under prompt tuning every
+/// layer runs dQ and dK/dV over all its keys: the backward goes on to the
+/// embeddings.)
 fn step_flop(t: &KernelTime, all: &[KernelTime], attention: Option<AttentionDims>) -> Option<f64> {
     if let Some(shape) = t.name.strip_prefix("gemm ") {
         let dims = shape.split(' ').nth(1)?;
@@ -214,13 +225,14 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let dir = resolve_model(&args.model)?;
     let backbone = Arc::new(BertModel::load(&dir)?);
     let config = backbone.config.clone();
+    let layers = method_layers(args.method, &args.prefix_layers, config.num_hidden_layers)?;
     let prefix = PrefixEncoder::new(
         PrefixConfig {
-            method: PromptMethod::PTuningV2,
+            method: args.method,
             len: args.prefix_len,
             projection: args.prefix_projection,
             hidden_size: args.prefix_hidden_size,
-            layers: parse_layers(&args.prefix_layers, config.num_hidden_layers)?,
+            layers,
         },
         config.hidden_size,
         config.num_hidden_layers,
@@ -288,15 +300,22 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     }
     drop(acts);
     let train_ms = median_ms(train);
-    // The attention kernels' FLOP, for the profile, with a prompt on every layer.
-    let attention =
-        (model.prefix.config.layers.len() == config.num_hidden_layers).then(|| AttentionDims {
-            batch: args.batch,
-            seq: args.seq,
-            prefix: args.prefix_len,
-            heads: config.num_attention_heads,
-            head_dim: config.head_dim(),
-        });
+    // The attention kernels' FLOP, for the profile: with a deep prompt on
+    // every layer (T queries, P + T keys), or with prompt tuning's (P + T
+    // queries and keys, no prefix keys); unknown with a prefix on some
+    // layers only.
+    let dims = |seq, prefix| AttentionDims {
+        batch: args.batch,
+        seq,
+        prefix,
+        heads: config.num_attention_heads,
+        head_dim: config.head_dim(),
+    };
+    let attention = match args.method {
+        PromptMethod::PTuningV2 => (model.prefix.config.layers.len() == config.num_hidden_layers)
+            .then(|| dims(args.seq, args.prefix_len)),
+        PromptMethod::PromptTuning => Some(dims(args.prefix_len + args.seq, 0)),
+    };
     let take_profile = |model: &PromptModel, wall_ms: f64, title: &str| {
         profile_take(model, args.profile, (args.iters, wall_ms), attention, title)
     };
@@ -316,13 +335,21 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
     }
     let infer_ms = median_ms(infer);
-    // Matrix TFLOP/s of the inference forward.
-    let infer_tflops = config.forward_flop(
-        args.batch,
-        args.seq,
-        args.prefix_len,
-        model.prefix.config.layers.len(),
-    ) / (infer_ms * 1e9);
+    // Matrix TFLOP/s of the inference forward: the rows every layer runs
+    // (T with a deep prompt, whose P keys and values join the attention;
+    // P + T under prompt tuning, attending to each other, no prefix keys).
+    let infer_flop = match args.method {
+        PromptMethod::PTuningV2 => config.forward_flop(
+            args.batch,
+            args.seq,
+            args.prefix_len,
+            model.prefix.config.layers.len(),
+        ),
+        PromptMethod::PromptTuning => {
+            config.forward_flop(args.batch, args.prefix_len + args.seq, 0, 0)
+        }
+    };
+    let infer_tflops = infer_flop / (infer_ms * 1e9);
     let infer_profile = take_profile(&model, infer_ms, "inference")?;
     let (_, peak) = rss_mb();
     let gpu = model.gpu.as_ref().map(|g| {
@@ -354,6 +381,7 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
             "device_after_load_mib": gpu.as_ref().map(|g| g.after_load_mib),
             "device_peak_mib": gpu.as_ref().map(|g| g.peak_mib),
             "threads": threads,
+            "method": args.method.name(),
             "batch": args.batch,
             "seq": args.seq,
             "prefix_len": args.prefix_len,
@@ -369,14 +397,21 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
         }
         println!("{out}");
     } else {
+        let prompt = match args.method {
+            PromptMethod::PTuningV2 => format!("prefix {} (p-tuning-v2)", args.prefix_len),
+            PromptMethod::PromptTuning => format!(
+                "prompt {} (prompt-tuning: {} rows a sequence through every layer)",
+                args.prefix_len,
+                args.prefix_len + args.seq
+            ),
+        };
         println!(
-            "model {} ({} layers, hidden {}), batch {} x seq {}, prefix {}, {} threads",
+            "model {} ({} layers, hidden {}), batch {} x seq {}, {prompt}, {} threads",
             dir.display(),
             config.num_hidden_layers,
             config.hidden_size,
             args.batch,
             args.seq,
-            args.prefix_len,
             threads
         );
         if let Some(g) = &gpu {
@@ -453,5 +488,28 @@ mod tests {
             Some(2.0 * 160.0)
         );
         assert_eq!(step_flop(&kernel("gemm fp32 8x8 NN", 1), &[], None), None);
+    }
+
+    #[test]
+    fn flop_of_prompt_tuning_attention() {
+        // Prompt tuning: P + T = 5 rows attend to each other, no prefix keys;
+        // every layer runs dQ and dK/dV over all 5 keys.
+        let dims = AttentionDims {
+            batch: 2,
+            seq: 5,
+            prefix: 0,
+            heads: 1,
+            head_dim: 2,
+        };
+        let step = [
+            kernel("attention_forward_bf16", 2),
+            kernel("attention_backward_dq_bf16", 2),
+            kernel("attention_backward_dkv_bf16", 2),
+        ];
+        let flop = |i: usize| step_flop(&step[i], &step, Some(dims));
+        // One product: 2·B·NH·(P+T)·(P+T)·HD = 200.
+        assert_eq!(flop(0), Some(2.0 * 200.0 * 2.0));
+        assert_eq!(flop(1), Some(3.0 * 200.0 * 2.0));
+        assert_eq!(flop(2), Some(4.0 * 200.0 * 2.0));
     }
 }

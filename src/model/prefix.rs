@@ -182,6 +182,19 @@ pub fn parse_layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
     Ok(layers)
 }
 
+/// The layers of `method`'s prompt for `--prefix-layers spec`: parsed for
+/// P-Tuning v2; none for prompt tuning, whose prompt is in front of the
+/// input (any spec but the default `all` is an error there).
+pub fn method_layers(method: PromptMethod, spec: &str, num_layers: usize) -> Result<Vec<usize>> {
+    match method {
+        PromptMethod::PTuningV2 => parse_layers(spec, num_layers),
+        PromptMethod::PromptTuning if spec.trim().eq_ignore_ascii_case("all") => Ok(Vec::new()),
+        PromptMethod::PromptTuning => Err(Error::InvalidArgument(format!(
+            "--prefix-layers {spec} does not apply to --method prompt-tuning: its prompt is in front of the input"
+        ))),
+    }
+}
+
 /// Linear(h_in → h_out) of the reparameterization, trainable.
 #[derive(Clone, Debug)]
 pub struct PrefixLinear {

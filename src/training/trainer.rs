@@ -21,7 +21,7 @@ use crate::model::bert::BertModel;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
-use crate::model::prefix::{parse_layers, PrefixConfig, PrefixEncoder, PromptMethod};
+use crate::model::prefix::{method_layers, PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -218,11 +218,9 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
-        if self.method == PromptMethod::PromptTuning && self.prefix_layers != "all" {
-            return bad(format!(
-                "--prefix-layers {} does not apply to --method prompt-tuning: its prompt is in front of the input",
-                self.prefix_layers
-            ));
+        if self.method == PromptMethod::PromptTuning {
+            // Checked before any data is read.
+            method_layers(self.method, &self.prefix_layers, 0)?;
         }
         if self.max_seq_len() < 8 {
             return bad(format!("--max-seq-len {} is too short", self.max_seq_len()));
@@ -386,10 +384,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     let backbone = Backbone::load(&config.model)?;
     let bert = &backbone.model.config;
-    let layers = match config.method {
-        PromptMethod::PTuningV2 => parse_layers(&config.prefix_layers, bert.num_hidden_layers)?,
-        PromptMethod::PromptTuning => Vec::new(),
-    };
+    let layers = method_layers(config.method, &config.prefix_layers, bert.num_hidden_layers)?;
     let prefix_config = PrefixConfig {
         method: config.method,
         len: config.prefix_len,
