@@ -19,6 +19,9 @@
 #   --quick: bert-base only, fewer iterations; --profile: tests and step 4 only.
 # SIZES (default "base large") and PRECISIONS (default "fp32 tf32 bf16")
 # narrow the speed section: SIZES=large PRECISIONS=bf16 for one row.
+# PROMPT_TUNING=1 adds prompt tuning's rows in bf16 (bench --method
+# prompt-tuning against the same model in plain torch: torch_peer.py
+# --prompt-impl plain, which needs no PEFT on the GPU machine).
 # SECTIONS (default "tests speed profile serve") runs a subset, for a short
 # lease: SECTIONS="tests speed" bash bench/gpu.sh. SECTIONS="ncu" (not in the
 # default) runs Nsight Compute on one launch of each attention, LayerNorm
@@ -70,6 +73,12 @@ for size in $sizes; do
             echo "{\"size\": \"$size\", \"precision\": \"fp32\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
         fi
     done
+    if [ "${PROMPT_TUNING:-0}" = 1 ]; then
+        args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json --method prompt-tuning)
+        ours=$(timeout 120 .gpu/ptuning bench --device cuda --precision bf16 "${args[@]}" 2>> "$out/gpu-errors.log")
+        peer=$(timeout 120 "$python" bench/torch_peer.py --device cuda --precision bf16 --prompt-impl plain "${args[@]}" 2>> "$out/gpu-errors.log")
+        echo "{\"size\": \"$size\", \"precision\": \"bf16\", \"method\": \"prompt-tuning\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
+    fi
 done
 
 [ "$mode" != "--profile" ] && want speed && timeout 120 "$python" bench/gemm_peak.py > "$out/gpu-peak.json" 2>> "$out/gpu-errors.log"
@@ -107,7 +116,8 @@ for r in rows:
     def mib(d):
         return f"{d['device_peak_mib']:.0f}" if d.get("device_peak_mib") is not None else "-"
     memory = f"{mib(o)} / {mib(p)}"
-    print(f"| bert-{r['size']} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
+    model = f"bert-{r['size']}" + (" (prompt tuning)" if r.get("method") == "prompt-tuning" else "")
+    print(f"| {model} | {r['precision']} | {cell(o, 'train_step_ms')} | {cell(p, 'train_step_ms')} | "
           f"{ratio('train_step_ms')} | {cell(o, 'infer_ms')} | {cell(p, 'infer_ms')} | {ratio('infer_ms')} | "
           f"{share} | {memory} | {o.get('gemm', '-')} | {o.get('attention', '-')} |")
 PY
