@@ -352,6 +352,16 @@ fn import_refusals_say_why() {
             "num_transformer_submodules is 2",
         ),
         (
+            "too_long",
+            good_config(),
+            good_tensors(),
+            ImportOptions {
+                max_seq_len: Some(100),
+                ..options(&["a", "b"])
+            },
+            "needs more than the model's 64 positions",
+        ),
+        (
             "dim",
             with(&|c| c["token_dim"] = json!(64)),
             good_tensors(),
@@ -492,6 +502,8 @@ fn import_refusals_say_why() {
     .unwrap();
     assert_eq!(info.label_names, ["0", "1"]);
     assert_eq!(info.task, "custom/classification");
+    // 128 tokens by default, but tiny-bert's 64 positions leave 59 after 5.
+    assert_eq!(info.tokenizer.max_seq_len, 59);
     let dir = tmp.path().join("reg");
     peft_folder(
         &dir,

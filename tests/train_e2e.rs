@@ -207,6 +207,9 @@ fn tagger_round(method: PromptMethod) {
         adapter.info.label_names,
         vec!["O", "B-LOC", "B-PER", "I-PER"]
     );
+    // The default 128 tokens do not fit tiny-bert's 64 positions after a
+    // prompt of 4: the run keeps what does, and predicts within it.
+    assert_eq!(adapter.info.tokenizer.max_seq_len, 60);
     let dev = adapter.data_for(&tmp.path().join("dev.txt")).unwrap();
     let metrics = dev.evaluate_dev(&adapter.model, 4).unwrap();
     assert_eq!(
@@ -214,7 +217,9 @@ fn tagger_round(method: PromptMethod) {
         "{method:?}: eval of the best epoch"
     );
     let raw = tmp.path().join("raw.txt");
-    std::fs::write(&raw, "a b, c d\n").unwrap();
+    // A line of 70 words: more than one window of 60 tokens.
+    let long = vec!["a"; 70].join(" ");
+    std::fs::write(&raw, format!("a b, c d\n{long}\n")).unwrap();
     let data = adapter.input_for(&raw).unwrap();
     let Predictions::Lines(lines) = data.predict_dev(&adapter.model, 4).unwrap() else {
         panic!("a tagger predicts lines");
@@ -224,6 +229,7 @@ fn tagger_round(method: PromptMethod) {
         serde_json::json!(["a", "b", ",", "c", "d"])
     );
     assert_eq!(lines[0]["tags"].as_array().unwrap().len(), 5);
+    assert_eq!(lines[1]["tags"].as_array().unwrap().len(), 70);
     for e in lines[0]["entities"].as_array().unwrap() {
         let (start, end) = (
             e["start"].as_u64().unwrap() as usize,
@@ -365,6 +371,14 @@ fn bad_settings_are_clear_errors() {
                 ..base.clone()
             },
             "does not apply to --method prompt-tuning",
+        ),
+        (
+            // tiny-bert has 64 positions: 62 tokens after 4 do not fit.
+            TrainConfig {
+                max_seq_len: Some(62),
+                ..base.clone()
+            },
+            "pass --max-seq-len 60 or less",
         ),
         (
             TrainConfig {
@@ -587,6 +601,28 @@ fn init_from_errors_say_what_to_pass() {
             config.out.display()
         );
     }
+    // Between prompt-tuning runs only the length can differ.
+    let shallow = TrainConfig {
+        method: PromptMethod::PromptTuning,
+        out: tmp.path().join("pt"),
+        ..source.clone()
+    };
+    train(&shallow, quiet()).unwrap();
+    let err = train(
+        &TrainConfig {
+            prefix_len: 6,
+            out: tmp.path().join("pt-len"),
+            init_from: Some(shallow.out.clone()),
+            ..shallow.clone()
+        },
+        quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("pass --prefix-len 4") && !err.contains("--prefix-layers"),
+        "{err}"
+    );
 }
 
 #[test]

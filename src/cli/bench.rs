@@ -225,6 +225,13 @@ pub fn run(args: BenchArgs, compute: Compute) -> Result<()> {
     let dir = resolve_model(&args.model)?;
     let backbone = Arc::new(BertModel::load(&dir)?);
     let config = backbone.config.clone();
+    let room = config.tokens_after_prompt(args.prefix_len);
+    if args.seq > room {
+        return Err(Error::InvalidArgument(format!(
+            "--seq {} after a prompt of {} needs more than the model's {} positions: pass --seq {room} or less",
+            args.seq, args.prefix_len, config.max_position_embeddings
+        )));
+    }
     let layers = method_layers(args.method, &args.prefix_layers, config.num_hidden_layers)?;
     let prefix = PrefixEncoder::new(
         PrefixConfig {

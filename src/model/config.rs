@@ -244,6 +244,14 @@ impl BertConfig {
         gemms + attention(t + p) * prefixed + attention(t) * (layers - prefixed)
     }
 
+    /// The most tokens a sequence may have after a prompt of `p`: the
+    /// positions the model has left once the prompt's P (and RoBERTa's
+    /// padding offset) are taken.
+    pub fn tokens_after_prompt(&self, p: usize) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset() + p)
+    }
+
     /// First position id of a real token without a prefix: 0 for BERT,
     /// pad_token_id + 1 for RoBERTa-style models.
     pub fn position_offset(&self) -> usize {

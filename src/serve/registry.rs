@@ -109,9 +109,7 @@ impl ServedAdapter {
         if p == 0 || past.len() != p * prefix.width() {
             return bad("its prompt table is empty or not [P, width]".into());
         }
-        let positions = config
-            .max_position_embeddings
-            .saturating_sub(config.position_offset() + p);
+        let positions = config.tokens_after_prompt(p);
         let max_len = info.tokenizer.max_seq_len.min(positions);
         if max_len < 3 {
             return bad(format!(

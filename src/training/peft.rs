@@ -387,7 +387,19 @@ pub fn read_peft(
         )));
     }
 
-    let max_seq_len = options.max_seq_len.unwrap_or(128);
+    // Tokens per input: what was asked, or 128, within what the model's
+    // positions leave after the prompt.
+    let room = c.tokens_after_prompt(p);
+    let max_seq_len = match options.max_seq_len {
+        Some(n) if n > room => {
+            return Err(Error::InvalidArgument(format!(
+                "--max-seq-len {n} with a prompt of {p} needs more than the model's {} positions: pass {room} or less",
+                c.max_position_embeddings
+            )))
+        }
+        Some(n) => n,
+        None => 128.min(room),
+    };
     let prefix_config = PrefixConfig {
         method: config.method,
         len: p,

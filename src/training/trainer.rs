@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::bert::BertModel;
+use crate::model::config::BertConfig;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
@@ -384,6 +385,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
 
     let backbone = Backbone::load(&config.model)?;
     let bert = &backbone.model.config;
+    fit_max_seq_len(&mut config, bert, &reporter)?;
     let layers = method_layers(config.method, &config.prefix_layers, bert.num_hidden_layers)?;
     let prefix_config = PrefixConfig {
         method: config.method,
@@ -699,6 +701,41 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         print_summary(&summary, main_metric);
     }
     Ok(summary)
+}
+
+/// Checks that --max-seq-len tokens fit the model's positions after the
+/// prompt, so that no adapter trains on lengths it cannot predict at: a
+/// length given is refused with what fits; the task's default is lowered
+/// to what fits (and stored with the run).
+fn fit_max_seq_len(config: &mut TrainConfig, bert: &BertConfig, reporter: &Reporter) -> Result<()> {
+    let room = bert.tokens_after_prompt(config.prefix_len);
+    let p = config.prefix_len;
+    let positions = bert.max_position_embeddings;
+    if room < 8 {
+        return Err(Error::InvalidArgument(format!(
+            "--prefix-len {p} leaves {room} of the model's {positions} positions for the tokens; lower --prefix-len"
+        )));
+    }
+    let longest = config
+        .task_configs()
+        .iter()
+        .map(|(_, t)| t.max_seq_len())
+        .max()
+        .unwrap_or(0);
+    if longest <= room {
+        return Ok(());
+    }
+    if let Some(given) = config.max_seq_len {
+        return Err(Error::InvalidArgument(format!(
+            "--max-seq-len {given} with --prefix-len {p} needs more than the model's {positions} positions: \
+             pass --max-seq-len {room} or less, or a shorter prompt"
+        )));
+    }
+    reporter.line(&format!(
+        "--max-seq-len {room}: what the model's {positions} positions leave after a prompt of {p} (the default is {longest})"
+    ));
+    config.max_seq_len = Some(room);
+    Ok(())
 }
 
 /// Each task's data (with the label set a resumed run stored) and the

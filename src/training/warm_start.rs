@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::model::heads::ClassificationHead;
-use crate::model::prefix::{PrefixConfig, PrefixEncoder};
+use crate::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
 use crate::training::checkpoint::{check_backbone, checkpoint_dir, load_checkpoint};
 use crate::training::data::HeadSpec;
 
@@ -60,9 +60,8 @@ pub fn warm_start(
         ));
     }
     if source.len != prefix.len || source.layers != prefix.layers {
-        return Err(init_error(
-            &dir,
-            &format!(
+        let message = match prefix.method {
+            PromptMethod::PTuningV2 => format!(
                 "its prompt has {} tokens on layers {:?}, this run's {} tokens on layers {:?}; \
                  pass --prefix-len {} and --prefix-layers {}",
                 source.len,
@@ -72,7 +71,12 @@ pub fn warm_start(
                 source.len,
                 layer_list(&source.layers),
             ),
-        ));
+            PromptMethod::PromptTuning => format!(
+                "its prompt has {} tokens, this run's {}; pass --prefix-len {}",
+                source.len, prefix.len, source.len
+            ),
+        };
+        return Err(init_error(&dir, &message));
     }
     let mut table = match (prefix.projection, source.projection) {
         (false, false) => ckpt.prefix,
