@@ -980,3 +980,54 @@ fn prompt_tuning_trains_resumes_evaluates_and_exports() {
         serde_json::from_slice(&read(&out_dir, "best/ptuning.json")).unwrap();
     assert_eq!(info["hyperparameters"]["method"], "prompt-tuning");
 }
+
+#[test]
+fn the_cli_resumes_with_the_stored_length_and_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let (data, out, model) = (
+        config.data.display().to_string(),
+        config.out.display().to_string(),
+        config.model.clone(),
+    );
+    let cli = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "custom/classification",
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--model",
+            &model,
+            "--prefix-len",
+            "4",
+            "--max-seq-len",
+            "32",
+            "--quiet",
+        ];
+        args.extend(extra);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    cli(&["--epochs", "3", "--stop-after-epoch", "1"]);
+    // No --epochs: the run's own 3, not the default 10; --lr is not applied.
+    let err = cli(&["--resume", "--lr", "0.5"]);
+    assert!(err.contains("ignoring --lr (only"), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["epochs_completed"], 3);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.out.join("last/ptuning.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["hyperparameters"]["lr"].as_f64(), Some(0.01f32 as f64));
+}

@@ -52,7 +52,7 @@ struct Cli {
 enum Command {
     /// Median time of a training step and of an inference forward, and memory.
     Bench(bench::BenchArgs),
-    /// Train a deep prompt and a head on a task; writes a run folder.
+    /// Train a prompt (P-Tuning v2's deep prompt, or prompt tuning's) and a head on a task; writes a run folder.
     Train(Box<train::TrainArgs>),
     /// Metrics of a trained adapter on a labelled split.
     Eval(eval::EvalArgs),

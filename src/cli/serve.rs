@@ -79,13 +79,15 @@ pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
     for (name, dir) in &adapters {
         let a = server.load_adapter(name, dir)?;
         eprintln!(
-            "adapter {name}: {} ({} head, {} outputs, prefix {}) from {}",
+            "adapter {name}: {} ({} head, {} output{}, {} prompt of {}) from {}",
             a.info.task,
             serde_json::to_value(a.info.head)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             a.head.num_labels(),
+            if a.head.num_labels() == 1 { "" } else { "s" },
+            a.method.name(),
             a.prefix_len,
             a.path.display()
         );

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::engine::device::Compute;
 use crate::error::Result;
 use crate::model::prefix::PromptMethod;
+use crate::training::checkpoint::load_checkpoint_set;
 use crate::training::multitask::TaskSource;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
 
@@ -16,7 +17,9 @@ pub struct TrainArgs {
     /// A TOML file with the same fields as the flags (snake_case); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// superglue/{boolq,cb,copa,rte,wic,wsc,multirc}, glue/{cola,sst2,mrpc,rte,qnli,qqp,mnli,stsb}, custom/classification.
+    /// superglue/{boolq,cb,copa,rte,wic,wsc,multirc}, glue/{cola,sst2,mrpc,rte,qnli,qqp,mnli,stsb},
+    /// ner/{conll2003,wnut17,conll04}, srl/{conll05,conll12}, qa/{squad,squad_v2},
+    /// custom/classification, custom/conll.
     #[arg(long)]
     task: Option<String>,
     /// The task's data folder (e.g. ../shared/data/superglue/CB).
@@ -36,45 +39,56 @@ pub struct TrainArgs {
     /// prompt-tuning (the shallow baseline: P embeddings in front of the input).
     #[arg(long)]
     method: Option<PromptMethod>,
-    /// P, the number of virtual tokens.
+    /// P, the number of virtual tokens [default: 16].
     #[arg(long)]
     prefix_len: Option<usize>,
     /// Reparameterize the prefix through an MLP (folded into a table on export).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     prefix_projection: Option<bool>,
+    /// h, the reparameterization MLP's hidden width [default: 512].
     #[arg(long)]
     prefix_hidden_size: Option<usize>,
     /// Layers with a prefix: all, a range 0-5, a list 0,3,5, or top:k.
     #[arg(long)]
     prefix_layers: Option<String>,
+    /// AdamW's learning rate [default: 1e-2].
     #[arg(long)]
     lr: Option<f32>,
+    /// Sequences per training step [default: 16].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Sequences per evaluation batch [default: 32].
     #[arg(long)]
     eval_batch_size: Option<usize>,
+    /// Passes over the training data [default: 10; on --resume, the run's own].
     #[arg(long)]
     epochs: Option<usize>,
-    /// Dropout of the prefix and of the backbone's hidden states.
+    /// Dropout of the prefix and of the backbone's hidden states [default: 0.1].
     #[arg(long)]
     dropout: Option<f32>,
+    /// Tokens per sequence or window [default: 128, 384 for QA; at most what
+    /// the model's positions leave after the prompt].
     #[arg(long)]
     max_seq_len: Option<usize>,
+    /// Seeds the prompt, the head, the shuffles and the dropout masks [default: 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// AdamW's decoupled weight decay, on weights only [default: 0].
     #[arg(long)]
     weight_decay: Option<f32>,
+    /// Share of the steps spent warming the learning rate up [default: 0].
     #[arg(long)]
     warmup_ratio: Option<f32>,
-    /// Clip gradients to this global norm (0 disables).
+    /// Clip gradients to this global norm (0 disables) [default: 1].
     #[arg(long)]
     max_grad_norm: Option<f32>,
     /// Stop after this many epochs without a better dev metric.
     #[arg(long)]
     patience: Option<usize>,
-    /// linear (to 0, per step), exp (×gamma per epoch) or constant.
+    /// linear (to 0, per step), exp (×gamma per epoch) or constant [default: linear].
     #[arg(long)]
     scheduler: Option<String>,
+    /// The exp scheduler's factor per epoch [default: 0.95].
     #[arg(long)]
     gamma: Option<f32>,
     /// Hold out this fraction of train as the dev split.
@@ -170,8 +184,86 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// The settings given as flags (snake_case, as TrainConfig names them)
+    /// that --resume does not apply: a resumed run keeps its stored
+    /// settings, but for its length (--epochs, --patience).
+    fn resume_fixed_flags(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        macro_rules! check {
+            ($($field:ident),*) => {$(
+                if self.$field.is_some() {
+                    given.push(stringify!($field));
+                }
+            )*};
+        }
+        check!(
+            task,
+            data,
+            tasks,
+            model,
+            method,
+            prefix_len,
+            prefix_projection
+        );
+        check!(
+            prefix_hidden_size,
+            prefix_layers,
+            lr,
+            batch_size,
+            eval_batch_size
+        );
+        check!(
+            dropout,
+            max_seq_len,
+            seed,
+            weight_decay,
+            warmup_ratio,
+            max_grad_norm
+        );
+        check!(
+            scheduler,
+            gamma,
+            dev_from_train,
+            doc_stride,
+            null_score_diff_threshold
+        );
+        check!(token_col, tag_col, text_fields, label_field, init_from);
+        given
+    }
+}
+
+/// The settings of the run stored in `out`/last, if they can be read (else
+/// the resume itself reports why).
+fn stored_config(out: &std::path::Path) -> Option<serde_json::Value> {
+    let ckpts = load_checkpoint_set(&out.join("last")).ok()?;
+    Some(ckpts.first()?.1.info.hyperparameters.clone())
+}
+
 pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    if let Some(stored) = args.resume.then(|| stored_config(&config.out)).flatten() {
+        // Flags that would change the run are not applied: say so.
+        let given = serde_json::to_value(&config).expect("config serializes");
+        let ignored: Vec<String> = args
+            .resume_fixed_flags()
+            .into_iter()
+            .filter(|key| given[key] != stored[key])
+            .map(|key| format!("--{}", key.replace('_', "-")))
+            .collect();
+        if !ignored.is_empty() {
+            tracing::warn!(
+                "--resume continues the run with its stored settings; ignoring {} (only --epochs and --patience apply)",
+                ignored.join(", ")
+            );
+        }
+        // Without --epochs the run keeps its own length.
+        if args.epochs.is_none() {
+            if let Some(epochs) = stored["epochs"].as_u64() {
+                config.epochs = epochs as usize;
+            }
+        }
+    }
     train(
         &config,
         TrainOptions {

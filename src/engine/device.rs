@@ -25,7 +25,13 @@ impl Compute {
         let encoder = match self.device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(CudaEncoder::new(model, n, self.precision)?),
-            Device::Auto if !emulator_requested() && !missing_libraries().is_empty() => None,
+            Device::Auto if !emulator_requested() && !missing_libraries().is_empty() => {
+                tracing::warn!(
+                    "--device auto: no usable GPU here ({} not found); running on the CPU",
+                    missing_libraries().join(", ")
+                );
+                None
+            }
             Device::Auto => match CudaEncoder::new(model, 0, self.precision) {
                 Ok(encoder) => Some(encoder),
                 Err(e) => {

@@ -55,15 +55,16 @@ impl PromptMethod {
 }
 
 impl FromStr for PromptMethod {
-    type Err = Error;
+    /// What was expected (clap puts the flag and the value in front).
+    type Err = String;
 
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "p-tuning-v2" => Ok(PromptMethod::PTuningV2),
             "prompt-tuning" => Ok(PromptMethod::PromptTuning),
-            _ => Err(Error::InvalidArgument(format!(
-                "--method {s:?}: expected p-tuning-v2 (deep prompts) or prompt-tuning (the input only)"
-            ))),
+            _ => {
+                Err("expected p-tuning-v2 (deep prompts) or prompt-tuning (the input only)".into())
+            }
         }
     }
 }

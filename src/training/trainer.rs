@@ -456,21 +456,21 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         + heads.parked_parameters();
     let frozen = backbone.model.num_parameters();
     let prompt = &model.prefix.config;
+    let place = match prompt.method {
+        PromptMethod::PTuningV2 => format!("at {} layers", prompt.layers.len()),
+        PromptMethod::PromptTuning => "before the input".into(),
+    };
+    let mlp = match prompt.projection {
+        true => format!(" through an MLP of {}", prompt.hidden_size),
+        false => String::new(),
+    };
     reporter.line(&format!(
-        "{}: {trainable} trainable parameters, {:.2}% of the frozen backbone's {frozen}",
+        "{}, {} virtual tokens {place}{mlp}: {trainable} trainable parameters, {:.2}% of the frozen backbone's {frozen}",
         match prompt.method {
-            PromptMethod::PTuningV2 => format!(
-                "P-Tuning v2, {} virtual tokens at {} layers",
-                prompt.len,
-                prompt.layers.len()
-            ),
-            PromptMethod::PromptTuning => {
-                format!(
-                    "prompt tuning, {} virtual tokens before the input",
-                    prompt.len
-                )
-            }
+            PromptMethod::PTuningV2 => "P-Tuning v2",
+            PromptMethod::PromptTuning => "prompt tuning",
         },
+        prompt.len,
         100.0 * trainable as f64 / frozen as f64
     ));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
