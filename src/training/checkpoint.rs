@@ -234,7 +234,7 @@ pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
 }
 
 /// The adapters of a multi-task run folder, by task folder name, sorted:
-/// its best/<task>/ folders (none for any other folder).
+/// its `best/<task>/` folders (none for any other folder).
 pub fn task_adapters(run_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut tasks: Vec<(String, PathBuf)> = std::fs::read_dir(run_dir.join("best"))
         .into_iter()

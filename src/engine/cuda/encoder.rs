@@ -31,6 +31,14 @@
 //! GEMM runs as three tf32 GEMMs (engine/cuda/tf32x3.rs); attention splits
 //! its operands in the same way as it reads them.
 //!
+//! Prompt tuning ([`Prompt::method`]): no layer has prefix keys; the layers
+//! run on the [B, P+T] layer batch whose first P rows of each sequence
+//! `embed_layernorm` takes from the prompt (kv [B, P, H]), and training keeps
+//! that LayerNorm's input and stats, saves every layer and runs the backward
+//! on through the embeddings' dropout and LayerNorm to the prompt's rows
+//! (gathered into d_kv for reduce_prefix). A per-token head reads the
+//! tokens' rows, gathered past the prompt's.
+//!
 //! Where tensors are born and die: weights are uploaded once in
 //! [`CudaEncoder::new`]; the batch (ids, positions, types, mask) goes up at
 //! each forward, and in inference the prefix table (P × Ls·2H) when it
