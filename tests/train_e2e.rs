@@ -1031,3 +1031,39 @@ fn the_cli_resumes_with_the_stored_length_and_settings() {
             .unwrap();
     assert_eq!(info["hyperparameters"]["lr"].as_f64(), Some(0.01f32 as f64));
 }
+
+#[test]
+fn a_run_records_absolute_paths_so_eval_works_from_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let model = config.model.clone();
+    // Relative --data and --out, from the temporary folder.
+    let train = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .current_dir(tmp.path())
+        .args(["train", "--task", "custom/classification", "--data", "."])
+        .args(["--out", "run", "--model", &model, "--prefix-len", "4"])
+        .args(["--max-seq-len", "32", "--epochs", "1", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("run/best/ptuning.json")).unwrap())
+            .unwrap();
+    let data = info["hyperparameters"]["data"].as_str().unwrap();
+    assert!(Path::new(data).is_absolute(), "{data}");
+    // eval from the crate's folder finds the training data by itself.
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(["eval", "--json", "--run"])
+        .arg(tmp.path().join("run/best"))
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+}

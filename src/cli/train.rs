@@ -241,7 +241,8 @@ fn stored_config(out: &std::path::Path) -> Option<serde_json::Value> {
 }
 
 pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
-    let mut config = args.config()?;
+    // Absolute as the run stores them, so a rerun compares alike.
+    let mut config = args.config()?.with_absolute_paths()?;
     if let Some(stored) = args.resume.then(|| stored_config(&config.out)).flatten() {
         // Flags that would change the run are not applied: say so.
         let given = serde_json::to_value(&config).expect("config serializes");

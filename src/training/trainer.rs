@@ -151,6 +151,35 @@ impl TrainConfig {
     }
 
     /// --max-seq-len, or the task family's default.
+    /// The same settings with absolute paths (data, out, --init-from, and a
+    /// model given as a folder; hub ids stay), so that the run folder's
+    /// record of them works from any directory: `eval` finds the training
+    /// data and the backbone the adapter names wherever it runs.
+    pub fn with_absolute_paths(mut self) -> Result<Self> {
+        // Resolved where it exists (no `..` left), else made absolute.
+        let absolute = |p: &Path| -> Result<PathBuf> {
+            if p.as_os_str().is_empty() {
+                return Ok(PathBuf::new());
+            }
+            p.canonicalize()
+                .or_else(|_| std::path::absolute(p))
+                .map_err(|e| Error::io(p, e))
+        };
+        self.data = absolute(&self.data)?;
+        self.out = absolute(&self.out)?;
+        for source in &mut self.tasks {
+            source.data = absolute(&source.data)?;
+        }
+        if let Some(from) = &self.init_from {
+            self.init_from = Some(absolute(from)?);
+        }
+        let model = Path::new(&self.model);
+        if model.is_dir() {
+            self.model = absolute(model)?.display().to_string();
+        }
+        Ok(self)
+    }
+
     pub fn max_seq_len(&self) -> usize {
         self.max_seq_len
             .unwrap_or_else(|| Family::of(&self.task).default_max_seq_len())
@@ -343,7 +372,7 @@ struct RunTask {
 /// With `tasks` (multi-task), the prompt is shared and each task has its
 /// own head: see training::multitask.
 pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::Value> {
-    let mut config = config.clone();
+    let mut config = config.clone().with_absolute_paths()?;
     let out = config.out.clone();
     let last_dir = out.join("last");
     let best_dir = out.join("best");
