@@ -134,6 +134,12 @@ impl TrainArgs {
             Some(path) => TrainConfig::from_toml_file(path)?,
             None => TrainConfig::default(),
         };
+        self.apply_flags(&mut c);
+        Ok(c)
+    }
+
+    /// Every flag given, over `c`.
+    fn apply_flags(&self, c: &mut TrainConfig) {
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(v) = &self.$field {
@@ -180,89 +186,46 @@ impl TrainArgs {
             init_from,
             tasks
         );
-        Ok(c)
-    }
-}
-
-impl TrainArgs {
-    /// The settings given as flags (snake_case, as TrainConfig names them)
-    /// that --resume does not apply: a resumed run keeps its stored
-    /// settings, but for its length (--epochs, --patience).
-    fn resume_fixed_flags(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        macro_rules! check {
-            ($($field:ident),*) => {$(
-                if self.$field.is_some() {
-                    given.push(stringify!($field));
-                }
-            )*};
-        }
-        check!(
-            task,
-            data,
-            tasks,
-            model,
-            method,
-            prefix_len,
-            prefix_projection
-        );
-        check!(
-            prefix_hidden_size,
-            prefix_layers,
-            lr,
-            batch_size,
-            eval_batch_size
-        );
-        check!(
-            dropout,
-            max_seq_len,
-            seed,
-            weight_decay,
-            warmup_ratio,
-            max_grad_norm
-        );
-        check!(
-            scheduler,
-            gamma,
-            dev_from_train,
-            doc_stride,
-            null_score_diff_threshold
-        );
-        check!(token_col, tag_col, text_fields, label_field, init_from);
-        given
     }
 }
 
 /// The settings of the run stored in `out`/last, if they can be read (else
 /// the resume itself reports why).
-fn stored_config(out: &std::path::Path) -> Option<serde_json::Value> {
+fn stored_config(out: &std::path::Path) -> Option<TrainConfig> {
     let ckpts = load_checkpoint_set(&out.join("last")).ok()?;
-    Some(ckpts.first()?.1.info.hyperparameters.clone())
+    serde_json::from_value(ckpts.first()?.1.info.hyperparameters.clone()).ok()
 }
 
 pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
     // Absolute as the run stores them, so a rerun compares alike.
     let mut config = args.config()?.with_absolute_paths()?;
     if let Some(stored) = args.resume.then(|| stored_config(&config.out)).flatten() {
-        // Flags that would change the run are not applied: say so.
-        let given = serde_json::to_value(&config).expect("config serializes");
-        let ignored: Vec<String> = args
-            .resume_fixed_flags()
+        // Flags that would change a stored setting are not applied (only
+        // the run's length may change): say so.
+        // Without --epochs the run keeps its own length.
+        if args.epochs.is_none() {
+            config.epochs = stored.epochs;
+        }
+        let mut asked = stored.clone();
+        args.apply_flags(&mut asked);
+        let value = |c: TrainConfig| -> Result<serde_json::Value> {
+            Ok(serde_json::to_value(c.with_absolute_paths()?).expect("config serializes"))
+        };
+        let (asked, stored) = (value(asked)?, value(stored)?);
+        let ignored: Vec<String> = stored
+            .as_object()
             .into_iter()
-            .filter(|key| given[key] != stored[key])
-            .map(|key| format!("--{}", key.replace('_', "-")))
+            .flatten()
+            .filter(|(key, v)| {
+                !["epochs", "patience", "out"].contains(&key.as_str()) && asked[key] != **v
+            })
+            .map(|(key, _)| format!("--{}", key.replace('_', "-")))
             .collect();
         if !ignored.is_empty() {
             tracing::warn!(
                 "--resume continues the run with its stored settings; ignoring {} (only --epochs and --patience apply)",
                 ignored.join(", ")
             );
-        }
-        // Without --epochs the run keeps its own length.
-        if args.epochs.is_none() {
-            if let Some(epochs) = stored["epochs"].as_u64() {
-                config.epochs = epochs as usize;
-            }
         }
     }
     train(

@@ -1,7 +1,10 @@
 //! A batch of token sequences, padded on the right to its own longest sequence.
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
 use crate::model::config::BertConfig;
+use crate::model::prefix::PromptMethod;
 
 /// Token ids of B sequences padded to T = the longest of them. Row-major [B, T].
 #[derive(Clone, Debug, PartialEq)]
@@ -106,11 +109,14 @@ impl Batch {
         Ok(())
     }
 
-    /// The batch the layers see under prompt tuning: P rows in front of each
-    /// sequence ([B, P+T]), always attended (mask 1), token type 0, and
-    /// `pad_id` as their ids (never gathered: the prompt's embeddings take
-    /// their place).
-    pub fn with_prompt_rows(&self, p: usize, pad_id: u32) -> Batch {
+    /// The batch the layers see: this one, or under prompt tuning (`p` > 0
+    /// rows in front) [B, P+T], the prompt's rows always attended (mask 1),
+    /// token type 0, and `pad_id` as their ids (never gathered: the
+    /// prompt's embeddings take their place).
+    pub fn with_prompt_rows(&self, p: usize, pad_id: u32) -> Cow<'_, Batch> {
+        if p == 0 {
+            return Cow::Borrowed(self);
+        }
         let seq = p + self.seq;
         let mut out = Batch {
             batch: self.batch,
@@ -125,19 +131,30 @@ impl Batch {
             out.token_type_ids[to.clone()].copy_from_slice(&self.token_type_ids[from.clone()]);
             out.attention_mask[to].copy_from_slice(&self.attention_mask[from]);
         }
-        out
+        Cow::Owned(out)
     }
 
-    /// Position ids [B, P+T] of the layer batch of prompt tuning
-    /// ([`Batch::with_prompt_rows`] of this batch): every row numbered in
-    /// order from the model's first position, padding included, as HF
-    /// numbers the inputs_embeds PEFT passes. Real tokens get the positions
-    /// a deep prompt of P gives them.
-    pub fn prompt_tuning_position_ids(&self, config: &BertConfig, p: usize) -> Vec<u32> {
-        let offset = config.position_offset();
-        (0..self.batch)
-            .flat_map(|_| (0..p + self.seq).map(move |s| (offset + s) as u32))
-            .collect()
+    /// Position ids of the rows the layers see for a prompt of `p` tokens
+    /// of `method`: [B, T] with the prefix shift ([`Batch::position_ids`]),
+    /// or under prompt tuning [B, P+T] for [`Batch::with_prompt_rows`] of
+    /// this batch: every row numbered in order from the model's first
+    /// position, padding included, as HF numbers the inputs_embeds PEFT
+    /// passes. Real tokens get the same positions either way.
+    pub fn layer_position_ids(
+        &self,
+        config: &BertConfig,
+        method: PromptMethod,
+        p: usize,
+    ) -> Vec<u32> {
+        match method {
+            PromptMethod::PTuningV2 => self.position_ids(config, p),
+            PromptMethod::PromptTuning => {
+                let offset = config.position_offset();
+                (0..self.batch)
+                    .flat_map(|_| (0..p + self.seq).map(move |s| (offset + s) as u32))
+                    .collect()
+            }
+        }
     }
 
     /// Position ids [B, T] with the prefix shift: as HF computes them with

@@ -170,22 +170,16 @@ impl BertModel {
         batch: &'a Batch,
         prompt: Option<&BatchPrompt>,
     ) -> Cow<'a, Batch> {
-        match prompt.and_then(BatchPrompt::input) {
-            Some(_) => Cow::Owned(
-                batch
-                    .with_prompt_rows(prompt.map_or(0, |p| p.len), self.config.pad_token_id as u32),
-            ),
-            None => Cow::Borrowed(batch),
-        }
+        let rows = prompt.map_or(0, |p| p.method.rows_in_front(p.len));
+        batch.with_prompt_rows(rows, self.config.pad_token_id as u32)
     }
 
     /// Position ids of the layer batch's rows: real tokens shifted by P (as
     /// HF does with past_key_values), under prompt tuning every row in order.
     fn positions(&self, batch: &Batch, prompt: Option<&BatchPrompt>) -> Vec<u32> {
-        let p = prompt.map_or(0, |p| p.len);
-        match prompt.and_then(BatchPrompt::input) {
-            Some(_) => batch.prompt_tuning_position_ids(&self.config, p),
-            None => batch.position_ids(&self.config, p),
+        match prompt {
+            Some(p) => batch.layer_position_ids(&self.config, p.method, p.len),
+            None => batch.position_ids(&self.config, 0),
         }
     }
 

@@ -52,6 +52,25 @@ impl PromptMethod {
             PromptMethod::PromptTuning => "prompt-tuning",
         }
     }
+
+    /// Columns of one block of the prompt table, what one consumer reads
+    /// per virtual token: a layer's keys and values (2H), or an input
+    /// embedding (H).
+    pub fn block(self, hidden: usize) -> usize {
+        match self {
+            PromptMethod::PTuningV2 => 2 * hidden,
+            PromptMethod::PromptTuning => hidden,
+        }
+    }
+
+    /// Rows the layers see in front of each sequence for a prompt of `len`
+    /// virtual tokens: prompt tuning's `len`, none for a deep prompt.
+    pub fn rows_in_front(self, len: usize) -> usize {
+        match self {
+            PromptMethod::PTuningV2 => 0,
+            PromptMethod::PromptTuning => len,
+        }
+    }
 }
 
 impl FromStr for PromptMethod {
@@ -89,15 +108,6 @@ impl PrefixConfig {
     pub fn width(&self, hidden: usize) -> usize {
         match self.method {
             PromptMethod::PTuningV2 => self.layers.len() * 2 * hidden,
-            PromptMethod::PromptTuning => hidden,
-        }
-    }
-
-    /// Columns of one block of the table, what one consumer reads per
-    /// virtual token: a layer's keys and values (2H), or an input embedding (H).
-    pub fn block(&self, hidden: usize) -> usize {
-        match self.method {
-            PromptMethod::PTuningV2 => 2 * hidden,
             PromptMethod::PromptTuning => hidden,
         }
     }
@@ -480,7 +490,7 @@ impl PrefixEncoder {
     pub fn expand(&self, past: &[f32], batch: usize, dropout: Option<&Dropout>) -> BatchPrompt {
         let p = self.config.len;
         let width = self.width();
-        let block = self.config.block(self.hidden);
+        let block = self.config.method.block(self.hidden);
         let kv = (0..width / block)
             .map(|k| {
                 let mut buf = vec![0.0; batch * p * block];
@@ -513,7 +523,7 @@ impl PrefixEncoder {
     ) -> Vec<f32> {
         let p = self.config.len;
         let width = self.width();
-        let block = self.config.block(self.hidden);
+        let block = self.config.method.block(self.hidden);
         let mut d_past = vec![0.0; p * width];
         for (k, d) in d_kv.iter_mut().enumerate() {
             for (b, rows) in d.chunks_mut(p * block).enumerate().take(batch) {

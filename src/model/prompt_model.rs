@@ -202,10 +202,11 @@ pub struct StepOutput {
 impl PromptModel {
     /// The layout of the encoder's output for `batch`.
     fn layout(&self, batch: &Batch) -> HiddenLayout {
-        let skip = match self.prefix.config.method {
-            PromptMethod::PTuningV2 => 0,
-            PromptMethod::PromptTuning => self.prefix.config.len,
-        };
+        let skip = self
+            .prefix
+            .config
+            .method
+            .rows_in_front(self.prefix.config.len);
         HiddenLayout {
             batch: batch.batch,
             seq: batch.seq + skip,

@@ -33,7 +33,7 @@ use crate::engine::cuda::CudaEncoder;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::bert::BertModel;
-use crate::model::prefix::{BatchPrompt, PromptMethod};
+use crate::model::prefix::BatchPrompt;
 use crate::serve::metrics::Metrics;
 use crate::serve::registry::ServedAdapter;
 
@@ -140,10 +140,7 @@ pub fn forward_group(
     let Some(enc) = gpu else {
         // On the CPU, each row's prompt (a layer's keys and values, or the
         // input embeddings) from its adapter's table.
-        let block = match method {
-            PromptMethod::PTuningV2 => 2 * h,
-            PromptMethod::PromptTuning => h,
-        };
+        let block = method.block(h);
         let kv = (0..first.adapter.width() / block)
             .map(|k| {
                 let mut buf = vec![0.0; rows.len() * p * block];
@@ -165,10 +162,7 @@ pub fn forward_group(
         let hidden = backbone.forward(&batch, Some(&prompt))?;
         // Prompt tuning's hidden state has the prompt's P rows in front of
         // each sequence.
-        let skip = match method {
-            PromptMethod::PTuningV2 => 0,
-            PromptMethod::PromptTuning => p,
-        };
+        let skip = method.rows_in_front(p);
         return Ok(heads_on_host(
             backbone,
             &hidden,

@@ -230,23 +230,24 @@ pub struct Prompt<'a> {
     pub source: PromptSource<'a>,
 }
 
-impl Prompt<'_> {
-    /// (blocks, block): a table row holds `blocks` blocks of `block`
-    /// values, a prefixed layer's keys and values (2H) or the input
-    /// embedding (H).
-    fn blocks(&self, h: usize) -> (usize, usize) {
-        match self.method {
-            PromptMethod::PTuningV2 => (self.layers.len(), 2 * h),
-            PromptMethod::PromptTuning => (1, h),
-        }
-    }
+/// (blocks, block): a row of the prompt table of `method` holds `blocks`
+/// blocks of `block` values, a prefixed layer's keys and values (2H) or
+/// prompt tuning's one input embedding (H).
+fn table_blocks(method: PromptMethod, layers: &[usize], h: usize) -> (usize, usize) {
+    let blocks = match method {
+        PromptMethod::PTuningV2 => layers.len(),
+        PromptMethod::PromptTuning => 1,
+    };
+    (blocks, method.block(h))
+}
 
-    /// Rows in front of each sequence: P under prompt tuning, else none.
-    fn input_rows(&self) -> usize {
-        match self.method {
-            PromptMethod::PTuningV2 => 0,
-            PromptMethod::PromptTuning => self.len,
-        }
+/// The lowest layer a training step saves and the backward reaches: the
+/// lowest prefixed one, or under prompt tuning layer 0 (the backward goes
+/// on to the embeddings); `num_layers` without a prompt.
+fn lowest_trained(method: PromptMethod, layers: &[usize], num_layers: usize) -> usize {
+    match method {
+        PromptMethod::PTuningV2 => layers.first().copied().unwrap_or(num_layers),
+        PromptMethod::PromptTuning => 0,
     }
 }
 
@@ -485,7 +486,7 @@ impl CudaEncoder {
     /// nothing saved.
     pub fn forward(&mut self, batch: &Batch, prompt: Option<Prompt<'_>>) -> Result<Vec<f32>> {
         self.encode(batch, prompt)?;
-        let rows = batch.batch * (batch.seq + prompt.map_or(0, |p| p.input_rows()));
+        let rows = batch.batch * (batch.seq + prompt.map_or(0, |p| p.method.rows_in_front(p.len)));
         self.ws
             .x
             .download(&self.dev, rows * self.config.hidden_size)
@@ -517,7 +518,7 @@ impl CudaEncoder {
         self.run_forward(batch, Some(prompt), dropout, prefix_dropout, true)?;
         self.step = Some(Step {
             batch: batch.batch,
-            seq: batch.seq + prompt.input_rows(),
+            seq: batch.seq + prompt.method.rows_in_front(prompt.len),
             prefix: prompt.len,
             method: prompt.method,
             layers: prompt.layers.to_vec(),
@@ -577,7 +578,7 @@ impl CudaEncoder {
         }
         // The tokens' gradient back into their rows, the prompt's zero.
         let grads = self.head.backward(&self.dev, &mut self.ws.d_tokens, h)?;
-        let (b, s, skip) = (step.batch, step.seq, step.prefix);
+        let (b, s, skip) = (step.batch, step.seq, step.method.rows_in_front(step.prefix));
         let t = s - skip;
         self.ws.d_x.ensure(&self.dev, b * s * h)?;
         self.ws.d_x.zero(&self.dev)?;
@@ -612,19 +613,11 @@ impl CudaEncoder {
         batch.validate(c, p)?;
         // Prompt tuning: the layers see P rows in front of each sequence
         // (as model::encoder's layer_batch), numbered in order.
-        let skip = prompt.map_or(0, |p| p.input_rows());
-        let positions = if skip > 0 {
-            batch.prompt_tuning_position_ids(c, p)
-        } else {
-            batch.position_ids(c, p)
-        };
-        let extended;
-        let batch = if skip > 0 {
-            extended = batch.with_prompt_rows(skip, c.pad_token_id as u32);
-            &extended
-        } else {
-            batch
-        };
+        let method = prompt.map_or(PromptMethod::PTuningV2, |p| p.method);
+        let skip = method.rows_in_front(p);
+        let positions = batch.layer_position_ids(c, method, p);
+        let batch = batch.with_prompt_rows(skip, c.pad_token_id as u32);
+        let batch = batch.as_ref();
         let (h, inter, nh, hd) = (
             c.hidden_size,
             c.intermediate_size,
@@ -640,10 +633,7 @@ impl CudaEncoder {
                 self.layers.len()
             )));
         }
-        let lowest = match skip {
-            0 => layers.first().copied().unwrap_or(self.layers.len()),
-            _ => 0,
-        };
+        let lowest = lowest_trained(method, &layers, self.layers.len());
         let dev = &self.dev;
         let ws = &mut self.ws;
 
@@ -658,7 +648,7 @@ impl CudaEncoder {
         // tuning's [B, P, H] from [U, P, H].
         let two_h = 2 * h;
         if let Some(pr) = prompt {
-            let (ls, block) = pr.blocks(h);
+            let (ls, block) = table_blocks(pr.method, pr.layers, h);
             let table_len = p * ls * block;
             let wrong_table = |len: usize| {
                 Error::InvalidArgument(format!(
@@ -917,16 +907,8 @@ impl CudaEncoder {
         let rows = b * t;
         let two_h = 2 * h;
         let input = step.method == PromptMethod::PromptTuning;
-        // Prompt tuning: one block of H, reached through every layer.
-        let (ls, block) = if input {
-            (1, h)
-        } else {
-            (step.layers.len(), two_h)
-        };
-        let lowest = match input {
-            true => 0,
-            false => step.layers.first().copied().unwrap_or(self.layers.len()),
-        };
+        let (ls, block) = table_blocks(step.method, &step.layers, h);
+        let lowest = lowest_trained(step.method, &step.layers, self.layers.len());
         let dev = &self.dev;
         let ws = &mut self.ws;
         let dropout = step.dropout;
