@@ -121,6 +121,17 @@ fn tiny_task(dir: &Path, with_dev: bool) -> TrainConfig {
     }
 }
 
+/// `ptuning <command>` on [`tiny_task`]'s task and model, quietly.
+fn tiny_cli_args(command: &str, config: &TrainConfig) -> Vec<String> {
+    let data = config.data.display().to_string();
+    [command, "--task", "custom/classification", "--data", &data]
+        .into_iter()
+        .chain(["--model", &config.model, "--prefix-len", "4"])
+        .chain(["--max-seq-len", "32", "--quiet"])
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn a_custom_task_trains_evaluates_and_predicts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -985,29 +996,10 @@ fn prompt_tuning_trains_resumes_evaluates_and_exports() {
 fn the_cli_resumes_with_the_stored_length_and_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tiny_task(tmp.path(), true);
-    let (data, out, model) = (
-        config.data.display().to_string(),
-        config.out.display().to_string(),
-        config.model.clone(),
-    );
     let cli = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--task",
-            "custom/classification",
-            "--data",
-            &data,
-            "--out",
-            &out,
-            "--model",
-            &model,
-            "--prefix-len",
-            "4",
-            "--max-seq-len",
-            "32",
-            "--quiet",
-        ];
-        args.extend(extra);
+        let mut args = tiny_cli_args("train", &config);
+        args.extend(["--out".into(), config.out.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
             .args(&args)
             .output()
@@ -1065,5 +1057,82 @@ fn a_run_records_absolute_paths_so_eval_works_from_anywhere() {
         eval.status.success(),
         "{}",
         String::from_utf8_lossy(&eval.stderr)
+    );
+}
+
+#[test]
+fn a_sweep_trains_every_point_and_seed_and_continues_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let out = tmp.path().join("sweep");
+    let sweep = |extra: &[&str]| {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(tiny_cli_args("sweep", &config))
+            .args(["--epochs", "2", "--batch-size", "4", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (run.status.success(), text(&run.stdout), text(&run.stderr))
+    };
+    // lr 1e30 diverges: an outcome of its point, not the sweep's end.
+    let grid = ["--grid", "lr=1e-2,1e30", "--seeds", "1,2"];
+    let (ok, stdout, stderr) = sweep(&grid);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches(": training ").count(), 4, "{stdout}");
+    let record = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap()
+    };
+    let sweep_json = record("sweep.json");
+    let runs = sweep_json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let diverged = runs.iter().filter(|r| r["status"] == "diverged").count();
+    assert_eq!(diverged, 2, "{sweep_json:#}");
+    // Each done run's best metric is its own run folder's.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("lr=1e-2/seed=2/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(runs[1]["best_metric"], summary["best_metric"]);
+    let a = runs[0]["best_metric"].as_f64().unwrap();
+    let b = runs[1]["best_metric"].as_f64().unwrap();
+    let best = &sweep_json["results"][0];
+    assert_eq!(best["point"], "lr=1e-2");
+    assert!((best["mean"].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-12);
+    let table = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(
+        table.contains("| 1e30 | - | - | - | - | 0/2 (2 diverged) |"),
+        "{table}"
+    );
+    assert!(stdout.contains(&table), "{stdout}");
+
+    // The same command again trains nothing; a third seed trains one run a point.
+    let (ok, stdout, stderr) = sweep(&grid);
+    assert!(ok && !stdout.contains(": training "), "{stdout}{stderr}");
+    assert_eq!(stdout.matches("(recorded)").count(), 4, "{stdout}");
+    let (ok, stdout, stderr) = sweep(&["--grid", "lr=1e-2,1e30", "--seeds", "1,2,3"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches(": training ").count(), 2, "{stdout}");
+    assert_eq!(record("sweep.json")["results"][0]["runs"], 3);
+
+    // A run interrupted after its first epoch (last/ but no summary) resumes.
+    let run = out.join("lr=1e-2/seed=1");
+    let finished = std::fs::read(run.join("summary.json")).unwrap();
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let (ok, stdout, stderr) = sweep(&grid);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches(": resuming ").count(), 1, "{stdout}");
+    let resumed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_slice(&finished).unwrap();
+    assert_eq!(resumed["best_metric"], before["best_metric"]);
+
+    // Other shared settings would mix runs that do not compare.
+    let (ok, _, stderr) = sweep(&["--grid", "lr=1e-2", "--dropout", "0.2"]);
+    assert!(!ok && stderr.contains("dropout (recorded 0.1"), "{stderr}");
+    let (ok, _, stderr) = sweep(&["--grid", "learning-rate=1"]);
+    assert!(
+        !ok && stderr.contains("--grid learning_rate: no such setting"),
+        "{stderr}"
     );
 }

@@ -7,6 +7,7 @@ mod export;
 mod import;
 mod predict;
 mod serve;
+mod sweep;
 mod train;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a prompt (P-Tuning v2's deep prompt, or prompt tuning's) and a head on a task; writes a run folder.
     Train(Box<train::TrainArgs>),
+    /// Train one run per point of a grid of settings and per seed; a table of each point's dev metric over its seeds.
+    Sweep(Box<sweep::SweepArgs>),
     /// Metrics of a trained adapter on a labelled split.
     Eval(eval::EvalArgs),
     /// Predictions of a trained adapter, one JSON line per example.
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args, compute),
         Command::Train(args) => train::run(*args, compute),
+        Command::Sweep(args) => sweep::run(*args, compute),
         Command::Eval(args) => eval::run(args, compute),
         Command::Predict(args) => predict::run(args, compute),
         Command::Serve(args) => serve::run(args, compute),

@@ -12,8 +12,9 @@ use crate::training::checkpoint::load_checkpoint_set;
 use crate::training::multitask::TaskSource;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
 
+/// The settings of a run, shared by `train` and `sweep`.
 #[derive(Args, Debug)]
-pub struct TrainArgs {
+pub struct SettingsArgs {
     /// A TOML file with the same fields as the flags (snake_case); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -116,6 +117,12 @@ pub struct TrainArgs {
     /// its head when the task and labels are the same: prompt transfer.
     #[arg(long)]
     init_from: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// Continue the interrupted run in --out exactly where last/ stopped.
     #[arg(long)]
     resume: bool,
@@ -127,9 +134,9 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-impl TrainArgs {
+impl SettingsArgs {
     /// The run.toml (or the defaults), overridden by every flag given.
-    fn config(&self) -> Result<TrainConfig> {
+    pub fn config(&self) -> Result<TrainConfig> {
         let mut c = match &self.config {
             Some(path) => TrainConfig::from_toml_file(path)?,
             None => TrainConfig::default(),
@@ -198,16 +205,16 @@ fn stored_config(out: &std::path::Path) -> Option<TrainConfig> {
 
 pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
     // Absolute as the run stores them, so a rerun compares alike.
-    let mut config = args.config()?.with_absolute_paths()?;
+    let mut config = args.settings.config()?.with_absolute_paths()?;
     if let Some(stored) = args.resume.then(|| stored_config(&config.out)).flatten() {
         // Flags that would change a stored setting are not applied (only
         // the run's length may change): say so.
         // Without --epochs the run keeps its own length.
-        if args.epochs.is_none() {
+        if args.settings.epochs.is_none() {
             config.epochs = stored.epochs;
         }
         let mut asked = stored.clone();
-        args.apply_flags(&mut asked);
+        args.settings.apply_flags(&mut asked);
         let value = |c: TrainConfig| -> Result<serde_json::Value> {
             Ok(serde_json::to_value(c.with_absolute_paths()?).expect("config serializes"))
         };

@@ -12,5 +12,6 @@ pub mod multitask;
 pub mod peft;
 pub mod run_files;
 pub mod schedule;
+pub mod sweep;
 pub mod trainer;
 pub mod warm_start;

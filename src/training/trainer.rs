@@ -206,7 +206,8 @@ impl TrainConfig {
             .collect()
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The checks of the settings that need no data or model.
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.tasks.is_empty() {
             return self.validate_task();
         }
