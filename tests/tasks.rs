@@ -243,6 +243,98 @@ fn cb_and_rte_premise_then_hypothesis() {
     assert_eq!(e.label, Some(Label::Class(1))); // not_entailment
 }
 
+/// SuperGLUE's diagnostics, read by RTE's reader (an RTE adapter scores
+/// them) and scored as the leaderboard scores them. Golden values: sklearn's
+/// accuracy_score and matthews_corrcoef on the same predictions,
+/// `1 if (i * 7) % 5 < 2 else 0` for the i-th line.
+#[test]
+fn rte_scores_the_diagnostics_axb_and_axg() {
+    let t = task("superglue/rte");
+    let predict = |n: usize| -> Vec<Prediction> {
+        (0..n)
+            .map(|i| Prediction::Class(usize::from((i * 7) % 5 < 2)))
+            .collect()
+    };
+    let close = |m: &BTreeMap<String, f64>, key: &str, want: f64| {
+        assert!((m[key] - want).abs() < 1e-12, "{key}: {m:?}");
+    };
+
+    let axb = t
+        .read(&data_root().join("superglue/AX-b/AX-b.jsonl"))
+        .unwrap();
+    assert_eq!(axb.len(), 1104);
+    assert_eq!(
+        distribution(&*t, &axb),
+        dist(&[("entailment", 460), ("not_entailment", 644)])
+    );
+    assert_eq!(
+        single(&axb[0]),
+        (
+            "The cat sat on the mat.",
+            Some("The cat did not sit on the mat.")
+        )
+    );
+    assert_eq!(
+        (axb[0].guid.as_str(), &axb[0].categories[..]),
+        ("AX-b-0", &["logic".to_string()][..])
+    );
+    let m = t.metrics(&axb, &predict(axb.len())).unwrap();
+    close(&m, "accuracy", 0.4945652173913043);
+    close(&m, "mcc", 0.023123712876023515);
+    close(&m, "mcc_lexical_semantics", 0.013328722397692129);
+    close(&m, "mcc_predicate_argument_structure", 0.022022597485241567);
+    close(&m, "mcc_logic", 0.02800818275906198);
+    close(&m, "mcc_knowledge", 0.03671888931879482);
+    assert!(!m.contains_key("gender_parity"), "{m:?}");
+
+    let axg = t
+        .read(&data_root().join("superglue/AX-g/AX-g.jsonl"))
+        .unwrap();
+    assert_eq!(axg.len(), 356);
+    let m = t.metrics(&axg, &predict(axg.len())).unwrap();
+    close(&m, "accuracy", 0.49719101123595505);
+    close(&m, "gender_parity", 35.0 / 178.0);
+    assert!(!m.contains_key("mcc"), "{m:?}");
+    let gold: Vec<Prediction> = axg
+        .iter()
+        .map(|e| match e.label {
+            Some(Label::Class(c)) => Prediction::Class(c),
+            _ => unreachable!(),
+        })
+        .collect();
+    close(&t.metrics(&axg, &gold).unwrap(), "gender_parity", 1.0);
+    // RTE's own dev split stays accuracy only.
+    let dev = read("superglue/rte", Split::Dev);
+    let m = t.metrics(&dev, &predict(dev.len())).unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["accuracy"]);
+
+    // Gender parity needs the pairs in order.
+    let dir = tempfile::tempdir().unwrap();
+    let line = |h: &str, label: &str| {
+        format!("{{\"premise\": \"p\", \"hypothesis\": \"{h}\", \"label\": \"{label}\", \"idx\": 0, \"pair_id\": 1}}\n")
+    };
+    let shuffled = tmp_file(
+        &dir,
+        "axg.jsonl",
+        &[line("a", "entailment"), line("b", "entailment")].concat(),
+    );
+    assert_has(
+        &err_of(&*t, &shuffled),
+        &["axg.jsonl", "line 2", "same hypothesis"],
+    );
+    let odd = tmp_file(
+        &dir,
+        "odd.jsonl",
+        &[
+            line("a", "entailment"),
+            line("a", "entailment"),
+            line("b", "entailment"),
+        ]
+        .concat(),
+    );
+    assert_has(&err_of(&*t, &odd), &["odd.jsonl", "line 3", "no partner"]);
+}
+
 #[test]
 fn copa_because_or_so_with_each_choice() {
     // dataset.py: text_a = f"{premise} {'because' if question == 'cause' else 'so'}",

@@ -98,8 +98,9 @@ fn evaluate(run: &Path, args: &EvalArgs, compute: Compute) -> Result<BTreeMap<St
             path.display(),
             data.describe_dev()
         );
+        let width = metrics.keys().map(String::len).max().unwrap_or(0);
         for (k, v) in &metrics {
-            println!("{k:>20}  {v:.4}");
+            println!("{k:>width$}  {v:.4}");
         }
     }
     Ok(metrics)

@@ -342,6 +342,7 @@ impl Task for CustomClassification {
                     inputs: vec![(text, texts.next())],
                     label,
                     group: None,
+                    categories: Vec::new(),
                 })
             })
             .collect()

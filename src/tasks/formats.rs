@@ -287,10 +287,12 @@ impl At<'_> {
         }
     }
 
-    /// A non-negative integer field.
+    /// A non-negative integer field, or one written as a string (AX-b's
+    /// `"idx": "0"`).
     pub fn index(&self, obj: &Map<String, Value>, key: &str) -> Result<u64> {
         let v = self.field(obj, key)?;
         v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| self.wrong_type(key, "a non-negative integer", v))
     }
 

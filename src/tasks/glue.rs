@@ -223,6 +223,7 @@ impl GlueTask {
                     inputs: vec![(row.fields[3].clone(), None)],
                     label: Some(label),
                     group: None,
+                    categories: Vec::new(),
                 })
             })
             .collect()
@@ -279,6 +280,7 @@ impl GlueTask {
                     )],
                     label,
                     group: None,
+                    categories: Vec::new(),
                 })
             })
             .collect()

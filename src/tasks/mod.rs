@@ -127,8 +127,12 @@ pub struct Example {
     pub label: Option<Label>,
     /// The group the example is scored with: for MultiRC the question
     /// (`"<passage idx>-<question idx>"`), for exact match over all of a
-    /// question's answer options. `None` elsewhere.
+    /// question's answer options; for AX-g the minimal pair (two lines that
+    /// differ in the pronoun's gender), for gender parity. `None` elsewhere.
     pub group: Option<String>,
+    /// The slices of a diagnostic set the example is also scored in: AX-b's
+    /// coarse linguistic categories (`logic`, `knowledge`, ...). Empty elsewhere.
+    pub categories: Vec<String>,
 }
 
 /// What kind of head a task needs.
@@ -433,6 +437,7 @@ mod tests {
             inputs: vec![("a".into(), None)],
             label,
             group: None,
+            categories: Vec::new(),
         };
         let e = class_pairs("t", &[ex(Some(Label::Class(0)))], &[], 2)
             .unwrap_err()

@@ -165,6 +165,11 @@ impl SuperGlueTask {
                 at.str(obj, "question")?.to_string(),
                 Some(at.str(obj, "passage")?.to_string()),
             ),
+            // AX-b, RTE's broad-coverage diagnostic, names them sentence1 and sentence2.
+            SuperGlue::Rte if !obj.contains_key("premise") && obj.contains_key("sentence1") => one(
+                at.str(obj, "sentence1")?.to_string(),
+                Some(at.str(obj, "sentence2")?.to_string()),
+            ),
             SuperGlue::Cb | SuperGlue::Rte => one(
                 at.str(obj, "premise")?.to_string(),
                 Some(at.str(obj, "hypothesis")?.to_string()),
@@ -218,14 +223,71 @@ impl SuperGlueTask {
             SuperGlue::MultiRc => unreachable!("handled above"),
         };
         let label = self.label(at, obj, labeled)?;
+        let (mut group, mut categories) = (None, Vec::new());
+        if self.which == SuperGlue::Rte {
+            // AX-g: a minimal pair is two consecutive lines (checked in `read`).
+            if obj.contains_key("pair_id") {
+                group = Some(format!("pair-{}", n / 2));
+            }
+            categories = AXB_CATEGORIES
+                .iter()
+                .filter(|c| obj.contains_key(**c))
+                .map(|c| c.to_string())
+                .collect();
+        }
         out.push(Example {
             guid,
             inputs,
             label,
-            group: None,
+            group,
+            categories,
         });
         Ok(())
     }
+}
+
+/// AX-b's coarse categories: the fields that hold an example's fine ones.
+const AXB_CATEGORIES: [&str; 4] = [
+    "lexical-semantics",
+    "predicate-argument-structure",
+    "logic",
+    "knowledge",
+];
+
+/// AX-g pairs consecutive lines: the same hypothesis and label, premises
+/// that differ in a pronoun's gender. Gender parity is only meaningful if
+/// the file keeps that order.
+fn check_gender_pairs(path: &Path, records: &[JsonRecord], examples: &[Example]) -> Result<()> {
+    let paired: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].group.is_some())
+        .collect();
+    if paired.is_empty() {
+        return Ok(());
+    }
+    let at = |i: usize| At {
+        path,
+        line: records[i].line,
+        prefix: "",
+    };
+    if paired.len() != examples.len() || examples.len() % 2 == 1 {
+        let i = (0..examples.len())
+            .find(|&i| examples[i].group.is_none())
+            .unwrap_or(examples.len() - 1);
+        return Err(at(i)
+            .error("AX-g's lines come in pairs, each with a pair_id: this line has no partner"));
+    }
+    for pair in examples.chunks(2).enumerate() {
+        let (k, [a, b]) = pair else {
+            unreachable!("even length")
+        };
+        if a.inputs[0].1 != b.inputs[0].1 || a.label != b.label {
+            return Err(at(2 * k + 1).error(
+                "AX-g's pairs are consecutive lines with the same hypothesis and label; \
+                 this line does not match the one before it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The value of an optional field that must be present on every line of a
@@ -317,6 +379,7 @@ fn read_multirc(
                 inputs: vec![(text.to_string(), Some(format!("{question} {answer}")))],
                 label,
                 group: Some(format!("{p_idx}-{q_idx}")),
+                categories: Vec::new(),
             });
         }
     }
@@ -364,6 +427,9 @@ impl Task for SuperGlueTask {
         for (n, rec) in records.iter().enumerate() {
             self.read_record(path, &stem, n, rec, &mut labeled, &mut out)?;
         }
+        if self.which == SuperGlue::Rte {
+            check_gender_pairs(path, &records, &out)?;
+        }
         if out.is_empty() {
             return Err(super::formats::no_examples(
                 path,
@@ -408,7 +474,45 @@ impl Task for SuperGlueTask {
                     ("accuracy", acc),
                 ])
             }
+            SuperGlue::Rte => rte_metrics(examples, &gold, &pred),
             _ => metric_map(&[("accuracy", acc)]),
         })
     }
+}
+
+/// RTE's accuracy, and on its diagnostics what SuperGLUE reports: on AX-b
+/// (examples with categories) Matthews' correlation, overall (`mcc`) and per
+/// coarse category (`mcc_logic`, ...); on AX-g (examples in pairs) gender
+/// parity, the share of pairs predicted alike.
+fn rte_metrics(examples: &[Example], gold: &[usize], pred: &[usize]) -> BTreeMap<String, f64> {
+    let mut out = metric_map(&[("accuracy", metrics::accuracy(gold, pred))]);
+    if examples.iter().any(|e| !e.categories.is_empty()) {
+        out.insert("mcc".into(), metrics::matthews_corrcoef(gold, pred));
+        for category in AXB_CATEGORIES {
+            let (g, p): (Vec<usize>, Vec<usize>) = (0..examples.len())
+                .filter(|&i| examples[i].categories.iter().any(|c| c == category))
+                .map(|i| (gold[i], pred[i]))
+                .unzip();
+            if !g.is_empty() {
+                let name = format!("mcc_{}", category.replace('-', "_"));
+                out.insert(name, metrics::matthews_corrcoef(&g, &p));
+            }
+        }
+    }
+    let mut pairs: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (e, &p) in examples.iter().zip(pred) {
+        if let Some(group) = &e.group {
+            pairs.entry(group).or_default().push(p);
+        }
+    }
+    if !pairs.is_empty() {
+        let alike = pairs
+            .values()
+            .filter(|p| p.windows(2).all(|w| w[0] == w[1]));
+        out.insert(
+            "gender_parity".into(),
+            alike.count() as f64 / pairs.len() as f64,
+        );
+    }
+    out
 }
