@@ -1021,7 +1021,8 @@ fn the_cli_resumes_with_the_stored_length_and_settings() {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(config.out.join("last/ptuning.json")).unwrap())
             .unwrap();
-    assert_eq!(info["hyperparameters"]["lr"].as_f64(), Some(0.01f32 as f64));
+    // Floats are recorded as typed, not widened from f32 (0.009999999776482582).
+    assert_eq!(info["hyperparameters"]["lr"].as_f64(), Some(0.01));
 }
 
 #[test]

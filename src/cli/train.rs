@@ -216,7 +216,7 @@ pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
         let mut asked = stored.clone();
         args.settings.apply_flags(&mut asked);
         let value = |c: TrainConfig| -> Result<serde_json::Value> {
-            Ok(serde_json::to_value(c.with_absolute_paths()?).expect("config serializes"))
+            Ok(c.with_absolute_paths()?.to_json())
         };
         let (asked, stored) = (value(asked)?, value(stored)?);
         let ignored: Vec<String> = stored

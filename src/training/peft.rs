@@ -440,7 +440,7 @@ pub fn read_peft(
             truncation: "longest_first".into(),
         },
         prefix: PrefixInfo::from(&prefix_config),
-        hyperparameters: serde_json::to_value(&hyperparameters).expect("config serializes"),
+        hyperparameters: hyperparameters.to_json(),
         created_by: created_by(),
     };
     let prefix = PrefixEncoder {

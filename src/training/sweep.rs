@@ -108,7 +108,7 @@ impl SweepPlan {
     /// each point's seeds together; every run's settings checked before
     /// anything trains, so a typo costs no training time.
     pub fn runs(&self) -> Result<Vec<SweepRun>> {
-        let base = serde_json::to_value(&self.base).expect("settings serialize");
+        let base = self.base.to_json();
         let known: Vec<&String> = base.as_object().expect("a struct").keys().collect();
         for (i, axis) in self.grid.iter().enumerate() {
             if let Some((_, why)) = FIXED.iter().find(|(k, _)| *k == axis.key) {
@@ -228,7 +228,7 @@ fn describe(settings: &[(String, String)], seed: u64) -> String {
 /// (`1e-2`, `16`, `true`) and, where that does not fit the setting, as text
 /// (`linear`, `top:3`, `0-5`).
 fn with_setting(config: &TrainConfig, key: &str, value: &str) -> Result<TrainConfig> {
-    let mut fields = serde_json::to_value(config).expect("settings serialize");
+    let mut fields = config.to_json();
     let typed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut table| table.remove("v"))
@@ -572,20 +572,12 @@ fn outcome_line(o: &RunOutcome) -> String {
 
 /// The settings as compared between calls: the seed is a run's, not the sweep's.
 fn shared_settings(base: &TrainConfig) -> serde_json::Map<String, serde_json::Value> {
-    let mut fields = match serde_json::to_value(base).expect("settings serialize") {
+    let mut fields = match base.to_json() {
         serde_json::Value::Object(fields) => fields,
         _ => unreachable!("a struct serializes to an object"),
     };
     fields.remove("seed");
     fields
-}
-
-/// A setting's value in a message: an f32 as typed (0.1, not 0.10000000149011612).
-fn show(value: &serde_json::Value) -> String {
-    match value.as_f64() {
-        Some(x) if value.is_f64() && f64::from(x as f32) == x => (x as f32).to_string(),
-        _ => value.to_string(),
-    }
 }
 
 /// A sweep folder continues only with the settings it started with: runs
@@ -597,7 +589,7 @@ fn check_same_base(path: &Path, stored: &TrainConfig, now: &TrainConfig) -> Resu
         .filter(|(key, value)| stored.get(key.as_str()) != Some(value))
         .map(|(key, value)| {
             let before = stored.get(key.as_str()).unwrap_or(&serde_json::Value::Null);
-            format!("{key} (recorded {}, now {})", show(before), show(value))
+            format!("{key} (recorded {before}, now {value})")
         })
         .collect();
     if changed.is_empty() {

@@ -150,7 +150,13 @@ impl TrainConfig {
         })
     }
 
-    /// --max-seq-len, or the task family's default.
+    /// The settings as JSON, floats as typed: `0.1`, where a detour through
+    /// `serde_json::to_value` would widen the f32 to 0.10000000149011612.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = serde_json::to_vec(self).expect("settings serialize");
+        serde_json::from_slice(&text).expect("serde_json reads what it wrote")
+    }
+
     /// The same settings with absolute paths (data, out, --init-from, and a
     /// model given as a folder; hub ids stay), so that the run folder's
     /// record of them works from any directory: `eval` finds the training
@@ -831,7 +837,7 @@ fn load_tasks(
                 truncation: "longest_first".into(),
             },
             prefix: PrefixInfo::from(prefix_config),
-            hyperparameters: serde_json::to_value(&task_config).expect("config serializes"),
+            hyperparameters: task_config.to_json(),
             created_by: created_by(),
         };
         tasks.push(RunTask {
