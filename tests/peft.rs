@@ -487,6 +487,40 @@ fn import_refusals_say_why() {
     .to_string();
     assert!(err.contains("not a PEFT adapter folder"), "{err}");
 
+    // The checkpoint replaces --out whole, so a folder that holds anything
+    // (here the source itself, beside the user's notes) is refused, intact.
+    let parent = tmp.path().join("parent");
+    peft_folder(&parent.join("peft"), &good_config(), &good_tensors());
+    std::fs::write(parent.join("notes.md"), "mine").unwrap();
+    let err = import_peft(&parent.join("peft"), &parent, &options(&["a", "b"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already exists and is not an empty folder"),
+        "{err}"
+    );
+    assert!(parent.join("peft").join("adapter_config.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("notes.md")).unwrap(),
+        "mine"
+    );
+    // Tagging and QA heads have no PEFT counterpart here; say so, once.
+    let err = import_peft(
+        &parent.join("peft"),
+        &tmp.path().join("ner-out"),
+        &ImportOptions {
+            task: Some("ner/conll2003".into()),
+            ..options(&["a", "b"])
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("import takes sequence-level adapters")
+            && err.matches("invalid argument").count() == 1,
+        "{err}"
+    );
+
     // The good folder imports; a 1-output head with a regression task too,
     // and without labels a classifier gets index names.
     let dir = tmp.path().join("good");

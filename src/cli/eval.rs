@@ -76,6 +76,12 @@ fn evaluate(run: &Path, args: &EvalArgs, compute: Compute) -> Result<BTreeMap<St
     let data_dir = match &args.data {
         Some(d) => d.clone(),
         None if adapter.config.data.exists() => adapter.config.data.clone(),
+        None if adapter.config.data.as_os_str().is_empty() => {
+            return Err(Error::InvalidArgument(format!(
+                "pass --data: {} records no data folder (an imported adapter)",
+                run.display()
+            )))
+        }
         None => {
             return Err(Error::InvalidArgument(format!(
                 "pass --data: {} was trained on {}, which is not here",

@@ -25,7 +25,8 @@ pub struct ImportArgs {
     /// Label names in logit order, comma-separated (default: the task's, else 0..C-1).
     #[arg(long, value_delimiter = ',')]
     labels: Option<Vec<String>>,
-    /// Tokens per input at inference.
+    /// Tokens per input at inference (PEFT does not record it) [default: 128,
+    /// at most what the model's positions leave after the prompt].
     #[arg(long)]
     max_seq_len: Option<usize>,
 }
@@ -42,14 +43,16 @@ pub fn run(args: ImportArgs) -> Result<()> {
         },
     )?;
     eprintln!(
-        "wrote checkpoint {} ({}, {:?} head, labels {:?}, {} prompt of {} on backbone {})",
+        "wrote checkpoint {} ({}, {:?} head, labels {:?}, {} prompt of {} on backbone {}, \
+         inputs of up to {} tokens: --max-seq-len)",
         args.out.display(),
         info.task,
         info.head,
         info.label_names,
         info.prefix.method.name(),
         info.prefix.len,
-        info.backbone.name_or_path
+        info.backbone.name_or_path,
+        info.tokenizer.max_seq_len
     );
     Ok(())
 }

@@ -240,9 +240,13 @@ pub fn task_by_name(name: &str, options: &TaskOptions) -> Result<Box<dyn Task>> 
     if key == custom::NAME {
         return Ok(Box::new(custom::CustomClassification::new(options)?));
     }
+    let every = KNOWN
+        .iter()
+        .chain(tagging::known_tagging_tasks())
+        .chain(&squad::QA_TASKS);
     Err(Error::InvalidArgument(format!(
         "unknown task {name:?}; known tasks: {}",
-        KNOWN.join(", ")
+        every.copied().collect::<Vec<_>>().join(", ")
     )))
 }
 

@@ -38,6 +38,7 @@ use crate::training::checkpoint::{
     CheckpointRef, PrefixInfo, RunInfo, TokenizerInfo, ADAPTER_CONFIG, ADAPTER_HEAD_BIAS,
     ADAPTER_HEAD_WEIGHT, ADAPTER_WEIGHTS, FORMAT_VERSION, PROMPT_EMBEDDINGS,
 };
+use crate::training::data::Family;
 use crate::training::trainer::{Backbone, TrainConfig};
 
 /// Where PEFT and other tools put a sequence classifier's head, tried in order.
@@ -228,6 +229,19 @@ pub struct ImportOptions {
 /// hidden size, layer and head counts must match, and its weights hash is
 /// recorded so that serve and eval refuse other weights.
 pub fn import_peft(peft_dir: &Path, out: &Path, options: &ImportOptions) -> Result<RunInfo> {
+    // The checkpoint replaces `out` whole: never a folder that holds something.
+    let occupied = match std::fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    };
+    if occupied {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} already exists and is not an empty folder; import writes a new \
+             checkpoint folder: choose another --out",
+            out.display()
+        )));
+    }
     let config = PeftPrefixConfig::read(&peft_dir.join(ADAPTER_CONFIG))?;
     let model = options
         .model
@@ -355,20 +369,24 @@ pub fn read_peft(
             ))
         }
     };
+    if Family::of(&task_name) != Family::Sequence {
+        return Err(Error::InvalidArgument(format!(
+            "--task {task_name}: import takes sequence-level adapters (PEFT's SEQ_CLS: \
+             classification, regression, multiple choice); tagging and QA heads do not \
+             exchange with PEFT"
+        )));
+    }
     let task = task_by_name(
         &task_name,
         &TaskOptions {
             labels: options.labels.clone(),
             ..TaskOptions::default()
         },
-    );
-    let (kind, mut labels) = match &task {
-        Ok(t) => match t.kind() {
-            TaskKind::Classification => (HeadKind::Classification, t.label_names()),
-            TaskKind::MultipleChoice { .. } => (HeadKind::MultipleChoice, t.label_names()),
-            TaskKind::Regression => (HeadKind::Regression, Vec::new()),
-        },
-        Err(e) => return Err(Error::InvalidArgument(format!("--task {task_name}: {e}"))),
+    )?;
+    let (kind, mut labels) = match task.kind() {
+        TaskKind::Classification => (HeadKind::Classification, task.label_names()),
+        TaskKind::MultipleChoice { .. } => (HeadKind::MultipleChoice, task.label_names()),
+        TaskKind::Regression => (HeadKind::Regression, Vec::new()),
     };
     if let Some(given) = &options.labels {
         labels = given.clone();

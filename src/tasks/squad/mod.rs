@@ -57,6 +57,9 @@ pub use metrics::{
 pub use postprocess::{postprocess, AnswerSpan, ContextOffsets, PostprocessOptions, Postprocessor};
 pub use read::{read_squad, Answer, SquadExample, SquadRead};
 
+/// The QA tasks' names: SQuAD v1.1, and v2.0 with unanswerable questions.
+pub const QA_TASKS: [&str; 2] = ["qa/squad", "qa/squad_v2"];
+
 /// Writes `predictions.json` in the official format, a JSON object question
 /// id → answer text (what `evaluate-v1.1.py` and `postprocess_qa_predictions`
 /// write; 4-space indent and a final newline, as `json.dumps(indent=4)`).

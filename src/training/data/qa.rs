@@ -12,7 +12,7 @@ use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::tasks::squad::{
     qa_features, read_squad, squad_metrics, PostprocessOptions, Postprocessor, QaFeature,
-    SquadExample,
+    SquadExample, QA_TASKS,
 };
 use crate::training::trainer::TrainConfig;
 
@@ -43,7 +43,8 @@ impl QaData {
             "qa/squad_v2" => true,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown QA task {other:?}; known: qa/squad, qa/squad_v2"
+                    "unknown QA task {other:?}; known: {}",
+                    QA_TASKS.join(", ")
                 )))
             }
         };
