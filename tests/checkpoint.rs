@@ -509,7 +509,7 @@ fn metrics_log_appends_across_opens() {
         metrics: [("accuracy".to_string(), acc)].into_iter().collect(),
     };
     {
-        let mut log = MetricsLog::open(&run).unwrap();
+        let mut log = MetricsLog::open(&run, 0).unwrap();
         log.append(&event(EventKind::Epoch, 1, 0.5)).unwrap();
         log.append(&event(EventKind::Eval, 1, 0.6)).unwrap();
     }
@@ -523,7 +523,7 @@ fn metrics_log_appends_across_opens() {
         f.write_all(b"{\"event\": \"ep").unwrap();
     }
     {
-        let mut log = MetricsLog::open(&run).unwrap();
+        let mut log = MetricsLog::open(&run, 1).unwrap();
         log.append(&event(EventKind::Epoch, 2, 0.7)).unwrap();
     }
     let text = std::fs::read_to_string(run.join(METRICS_FILE)).unwrap();
@@ -544,6 +544,22 @@ fn metrics_log_appends_across_opens() {
     // The torn line in the middle is an error when read back, with its number.
     let err = read_metrics(&run).unwrap_err().to_string();
     assert!(err.contains("line 3"), "{err}");
+
+    // A crash after epoch 2's line but before its checkpoint: the run
+    // resumes from epoch 1's, and epoch 2's line goes, so it is not written
+    // twice; the torn line stays as it was.
+    let mut log = MetricsLog::open(&run, 1).unwrap();
+    log.append(&event(EventKind::Epoch, 2, 0.8)).unwrap();
+    let text = std::fs::read_to_string(run.join(METRICS_FILE)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[2], "{\"event\": \"ep");
+    let last: MetricsEvent = serde_json::from_str(lines[3]).unwrap();
+    assert_eq!(last, event(EventKind::Epoch, 2, 0.8));
+    // A fresh run in a folder a failed start left keeps no epochs.
+    drop(MetricsLog::open(&run, 0).unwrap());
+    let text = std::fs::read_to_string(run.join(METRICS_FILE)).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
 }
 
 #[test]

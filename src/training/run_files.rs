@@ -66,12 +66,38 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     /// Opens (creating if needed) `<run_dir>/metrics.jsonl` for appending; a
-    /// resumed run continues the existing file. If the file ends in a torn line
-    /// (a crash mid-write), a newline is added first so the next event starts on
-    /// a line of its own instead of corrupting the torn one further.
-    pub fn open(run_dir: &Path) -> Result<Self> {
+    /// resumed run continues the existing file. Events of epochs after
+    /// `epochs_completed`, the checkpoint's, are dropped first: a crash between
+    /// an epoch's line and its checkpoint leaves a line that the resumed run
+    /// writes again. If the file ends in a torn line (a crash mid-write), a
+    /// newline is added first so the next event starts on a line of its own
+    /// instead of corrupting the torn one further.
+    pub fn open(run_dir: &Path, epochs_completed: usize) -> Result<Self> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let path = run_dir.join(METRICS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                // Line by line, so that a torn line is kept as it was, not a
+                // reason to refuse the resume.
+                let after = |line: &str| {
+                    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|e| {
+                        e["epoch"]
+                            .as_u64()
+                            .is_some_and(|epoch| epoch > epochs_completed as u64)
+                    })
+                };
+                if text.lines().any(after) {
+                    let kept: String = text
+                        .lines()
+                        .filter(|line| !after(line))
+                        .map(|line| format!("{line}\n"))
+                        .collect();
+                    write_atomic(&path, kept.as_bytes())?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -510,7 +510,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         100.0 * trainable as f64 / frozen as f64
     ));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let mut log = MetricsLog::open(&out)?;
+    let mut log = MetricsLog::open(&out, state.epoch_completed)?;
 
     let batch_size = config.batch_size;
     let steps_per_epoch: u64 = tasks
