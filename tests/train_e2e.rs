@@ -1137,3 +1137,52 @@ fn a_sweep_trains_every_point_and_seed_and_continues_where_it_stopped() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_file_without_the_label_column_is_named_with_the_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let cli = |extra: &[&str], out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(tiny_cli_args("train", &config))
+            .args(["--epochs", "1", "--out"])
+            .arg(tmp.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let run = cli(&["--label-field", "lbl"], "a");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success()
+            && err.contains("train.csv: the training file has no labels")
+            && err.contains("no column or key \"lbl\""),
+        "{err}"
+    );
+    // A dev file without labels trains without evaluation, and says why.
+    std::fs::write(tmp.path().join("dev.csv"), "text,lab\n\"a b\",pos\n").unwrap();
+    let run = cli(&[], "b");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && err.contains("dev.csv has no labels (no column or key \"label\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn column_indices_on_a_file_with_a_header_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), false);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(tiny_cli_args("train", &config))
+        .args(["--epochs", "1", "--text-fields", "0", "--label-field", "1"])
+        .arg("--out")
+        .arg(&config.out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && err.contains("line 1's label \"label\" is on no other line"),
+        "{err}"
+    );
+}

@@ -145,7 +145,11 @@ impl CustomClassification {
                     }
                 }
                 // A label column past the end: an unlabeled (test) file.
-                (texts, label.filter(|&l| l < width), width, &rows[..])
+                let label = label.filter(|&l| l < width);
+                if let Some(l) = label {
+                    warn_if_header(path, &rows, l);
+                }
+                (texts, label, width, &rows[..])
             }
             None => {
                 let header = &rows[0];
@@ -248,6 +252,22 @@ impl CustomClassification {
             *inferred = Some(set.into_iter().map(str::to_string).collect());
         }
         inferred.clone().unwrap_or_default()
+    }
+}
+
+/// Column indices mean "no header"; a header read as data would become an
+/// example of a class named after the label column. Its mark: a label on
+/// the first line that no other line has.
+fn warn_if_header(path: &Path, rows: &[Row], label: usize) {
+    let first = &rows[0].fields[label];
+    let elsewhere = rows[1..].iter().any(|r| r.fields.get(label) == Some(first));
+    if rows.len() > 2 && !elsewhere {
+        tracing::warn!(
+            "{}: line 1's label {first:?} is on no other line; if line 1 is a header, \
+             name the columns (--text-fields NAME --label-field NAME) instead of giving \
+             indices, which read every line as data",
+            path.display()
+        );
     }
 }
 

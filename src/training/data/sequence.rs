@@ -44,6 +44,13 @@ impl SequenceData {
                         config.data.display()
                     )));
                 }
+                if train.iter().any(|e| e.label.is_none()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: the training file has no labels{}",
+                        task.split_path(&config.data, Split::Train).display(),
+                        label_hint(config)
+                    )));
+                }
                 match config.dev_from_train {
                     Some(fraction) => {
                         let (rest, dev) = hold_out(train, fraction, config.seed);
@@ -53,7 +60,15 @@ impl SequenceData {
                         let path = task.split_path(&config.data, Split::Dev);
                         let dev = if path.exists() {
                             let dev = task.read(&path)?;
-                            dev.iter().all(|e| e.label.is_some()).then_some(dev)
+                            let labeled = dev.iter().all(|e| e.label.is_some());
+                            if !labeled {
+                                tracing::warn!(
+                                    "{} has no labels{}: training without a dev evaluation",
+                                    path.display(),
+                                    label_hint(config)
+                                );
+                            }
+                            labeled.then_some(dev)
                         } else {
                             None
                         };
@@ -82,6 +97,17 @@ impl SequenceData {
         self.dev
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("no dev split to evaluate".into()))
+    }
+}
+
+/// Where a custom task looks for labels, for a file that has none.
+fn label_hint(config: &TrainConfig) -> String {
+    match config.task.trim().to_ascii_lowercase().as_str() {
+        crate::tasks::custom::NAME => format!(
+            " (no column or key \"{}\"; --label-field names it)",
+            config.label_field.as_deref().unwrap_or("label")
+        ),
+        _ => String::new(),
     }
 }
 
