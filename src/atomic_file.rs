@@ -23,10 +23,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // Errors name `path`: the temporary name means nothing to a user
+        // (whose folder may be missing or read-only).
+        let mut f = File::create(&tmp).map_err(|e| Error::io(path, e))?;
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
+            .map_err(|e| Error::io(path, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();
     if result.is_err() {
@@ -56,4 +58,26 @@ pub fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_whole_files_and_names_the_target_on_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out.json");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        let missing = tmp.path().join("nodir/x.jsonl");
+        let err = write_atomic(&missing, b"x").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:", missing.display())) && !err.contains(".tmp-"),
+            "{err}"
+        );
+    }
 }

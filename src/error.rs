@@ -13,6 +13,10 @@ pub enum Error {
     },
     #[error("{path}: invalid JSON: {message}")]
     Json { path: PathBuf, message: String },
+    /// A data file whose content is not what its task reads (a missing
+    /// field, a wrong type, an unknown label); `message` starts with the line.
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
     #[error(
         "{path}: unsupported model_type {found:?}; expected one of: bert, roberta, xlm-roberta"
     )]

@@ -40,9 +40,12 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     })
 }
 
-/// An `InvalidArgument` error for a delimited file: "`path`: line N: message".
+/// A data file's content error at a line: "`path`: line N: message".
 pub(crate) fn invalid(path: &Path, line: usize, message: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{}: line {line}: {message}", path.display()))
+    Error::Data {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    }
 }
 
 /// A JSON error at a line: rendered "`path`: invalid JSON: line N: message".
@@ -248,9 +251,9 @@ pub(crate) struct At<'a> {
 }
 
 impl At<'_> {
-    /// A JSON error at this place.
+    /// A content error at this place (the JSON itself parsed).
     pub fn error(&self, message: impl std::fmt::Display) -> Error {
-        json_error(self.path, self.line, message)
+        invalid(self.path, self.line, message)
     }
 
     /// `obj[key]`, or "missing field" naming the full path of the key.
