@@ -4,7 +4,10 @@
 //! SpERT → BIO conversion, first-sub-token labeling and windows with the
 //! real MiniLM tokenizer (`$PTUNING_MODEL_DIR`, default the cache
 //! scripts/fetch-model.sh fills), the SRL line format on a hand-made file,
-//! entity spans on raw text, seqeval against Python seqeval's numbers
+//! entity spans on raw text, how `predict` reads a tagger's input (a
+//! column-form `.txt`, a byte-order mark, JSON) and how `eval` scores a gold
+//! type the adapter lacks, through the CLI on a tiny trained tagger,
+//! seqeval against Python seqeval's numbers
 //! (tests/fixtures/seqeval/cases.json, from tools/seqeval_golden.py), and
 //! every reading error on small files in a temp dir.
 
@@ -15,10 +18,11 @@ use ptuning::model::hub::default_model_dir;
 use ptuning::model::tokenizer::Tokenizer;
 use ptuning::tasks::seqeval::{self, evaluate, Mode};
 use ptuning::tasks::tagging::{
-    entity_spans, featurize_tagging, split_words, tagging_task_by_name, tagging_task_dir,
-    word_predictions, TaggedSentence, TaggingOptions, TaggingTask, TokenFeature,
+    entity_spans, featurize_tagging, read_tagging_input, split_words, tagging_task_by_name,
+    tagging_task_dir, word_predictions, TaggedSentence, TaggingOptions, TaggingTask, TokenFeature,
 };
 use ptuning::tasks::Split;
+use ptuning::training::trainer::{train, TrainConfig, TrainOptions};
 use serde_json::Value;
 
 fn data_root() -> PathBuf {
@@ -127,6 +131,12 @@ fn conll2003_counts_and_tags() {
         strings("B-ORG O B-MISC O O O B-MISC O O")
     );
     assert!(train.iter().all(|s| s.predicate.is_none()));
+    // `predict --input valid.txt` reads the official file as columns.
+    let t = task("ner/conll2003");
+    let dir = tagging_task_dir(&data_root(), "ner/conll2003").unwrap();
+    let input = read_tagging_input(t.as_ref(), &t.split_path(&dir, Split::Dev)).unwrap();
+    assert!(input.raw.is_none());
+    assert_eq!(input.sentences, valid);
 }
 
 #[test]
@@ -628,6 +638,292 @@ fn entity_spans_with_char_offsets() {
         ]
     );
     assert!(entity_spans(&[], &[], "").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// What `predict` makes of its input.
+
+/// CoNLL-2003's own layout, as its valid.txt starts.
+const CONLL2003_SMALL: &str = "-DOCSTART- -X- -X- O\n\nCRICKET NNP B-NP O\n- : O O\n\
+    LEICESTERSHIRE NNP B-NP B-ORG\n\nLONDON NNP B-NP B-LOC\n1996-08-30 CD I-NP O\n";
+
+#[test]
+fn a_txt_input_in_column_form_reads_as_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task("ner/conll2003");
+    let conll = write(dir.path(), "valid.conll", CONLL2003_SMALL);
+    let txt = write(dir.path(), "valid.txt", CONLL2003_SMALL);
+    let as_conll = read_tagging_input(t.as_ref(), &conll).unwrap();
+    assert_eq!((as_conll.raw.is_none(), as_conll.read_as), (true, None));
+    let as_txt = read_tagging_input(t.as_ref(), &txt).unwrap();
+    assert_eq!(as_txt.sentences, as_conll.sentences);
+    assert_eq!(as_txt.sentences.len(), 2);
+    assert_eq!(
+        as_txt.sentences[0].words,
+        strings("CRICKET - LEICESTERSHIRE")
+    );
+    assert!(as_txt.raw.is_none());
+    assert_eq!(
+        as_txt.read_as.as_deref(),
+        Some("read as CoNLL columns (token POS chunk NER), not raw text: it has a -DOCSTART- line")
+    );
+
+    // Without -DOCSTART-: a tag ending every line (IOBES too) is enough; the
+    // extension's case does not matter.
+    let c = task("custom/conll");
+    let p = write(dir.path(), "NER.TXT", "John\tS-PER\r\nsleeps\tO\r\n");
+    let got = read_tagging_input(c.as_ref(), &p).unwrap();
+    assert_eq!(got.sentences, vec![sentence("John sleeps", "S-PER O")]);
+    assert_has(
+        got.read_as.as_deref().unwrap(),
+        &[
+            "read as CoNLL columns (word in column 0, tag in the last column",
+            "every line ends in a tag",
+        ],
+    );
+
+    // Raw text, whatever the case of .txt: one line without a tag is enough.
+    let p = write(dir.path(), "RAW.Txt", "John B-PER\nJohn visited Paris.\n");
+    let got = read_tagging_input(c.as_ref(), &p).unwrap();
+    assert_eq!(
+        got.read_as.as_deref(),
+        Some("read as raw text, one text per line")
+    );
+    assert_eq!(got.sentences[0].words, strings("John B-PER"));
+    assert_eq!(got.sentences[1].tags, None);
+    assert_eq!(got.raw.unwrap().len(), 2);
+}
+
+#[test]
+fn raw_text_drops_a_byte_order_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "bom.txt",
+        "\u{feff}John lives in Paris.\r\n\r\nMüller too\r\n",
+    );
+    let got = read_tagging_input(task("ner/conll2003").as_ref(), &p).unwrap();
+    let raw = got.raw.unwrap();
+    let line = |text: &str, words: &[(&str, usize, usize)]| {
+        let words = words
+            .iter()
+            .map(|(w, s, e)| (w.to_string(), *s, *e))
+            .collect();
+        (text.to_string(), words)
+    };
+    assert_eq!(
+        raw,
+        vec![
+            line(
+                "John lives in Paris.",
+                &[
+                    ("John", 0, 4),
+                    ("lives", 5, 10),
+                    ("in", 11, 13),
+                    ("Paris", 14, 19),
+                    (".", 19, 20)
+                ]
+            ),
+            line("Müller too", &[("Müller", 0, 6), ("too", 7, 10)]),
+        ]
+    );
+    assert_eq!(got.sentences[0].words, strings("John lives in Paris ."));
+    // A BOM before -DOCSTART- does not hide it either.
+    let p = write(
+        dir.path(),
+        "bom_conll.txt",
+        &format!("\u{feff}{CONLL2003_SMALL}"),
+    );
+    let got = read_tagging_input(task("ner/conll2003").as_ref(), &p).unwrap();
+    assert_eq!(got.sentences.len(), 2);
+}
+
+#[test]
+fn json_input_to_a_tagger_says_what_taggers_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = "\n{\"text\": \"John lives in Paris.\"}\n{\"text\": \"Mary too.\"}\n";
+    let p = write(dir.path(), "inputs.jsonl", jsonl);
+    let e = read_tagging_input(task("custom/conll").as_ref(), &p)
+        .unwrap_err()
+        .to_string();
+    assert_has(
+        &e,
+        &[
+            "inputs.jsonl: line 2: this is JSON, but a custom/conll tagger reads raw text \
+             (.txt, one text per line) or CoNLL columns (word in column 0, tag in the last column",
+        ],
+    );
+    let p = write(dir.path(), "inputs.json", "[\n  {\"text\": \"John\"}\n]\n");
+    let e = read_tagging_input(task("ner/conll2003").as_ref(), &p)
+        .unwrap_err()
+        .to_string();
+    assert_has(
+        &e,
+        &[
+            "inputs.json: line 1: this is JSON",
+            "or CoNLL columns (token POS chunk NER)",
+        ],
+    );
+    // A column file whose first word is a bracket is no JSON.
+    let p = write(dir.path(), "brackets.conll", "[ O\nx B-A\n] O\n");
+    let got = read_tagging_input(task("custom/conll").as_ref(), &p).unwrap();
+    assert_eq!(got.sentences, vec![sentence("[ x ]", "O B-A O")]);
+    // conll04 reads JSON: its own errors stay.
+    let p = write(dir.path(), "spert.json", jsonl);
+    let e = read_tagging_input(task("ner/conll04").as_ref(), &p)
+        .unwrap_err()
+        .to_string();
+    assert_has(&e, &["spert.json", "expected a SpERT array"]);
+}
+
+/// `ptuning <args>`: exit status, stdout, stderr.
+fn ptuning(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn a_tagger_predicts_and_evaluates_what_it_is_given() {
+    // A tiny custom/conll tagger (PER and LOC, no MISC) on the tiny model:
+    // its predictions are arbitrary; how its inputs are read is not.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train_text = "John B-PER\nSmith I-PER\nvisited O\nParis B-LOC\n\nMary B-PER\nslept O\n";
+    write(d, "train.conll", &train_text.repeat(2));
+    write(d, "dev.conll", train_text);
+    let config = TrainConfig {
+        task: "custom/conll".into(),
+        data: d.to_path_buf(),
+        out: d.join("run"),
+        model: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-bert")
+            .display()
+            .to_string(),
+        epochs: 1,
+        batch_size: 2,
+        prefix_len: 4,
+        ..TrainConfig::default()
+    };
+    let options = TrainOptions {
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    train(&config, options).unwrap();
+    let run = config.out.as_os_str();
+    let predict = |input: &Path| {
+        ptuning(&[
+            "predict".as_ref(),
+            "--run".as_ref(),
+            run,
+            "--input".as_ref(),
+            input.as_os_str(),
+        ])
+    };
+
+    // Column form named .txt: the same predictions as named .conll.
+    let columns = "-DOCSTART- O\n\nJohn B-PER\nvisited O\nParis B-LOC\n\nMary B-PER\n";
+    let (ok_c, conll_out, _) = predict(&write(d, "in.conll", columns));
+    let (ok_t, txt_out, txt_err) = predict(&write(d, "in.txt", columns));
+    assert!(ok_c && ok_t, "{txt_err}");
+    assert_eq!(txt_out, conll_out);
+    let lines: Vec<Value> = txt_out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0]["words"],
+        serde_json::json!(["John", "visited", "Paris"])
+    );
+    assert_has(
+        &txt_err,
+        &[
+            "2 sentences (read as CoNLL columns",
+            "not raw text: it has a -DOCSTART- line",
+            "in.txt",
+        ],
+    );
+
+    // Raw text with a BOM: no BOM word, offsets into the text as written.
+    let (ok, out, err) = predict(&write(d, "bom.txt", "\u{feff}John visited Paris.\r\n"));
+    assert!(ok, "{err}");
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["text"], "John visited Paris.");
+    assert_eq!(
+        line["words"],
+        serde_json::json!(["John", "visited", "Paris", "."])
+    );
+    for e in line["entities"].as_array().unwrap() {
+        let (start, end) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        let text: String = "John visited Paris."
+            .chars()
+            .skip(start)
+            .take(end - start)
+            .collect();
+        assert_eq!(e["text"], text.as_str());
+    }
+    assert_has(
+        &err,
+        &["1 text (read as raw text, one text per line; 0 split"],
+    );
+
+    // JSON Lines: what a classifier reads, not a tagger.
+    let (ok, _, err) = predict(&write(
+        d,
+        "in.jsonl",
+        "{\"text\": \"John visited Paris.\"}\n",
+    ));
+    assert!(!ok);
+    assert_has(
+        &err,
+        &[
+            "in.jsonl: line 1: this is JSON",
+            "raw text (.txt, one text per line) or CoNLL columns",
+        ],
+    );
+
+    // A gold MISC entity the adapter cannot predict is missed: of the 3 gold
+    // entities (PER, LOC, MISC) at most 2 are found.
+    let misc = write(
+        d,
+        "misc.conll",
+        "John B-PER\nvisited O\nParis B-LOC\nfor O\nEuro B-MISC\n96 I-MISC\n",
+    );
+    let (ok, out, err) = ptuning(&[
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--run".as_ref(),
+        run,
+        "--data".as_ref(),
+        misc.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    let m: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["gold_tags_outside_tag_set"], 2.0);
+    assert_eq!(m["f1_MISC"], 0.0);
+    assert!(m["recall"].as_f64().unwrap() <= 2.0 / 3.0, "{m}");
+    assert!(m.get("unknown_tags").is_none());
+    let (_, out, _) = ptuning(&[
+        "eval".as_ref(),
+        "--run".as_ref(),
+        run,
+        "--data".as_ref(),
+        misc.as_os_str(),
+    ]);
+    assert_has(
+        &out,
+        &[
+            "1 sentence (0 split into windows of",
+            "; 2 gold tags outside the tag set, which the adapter cannot predict)",
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! `ptuning predict`: predictions of a trained adapter. Sequence tasks and
 //! taggers write one JSON line per input (taggers: word tags and entity spans
-//! with char offsets; a .txt input is raw text, one text per line); QA writes
+//! with char offsets; a .txt input is raw text, one text per line, unless it
+//! is in column form, as CoNLL-2003's own .txt files); QA writes
 //! the official predictions.json (question id → answer).
 
 use std::io::Write;
@@ -19,8 +20,8 @@ pub struct PredictArgs {
     /// The checkpoint folder (runs/x/best) or a run folder.
     #[arg(long)]
     run: PathBuf,
-    /// Inputs in the task's own format (labels optional), or raw text (.txt)
-    /// for taggers.
+    /// Inputs in the task's own format (labels optional), or raw text (.txt,
+    /// unless in column form) for taggers.
     #[arg(long)]
     input: PathBuf,
     /// Where to write (default: standard output).

@@ -57,7 +57,8 @@ impl Adapter {
     }
 
     /// The inputs of `path` to predict on: as [`Adapter::data_for`], and for
-    /// sequence labelling a `.txt` file is raw text, one text per line.
+    /// sequence labelling a `.txt` file is raw text, one text per line,
+    /// unless it is in column form.
     pub fn input_for(&self, path: &Path) -> Result<Box<dyn TaskData>> {
         self.task_data(DevSource::Input(path))
     }

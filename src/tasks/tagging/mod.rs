@@ -27,9 +27,13 @@
 //! the model's length, here a long sentence is cut into consecutive windows
 //! of whole words, so every word is labeled exactly once.
 //!
+//! `predict` reads its input with [`read_tagging_input`]: a `.txt` file is
+//! raw text unless it is in column form.
+//!
 //! Every reading error names the file, the line and what was expected.
 
 mod features;
+mod input;
 mod read;
 mod spans;
 mod tag_sets;
@@ -37,6 +41,7 @@ mod tag_sets;
 pub use features::{
     featurize_tagging, word_predictions, TaggingFeatures, TaggingTokenizer, TokenFeature,
 };
+pub use input::{read_tagging_input, RawLine, TaggingInput};
 use read::{read_columns, read_spert, read_srl, ColumnSpec, TagCheck};
 pub use spans::{entity_spans, split_words, EntitySpan};
 use tag_sets::{CONLL04_TAGS, CONLL05_TAGS, CONLL12_TAGS, CONLL2003_TAGS};
@@ -82,6 +87,13 @@ pub trait TaggingTask: Send + Sync {
 
     /// Reads one file of the task's format.
     fn read(&self, path: &Path) -> Result<Vec<TaggedSentence>>;
+
+    /// The task's file format in words, for messages: "CoNLL columns
+    /// (token POS chunk NER)".
+    fn file_format(&self) -> String;
+
+    /// Whether the task's files are JSON (so a JSON input is no mistake).
+    fn reads_json(&self) -> bool;
 
     /// The tag set, indexed by the label ids of [`featurize_tagging`]: the
     /// official order where the official code fixes one, else "O" followed
@@ -287,6 +299,18 @@ impl TaggingTask for Builtin {
         }
     }
 
+    fn file_format(&self) -> String {
+        match self.format {
+            Format::Columns { columns, .. } => format!("CoNLL columns ({columns})"),
+            Format::Spert => "SpERT JSON".to_string(),
+            Format::Srl => "SRL lines (`index w1 … wn ||| t1 … tn`)".to_string(),
+        }
+    }
+
+    fn reads_json(&self) -> bool {
+        matches!(self.format, Format::Spert)
+    }
+
     fn tag_names(&self, train: &[TaggedSentence]) -> Vec<String> {
         match self.tags {
             Some(tags) => tags.iter().map(|s| s.to_string()).collect(),
@@ -336,6 +360,21 @@ impl TaggingTask for CustomConll {
                 check: TagCheck::Iobes,
             },
         )
+    }
+
+    fn file_format(&self) -> String {
+        let tag = self
+            .options
+            .tag_col
+            .map_or("the last column".to_string(), |c| format!("column {c}"));
+        format!(
+            "CoNLL columns (word in column {}, tag in {tag}, a blank line between sentences)",
+            self.options.token_col
+        )
+    }
+
+    fn reads_json(&self) -> bool {
+        false
     }
 
     fn tag_names(&self, train: &[TaggedSentence]) -> Vec<String> {

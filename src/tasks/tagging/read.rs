@@ -74,6 +74,29 @@ fn split_columns(line: &str) -> Vec<&str> {
     }
 }
 
+/// Why `text` (a `.txt` input to predict on) is a column file rather than
+/// raw text: it has a `-DOCSTART-` line, or every non-blank line has two or
+/// more columns, the last an IOB (or IOBES) tag. `None`: raw text.
+pub(super) fn column_form(text: &str) -> Option<&'static str> {
+    let mut lines = numbered(text)
+        .map(|(_, l)| l)
+        .filter(|l| !l.trim().is_empty())
+        .peekable();
+    lines.peek()?;
+    let mut tagged = true;
+    for line in lines {
+        if line.starts_with("-DOCSTART-") {
+            return Some("it has a -DOCSTART- line");
+        }
+        let fields = split_columns(line);
+        tagged &= fields.len() >= 2
+            && fields
+                .last()
+                .is_some_and(|t| TagCheck::Iobes.check(t).is_ok());
+    }
+    tagged.then_some("every line ends in a tag")
+}
+
 /// Reads a CoNLL-style column file (see the module docs).
 pub(super) fn read_columns(path: &Path, spec: &ColumnSpec) -> Result<Vec<TaggedSentence>> {
     let text = read_text(path)?;
@@ -331,6 +354,21 @@ mod tests {
         assert!(TagCheck::Iob2.check("E-PER").is_err());
         assert!(TagCheck::Iobes.check("E-PER").is_ok());
         assert!(TagCheck::Iob2.check("PER").is_err());
+    }
+
+    #[test]
+    fn column_form_or_raw_text() {
+        let conll2003 = "-DOCSTART- -X- -X- O\n\nCRICKET NNP B-NP O\n";
+        assert_eq!(column_form(conll2003), Some("it has a -DOCSTART- line"));
+        // A -DOCSTART- line anywhere, whatever the other lines hold.
+        assert!(column_form("Some text\n-DOCSTART- -X- O\n").is_some());
+        let two = "John\tB-PER\r\nsleeps\tO\r\n\r\nParis S-LOC\n";
+        assert_eq!(column_form(two), Some("every line ends in a tag"));
+        // Raw text: one line without a tag is enough, as is a lone word.
+        assert_eq!(column_form("John B-PER\nJohn visited Paris.\n"), None);
+        assert_eq!(column_form("O\n"), None);
+        assert_eq!(column_form("Paris X-LOC\n"), None);
+        assert_eq!(column_form("\n \n"), None);
     }
 
     #[test]

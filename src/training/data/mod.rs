@@ -195,8 +195,9 @@ pub enum DevSource<'a> {
     /// predict on (labels optional).
     File(&'a Path),
     /// One file to predict on: as `File`, except that for sequence
-    /// labelling a `.txt` file is raw text, one text per line (CoNLL-2003's
-    /// own splits are .txt files too, so evaluation reads them as `File`).
+    /// labelling a `.txt` file is raw text, one text per line, unless it is
+    /// in column form (CoNLL-2003's own splits are .txt files; see
+    /// `tasks::tagging::read_tagging_input`).
     Input(&'a Path),
 }
 

@@ -2,7 +2,6 @@
 //! windows for long sentences, seqeval metrics.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use crate::engine::cpu::loss::IGNORE;
 use crate::error::{Error, Result};
@@ -12,8 +11,8 @@ use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::tasks::seqeval::{self, Mode};
 use crate::tasks::tagging::{
-    entity_spans, featurize_tagging, split_words, tagging_task_by_name, word_predictions,
-    TaggedSentence, TaggingFeatures, TaggingOptions, TaggingTask, TokenFeature, Word,
+    entity_spans, featurize_tagging, read_tagging_input, tagging_task_by_name, word_predictions,
+    RawLine, TaggedSentence, TaggingFeatures, TaggingOptions, TaggingTask, TokenFeature,
 };
 use crate::tasks::Split;
 use crate::training::evaluate::argmax;
@@ -21,15 +20,15 @@ use crate::training::trainer::TrainConfig;
 
 use super::{hold_out, DevSource, HeadSpec, Predictions, TaskData, TrainTargets};
 
-/// A raw text line and its words with char offsets (start, end exclusive).
-type RawLine = (String, Vec<Word>);
-
 /// Sentences with their windows, and for raw text the words' char offsets.
 struct Tagged {
     sentences: Vec<TaggedSentence>,
     features: TaggingFeatures,
     /// Raw-text input (`predict --input x.txt`): each line and its words' offsets.
     raw: Option<Vec<RawLine>>,
+    /// How a `.txt` input was read: raw text or columns, which its name
+    /// leaves open (`predict` says so).
+    read_as: Option<String>,
 }
 
 pub struct TaggingData {
@@ -52,24 +51,17 @@ fn featurized(
         sentences,
         features,
         raw: None,
+        read_as: None,
     })
 }
 
-/// One text per line, split into words with char offsets.
-fn read_raw_text(path: &Path) -> Result<Vec<RawLine>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let lines: Vec<_> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| (l.to_string(), split_words(l)))
-        .collect();
-    if lines.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: no text to tag",
-            path.display()
-        )));
+/// "1 sentence", "2 sentences".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
-    Ok(lines)
 }
 
 /// The tagging task of a config (custom/conll needs its columns).
@@ -84,15 +76,23 @@ pub(super) fn task(config: &TrainConfig) -> Result<Box<dyn TaggingTask>> {
 }
 
 impl TaggingData {
-    /// "N sentences (K split into windows of L tokens, U unknown tags)".
-    fn sentences(&self, t: &Tagged) -> String {
-        format!(
-            "{} sentences ({} split into windows of {} tokens, {} unknown tags)",
-            t.sentences.len(),
-            t.features.windows_split,
-            self.max_seq_len,
-            t.features.unknown_tags
-        )
+    /// "N sentences (how the file was read; K split into windows of L
+    /// tokens; U gold tags `outside`)", the parts in parentheses when they
+    /// apply. `outside` says what becomes of gold tags the tag set lacks.
+    fn sentences(&self, t: &Tagged, outside: &str) -> String {
+        let unit = if t.raw.is_some() { "text" } else { "sentence" };
+        let mut notes: Vec<String> = t.read_as.iter().cloned().collect();
+        notes.push(format!(
+            "{} split into windows of {} tokens",
+            t.features.windows_split, self.max_seq_len
+        ));
+        if t.features.unknown_tags > 0 {
+            notes.push(format!(
+                "{} {outside}",
+                count(t.features.unknown_tags, "gold tag")
+            ));
+        }
+        format!("{} ({})", count(t.sentences.len(), unit), notes.join("; "))
     }
 
     pub fn load(
@@ -103,28 +103,23 @@ impl TaggingData {
     ) -> Result<Self> {
         let task = task(config)?;
         let max_len = config.max_seq_len();
-        let raw_text =
-            matches!(source, DevSource::Input(p) if p.extension().is_some_and(|e| e == "txt"));
-        let (train, dev, tags) = match source.file() {
-            Some(path) => {
+        let (train, dev, tags) = match source {
+            DevSource::File(path) | DevSource::Input(path) => {
                 let tags = tags
                     .ok_or_else(|| Error::InvalidArgument("the adapter has no tag set".into()))?;
-                let dev = if raw_text {
-                    let raw = read_raw_text(path)?;
-                    let sentences = raw
-                        .iter()
-                        .map(|(_, words)| TaggedSentence::unlabeled(words))
-                        .collect();
+                let dev = if let DevSource::Input(_) = source {
+                    let input = read_tagging_input(task.as_ref(), path)?;
                     Tagged {
-                        raw: Some(raw),
-                        ..featurized(tokenizer, sentences, &tags, max_len)?
+                        raw: input.raw,
+                        read_as: input.read_as,
+                        ..featurized(tokenizer, input.sentences, &tags, max_len)?
                     }
                 } else {
                     featurized(tokenizer, task.read(path)?, &tags, max_len)?
                 };
                 (Vec::new(), Some(dev), tags)
             }
-            None => {
+            DevSource::Training => {
                 let mut train = task.read_split(&config.data, Split::Train)?;
                 let tags = tags.unwrap_or_else(|| task.tag_names(&train));
                 let dev = match config.dev_from_train {
@@ -203,6 +198,47 @@ fn collate(features: &[TokenFeature], pad_id: u32) -> Result<(Batch, Vec<i64>)> 
     Ok((batch, labels))
 }
 
+/// Entity-level micro precision, recall and F1 as seqeval computes them,
+/// in the default (conlleval-like) mode and in strict IOB2 mode, F1 per
+/// entity type, and token accuracy, of `predicted` against `gold` (the tags
+/// as read). A gold tag the tag set lacks is kept, not made O: as in
+/// seqeval, its entity is one the model missed (it cannot predict that
+/// type). `outside`, the count of such gold tags, is reported as
+/// `gold_tags_outside_tag_set`. The strict scores are left out unless every
+/// tag is IOB2: seqeval's strict IOB2 mode raises on others, such as the
+/// `E-` and `S-` tags of IOBES files, which the default mode reads.
+fn dev_metrics(
+    gold: &[Vec<String>],
+    predicted: &[Vec<String>],
+    outside: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let default = seqeval::evaluate(gold, predicted, Mode::Default)?;
+    let mut m = BTreeMap::from([
+        ("precision".to_string(), default.precision),
+        ("recall".to_string(), default.recall),
+        ("f1".to_string(), default.f1),
+        ("accuracy".to_string(), default.accuracy),
+        ("gold_tags_outside_tag_set".to_string(), outside as f64),
+    ]);
+    for (kind, scores) in &default.per_type {
+        m.insert(format!("f1_{kind}"), scores.f1);
+    }
+    let iob2 = gold
+        .iter()
+        .chain(predicted)
+        .flatten()
+        .all(|t| t == "O" || t.starts_with("B-") || t.starts_with("I-"));
+    if iob2 {
+        let strict = seqeval::evaluate(gold, predicted, Mode::Strict)?;
+        m.extend([
+            ("strict_precision".to_string(), strict.precision),
+            ("strict_recall".to_string(), strict.recall),
+            ("strict_f1".to_string(), strict.f1),
+        ]);
+    }
+    Ok(m)
+}
+
 impl TaskData for TaggingData {
     fn task_name(&self) -> &str {
         self.task.name()
@@ -237,9 +273,7 @@ impl TaskData for TaggingData {
         self.dev.is_some()
     }
 
-    /// Entity-level micro precision, recall and F1 as seqeval computes them,
-    /// in the default (conlleval-like) mode and in strict IOB2 mode, F1 per
-    /// entity type, and token accuracy. Gold tags the tag set lacks count as O.
+    /// [`dev_metrics`] of the dev split.
     fn evaluate_dev(
         &self,
         model: &PromptModel,
@@ -251,37 +285,12 @@ impl TaskData for TaggingData {
             .sentences
             .iter()
             .map(|s| {
-                let tags = s.tags.as_ref().ok_or_else(|| {
-                    Error::InvalidArgument("the dev sentences have no tags".into())
-                })?;
-                Ok(tags
-                    .iter()
-                    .map(|t| {
-                        if self.tags.contains(t) {
-                            t.clone()
-                        } else {
-                            "O".to_string()
-                        }
-                    })
-                    .collect())
+                s.tags
+                    .clone()
+                    .ok_or_else(|| Error::InvalidArgument("the dev sentences have no tags".into()))
             })
             .collect::<Result<_>>()?;
-        let default = seqeval::evaluate(&gold, &predicted, Mode::Default)?;
-        let strict = seqeval::evaluate(&gold, &predicted, Mode::Strict)?;
-        let mut m = BTreeMap::from([
-            ("precision".to_string(), default.precision),
-            ("recall".to_string(), default.recall),
-            ("f1".to_string(), default.f1),
-            ("accuracy".to_string(), default.accuracy),
-            ("strict_precision".to_string(), strict.precision),
-            ("strict_recall".to_string(), strict.recall),
-            ("strict_f1".to_string(), strict.f1),
-            ("unknown_tags".to_string(), dev.features.unknown_tags as f64),
-        ]);
-        for (kind, scores) in &default.per_type {
-            m.insert(format!("f1_{kind}"), scores.f1);
-        }
-        Ok(m)
+        dev_metrics(&gold, &predicted, dev.features.unknown_tags)
     }
 
     fn predict_dev(&self, model: &PromptModel, batch_size: usize) -> Result<Predictions> {
@@ -327,17 +336,17 @@ impl TaskData for TaggingData {
             |_| format!("dev {}", self.describe_dev()),
         );
         format!(
-            "{}: {} tags; train {}, {dev}",
+            "{}: {}; train {}, {dev}",
             self.task.name(),
-            self.tags.len(),
-            self.sentences(&self.train)
+            count(self.tags.len(), "tag"),
+            self.sentences(&self.train, "outside the tag set, trained as O")
         )
     }
 
     fn describe_dev(&self) -> String {
-        self.dev
-            .as_ref()
-            .map_or("no sentences".to_string(), |d| self.sentences(d))
+        self.dev.as_ref().map_or("no sentences".to_string(), |d| {
+            self.sentences(d, "outside the tag set, which the adapter cannot predict")
+        })
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -347,5 +356,55 @@ impl TaskData for TaggingData {
             "train_split_into_windows": self.train.features.windows_split,
             "dev_examples": self.dev.as_ref().map(|d| d.sentences.len()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_gold_type_missing_from_the_tag_set_counts_as_missed() {
+        // The adapter's tags are O, B/I-PER and B/I-LOC (train had no MISC);
+        // dev has a B-MISC entity it cannot predict. By hand: gold entities
+        // PER, MISC, LOC (3); predicted PER, LOC (2), both right. P = 2/2,
+        // R = 2/3, F1 = 2PR/(P+R) = 0.8; tokens equal 5 of 6. (Mapping the
+        // MISC tag to O, as before, gave R = 1 and F1 = 1.)
+        let gold = vec![tags("B-PER I-PER O B-MISC"), tags("B-LOC O")];
+        let predicted = vec![tags("B-PER I-PER O O"), tags("B-LOC O")];
+        let m = dev_metrics(&gold, &predicted, 1).unwrap();
+        let r = 2.0 / 3.0;
+        let want = [
+            ("precision", 1.0),
+            ("recall", r),
+            ("f1", 2.0 * r / (1.0 + r)),
+            ("accuracy", 5.0 / 6.0),
+            ("strict_precision", 1.0),
+            ("strict_recall", r),
+            ("strict_f1", 2.0 * r / (1.0 + r)),
+            ("gold_tags_outside_tag_set", 1.0),
+            ("f1_LOC", 1.0),
+            ("f1_MISC", 0.0),
+            ("f1_PER", 1.0),
+        ];
+        assert_eq!(m.len(), want.len(), "{m:?}");
+        for (k, v) in want {
+            assert_eq!(m[k], v, "{k}");
+        }
+        assert!((m["f1"] - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn iobes_tags_get_no_strict_iob2_scores() {
+        // seqeval's strict IOB2 mode raises on E- and S-; the default mode
+        // reads IOBES: S-LOC and B-PER E-PER are two entities, both found.
+        let gold = vec![tags("B-PER E-PER O S-LOC")];
+        let m = dev_metrics(&gold, &gold, 0).unwrap();
+        assert_eq!((m["precision"], m["recall"], m["f1"]), (1.0, 1.0, 1.0));
+        assert!(!m.contains_key("strict_f1"), "{m:?}");
     }
 }
