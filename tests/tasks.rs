@@ -846,6 +846,17 @@ fn custom_jsonl() {
         .metrics(&ex, &[Prediction::Class(1), Prediction::Class(1)])
         .unwrap();
     assert_eq!(m["accuracy"], 0.5);
+
+    // Integer labels take their order by value, not as text ("10" < "2").
+    let p = tmp_file(
+        &dir,
+        "stars.jsonl",
+        "{\"text\": \"a\", \"label\": 10}\n{\"text\": \"b\", \"label\": 2}\n{\"text\": \"c\", \"label\": -1}\n",
+    );
+    let t = custom(&[], None, None);
+    let ex = t.read(&p).unwrap();
+    assert_eq!(t.label_names(), ["-1", "2", "10"]);
+    assert_eq!(ex[0].label, Some(Label::Class(2)));
 }
 
 #[test]

@@ -1186,3 +1186,22 @@ fn column_indices_on_a_file_with_a_header_warn() {
         "{err}"
     );
 }
+
+#[test]
+fn zero_counts_are_refused_by_the_cli() {
+    for args in [
+        &["eval", "--run", "x", "--batch-size", "0"][..],
+        &["predict", "--run", "x", "--input", "y", "--batch-size", "0"],
+        &["--threads", "0", "eval", "--run", "x"],
+    ] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && err.contains("'0'") && err.contains("must be at least 1"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -29,7 +29,7 @@ pub struct EvalArgs {
     /// Override the backbone location (its weights must match the adapter's).
     #[arg(long)]
     model: Option<String>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Print one JSON object of metrics (for a multi-task run, one per task).
     #[arg(long)]
@@ -91,7 +91,16 @@ fn evaluate(run: &Path, args: &EvalArgs, compute: Compute) -> Result<BTreeMap<St
         }
     };
     let path = if data_dir.is_dir() {
-        split_file(&adapter.config, &data_dir, args.split.parse::<Split>()?)?
+        let path = split_file(&adapter.config, &data_dir, args.split.parse::<Split>()?)?;
+        if !path.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} has no {} split ({} does not exist): pass --split, or --data with a labelled file",
+                data_dir.display(),
+                args.split,
+                path.display()
+            )));
+        }
+        path
     } else {
         data_dir
     };

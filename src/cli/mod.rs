@@ -17,6 +17,16 @@ use clap::{Parser, Subcommand};
 use crate::engine::device::{Compute, Device};
 use crate::error::Result;
 
+/// A count that must be at least one (batch sizes, threads): clap reports
+/// the flag and the value.
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The global --device and --precision.
 fn compute(device: &str, precision: &str) -> Result<Compute> {
     Ok(Compute {
@@ -33,7 +43,7 @@ fn compute(device: &str, precision: &str) -> Result<Compute> {
 )]
 struct Cli {
     /// Worker threads for the kernels (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = at_least_one)]
     threads: Option<usize>,
     /// Where the encoder runs: cpu, cuda, cuda:N, or auto (GPU 0 when it
     /// can run the model, else the CPU).

@@ -29,7 +29,7 @@ pub struct PredictArgs {
     out: Option<PathBuf>,
     #[arg(long)]
     model: Option<String>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::at_least_one)]
     batch_size: usize,
 }
 

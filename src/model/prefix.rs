@@ -183,7 +183,9 @@ pub fn parse_layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
                 return Err(bad(format!("range {part} is reversed")));
             }
             if hi >= num_layers {
-                return Err(bad(format!("layer {hi} does not exist")));
+                // The first missing one: in 6-7 of a 6-layer model, layer 6.
+                let missing = lo.max(num_layers);
+                return Err(bad(format!("layer {missing} does not exist")));
             }
             layers.extend(lo..=hi);
         }
@@ -557,6 +559,8 @@ mod tests {
         assert_eq!(parse_layers("top3", 6).unwrap(), vec![3, 4, 5]);
         for (spec, msg) in [
             ("6", "layer 6 does not exist"),
+            ("6-7", "layer 6 does not exist"),
+            ("4-9", "layer 6 does not exist"),
             ("3-1", "reversed"),
             ("top:0", "not between 1 and 6"),
             ("x", "not a layer number"),

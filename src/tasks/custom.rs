@@ -248,11 +248,36 @@ impl CustomClassification {
         }
         let mut inferred = self.inferred.lock().unwrap_or_else(|e| e.into_inner());
         if inferred.is_none() && !seen.is_empty() {
-            let set: BTreeSet<&str> = seen.iter().copied().collect();
-            *inferred = Some(set.into_iter().map(str::to_string).collect());
+            *inferred = Some(sorted_labels(seen));
         }
         inferred.clone().unwrap_or_default()
     }
+}
+
+/// The distinct labels in class order: by value when every label is an
+/// integer (2 before 10), else as text. Labels with a fractional part are
+/// classes too, one per value, which is seldom what a file of scores
+/// means: that gets a warning.
+fn sorted_labels(seen: &[&str]) -> Vec<String> {
+    let set: BTreeSet<&str> = seen.iter().copied().collect();
+    let mut labels: Vec<String> = set.into_iter().map(str::to_string).collect();
+    let numbers: Option<Vec<f64>> = labels.iter().map(|l| l.trim().parse().ok()).collect();
+    if let Some(numbers) = numbers {
+        if numbers.iter().all(|x| x.fract() == 0.0) {
+            labels.sort_by(|a, b| {
+                let value = |s: &String| s.trim().parse::<f64>().unwrap_or(f64::NAN);
+                value(a).total_cmp(&value(b))
+            });
+        } else {
+            tracing::warn!(
+                "{NAME}: the labels are numbers with fractions ({}, ...), read as {} classes, \
+                 one per value; {NAME} does not regress scores",
+                labels[..labels.len().min(3)].join(", "),
+                labels.len()
+            );
+        }
+    }
+    labels
 }
 
 /// Column indices mean "no header"; a header read as data would become an
@@ -315,6 +340,15 @@ impl Task for CustomClassification {
     }
 
     fn read(&self, path: &Path) -> Result<Vec<Example>> {
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                message: format!(
+                    "no such file ({NAME} reads .csv, .tsv or .jsonl files; a data folder \
+                     holds train.*, and dev.*, val.* or validation.*)"
+                ),
+            });
+        }
         let raws = match Self::format(path)? {
             Format::Csv => self.read_delimited(path, read_csv(path)?)?,
             Format::Tsv => self.read_delimited(path, read_tsv(path)?)?,

@@ -534,6 +534,12 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
     };
     let main_metric = main_metric.as_str();
 
+    if state.epoch_completed >= config.epochs {
+        reporter.line(&format!(
+            "the run is complete (epoch {} of {}): nothing to train; --epochs N goes on to N",
+            state.epoch_completed, config.epochs
+        ));
+    }
     for epoch in state.epoch_completed..config.epochs {
         let epoch_start = Instant::now();
         let batches = epoch_batches(&tasks, batch_size, config.seed, epoch);
