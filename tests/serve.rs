@@ -1,7 +1,8 @@
 //! `ptuning serve`: mixed-task batching against each adapter alone, the HTTP
 //! API in-process (tower oneshot) with every error it promises, admin load
-//! and unload, metrics, the 503 of a full queue, a seeded fuzz, and graceful
-//! shutdown over a real loopback socket.
+//! and unload, metrics, the 503 of a full queue, a seeded fuzz, and over a
+//! real loopback socket: request timeouts, early 413s and shutdown (graceful,
+//! after the grace period, at a second stop).
 
 mod common;
 
@@ -23,7 +24,7 @@ use ptuning::model::prompt_model::PromptModel;
 use ptuning::rng::Rng;
 use ptuning::serve::batcher::{forward_mixed, plan, Row, Sequence};
 use ptuning::serve::registry::ServedAdapter;
-use ptuning::serve::{openapi, ServeConfig, Server};
+use ptuning::serve::{openapi, ServeConfig, Server, Stopped};
 use ptuning::tasks::squad::{qa_features_vec, PostprocessOptions, Postprocessor, SquadExample};
 use ptuning::tasks::tagging::{
     entity_spans, featurize_tagging, split_words, word_predictions, TaggedSentence,
@@ -743,7 +744,8 @@ async fn every_error_is_a_clear_4xx() {
         ("POST", "/v1/adapters/qa/predict", r#"{"inputs":[{"question":"a","context":"b","id":1}]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0]: unknown field \"id\""),
         ("POST", "/v1/adapters/qa/predict", r#"{"inputs":[{"question":1,"context":"b"}]}"#.into(), StatusCode::BAD_REQUEST, "inputs[0].question must be a text"),
         ("POST", "/v1/adapters/qa/predict", json!({"inputs": [[LONG, "the cat"]]}).to_string(), StatusCode::BAD_REQUEST, "inputs[0] cannot be windowed"),
-        ("GET", "/v1/adapters/cls/predict", "".into(), StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ("GET", "/v1/adapters/cls/predict", "".into(), StatusCode::METHOD_NOT_ALLOWED, "GET is not allowed on /v1/adapters/cls/predict; allowed: POST"),
+        ("POST", "/healthz", "".into(), StatusCode::METHOD_NOT_ALLOWED, "POST is not allowed on /healthz; allowed: GET, HEAD"),
         ("GET", "/nowhere", "".into(), StatusCode::NOT_FOUND, "no such route"),
     ];
     for (method, uri, body, status, needle) in cases {
@@ -1240,6 +1242,28 @@ async fn fuzz_never_crashes() {
     assert_eq!(r.json()["adapters"].as_array().unwrap().len(), 6);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_is_a_405_naming_the_allowed_ones() {
+    let f = fixture(config());
+    let app = f.server.router();
+    for (method, uri, allow) in [
+        ("GET", "/v1/adapters/cls/predict", "POST"),
+        ("POST", "/healthz", "GET,HEAD"),
+        ("PUT", "/v1/adapters", "GET,HEAD,POST"),
+        ("GET", "/v1/adapters/cls", "DELETE"),
+    ] {
+        let r = send(&app, method, uri, "", None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_eq!(r.headers[header::ALLOW], allow, "{method} {uri}");
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+        let listed = allow.replace(',', ", ");
+        assert_eq!(
+            r.error(),
+            format!("{method} is not allowed on {uri}; allowed: {listed}")
+        );
+    }
+}
+
 /// A raw HTTP/1.1 request over loopback (blocking std socket on a blocking
 /// thread); (status, body).
 async fn raw_request(
@@ -1272,26 +1296,241 @@ async fn raw_request(
     (status, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_finishes_accepted_requests() {
-    let f = fixture(config());
-    let server = Arc::new(f.server);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+/// Sends `bytes` on a fresh connection and reads until the server closes it
+/// (blocking std socket on a blocking thread); what came back and how long
+/// it took from before the connect.
+async fn exchange(addr: std::net::SocketAddr, bytes: &'static str) -> (String, Duration) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(bytes.as_bytes()).unwrap();
+        (read_until_closed(&mut s), started.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+/// Everything the server sends until it closes the connection (a reset
+/// counts as closed); panics after the socket's read timeout.
+fn read_until_closed(s: &mut std::net::TcpStream) -> String {
+    use std::io::{ErrorKind, Read};
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status and JSON error of a raw response.
+fn status_and_error(text: &str) -> (u16, String) {
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let error = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no JSON error in {text:?}"));
+    (status, error)
+}
+
+/// `server` on a loopback port: its address, the stop channel and the task.
+struct Live {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::mpsc::UnboundedSender<()>,
+    serving: tokio::task::JoinHandle<ptuning::Result<Stopped>>,
+}
+
+async fn live(server: &Arc<Server>) -> Live {
+    let (stop, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let s = Arc::clone(&server);
+    let s = Arc::clone(server);
     let serving = tokio::spawn(async move {
-        s.serve(
-            "127.0.0.1:0".parse().unwrap(),
-            async {
-                let _ = stop_rx.await;
-            },
-            move |a| addr_tx.send(a).unwrap(),
-        )
+        s.serve("127.0.0.1:0".parse().unwrap(), stop_rx, move |a| {
+            addr_tx.send(a).unwrap()
+        })
         .await
     });
     let addr = tokio::task::spawn_blocking(move || addr_rx.recv().unwrap())
         .await
         .unwrap();
+    Live {
+        addr,
+        stop,
+        serving,
+    }
+}
+
+/// A client whose predict request stops halfway through its body: returns
+/// once the server reads that body (it asked for it with `Expect:
+/// 100-continue`), with what the server sends after, until it closes.
+async fn stalled_client(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<String> {
+    let (stalled_tx, stalled_rx) = std::sync::mpsc::channel();
+    let client = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(
+            b"POST /v1/adapters/cls/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 100"), "{head:?}");
+        s.write_all(br#"{"inputs""#).unwrap();
+        stalled_tx.send(()).unwrap();
+        read_until_closed(&mut s)
+    });
+    tokio::task::spawn_blocking(move || stalled_rx.recv().unwrap())
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_time_out() {
+    let f = fixture(ServeConfig {
+        request_timeout: Duration::from_secs(1),
+        ..config()
+    });
+    let server = Arc::new(f.server);
+    let live = live(&server).await;
+    let addr = live.addr;
+    let (body, head, idle) = tokio::join!(
+        // The head in, the body stops halfway: 408.
+        exchange(
+            addr,
+            "POST /v1/adapters/cls/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\"",
+        ),
+        // The head stops halfway: closed, no answer (hyper reads heads).
+        exchange(addr, "POST /v1/adapters/cls/predict HTTP/1.1\r\nHost: x\r\n"),
+        // Nothing sent.
+        exchange(addr, ""),
+    );
+    // Timers never fire early; the clock starts after the connect.
+    for (text, took) in [&body, &head, &idle] {
+        assert!(
+            *took >= Duration::from_millis(900) && *took < Duration::from_secs(20),
+            "{took:?}: {text:?}"
+        );
+    }
+    let (status, error) = status_and_error(&body.0);
+    assert_eq!(status, 408, "{}", body.0);
+    assert!(error.contains("--request-timeout-secs"), "{error}");
+    assert!(body.0.contains("connection: close\r\n"), "{}", body.0);
+    assert_eq!(head.0, "");
+    assert_eq!(idle.0, "");
+    // Requests sent in time are answered as ever.
+    let (status, body) = raw_request(
+        addr,
+        "POST",
+        "/v1/adapters/cls/predict",
+        r#"{"inputs":["a"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    live.stop.send(()).unwrap();
+    assert_eq!(live.serving.await.unwrap().unwrap(), Stopped::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_oversized_body_is_refused_unread() {
+    let f = fixture(config());
+    let server = Arc::new(f.server);
+    let live = live(&server).await;
+    // Declared over the 4096-byte limit, and never sent: answered at once,
+    // not after the 30 s request timeout.
+    let (text, took) = exchange(
+        live.addr,
+        "POST /v1/adapters/cls/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n{\"in",
+    )
+    .await;
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let (status, error) = status_and_error(&text);
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        error.contains("over the limit (--max-body-bytes)"),
+        "{error}"
+    );
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    live.stop.send(()).unwrap();
+    assert_eq!(live.serving.await.unwrap().unwrap(), Stopped::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_what_is_left_after_the_grace_period() {
+    let f = fixture(ServeConfig {
+        request_timeout: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(1),
+        ..config()
+    });
+    let server = Arc::new(f.server);
+    let live = live(&server).await;
+    let client = stalled_client(live.addr).await;
+    let stopping = std::time::Instant::now();
+    live.stop.send(()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), live.serving)
+        .await
+        .expect("the server stops after the grace period")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Stopped::GraceOver { open: 1 });
+    let took = stopping.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // Closed without an answer.
+    assert_eq!(client.await.unwrap(), "");
+    assert!(std::net::TcpStream::connect(live.addr).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_stop_closes_at_once() {
+    let f = fixture(ServeConfig {
+        request_timeout: Duration::from_secs(60),
+        shutdown_grace: Duration::from_secs(60),
+        ..config()
+    });
+    let server = Arc::new(f.server);
+    let live = live(&server).await;
+    let client = stalled_client(live.addr).await;
+    live.stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !live.serving.is_finished(),
+        "the server waits for the request"
+    );
+    live.stop.send(()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), live.serving)
+        .await
+        .expect("a second stop stops at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Stopped::Forced { open: 1 });
+    assert_eq!(client.await.unwrap(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_accepted_requests() {
+    let f = fixture(config());
+    let server = Arc::new(f.server);
+    let Live {
+        addr,
+        stop,
+        serving,
+    } = live(&server).await;
     let (status, body) = raw_request(addr, "GET", "/healthz", "").await;
     assert_eq!(status, 200, "{body}");
 
@@ -1314,7 +1553,7 @@ async fn graceful_shutdown_finishes_accepted_requests() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop_tx.send(()).unwrap();
+    stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !serving.is_finished(),
@@ -1325,11 +1564,12 @@ async fn graceful_shutdown_finishes_accepted_requests() {
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
-    tokio::time::timeout(Duration::from_secs(10), serving)
+    let stopped = tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .expect("the server stops once the request is answered")
         .unwrap()
         .unwrap();
+    assert_eq!(stopped, Stopped::Drained);
     // Stopped: no new connections, the worker refuses work.
     assert!(std::net::TcpStream::connect(addr).is_err());
     assert!(server.state.batcher.is_closed());

@@ -1,15 +1,16 @@
 //! `ptuning serve`: adapters over one backbone behind an HTTP API.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use tokio::sync::mpsc;
 
 use crate::engine::device::Compute;
 use crate::error::{Error, Result};
 use crate::model::hub::DEFAULT_MODEL;
-use crate::serve::{shutdown_signal, ServeConfig, Server};
+use crate::serve::{ServeConfig, Server, Stopped};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -20,9 +21,10 @@ pub struct ServeArgs {
     /// folder); repeatable.
     #[arg(long = "adapter", value_name = "NAME=RUN_DIR")]
     adapters: Vec<String>,
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT, or HOST:PORT (listens on the first
+    /// address HOST resolves to).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
+    addr: String,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
@@ -38,6 +40,15 @@ pub struct ServeArgs {
     /// Request body limit in bytes (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Seconds a client has to send a request, from its first byte (408
+    /// after, or the connection closed if the head is not in), and that a
+    /// connection may sit idle.
+    #[arg(long, default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// Seconds SIGINT/SIGTERM waits for the accepted requests before closing
+    /// their connections; a second signal stops at once.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_secs: u64,
     /// Bearer token for POST/DELETE /v1/adapters (default: $PTUNING_ADMIN_TOKEN;
     /// neither: admin endpoints are disabled).
     #[arg(long)]
@@ -45,9 +56,14 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
-    if args.max_batch == 0 || args.queue == 0 || args.max_inputs == 0 || args.max_body_bytes == 0 {
+    if args.max_batch == 0
+        || args.queue == 0
+        || args.max_inputs == 0
+        || args.max_body_bytes == 0
+        || args.request_timeout_secs == 0
+    {
         return Err(Error::InvalidArgument(
-            "--max-batch, --queue, --max-inputs and --max-body-bytes must be at least 1".into(),
+            "--max-batch, --queue, --max-inputs, --max-body-bytes and --request-timeout-secs must be at least 1".into(),
         ));
     }
     let adapters = args
@@ -62,10 +78,20 @@ pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
             ))),
         })
         .collect::<Result<Vec<_>>>()?;
+    for (i, (name, _)) in adapters.iter().enumerate() {
+        if adapters[..i].iter().any(|(earlier, _)| earlier == name) {
+            return Err(Error::InvalidArgument(format!(
+                "--adapter: the name {name:?} is given more than once; give each adapter its own NAME"
+            )));
+        }
+    }
+    // Before the model loads, so that a typo fails at once.
+    let addr = resolve(&args.addr)?;
     let admin_token = args
         .admin_token
         .or_else(|| std::env::var("PTUNING_ADMIN_TOKEN").ok())
         .filter(|t| !t.is_empty());
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
     let config = ServeConfig {
         max_batch: args.max_batch,
         max_wait: Duration::from_millis(args.max_wait_ms),
@@ -73,11 +99,15 @@ pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
         max_inputs: args.max_inputs,
         max_body_bytes: args.max_body_bytes,
         admin_token,
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        shutdown_grace: grace,
         compute,
     };
     let server = Server::load(&args.model, config)?;
     for (name, dir) in &adapters {
-        let a = server.load_adapter(name, dir)?;
+        let a = server
+            .load_adapter(name, dir)
+            .map_err(|e| adapter_error(name, dir, e))?;
         eprintln!(
             "adapter {name}: {} ({} head, {} output{}, {} prompt of {}) from {}",
             a.info.task,
@@ -97,9 +127,177 @@ pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
         .thread_name("ptuning-http")
         .build()
         .map_err(|e| Error::InvalidArgument(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(server.serve(args.addr, shutdown_signal(), |addr| {
-        eprintln!("listening on http://{addr} (Ctrl-C to stop)");
-    }))?;
-    eprintln!("stopped");
-    Ok(())
+    let stopped = runtime.block_on(async {
+        let stop = stop_signals(grace)?;
+        server
+            .serve(addr, stop, |addr| {
+                eprintln!("listening on http://{addr} (Ctrl-C to stop)");
+            })
+            .await
+    })?;
+    let open = match stopped {
+        Stopped::Drained => {
+            eprintln!("stopped");
+            return Ok(());
+        }
+        Stopped::GraceOver { open } => {
+            eprintln!(
+                "stopped: {open} connection(s) still waiting after {}s (--shutdown-grace-secs) were closed",
+                grace.as_secs()
+            );
+            open
+        }
+        Stopped::Forced { open } => {
+            eprintln!("stopped at the second signal: {open} connection(s) closed");
+            open
+        }
+    };
+    // Exits here: dropping the server would wait for the model worker to
+    // finish requests whose clients are gone. Failure when requests were cut.
+    std::process::exit(if open == 0 { 0 } else { 1 })
+}
+
+/// `--addr` as a socket address, host names resolved.
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    let invalid = |why: String| {
+        Error::InvalidArgument(format!(
+            "--addr {addr:?}: {why}; expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080"
+        ))
+    };
+    addr.to_socket_addrs()
+        .map_err(|e| invalid(e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid("the host has no address".into()))
+}
+
+/// A load error, prefixed with the `--adapter` flag it came from.
+fn adapter_error(name: &str, dir: &Path, e: Error) -> Error {
+    // The message alone: `{e}` would say "invalid argument" twice.
+    let why = match e {
+        Error::InvalidArgument(message) => message,
+        other => other.to_string(),
+    };
+    Error::InvalidArgument(format!("--adapter {name}={}: {why}", dir.display()))
+}
+
+/// A message for every SIGINT (Ctrl-C) and SIGTERM from now on: the first
+/// stops the server gracefully, the second at once.
+fn stop_signals(grace: Duration) -> Result<mpsc::UnboundedReceiver<()>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut signals = Signals::listen()?;
+    tokio::spawn(async move {
+        let mut first = true;
+        while signals.next().await {
+            if first {
+                eprintln!(
+                    "stopping: answering the accepted requests (at most {}s; Ctrl-C again to stop at once)",
+                    grace.as_secs()
+                );
+                first = false;
+            }
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// SIGINT and SIGTERM, listened to from the start so that none is missed.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind| {
+            signal(kind)
+                .map_err(|e| Error::InvalidArgument(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Signals {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal; false when none can come any more.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => true,
+            Some(()) = self.terminate.recv() => true,
+            else => false,
+        }
+    }
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn listen() -> Result<Self> {
+        Ok(Signals)
+    }
+
+    /// Waits for the next Ctrl-C; false when none can come any more.
+    async fn next(&mut self) -> bool {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// The error `ptuning serve ARGS` stops with, before it would listen.
+    fn refused(args: &[&str]) -> String {
+        let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-bert");
+        let argv = ["serve", "--model", tiny]
+            .into_iter()
+            .chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv).unwrap();
+        run(cli.serve, Compute::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn startup_errors_name_the_flag() {
+        assert_eq!(
+            refused(&["--adapter", "cb=X", "--adapter", "cb=X"]),
+            "invalid argument: --adapter: the name \"cb\" is given more than once; give each adapter its own NAME"
+        );
+        let e = refused(&["--adapter", "cb=/nonexistent"]);
+        assert!(
+            e.starts_with(
+                "invalid argument: --adapter cb=/nonexistent: /nonexistent is not a checkpoint folder"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            refused(&["--addr", "localhost"]),
+            "invalid argument: --addr \"localhost\": invalid socket address; expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn addr_takes_host_names() {
+        let addr = resolve("localhost:18233").unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr.port(), 18233);
+        assert_eq!(
+            resolve("0.0.0.0:80").unwrap(),
+            SocketAddr::from(([0, 0, 0, 0], 80))
+        );
+    }
 }

@@ -4,14 +4,21 @@
 //! `{"error": "..."}` saying what was wrong; a full queue is 503 with
 //! `Retry-After`. Requests are checked and tokenized here, on the async
 //! threads, so that only well-formed work reaches the model's queue.
+//!
+//! The exceptions are what hyper handles before axum sees a request: a bad
+//! request line, header or `Content-Length` gets hyper's own empty 400 (or
+//! 414, 431), and a request head not in within `--request-timeout-secs`
+//! has its connection closed without an answer (hyper reads heads; the
+//! socket keeps their deadline, see `RequestClock`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -20,7 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::serve::batcher::{Job, SubmitError};
 use crate::serve::metrics::{Gauges, UNKNOWN_ADAPTER};
 use crate::serve::registry::{validate_name, ServedAdapter};
-use crate::serve::{codec, openapi, AppState};
+use crate::serve::{codec, openapi, AppState, RequestClock};
 use crate::tasks::formats::type_name;
 
 /// A 4xx/5xx answer with a JSON body `{"error": message}`.
@@ -30,6 +37,9 @@ pub struct ApiError {
     pub message: String,
     retry_after: Option<u32>,
     bearer: bool,
+    /// The body was not read to its end: the connection cannot carry
+    /// another request.
+    close: bool,
 }
 
 impl ApiError {
@@ -39,6 +49,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             bearer: false,
+            close: false,
         }
     }
 
@@ -59,6 +70,14 @@ impl ApiError {
             ..Self::new(StatusCode::UNAUTHORIZED, message)
         }
     }
+
+    /// A request body that could not be read whole.
+    fn body(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            close: true,
+            ..Self::new(status, message)
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -74,6 +93,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ptuning admin\""),
             );
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -100,7 +122,7 @@ fn ok_json(status: StatusCode, value: &Value) -> Response {
 /// The routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
@@ -108,22 +130,67 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/adapters/{name}", delete(unload_adapter))
         .route("/v1/adapters/{name}/predict", post(predict))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state);
+    // Around the routes whole: a layer of `routes` would run inside each
+    // route, before axum adds the Allow header that the 405s are made from.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(name_allowed_methods))
+        .layer(middleware::from_fn(off_the_clock))
+}
+
+/// When a request's body must be in: set from its connection's
+/// [`RequestClock`] (absent in-process, where the body is given whole).
+#[derive(Clone, Copy)]
+struct BodyDeadline(tokio::time::Instant);
+
+/// Takes a request off its connection's clock while it is handled, and
+/// gives its body the rest of the request's time.
+async fn off_the_clock(mut req: Request, next: Next) -> Response {
+    let clock = req
+        .extensions()
+        .get::<ConnectInfo<RequestClock>>()
+        .map(|c| c.0.clone());
+    let _handling = clock.map(|clock| {
+        let (deadline, handling) = clock.handling();
+        req.extensions_mut().insert(BodyDeadline(deadline));
+        handling
+    });
+    next.run(req).await
+}
+
+/// Makes axum's bare 405 a JSON error naming the methods the path takes
+/// (axum knows them only as the `Allow` header of its answer).
+async fn name_allowed_methods(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let response = next.run(req).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let allowed = allow
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replace(',', ", ");
+    let path: String = uri.path().chars().take(80).collect();
+    let mut answer = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}; allowed: {allowed}"),
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such route; see GET /openapi.json for the API",
-    )
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this route; see GET /openapi.json for the API",
     )
 }
 
@@ -216,9 +283,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// A request body, read whole: at most `--max-body-bytes` (413 beyond, at
+/// once when the declared length is over) and by the request's deadline
+/// (408 after).
+struct RequestBody(Bytes);
+
+impl FromRequest<Arc<AppState>> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        // hyper has refused a Content-Length that is not a number.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // Refused before reading: reading would wait for bytes a client may
+        // never send.
+        if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+            return Err(body_too_large());
+        }
+        let deadline = req.extensions().get::<BodyDeadline>().map_or_else(
+            || tokio::time::Instant::now() + state.config.request_timeout,
+            |d| d.0,
+        );
+        match tokio::time::timeout_at(deadline, Bytes::from_request(req, state)).await {
+            Ok(Ok(bytes)) => Ok(RequestBody(bytes)),
+            Ok(Err(rejection)) => Err(body_error(rejection)),
+            Err(_) => Err(ApiError::body(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time (--request-timeout-secs)",
+            )),
+        }
+    }
+}
+
 /// Parses a JSON object body, naming the problem.
-fn parse_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(body_error)?;
+fn parse_object(body: Result<RequestBody, ApiError>) -> Result<Map<String, Value>, ApiError> {
+    let RequestBody(bytes) = body?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     match value {
@@ -230,15 +332,19 @@ fn parse_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value
     }
 }
 
+fn body_too_large() -> ApiError {
+    ApiError::body(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body is over the limit (--max-body-bytes); send fewer or shorter inputs",
+    )
+}
+
 fn body_error(rejection: BytesRejection) -> ApiError {
     let status = rejection.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "request body is over the limit (--max-body-bytes); send fewer or shorter inputs",
-        )
+        body_too_large()
     } else {
-        ApiError::new(status, format!("cannot read the request body: {rejection}"))
+        ApiError::body(status, format!("cannot read the request body: {rejection}"))
     }
 }
 
@@ -255,7 +361,7 @@ fn unknown_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiE
 async fn load_adapter(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
     let map = parse_object(body)?;
@@ -337,7 +443,7 @@ fn unknown_adapter(state: &AppState, name: &str) -> ApiError {
 async fn predict(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Response {
     let started = Instant::now();
     let _in_flight = state.metrics.start_request();
@@ -368,7 +474,7 @@ async fn predict(
 async fn run_predict(
     state: &AppState,
     adapter: Arc<ServedAdapter>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<RequestBody, ApiError>,
 ) -> Result<Value, ApiError> {
     let map = parse_object(body)?;
     unknown_fields(&map, &["inputs", "truncate"])?;

@@ -10,6 +10,10 @@
 //! - [`metrics`]: Prometheus text metrics.
 //! - [`openapi`]: the OpenAPI 3 description served at `/openapi.json`.
 //!
+//! [`Server::serve`] puts the routes on a TCP socket, where each connection
+//! has `request_timeout` to send a request and a stop waits for the accepted
+//! requests at most `shutdown_grace`.
+//!
 //! In-process use (what the tests do):
 //! ```no_run
 //! use ptuning::serve::{ServeConfig, Server};
@@ -27,11 +31,21 @@ pub mod metrics;
 pub mod openapi;
 pub mod registry;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, Sleep};
 
 use crate::engine::cuda::CudaEncoder;
 use crate::engine::device::Compute;
@@ -58,6 +72,13 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer token of the admin endpoints; `None` disables them.
     pub admin_token: Option<String>,
+    /// How long a client has to send a request, head and body, counted from
+    /// its first byte, and how long a connection may sit idle. Past it the
+    /// connection is closed, after a 408 when the head arrived in time.
+    pub request_timeout: Duration,
+    /// How long a stop waits for the accepted requests before closing their
+    /// connections.
+    pub shutdown_grace: Duration,
     /// Where the backbone runs.
     pub compute: Compute,
 }
@@ -71,6 +92,8 @@ impl Default for ServeConfig {
             max_inputs: 64,
             max_body_bytes: 1 << 20,
             admin_token: None,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
             compute: Compute::default(),
         }
     }
@@ -187,51 +210,319 @@ impl Server {
         self.state.batcher.close();
     }
 
-    /// Serves on `addr` until `shutdown` resolves, then stops accepting,
-    /// lets every accepted request finish and stops the worker.
+    /// Serves on `addr` until the first message on `stop`, then stops
+    /// accepting and waits for every accepted request to be answered, at most
+    /// `config.shutdown_grace`, and for the worker to finish. When the grace
+    /// period runs out, or at a second message, it closes the connections
+    /// still open instead (their requests get no answer) and returns without
+    /// waiting for the worker, which finishes its queue in the background.
     pub async fn serve(
         &self,
         addr: SocketAddr,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        mut stop: mpsc::UnboundedReceiver<()>,
         on_listening: impl FnOnce(SocketAddr),
-    ) -> Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr)
+    ) -> Result<Stopped> {
+        let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
         let local = listener
             .local_addr()
             .map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
         on_listening(local);
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("server error: {e}")))?;
+        // Each open connection holds a receiver: their count is the
+        // connections open, and sending `true` closes them.
+        let cut = Arc::new(watch::channel(false).0);
+        let listener = TimedListener {
+            listener,
+            timeout: self.state.config.request_timeout,
+            cut: Arc::clone(&cut),
+        };
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<RequestClock>();
+        let (drain, drained) = oneshot::channel::<()>();
+        let mut serving = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = drained.await;
+                })
+                .into_future(),
+        );
+        next_stop(&mut stop).await;
+        let _ = drain.send(());
+        let forced = tokio::select! {
+            served = &mut serving => {
+                served.map_err(server_error)?.map_err(server_error)?;
+                let state = Arc::clone(&self.state);
+                let stopping = tokio::task::spawn_blocking(move || state.batcher.close());
+                return tokio::select! {
+                    stopped = stopping => {
+                        stopped.map_err(|e| {
+                            Error::InvalidArgument(format!("stopping the model worker: {e}"))
+                        })?;
+                        Ok(Stopped::Drained)
+                    }
+                    () = next_stop(&mut stop) => Ok(Stopped::Forced { open: 0 }),
+                };
+            }
+            () = tokio::time::sleep(self.state.config.shutdown_grace) => false,
+            () = next_stop(&mut stop) => true,
+        };
+        let open = cut.receiver_count();
+        cut.send_replace(true);
+        // A connection closes at its next read or write, which hyper makes at
+        // once unless it only waits for its handler (a pipelined request
+        // already read); such a connection is left to the runtime.
+        let _ = tokio::time::timeout(CUT_WAIT, serving).await;
+        // Not waited for: the worker may still have the requests of the
+        // closed connections to run.
         let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.batcher.close())
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("stopping the model worker: {e}")))?;
-        Ok(())
+        drop(tokio::task::spawn_blocking(move || state.batcher.close()));
+        Ok(if forced {
+            Stopped::Forced { open }
+        } else {
+            Stopped::GraceOver { open }
+        })
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+fn server_error(e: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("server error: {e}"))
+}
+
+/// How [`Server::serve`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every accepted request was answered and the worker has stopped.
+    Drained,
+    /// The grace period ran out: the `open` connections left were closed,
+    /// their requests unanswered, and the worker stops in the background.
+    GraceOver { open: usize },
+    /// A second stop came first: the same, or, once every request was
+    /// answered, the worker left to stop in the background (`open` is 0).
+    Forced { open: usize },
+}
+
+/// How long a cut waits for the connections to close.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for the next stop request; a closed channel sends none.
+async fn next_stop(stop: &mut mpsc::UnboundedReceiver<()>) {
+    if stop.recv().await.is_none() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The listening socket; each connection it accepts is a [`TimedConn`].
+struct TimedListener {
+    listener: TcpListener,
+    timeout: Duration,
+    cut: Arc<watch::Sender<bool>>,
+}
+
+impl axum::serve::Listener for TimedListener {
+    type Io = TimedConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TimedConn, SocketAddr) {
+        // axum's accept, which retries (and logs) failed accepts.
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        let mut cut = self.cut.subscribe();
+        let conn = TimedConn {
+            stream,
+            clock: RequestClock::new(self.timeout),
+            timer: Box::pin(tokio::time::sleep(self.timeout)),
+            // The sender dropped (`serve` itself dropped) cuts too.
+            until_cut: Some(Box::pin(async move {
+                let _ = cut.wait_for(|&cut| cut).await;
+            })),
+        };
+        (conn, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// What a connection waits for, and until when.
+enum Phase {
+    /// Waiting for a request: its first byte must come by then.
+    Idle(Instant),
+    /// A request's head is arriving: the whole request must be in by then.
+    Receiving(Instant),
+    /// A request is handled: its body is read against its own deadline, and
+    /// the model may take its time.
+    Handling,
+}
+
+/// A connection's request deadline, shared by its socket (which enforces it
+/// on reads) and its requests (as axum's `ConnectInfo`).
+#[derive(Clone)]
+pub(crate) struct RequestClock(Arc<ClockState>);
+
+struct ClockState {
+    timeout: Duration,
+    phase: Mutex<Phase>,
+}
+
+impl RequestClock {
+    fn new(timeout: Duration) -> Self {
+        RequestClock(Arc::new(ClockState {
+            timeout,
+            phase: Mutex::new(Phase::Idle(Instant::now() + timeout)),
+        }))
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.0.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the socket stops waiting for the client; `None` while a request
+    /// is handled.
+    fn deadline(&self) -> Option<Instant> {
+        match *self.phase() {
+            Phase::Idle(at) | Phase::Receiving(at) => Some(at),
+            Phase::Handling => None,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    }
+
+    /// Bytes came in: the first of a request starts its time.
+    fn received(&self) {
+        let mut phase = self.phase();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Receiving(Instant::now() + self.0.timeout);
+        }
+    }
+
+    /// A request's head is in and its handler starts: the socket waits
+    /// without a deadline until the returned guard drops. Returns when the
+    /// body must be in (what is left of the request's time).
+    pub(crate) fn handling(&self) -> (Instant, Handling) {
+        let mut phase = self.phase();
+        let deadline = match *phase {
+            Phase::Receiving(at) => at,
+            // A pipelined request, read while the one before was handled.
+            Phase::Idle(_) | Phase::Handling => Instant::now() + self.0.timeout,
+        };
+        *phase = Phase::Handling;
+        (deadline, Handling(self.clone()))
+    }
+}
+
+impl Connected<IncomingStream<'_, TimedListener>> for RequestClock {
+    fn connect_info(stream: IncomingStream<'_, TimedListener>) -> Self {
+        stream.io().clock.clone()
+    }
+}
+
+/// Restarts the idle time of its connection when the request is answered.
+pub(crate) struct Handling(RequestClock);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        let clock = &self.0;
+        *clock.phase() = Phase::Idle(Instant::now() + clock.0.timeout);
+    }
+}
+
+/// An accepted socket: reads fail once its [`RequestClock`] runs out, and
+/// every read and write once the server cuts its connections.
+struct TimedConn {
+    stream: TcpStream,
+    clock: RequestClock,
+    timer: Pin<Box<Sleep>>,
+    /// Resolves when the server cuts its connections; `None` once it has.
+    until_cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl TimedConn {
+    fn check_cut(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(until_cut) = &mut self.until_cut {
+            if until_cut.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            self.until_cut = None;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server is shutting down",
+        ))
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no complete request within the request timeout",
+    )
+}
+
+impl AsyncRead for TimedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.check_cut(cx)?;
+        let deadline = this.clock.deadline();
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > filled {
+                    this.clock.received();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(at) = deadline {
+                    if this.timer.deadline() != at {
+                        this.timer.as_mut().reset(at);
+                    }
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(timed_out()));
+                    }
+                }
+                Poll::Pending
+            }
+            failed => failed,
+        }
+    }
+}
+
+impl AsyncWrite for TimedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

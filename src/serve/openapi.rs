@@ -10,7 +10,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "ptuning serve",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Many P-Tuning v2 adapters (deep prompt + linear head) over one frozen encoder. Requests for any adapters are batched together into shared forward passes. Errors are JSON {\"error\": \"...\"}."
+            "description": "Many P-Tuning v2 adapters (deep prompt + linear head) over one frozen encoder. Requests for any adapters are batched together into shared forward passes. Errors are JSON {\"error\": \"...\"}, except for requests the HTTP layer cannot parse (an empty 400) and request heads not sent within --request-timeout-secs (the connection is closed)."
         },
         "paths": {
             "/v1/adapters/{name}/predict": {
@@ -29,7 +29,9 @@ pub fn spec() -> Value {
                         },
                         "400": {"description": "Invalid JSON, an input of the wrong shape for the adapter's head, empty or too many inputs (sequences, choices or windows), a classification input over the adapter's max_len (without truncate), or a QA question too long to leave room for its context", "content": error_content()},
                         "404": {"description": "Unknown adapter", "content": error_content()},
-                        "413": {"description": "Body over --max-body-bytes", "content": error_content()},
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+                        "408": {"$ref": "#/components/responses/RequestTimeout"},
+                        "413": {"$ref": "#/components/responses/PayloadTooLarge"},
                         "503": {
                             "description": "Queue full (or shutting down); retry after the Retry-After seconds",
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -52,7 +54,8 @@ pub fn spec() -> Value {
                                     "adapters": {"type": "array", "items": {"$ref": "#/components/schemas/Adapter"}}
                                 }
                             }}}
-                        }
+                        },
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"}
                     }
                 },
                 "post": {
@@ -78,7 +81,10 @@ pub fn spec() -> Value {
                         "400": {"description": "Bad body, bad name, unreadable checkpoint, or trained on another backbone", "content": error_content()},
                         "401": {"description": "Missing or bad admin token", "content": error_content()},
                         "403": {"description": "Admin endpoints disabled (no --admin-token)", "content": error_content()},
-                        "409": {"description": "Name already loaded", "content": error_content()}
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+                        "408": {"$ref": "#/components/responses/RequestTimeout"},
+                        "409": {"description": "Name already loaded", "content": error_content()},
+                        "413": {"$ref": "#/components/responses/PayloadTooLarge"}
                     }
                 }
             },
@@ -94,7 +100,8 @@ pub fn spec() -> Value {
                         }}}},
                         "401": {"description": "Missing or bad admin token", "content": error_content()},
                         "403": {"description": "Admin endpoints disabled", "content": error_content()},
-                        "404": {"description": "Unknown adapter", "content": error_content()}
+                        "404": {"description": "Unknown adapter", "content": error_content()},
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"}
                     }
                 }
             },
@@ -111,6 +118,7 @@ pub fn spec() -> Value {
                                 "queue_depth": {"type": "integer"}
                             }
                         }}}},
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"},
                         "503": {"description": "Shutting down"}
                     }
                 }
@@ -119,14 +127,20 @@ pub fn spec() -> Value {
                 "get": {
                     "summary": "Prometheus metrics (text format 0.0.4)",
                     "operationId": "metrics",
-                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+                    "responses": {
+                        "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"}
+                    }
                 }
             },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
                     "operationId": "openapi",
-                    "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}}}
+                    "responses": {
+                        "200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "405": {"$ref": "#/components/responses/MethodNotAllowed"}
+                    }
                 }
             }
         },
@@ -136,7 +150,20 @@ pub fn spec() -> Value {
                 "Name": {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}
             },
             "responses": {
-                "Error": {"description": "Error", "content": error_content()}
+                "Error": {"description": "Error", "content": error_content()},
+                "MethodNotAllowed": {
+                    "description": "The path does not take this method; the error names the methods it takes, as does Allow",
+                    "headers": {"Allow": {"schema": {"type": "string"}}},
+                    "content": error_content()
+                },
+                "RequestTimeout": {
+                    "description": "The body did not arrive within --request-timeout-secs of the request's first byte; the connection is closed",
+                    "content": error_content()
+                },
+                "PayloadTooLarge": {
+                    "description": "Body over --max-body-bytes (answered before reading it when Content-Length says so); the connection is closed",
+                    "content": error_content()
+                }
             },
             "schemas": {
                 "Error": {
