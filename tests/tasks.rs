@@ -885,6 +885,41 @@ fn custom_option_errors() {
         &err_of(&*custom(&[], None, None), &p),
         &["data.txt", ".csv, .tsv or .jsonl"],
     );
+    // The label must not be read as text, and a pair is two columns.
+    for (text, label, needle) in [
+        (
+            vec!["label".to_string()],
+            None,
+            "both a text field and the label field",
+        ),
+        (
+            vec!["s".into(), "y".into()],
+            Some("y".to_string()),
+            "both a text field",
+        ),
+        (vec!["s".into(), "s".into()], None, "given twice"),
+    ] {
+        let opts = TaskOptions {
+            text_fields: text,
+            label_field: label,
+            ..TaskOptions::default()
+        };
+        let err = task_by_name("custom/classification", &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_has(&err, &[needle]);
+    }
+    // A header naming a chosen column twice is ambiguous.
+    let p = tmp_file(&dir, "dup.csv", "text,text,label\na,b,x\n");
+    assert_has(
+        &err_of(&*custom(&[], None, None), &p),
+        &[
+            "dup.csv",
+            "line 1",
+            "names the column \"text\" more than once",
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------

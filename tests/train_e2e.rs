@@ -1205,3 +1205,25 @@ fn zero_counts_are_refused_by_the_cli() {
         );
     }
 }
+
+#[test]
+fn a_one_class_training_file_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), false);
+    std::fs::write(
+        tmp.path().join("train.csv"),
+        "text,label\na b,pos\nc d,pos\n",
+    )
+    .unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(tiny_cli_args("train", &config))
+        .args(["--epochs", "1", "--out"])
+        .arg(&config.out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && err.contains("every training example has the same label"),
+        "{err}"
+    );
+}

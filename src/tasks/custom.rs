@@ -78,6 +78,19 @@ impl CustomClassification {
                 list(&text_fields)
             )));
         }
+        let label_field = options.label_field.as_deref().unwrap_or("label");
+        if text_fields.iter().any(|f| f == label_field) {
+            return Err(Error::InvalidArgument(format!(
+                "{NAME}: \"{label_field}\" is both a text field and the label field: the \
+                 model would read the answer (--text-fields, --label-field)"
+            )));
+        }
+        if text_fields.len() == 2 && text_fields[0] == text_fields[1] {
+            return Err(Error::InvalidArgument(format!(
+                "{NAME}: the text field \"{}\" is given twice",
+                text_fields[0]
+            )));
+        }
         if let Some(labels) = &options.labels {
             if labels.is_empty() {
                 return Err(Error::InvalidArgument(format!(
@@ -153,6 +166,16 @@ impl CustomClassification {
             }
             None => {
                 let header = &rows[0];
+                let wanted = self.text_fields.iter().map(String::as_str);
+                for name in wanted.chain([self.label_name()]) {
+                    if header.fields.iter().filter(|h| *h == name).count() > 1 {
+                        return Err(invalid(
+                            path,
+                            header.line,
+                            format!("the header names the column \"{name}\" more than once"),
+                        ));
+                    }
+                }
                 let find = |name: &str| header.fields.iter().position(|h| h == name);
                 let texts = self
                     .text_fields

@@ -8,7 +8,7 @@ use crate::model::heads::HeadKind;
 use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::tasks::features::{collate, featurize, BatchTargets, Feature, Features};
-use crate::tasks::{Example, Prediction, Split, Task, TaskKind};
+use crate::tasks::{Example, Label, Prediction, Split, Task, TaskKind};
 use crate::training::evaluate::{evaluate, predict};
 use crate::training::trainer::TrainConfig;
 
@@ -50,6 +50,20 @@ impl SequenceData {
                         task.split_path(&config.data, Split::Train).display(),
                         label_hint(config)
                     )));
+                }
+                let classes: std::collections::BTreeSet<_> = train
+                    .iter()
+                    .filter_map(|e| match e.label {
+                        Some(Label::Class(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if task.kind() == TaskKind::Classification && classes.len() == 1 {
+                    tracing::warn!(
+                        "{}: every training example has the same label: the head can only \
+                         learn to predict it",
+                        task.split_path(&config.data, Split::Train).display()
+                    );
                 }
                 match config.dev_from_train {
                     Some(fraction) => {
@@ -246,5 +260,6 @@ impl TaskData for SequenceData {
 
 /// "N examples (K truncated to L tokens)".
 fn examples(n: usize, truncated: usize, max_seq_len: usize) -> String {
-    format!("{n} examples ({truncated} truncated to {max_seq_len} tokens)")
+    let noun = if n == 1 { "example" } else { "examples" };
+    format!("{n} {noun} ({truncated} truncated to {max_seq_len} tokens)")
 }
