@@ -132,6 +132,22 @@ fn tiny_cli_args(command: &str, config: &TrainConfig) -> Vec<String> {
         .collect()
 }
 
+/// `ptuning train` for one epoch of [`tiny_task`]'s task into `out`: whether
+/// it succeeded, and its standard error.
+fn tiny_train(config: &TrainConfig, out: &Path, extra: &[&str]) -> (bool, String) {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(tiny_cli_args("train", config))
+        .args(["--epochs", "1", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        run.status.success(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_custom_task_trains_evaluates_and_predicts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1142,29 +1158,17 @@ fn a_sweep_trains_every_point_and_seed_and_continues_where_it_stopped() {
 fn a_file_without_the_label_column_is_named_with_the_column() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tiny_task(tmp.path(), true);
-    let cli = |extra: &[&str], out: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
-            .args(tiny_cli_args("train", &config))
-            .args(["--epochs", "1", "--out"])
-            .arg(tmp.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let run = cli(&["--label-field", "lbl"], "a");
-    let err = String::from_utf8_lossy(&run.stderr);
+    let (ok, err) = tiny_train(&config, &tmp.path().join("a"), &["--label-field", "lbl"]);
     assert!(
-        !run.status.success()
-            && err.contains("train.csv: the training file has no labels")
+        !ok && err.contains("train.csv: the training file has no labels")
             && err.contains("no column or key \"lbl\""),
         "{err}"
     );
     // A dev file without labels trains without evaluation, and says why.
     std::fs::write(tmp.path().join("dev.csv"), "text,lab\n\"a b\",pos\n").unwrap();
-    let run = cli(&[], "b");
-    let err = String::from_utf8_lossy(&run.stderr);
+    let (ok, err) = tiny_train(&config, &tmp.path().join("b"), &[]);
     assert!(
-        run.status.success() && err.contains("dev.csv has no labels (no column or key \"label\""),
+        ok && err.contains("dev.csv has no labels (no column or key \"label\""),
         "{err}"
     );
 }
@@ -1173,16 +1177,10 @@ fn a_file_without_the_label_column_is_named_with_the_column() {
 fn column_indices_on_a_file_with_a_header_warn() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tiny_task(tmp.path(), false);
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
-        .args(tiny_cli_args("train", &config))
-        .args(["--epochs", "1", "--text-fields", "0", "--label-field", "1"])
-        .arg("--out")
-        .arg(&config.out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
+    let indices = ["--text-fields", "0", "--label-field", "1"];
+    let (ok, err) = tiny_train(&config, &config.out, &indices);
     assert!(
-        run.status.success() && err.contains("line 1's label \"label\" is on no other line"),
+        ok && err.contains("line 1's label \"label\" is on no other line"),
         "{err}"
     );
 }
@@ -1215,15 +1213,9 @@ fn a_one_class_training_file_warns() {
         "text,label\na b,pos\nc d,pos\n",
     )
     .unwrap();
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
-        .args(tiny_cli_args("train", &config))
-        .args(["--epochs", "1", "--out"])
-        .arg(&config.out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
+    let (ok, err) = tiny_train(&config, &config.out, &[]);
     assert!(
-        run.status.success() && err.contains("every training example has the same label"),
+        ok && err.contains("every training example has the same label"),
         "{err}"
     );
 }
