@@ -30,7 +30,8 @@ pub struct SettingsArgs {
     /// of --task and --data); best/<task>/ holds each task's adapter.
     #[arg(long, value_delimiter = ',')]
     tasks: Option<Vec<TaskSource>>,
-    /// The run folder to create (or to continue with --resume).
+    /// The run folder to create (train; or to continue with --resume), or the
+    /// sweep's folder (sweep: a run folder per point and seed inside).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Backbone: a model folder or a hub id in the local HF cache.
