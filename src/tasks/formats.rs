@@ -204,9 +204,15 @@ pub(crate) fn parse_csv(text: &str) -> std::result::Result<Vec<Row>, (usize, Str
                     state = S::Quoted;
                 }
                 _ if state == S::AfterQuote => {
+                    // A stray quote inside a quoted field ends it early; where
+                    // the field opened on an earlier line, that is the place to look.
+                    let opened = match quote_line {
+                        l if l < line => format!(" (the quoted field opened on line {l})"),
+                        _ => String::new(),
+                    };
                     return Err((
                         line,
-                        format!("expected ',' or the end of the line after a closing quote, found {c:?}"),
+                        format!("expected ',' or the end of the line after a closing quote, found {c:?}{opened}"),
                     ));
                 }
                 _ => {
@@ -366,6 +372,11 @@ mod tests {
         let (line, msg) = parse_csv("a,b\nc,\"d\"e\n").unwrap_err();
         assert_eq!(line, 2);
         assert!(msg.contains("after a closing quote"), "{msg}");
+        assert!(!msg.contains("opened"), "{msg}");
+        // A field left open on line 2 swallows the next line's quote.
+        let (line, msg) = parse_csv("a,b\n\"open,x\n\"y\" z,w\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(msg.contains("(the quoted field opened on line 2)"), "{msg}");
     }
 
     #[test]
