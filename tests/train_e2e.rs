@@ -1219,3 +1219,45 @@ fn a_one_class_training_file_warns() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sweep_keeps_to_a_folder_of_its_own_and_needs_a_dev_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let sweep = |config: &TrainConfig, out: &Path| {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+            .args(tiny_cli_args("sweep", config))
+            .args(["--epochs", "1", "--grid", "lr=1e-2,2e-2", "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (run.status.success(), text(&run.stdout), text(&run.stderr))
+    };
+    // A run's folder is refused, and left as it was.
+    let (ok, _) = tiny_train(&config, &config.out, &[]);
+    assert!(ok);
+    let (ok, _, err) = sweep(&config, &config.out);
+    assert!(
+        !ok && err.contains("already holds files and no sweep.json"),
+        "{err}"
+    );
+    assert!(!config.out.join("sweep.json").exists());
+    // A sweep's folder is refused by train.
+    let swept = tmp.path().join("swept");
+    let (ok, _, err) = sweep(&config, &swept);
+    assert!(ok, "{err}");
+    let (ok, err) = tiny_train(&config, &swept, &[]);
+    assert!(!ok && err.contains("holds a sweep"), "{err}");
+
+    // Without a dev split there is nothing to compare: the sweep stops
+    // after its first run instead of training the grid for nothing.
+    let bare = tempfile::tempdir().unwrap();
+    let no_dev = tiny_task(bare.path(), false);
+    let (ok, out, err) = sweep(&no_dev, &bare.path().join("sweep"));
+    assert!(
+        !ok && err.contains("no labelled dev split") && err.contains("--dev-from-train"),
+        "{err}"
+    );
+    assert_eq!(out.matches(": training ").count(), 1, "{out}");
+}

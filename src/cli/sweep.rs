@@ -48,13 +48,20 @@ pub fn run(args: SweepArgs, compute: Compute) -> Result<()> {
     println!();
     print!("{}", report.table);
     if let Some(best) = report.results.first().and_then(|r| r.best_run.as_ref()) {
+        let adapter = match plan.base.tasks.is_empty() {
+            true => format!("adapter in {}", best.join("best").display()),
+            false => format!(
+                "each task's adapter in {}/<task>",
+                best.join("best").display()
+            ),
+        };
         println!(
-            "best point: {}; its best run's adapter: {}",
+            "best point: {}; its best run: {} ({adapter})",
             match report.results[0].point.as_str() {
                 "" => "the shared settings",
                 point => point,
             },
-            best.join("best").display()
+            best.display(),
         );
     }
     println!("table in {}", plan.base.out.join(TABLE_FILE).display());

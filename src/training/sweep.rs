@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
 use crate::training::run_files::SUMMARY_FILE;
-use crate::training::trainer::{train, TrainConfig, TrainOptions};
+use crate::training::trainer::{train, TrainConfig, TrainOptions, MEAN_METRIC};
 
 /// The sweep's record in its folder.
 pub const SWEEP_FILE: &str = "sweep.json";
@@ -128,6 +128,15 @@ impl SweepPlan {
             if self.grid[..i].iter().any(|a| a.key == axis.key) {
                 return Err(bad_grid(&axis.key, "given twice; list its values once"));
             }
+            let default = TrainConfig::default().to_json();
+            if base[&axis.key] != default[&axis.key] {
+                tracing::warn!(
+                    "--grid {} replaces the shared setting {} = {} (from a flag or --config)",
+                    axis.key,
+                    axis.key,
+                    base[&axis.key]
+                );
+            }
         }
         let seeds = if self.seeds.is_empty() {
             vec![self.base.seed]
@@ -161,7 +170,11 @@ impl SweepPlan {
                 config.seed = seed;
                 config.out = self.base.out.join(&folder).join(format!("seed={seed}"));
                 config.validate().map_err(|e| {
-                    Error::InvalidArgument(format!("{}: {e}", describe(&settings, seed)))
+                    let why = match e {
+                        Error::InvalidArgument(why) => why,
+                        other => other.to_string(),
+                    };
+                    Error::InvalidArgument(format!("{}: {why}", describe(&settings, seed)))
                 })?;
                 runs.push(SweepRun {
                     point: point.clone(),
@@ -351,9 +364,13 @@ pub fn aggregate(runs: &[SweepRun], outcomes: &[RunOutcome]) -> Vec<PointResult>
         let std = mean.filter(|_| n > 1).map(|mean| {
             (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
         });
+        // The first run (in seed order) of the highest metric.
         let best = scored
             .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .fold(None, |best: Option<&(&RunOutcome, f64)>, run| match best {
+                Some(b) if b.1 >= run.1 => Some(b),
+                _ => Some(run),
+            })
             .map(|(o, _)| o.run_dir.clone());
         results.push(PointResult {
             point: run.point.clone(),
@@ -390,6 +407,7 @@ pub fn render_table(grid: &[GridAxis], results: &[PointResult]) -> String {
         .collect();
     let one_metric = metrics.windows(2).all(|w| w[0] == w[1]);
     let metric = match (one_metric, metrics.first()) {
+        (true, Some(&MEAN_METRIC)) => "tasks' mean dev metric".to_string(),
         (true, Some(m)) => format!("dev {m}"),
         _ => "dev metric".to_string(),
     };
@@ -478,9 +496,29 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
     let runs = plan.runs()?;
     let record_path = plan.base.out.join(SWEEP_FILE);
     let previous = read_record(&record_path)?;
-    if let Some(previous) = &previous {
-        check_same_base(&record_path, &previous.base, &plan.base)?;
+    match &previous {
+        Some(previous) => check_same_base(&record_path, &previous.base, &plan.base)?,
+        None => check_free(&plan.base.out)?,
     }
+    // What is known of each run: diverged runs stay diverged (not retried).
+    let mut outcomes: Vec<Option<RunOutcome>> = runs
+        .iter()
+        .map(|run| {
+            previous.as_ref().and_then(|p| {
+                p.runs
+                    .iter()
+                    .find(|o| {
+                        o.point == run.point
+                            && o.seed == run.seed
+                            && o.status == RunStatus::Diverged
+                    })
+                    .cloned()
+            })
+        })
+        .collect();
+    // Written before the first run: the shared settings are fixed from the
+    // start, so an interrupted first run cannot be continued with others.
+    write_record(&record_path, &plan, &runs, &outcomes)?;
 
     let total = runs.len();
     let points = aggregate(&runs, &[]).len();
@@ -489,21 +527,17 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
         total / points,
         plan.base.out.display()
     );
-    let mut outcomes: Vec<RunOutcome> = Vec::new();
     let mut trained = 0;
     for (i, run) in runs.iter().enumerate() {
         let what = format!("[{}/{total}] {}", i + 1, describe(&run.settings, run.seed));
         let summary_path = run.config.out.join(SUMMARY_FILE);
-        let recorded = previous.as_ref().and_then(|p| {
-            p.runs
-                .iter()
-                .find(|o| o.point == run.point && o.seed == run.seed)
-        });
         let outcome = if summary_path.exists() {
-            let summary = read_json(&summary_path)?;
-            RunOutcome::from_summary(run, &summary)
-        } else if let Some(diverged) = recorded.filter(|o| o.status == RunStatus::Diverged) {
-            diverged.clone()
+            let outcome = RunOutcome::from_summary(run, &read_json(&summary_path)?);
+            println!("{what}: {} (recorded)", outcome_line(&outcome));
+            outcome
+        } else if let Some(diverged) = outcomes[i].clone() {
+            println!("{what}: {} (recorded)", outcome_line(&diverged));
+            diverged
         } else {
             let resume = run.config.out.join("last").exists();
             println!(
@@ -525,9 +559,7 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
                 Ok(summary) => RunOutcome::from_summary(run, &summary),
                 Err(Error::Training(why)) => RunOutcome::diverged(run, why),
                 Err(e) => {
-                    // Keep what finished before failing.
-                    write_record(&record_path, &plan, &runs, &outcomes)?;
-                    println!("{what}: failed; the same command continues the sweep");
+                    println!("{what}: failed (the runs before it are recorded)");
                     return Err(e);
                 }
             };
@@ -536,12 +568,18 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
                 outcome_line(&outcome),
                 start.elapsed().as_secs_f64()
             );
-            outcomes.push(outcome);
-            write_record(&record_path, &plan, &runs, &outcomes)?;
-            continue;
+            outcome
         };
-        println!("{what}: {} (recorded)", outcome_line(&outcome));
-        outcomes.push(outcome);
+        if outcome.status == RunStatus::Done && outcome.best_metric.is_none() {
+            // Known only once a run has read the data; every other run
+            // would train for nothing.
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the task has no labelled dev split, so the runs have no dev metric \
+                 to compare: give --dev-from-train F (a share of train held out), or a dev file"
+            )));
+        }
+        outcomes[i] = Some(outcome);
+        write_record(&record_path, &plan, &runs, &outcomes)?;
     }
     let results = write_record(&record_path, &plan, &runs, &outcomes)?;
     let table = render_table(&plan.grid, &results);
@@ -551,6 +589,25 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
         table,
         trained,
     })
+}
+
+/// A new sweep's folder: absent or empty. A run's or a checkpoint's folder
+/// would have its files mixed with the sweep's (and a resumed run swaps its
+/// checkpoint folders in whole, sweep inside or not).
+fn check_free(out: &Path) -> Result<()> {
+    let occupied = match std::fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    };
+    if occupied {
+        return Err(Error::InvalidArgument(format!(
+            "--out {} already holds files and no {SWEEP_FILE}: a sweep starts in a new or \
+             empty folder; choose another --out",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `best dev accuracy 0.7321 at epoch 7`, or why there is none.
@@ -630,9 +687,10 @@ fn write_record(
     path: &Path,
     plan: &SweepPlan,
     runs: &[SweepRun],
-    outcomes: &[RunOutcome],
+    outcomes: &[Option<RunOutcome>],
 ) -> Result<Vec<PointResult>> {
-    let results = aggregate(runs, outcomes);
+    let outcomes: Vec<RunOutcome> = outcomes.iter().flatten().cloned().collect();
+    let results = aggregate(runs, &outcomes);
     let record = SweepRecord {
         base: plan.base.clone(),
         grid: plan.grid.clone(),
@@ -645,7 +703,7 @@ fn write_record(
                 }
                 seeds
             }),
-        runs: outcomes.to_vec(),
+        runs: outcomes,
         results: results.clone(),
     };
     let mut bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
@@ -663,7 +721,7 @@ mod tests {
         SweepPlan {
             base: TrainConfig {
                 task: "superglue/cb".into(),
-                data: "data/CB".into(),
+                data: env!("CARGO_MANIFEST_DIR").into(),
                 out: "sweeps/cb".into(),
                 ..TrainConfig::default()
             },
@@ -759,6 +817,21 @@ mod tests {
             (vec!["out=a"], "<out>/<point>"),
             (vec!["lr=1", "lr=2"], "given twice"),
             (vec!["epochs=0"], "--epochs must be at least 1"),
+            (
+                vec!["scheduler=linear,cosine"],
+                "scheduler=cosine seed=42: --scheduler \"cosine\"",
+            ),
+            (vec!["prefix_len=0"], "--prefix-len must be at least 1"),
+            (vec!["task=superglue/cbb"], "unknown task \"superglue/cbb\""),
+            (
+                vec!["data=/nonexistent"],
+                "--data /nonexistent: no such file or folder",
+            ),
+            // One "invalid argument" prefix, not one per layer of context.
+            (
+                vec!["lr=-1"],
+                "invalid argument: lr=-1 seed=42: --lr -1 must be",
+            ),
             (vec!["prefix_layers=a/b,a:b"], "would share the folder"),
         ];
         for (grid, expected) in cases {
@@ -818,6 +891,15 @@ mod tests {
         );
         assert_eq!(lines[3], "| 1 | 0.6000 | 0.1000 | 0.5000 | 0.7000 | 3/3 |");
         assert_eq!(lines[4], "| 3 | - | - | - | - | 0/3 (1 diverged) |");
+    }
+
+    #[test]
+    fn the_best_run_of_a_tie_is_the_first() {
+        let runs = plan(&[], &[1, 2, 3]).runs().unwrap();
+        let outcomes = [(1, 0.5), (2, 0.75), (3, 0.75)]
+            .map(|(seed, m)| outcome("", seed, Some(m), RunStatus::Done));
+        let results = aggregate(&runs, &outcomes);
+        assert_eq!(results[0].best_run.as_deref(), Some(Path::new("/seed=2")));
     }
 
     #[test]

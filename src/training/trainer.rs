@@ -33,12 +33,13 @@ use crate::training::checkpoint::{
 };
 use crate::training::curve::{write_training_curve, EpochPoint};
 use crate::training::data::{
-    derive_seed, load_task_data, shuffled, DevSource, Family, HeadSpec, TaskData, DROPOUT,
-    INIT_HEAD, INIT_PREFIX, SHUFFLE, TASK_MIX,
+    check_task, derive_seed, load_task_data, shuffled, DevSource, Family, HeadSpec, TaskData,
+    DROPOUT, INIT_HEAD, INIT_PREFIX, SHUFFLE, TASK_MIX,
 };
 use crate::training::multitask::{task_slugs, validate_sources, TaskHead, TaskHeads, TaskSource};
 use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
 use crate::training::schedule::Schedule;
+use crate::training::sweep::SWEEP_FILE;
 use crate::training::warm_start::warm_start;
 
 /// The metric of a multi-task run that picks its best epoch and drives
@@ -237,6 +238,23 @@ impl TrainConfig {
         if self.out.as_os_str().is_empty() {
             return bad("--out is required: the run folder".into());
         }
+        check_task(self)?;
+        if self.data.as_os_str().is_empty() {
+            return bad(format!("--data is required: {}'s data folder", self.task));
+        }
+        if !self.data.exists() {
+            return bad(format!(
+                "--data {}: no such file or folder",
+                self.data.display()
+            ));
+        }
+        if self.prefix_len == 0 {
+            return bad("--prefix-len must be at least 1".into());
+        }
+        if self.prefix_projection && self.prefix_hidden_size == 0 {
+            return bad("--prefix-hidden-size must be at least 1".into());
+        }
+        Schedule::parse(&self.scheduler, 0, 0, self.gamma)?;
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return bad("--batch-size must be at least 1".into());
         }
@@ -410,6 +428,12 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         if last_dir.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{} already holds a run; continue it with --resume or choose another --out",
+                out.display()
+            )));
+        }
+        if out.join(SWEEP_FILE).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds a sweep (its runs are in its point folders); choose another --out",
                 out.display()
             )));
         }

@@ -173,6 +173,16 @@ impl Family {
     }
 }
 
+/// Checks that `config.task` names a task (with its options, for custom
+/// tasks) before any data is read.
+pub fn check_task(config: &TrainConfig) -> Result<()> {
+    match Family::of(&config.task) {
+        Family::Sequence => task_for(config, None).map(drop),
+        Family::Tagging => tagging::task(config).map(drop),
+        Family::Qa => qa::is_squad_v2(&config.task).map(drop),
+    }
+}
+
 /// The file of `split` in a task's data folder.
 pub fn split_file(config: &TrainConfig, dir: &Path, split: Split) -> Result<PathBuf> {
     Ok(match Family::of(&config.task) {

@@ -31,23 +31,26 @@ pub struct QaData {
     null_threshold: f32,
 }
 
+/// Whether the QA task `name` is SQuAD v2.0 (unanswerable questions); an
+/// error for a name that is no QA task.
+pub(super) fn is_squad_v2(name: &str) -> Result<bool> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "qa/squad" => Ok(false),
+        "qa/squad_v2" => Ok(true),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown QA task {other:?}; known: {}",
+            QA_TASKS.join(", ")
+        ))),
+    }
+}
+
 impl QaData {
     pub fn load(
         config: &TrainConfig,
         tokenizer: &Tokenizer,
         source: DevSource<'_>,
     ) -> Result<Self> {
-        let name = config.task.trim().to_ascii_lowercase();
-        let version_2 = match name.as_str() {
-            "qa/squad" => false,
-            "qa/squad_v2" => true,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown QA task {other:?}; known: {}",
-                    QA_TASKS.join(", ")
-                )))
-            }
-        };
+        let version_2 = is_squad_v2(&config.task)?;
         let read = |path: &Path| read_squad(path, version_2);
         let (train, dev, skipped) = match source.file() {
             Some(path) => {
@@ -89,7 +92,7 @@ impl QaData {
             train: train_windows,
             train_questions: train.len(),
             skipped,
-            name,
+            name: config.task.trim().to_ascii_lowercase(),
             version_2,
             dev,
             tokenizer: tokenizer.clone(),
