@@ -39,6 +39,7 @@ use crate::training::checkpoint::{
     ADAPTER_HEAD_WEIGHT, ADAPTER_WEIGHTS, FORMAT_VERSION, PROMPT_EMBEDDINGS,
 };
 use crate::training::data::Family;
+use crate::training::run_files::is_occupied;
 use crate::training::trainer::{Backbone, TrainConfig};
 
 /// Where PEFT and other tools put a sequence classifier's head, tried in order.
@@ -230,12 +231,7 @@ pub struct ImportOptions {
 /// recorded so that serve and eval refuse other weights.
 pub fn import_peft(peft_dir: &Path, out: &Path, options: &ImportOptions) -> Result<RunInfo> {
     // The checkpoint replaces `out` whole: never a folder that holds something.
-    let occupied = match std::fs::read_dir(out) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(_) => true,
-    };
-    if occupied {
+    if is_occupied(out) {
         return Err(Error::InvalidArgument(format!(
             "--out {} already exists and is not an empty folder; import writes a new \
              checkpoint folder: choose another --out",

@@ -181,6 +181,15 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
+/// Whether `path` holds something a new folder there would replace or mix
+/// with: a file, or a folder with any entry (an unreadable one counts).
+pub fn is_occupied(path: &Path) -> bool {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Writes `<run_dir>/summary.json` (pretty-printed) atomically.
 pub fn write_summary(run_dir: &Path, summary: &serde_json::Value) -> Result<()> {
     let path = run_dir.join(SUMMARY_FILE);

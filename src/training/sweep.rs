@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
-use crate::training::run_files::SUMMARY_FILE;
+use crate::training::run_files::{is_occupied, SUMMARY_FILE};
 use crate::training::trainer::{train, TrainConfig, TrainOptions, MEAN_METRIC};
 
 /// The sweep's record in its folder.
@@ -595,12 +595,7 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
 /// would have its files mixed with the sweep's (and a resumed run swaps its
 /// checkpoint folders in whole, sweep inside or not).
 fn check_free(out: &Path) -> Result<()> {
-    let occupied = match std::fs::read_dir(out) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(_) => true,
-    };
-    if occupied {
+    if is_occupied(out) {
         return Err(Error::InvalidArgument(format!(
             "--out {} already holds files and no {SWEEP_FILE}: a sweep starts in a new or \
              empty folder; choose another --out",
