@@ -308,31 +308,56 @@ fn rte_scores_the_diagnostics_axb_and_axg() {
     let m = t.metrics(&dev, &predict(dev.len())).unwrap();
     assert_eq!(m.keys().collect::<Vec<_>>(), ["accuracy"]);
 
-    // Gender parity needs the pairs in order.
+    // Gender parity needs the pairs in order; predictions do not, so the
+    // pairs are checked where the parity is scored, naming the lines' ids.
     let dir = tempfile::tempdir().unwrap();
-    let line = |h: &str, label: &str| {
-        format!("{{\"premise\": \"p\", \"hypothesis\": \"{h}\", \"label\": \"{label}\", \"idx\": 0, \"pair_id\": 1}}\n")
+    let line = |idx: usize, p: &str, h: &str| {
+        format!("{{\"premise\": \"{p}\", \"hypothesis\": \"{h}\", \"label\": \"entailment\", \"idx\": {idx}, \"pair_id\": 1}}\n")
     };
-    let shuffled = tmp_file(
-        &dir,
-        "axg.jsonl",
-        &[line("a", "entailment"), line("b", "entailment")].concat(),
-    );
-    assert_has(
-        &err_of(&*t, &shuffled),
-        &["axg.jsonl", "line 2", "same hypothesis"],
-    );
-    let odd = tmp_file(
-        &dir,
-        "odd.jsonl",
-        &[
-            line("a", "entailment"),
-            line("a", "entailment"),
-            line("b", "entailment"),
-        ]
-        .concat(),
-    );
-    assert_has(&err_of(&*t, &odd), &["odd.jsonl", "line 3", "no partner"]);
+    let score = |name: &str, lines: &[String]| {
+        let path = tmp_file(&dir, name, &lines.concat());
+        let examples = t.read(&path).unwrap();
+        let predictions = vec![Prediction::Class(0); examples.len()];
+        t.metrics(&examples, &predictions)
+            .map_err(|e| e.to_string())
+    };
+    let good = [line(0, "his", "a"), line(1, "her", "a")];
+    assert_eq!(score("good.jsonl", &good).unwrap()["gender_parity"], 1.0);
+    for (lines, needle) in [
+        (
+            vec![line(0, "his", "a"), line(1, "her", "b")],
+            "shuffled-0 and shuffled-1: the hypotheses or labels differ",
+        ),
+        (
+            vec![line(0, "his", "a"), line(1, "his", "a")],
+            "shuffled-0 and shuffled-1: the premises are the same",
+        ),
+        (
+            vec![
+                line(0, "his", "a"),
+                line(1, "her", "a"),
+                line(2, "his", "b"),
+            ],
+            "shuffled-2: has no partner",
+        ),
+    ] {
+        let err = score("shuffled.jsonl", &lines).unwrap_err();
+        assert_has(&err, &[needle]);
+    }
+
+    // Another SuperGLUE task's adapter is told what the diagnostics need.
+    let cb = task("superglue/cb");
+    for (file, name) in [("AX-b/AX-b.jsonl", "AX-b"), ("AX-g/AX-g.jsonl", "AX-g")] {
+        let err = err_of(&*cb, &data_root().join("superglue").join(file));
+        assert_has(
+            &err,
+            &[
+                "line 1",
+                &format!("SuperGLUE's {name} diagnostic"),
+                "superglue/rte",
+            ],
+        );
+    }
 }
 
 #[test]

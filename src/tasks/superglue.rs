@@ -254,42 +254,6 @@ const AXB_CATEGORIES: [&str; 4] = [
     "knowledge",
 ];
 
-/// AX-g pairs consecutive lines: the same hypothesis and label, premises
-/// that differ in a pronoun's gender. Gender parity is only meaningful if
-/// the file keeps that order.
-fn check_gender_pairs(path: &Path, records: &[JsonRecord], examples: &[Example]) -> Result<()> {
-    let paired: Vec<usize> = (0..examples.len())
-        .filter(|&i| examples[i].group.is_some())
-        .collect();
-    if paired.is_empty() {
-        return Ok(());
-    }
-    let at = |i: usize| At {
-        path,
-        line: records[i].line,
-        prefix: "",
-    };
-    if paired.len() != examples.len() || examples.len() % 2 == 1 {
-        let i = (0..examples.len())
-            .find(|&i| examples[i].group.is_none())
-            .unwrap_or(examples.len() - 1);
-        return Err(at(i)
-            .error("AX-g's lines come in pairs, each with a pair_id: this line has no partner"));
-    }
-    for pair in examples.chunks(2).enumerate() {
-        let (k, [a, b]) = pair else {
-            unreachable!("even length")
-        };
-        if a.inputs[0].1 != b.inputs[0].1 || a.label != b.label {
-            return Err(at(2 * k + 1).error(
-                "AX-g's pairs are consecutive lines with the same hypothesis and label; \
-                 this line does not match the one before it",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The value of an optional field that must be present on every line of a
 /// labeled file and on none of an unlabeled one; the first occurrence
 /// decides (`labeled`).
@@ -421,15 +385,26 @@ impl Task for SuperGlueTask {
 
     fn read(&self, path: &Path) -> Result<Vec<Example>> {
         let records = read_jsonl(path)?;
+        if let Some(name) = records.first().and_then(|r| diagnostic(&r.object)) {
+            if self.which != SuperGlue::Rte {
+                return Err(super::formats::invalid(
+                    path,
+                    records[0].line,
+                    format!(
+                        "this is SuperGLUE's {name} diagnostic, which an RTE adapter scores \
+                         (superglue/rte), not a {} one",
+                        self.name()
+                    ),
+                ));
+            }
+        }
         let stem = file_stem(path);
         let mut labeled = None;
         let mut out = Vec::with_capacity(records.len());
         for (n, rec) in records.iter().enumerate() {
             self.read_record(path, &stem, n, rec, &mut labeled, &mut out)?;
         }
-        if self.which == SuperGlue::Rte {
-            check_gender_pairs(path, &records, &out)?;
-        }
+
         if out.is_empty() {
             return Err(super::formats::no_examples(
                 path,
@@ -474,7 +449,7 @@ impl Task for SuperGlueTask {
                     ("accuracy", acc),
                 ])
             }
-            SuperGlue::Rte => rte_metrics(examples, &gold, &pred),
+            SuperGlue::Rte => rte_metrics(examples, &gold, &pred)?,
             _ => metric_map(&[("accuracy", acc)]),
         })
     }
@@ -484,7 +459,11 @@ impl Task for SuperGlueTask {
 /// (examples with categories) Matthews' correlation, overall (`mcc`) and per
 /// coarse category (`mcc_logic`, ...); on AX-g (examples in pairs) gender
 /// parity, the share of pairs predicted alike.
-fn rte_metrics(examples: &[Example], gold: &[usize], pred: &[usize]) -> BTreeMap<String, f64> {
+fn rte_metrics(
+    examples: &[Example],
+    gold: &[usize],
+    pred: &[usize],
+) -> Result<BTreeMap<String, f64>> {
     let mut out = metric_map(&[("accuracy", metrics::accuracy(gold, pred))]);
     if examples.iter().any(|e| !e.categories.is_empty()) {
         out.insert("mcc".into(), metrics::matthews_corrcoef(gold, pred));
@@ -500,19 +479,60 @@ fn rte_metrics(examples: &[Example], gold: &[usize], pred: &[usize]) -> BTreeMap
         }
     }
     let mut pairs: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (e, &p) in examples.iter().zip(pred) {
+    for (i, e) in examples.iter().enumerate() {
         if let Some(group) = &e.group {
-            pairs.entry(group).or_default().push(p);
+            pairs.entry(group).or_default().push(i);
         }
     }
+    for pair in pairs.values() {
+        check_gender_pair(examples, pair)?;
+    }
     if !pairs.is_empty() {
-        let alike = pairs
-            .values()
-            .filter(|p| p.windows(2).all(|w| w[0] == w[1]));
+        let alike = pairs.values().filter(|p| pred[p[0]] == pred[p[1]]);
         out.insert(
             "gender_parity".into(),
             alike.count() as f64 / pairs.len() as f64,
         );
     }
-    out
+    Ok(out)
+}
+
+/// AX-g pairs consecutive lines: the same hypothesis and label, premises
+/// that differ in a pronoun's gender. Gender parity is only meaningful if
+/// the file keeps that order (predictions need no pairs, so this is checked
+/// where the parity is scored).
+fn check_gender_pair(examples: &[Example], pair: &[usize]) -> Result<()> {
+    let bad = |why: &str| {
+        let guids: Vec<&str> = pair.iter().map(|&i| examples[i].guid.as_str()).collect();
+        Err(crate::Error::InvalidArgument(format!(
+            "AX-g's gender parity scores pairs of consecutive lines (same hypothesis and \
+             label, premises differing in a pronoun); {}: {why}",
+            guids.join(" and ")
+        )))
+    };
+    let [a, b] = pair else {
+        return bad("has no partner");
+    };
+    let (a, b) = (&examples[*a], &examples[*b]);
+    if a.inputs[0].1 != b.inputs[0].1 || a.label != b.label {
+        return bad("the hypotheses or labels differ");
+    }
+    if a.inputs[0].0 == b.inputs[0].0 {
+        return bad("the premises are the same");
+    }
+    Ok(())
+}
+
+/// Which SuperGLUE diagnostic a record comes from, if any: AX-g's lines have
+/// a `pair_id`; AX-b's have `sentence1` and `sentence2`, as WiC's do, but no
+/// `word`.
+fn diagnostic(obj: &Map<String, Value>) -> Option<&'static str> {
+    let axb = obj.contains_key("sentence1") && obj.contains_key("sentence2");
+    if obj.contains_key("pair_id") {
+        Some("AX-g")
+    } else if axb && !obj.contains_key("word") {
+        Some("AX-b")
+    } else {
+        None
+    }
 }
