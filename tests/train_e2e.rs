@@ -1249,6 +1249,13 @@ fn a_sweep_keeps_to_a_folder_of_its_own_and_needs_a_dev_split() {
     assert!(ok, "{err}");
     let (ok, err) = tiny_train(&config, &swept, &[]);
     assert!(!ok && err.contains("holds a sweep"), "{err}");
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(["eval", "--run"])
+        .arg(&swept)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&eval.stderr);
+    assert!(err.contains("is a sweep's folder: pass one of its runs"), "{err}");
 
     // Without a dev split there is nothing to compare: the sweep stops
     // after its first run instead of training the grid for nothing.

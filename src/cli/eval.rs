@@ -93,8 +93,22 @@ fn evaluate(run: &Path, args: &EvalArgs, compute: Compute) -> Result<BTreeMap<St
     let path = if data_dir.is_dir() {
         let path = split_file(&adapter.config, &data_dir, args.split.parse::<Split>()?)?;
         if !path.exists() {
+            // What the folder does hold, to pass as --data (AX-b/AX-b.jsonl).
+            let mut files: Vec<String> = std::fs::read_dir(&data_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && !n.ends_with(".md"))
+                .collect();
+            files.sort();
+            let holds = match files.len() {
+                0 => String::new(),
+                n if n <= 6 => format!("; it holds {}", files.join(", ")),
+                n => format!("; it holds {n} files"),
+            };
             return Err(Error::InvalidArgument(format!(
-                "{} has no {} split ({} does not exist): pass --split, or --data with a labelled file",
+                "{} has no {} split ({} does not exist): pass --split, or --data with a labelled file{holds}",
                 data_dir.display(),
                 args.split,
                 path.display()

@@ -42,6 +42,7 @@ use crate::model::param::Param;
 use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::training::adamw::{AdamW, AdamWConfig, Moments};
+use crate::training::sweep::{SWEEP_FILE, TABLE_FILE};
 
 /// The adapter weights, PEFT's file name.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -225,6 +226,13 @@ pub fn checkpoint_dir(run_dir: &Path) -> Result<PathBuf> {
             "{} is a multi-task run with an adapter per task: pass one of {}",
             run_dir.display(),
             dirs.join(", ")
+        )));
+    }
+    if run_dir.join(SWEEP_FILE).is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a sweep's folder: pass one of its runs, <point>/seed=<s> inside it \
+             ({TABLE_FILE} ranks the points; `ptuning sweep` again names the best run)",
+            run_dir.display()
         )));
     }
     Err(Error::InvalidArgument(format!(

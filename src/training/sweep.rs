@@ -152,12 +152,22 @@ impl SweepPlan {
 
         let mut runs = Vec::new();
         let mut folders: BTreeMap<String, String> = BTreeMap::new();
+        let mut configs: Vec<(serde_json::Value, String)> = Vec::new();
         for settings in grid_points(&self.grid) {
             let mut config = self.base.clone();
             for (key, value) in &settings {
                 config = with_setting(&config, key, value)?;
             }
             let point = point_name(&settings);
+            // `lr=1e-2,0.01` would train the same settings twice.
+            let fields = config.to_json();
+            if let Some((_, same)) = configs.iter().find(|(f, _)| *f == fields) {
+                return Err(Error::InvalidArgument(format!(
+                    "--grid: the points {same:?} and {point:?} are the same settings; \
+                     give each value once"
+                )));
+            }
+            configs.push((fields, point.clone()));
             let folder = folder_name(&point);
             if let Some(other) = folders.insert(folder.clone(), point.clone()) {
                 return Err(Error::InvalidArgument(format!(
@@ -828,6 +838,10 @@ mod tests {
                 "invalid argument: lr=-1 seed=42: --lr -1 must be",
             ),
             (vec!["prefix_layers=a/b,a:b"], "would share the folder"),
+            (
+                vec!["lr=1e-2,0.01"],
+                "\"lr=1e-2\" and \"lr=0.01\" are the same settings",
+            ),
         ];
         for (grid, expected) in cases {
             let err = plan(&grid, &[]).runs().unwrap_err().to_string();
