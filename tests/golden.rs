@@ -149,3 +149,58 @@ fn prompt_tuning_tiny_bert_token_head_skips_the_prompt() {
 fn prompt_tuning_minilm() {
     check_case("prompt_tuning_minilm");
 }
+
+/// `--prompt-init text:...` against PEFT's PromptTuningInit.TEXT on MiniLM
+/// (tools/prompt_tuning_reference.py): the same token ids, special tokens
+/// included, repeated (P = 16) or cut (P = 4), and the same table.
+#[test]
+fn prompt_tuning_text_start_is_peft_s() {
+    use ptuning::model::bert::BertModel;
+    use ptuning::model::prefix::{PrefixConfig, PrefixEncoder, PromptInit};
+    use ptuning::model::tokenizer::Tokenizer;
+
+    let fixture: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("cases/prompt_tuning_text_init.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = common::model_dir("all-MiniLM-L6-v2");
+    let (bert, tokenizer) = (
+        BertModel::load(&dir).unwrap(),
+        Tokenizer::from_dir(&dir).unwrap(),
+    );
+    let init = PromptInit::Text(fixture["text"].as_str().unwrap().to_string());
+    let ids = init.text_ids(&tokenizer).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let p = case["num_virtual_tokens"].as_u64().unwrap() as usize;
+        let config = PrefixConfig {
+            method: PromptMethod::PromptTuning,
+            len: p,
+            projection: false,
+            hidden_size: 512,
+            layers: Vec::new(),
+        };
+        let h = bert.config.hidden_size;
+        let mut prefix = PrefixEncoder::new(config, h, bert.config.num_hidden_layers, 7).unwrap();
+        prefix.init_prompt(&init, &bert.embeddings.word_embeddings, &ids, 7);
+        let table = &prefix.embedding.value;
+        let want: Vec<u32> = serde_json::from_value(case["token_ids"].clone()).unwrap();
+        for (row, id) in table.chunks(h).zip(&want) {
+            let word = &bert.embeddings.word_embeddings[*id as usize * h..][..h];
+            assert_eq!(row, word, "P {p}: a row is not token {id}'s embedding");
+        }
+        let sum: f64 = table.iter().map(|&x| x as f64).sum();
+        let want_sum = case["table_sum"].as_f64().unwrap();
+        assert!(
+            (sum - want_sum).abs() < 1e-9 * table.len() as f64,
+            "P {p}: {sum} vs {want_sum}"
+        );
+        let row0: Vec<f32> = serde_json::from_value(case["table_row0"].clone()).unwrap();
+        assert_eq!(&table[..8], &row0[..], "P {p}");
+    }
+    // Our ids are PEFT's before repetition (P = 16 holds them whole).
+    let first = &fixture["cases"][0]["token_ids"];
+    assert_eq!(
+        serde_json::to_value(&ids).unwrap(),
+        serde_json::Value::Array(first.as_array().unwrap()[..ids.len()].to_vec())
+    );
+}

@@ -1255,7 +1255,10 @@ fn a_sweep_keeps_to_a_folder_of_its_own_and_needs_a_dev_split() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&eval.stderr);
-    assert!(err.contains("is a sweep's folder: pass one of its runs"), "{err}");
+    assert!(
+        err.contains("is a sweep's folder: pass one of its runs"),
+        "{err}"
+    );
 
     // Without a dev split there is nothing to compare: the sweep stops
     // after its first run instead of training the grid for nothing.
@@ -1267,4 +1270,47 @@ fn a_sweep_keeps_to_a_folder_of_its_own_and_needs_a_dev_split() {
         "{err}"
     );
     assert_eq!(out.matches(": training ").count(), 1, "{out}");
+}
+
+#[test]
+fn prompt_tuning_starts_from_a_text_and_exports_it_for_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let text = ["--method", "prompt-tuning", "--prompt-init", "text:a b c"];
+    let (ok, err) = tiny_train(&config, &config.out, &text);
+    assert!(ok, "{err}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.out.join("best/ptuning.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["hyperparameters"]["prompt_init"], "text:a b c");
+    let peft = tmp.path().join("peft");
+    ptuning::training::peft::export_peft(&config.out, &peft).unwrap();
+    let adapter: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["prompt_tuning_init"], "TEXT");
+    assert_eq!(adapter["prompt_tuning_init_text"], "a b c");
+    assert_eq!(adapter["tokenizer_name_or_path"], config.model.as_str());
+
+    // A deep prompt's keys and values do not start from text; nor does a
+    // prompt that --init-from already starts.
+    for (extra, needle) in [
+        (
+            &["--prompt-init", "random"][..],
+            "P-Tuning v2's keys and values",
+        ),
+        (
+            &[
+                "--method",
+                "prompt-tuning",
+                "--prompt-init",
+                "random",
+                "--init-from",
+                "x",
+            ],
+            "both set where the prompt starts",
+        ),
+    ] {
+        let (ok, err) = tiny_train(&config, &tmp.path().join("no"), extra);
+        assert!(!ok && err.contains(needle), "{err}");
+    }
 }

@@ -38,8 +38,11 @@ Cross-checks done before writing (fail above 1e-5 relative, reference.assert_clo
     and TOKEN_CLS on BertForTokenClassification (logits[:, P:]), our classifier
     copied in: logits, loss, gradients.
 
+Also PEFT's TEXT start (prompt_tuning_text_init.json): the token ids and
+table PromptTuningInit.TEXT gives on MiniLM, for `--prompt-init text:...`.
+
 Usage:
-    /work/venv/torch/bin/python tools/prompt_tuning_reference.py [--model-dir DIR] [--out tests/fixtures]
+    /work/venv/torch/bin/python tools/prompt_tuning_reference.py [--model-dir DIR] [--out tests/fixtures] [--only-text-init]
 """
 
 import argparse
@@ -290,6 +293,42 @@ def run_case(name, model_name, model_dir, batch, P, num_labels, seed, out_dir, h
           f"worst absolute: {top_abs[0]} ({top_abs[1]:.1e})", file=sys.stderr)
 
 
+TEXT_INIT = "Does the premise entail the hypothesis?"
+
+
+def text_init_cases(model_dir, out_dir):
+    """PEFT's PromptTuningInit.TEXT on MiniLM: the token ids it starts from
+    (the tokenizer's, special tokens included, repeated or cut to P) and a
+    digest of the table, for `--prompt-init text:...`.  Checked first: the
+    table is word_embeddings[ids]."""
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+    from transformers import AutoTokenizer, BertModel
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cases = []
+    for P in (16, 4):
+        base = BertModel.from_pretrained(model_dir)
+        cfg = base.config
+        pcfg = PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=P,
+                                  token_dim=cfg.hidden_size, num_transformer_submodules=1,
+                                  num_attention_heads=cfg.num_attention_heads,
+                                  num_layers=cfg.num_hidden_layers,
+                                  prompt_tuning_init=PromptTuningInit.TEXT,
+                                  prompt_tuning_init_text=TEXT_INIT,
+                                  tokenizer_name_or_path=str(model_dir))
+        pm = get_peft_model(base, pcfg)
+        table = pm.prompt_encoder["default"].embedding.weight.detach()
+        ids = tok(TEXT_INIT)["input_ids"]
+        ids = (ids * (P // len(ids) + 1))[:P]
+        word = base.get_input_embeddings().weight.detach()
+        assert torch.equal(table, word[torch.tensor(ids)]), "PEFT's TEXT table is not word_embeddings[ids]"
+        cases.append({"num_virtual_tokens": P, "token_ids": ids,
+                      "table_sum": float(table.double().sum()), "table_row0": table[0, :8].tolist()})
+        print(f"prompt_tuning_text_init P={P}: ids {ids}")
+    path = Path(out_dir) / "cases" / "prompt_tuning_text_init.json"
+    path.write_text(json.dumps({"model": "all-MiniLM-L6-v2", "text": TEXT_INIT, "cases": cases}, indent=1) + "\n")
+
+
 def main():
     default_dir = os.environ.get("PTUNING_MODEL_DIR") or str(
         Path.home() / ".cache" / "ptuning" / "models" / "all-MiniLM-L6-v2")
@@ -297,6 +336,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default=default_dir, help="all-MiniLM-L6-v2 folder")
     ap.add_argument("--out", default=str(fixtures))
+    ap.add_argument("--only-text-init", action="store_true",
+                    help="write only prompt_tuning_text_init.json (PEFT's TEXT start)")
     args = ap.parse_args()
 
     torch.use_deterministic_algorithms(True)
@@ -304,6 +345,12 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     out = Path(args.out)
+    mdir = Path(args.model_dir)
+    if not (mdir / "model.safetensors").exists():
+        sys.exit(f"MiniLM model not found at {mdir} (set --model-dir or PTUNING_MODEL_DIR)")
+    text_init_cases(mdir, out)
+    if args.only_text_init:
+        return
     # The tiny models are read from the checked-in fixtures (written by reference.py).
     bert_dir, rob_dir = fixtures / "tiny-bert", fixtures / "tiny-roberta"
 
@@ -315,9 +362,6 @@ def main():
              ref.random_batch("bert", [6, 4, 5], seed=23, num_labels=4), P=3, num_labels=4, seed=204, out_dir=out,
              head="tokens")
 
-    mdir = Path(args.model_dir)
-    if not (mdir / "model.safetensors").exists():
-        sys.exit(f"MiniLM model not found at {mdir} (set --model-dir or PTUNING_MODEL_DIR)")
     run_case("prompt_tuning_minilm", "all-MiniLM-L6-v2", mdir,
              ref.tokenized_batch(mdir, ref.MINILM_PAIRS_PLAIN, [2, 0]), P=5, num_labels=3, seed=203, out_dir=out)
 

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::engine::device::Compute;
 use crate::error::Result;
-use crate::model::prefix::PromptMethod;
+use crate::model::prefix::{PromptInit, PromptMethod};
 use crate::training::checkpoint::load_checkpoint_set;
 use crate::training::multitask::TaskSource;
 use crate::training::trainer::{train, TrainConfig, TrainOptions};
@@ -53,6 +53,12 @@ pub struct SettingsArgs {
     /// Layers with a prefix: all, a range 0-5, a list 0,3,5, or top:k.
     #[arg(long)]
     prefix_layers: Option<String>,
+    /// Where prompt tuning's prompt starts: vocab (word embeddings of tokens
+    /// drawn from the vocabulary), random (N(0, 1)) or text:TEXT (the
+    /// embeddings of TEXT's tokens, repeated to P), as PEFT's
+    /// PromptTuningInit [default: vocab].
+    #[arg(long)]
+    prompt_init: Option<PromptInit>,
     /// AdamW's learning rate [default: 1e-2].
     #[arg(long)]
     lr: Option<f32>,
@@ -164,7 +170,8 @@ impl SettingsArgs {
             prefix_len,
             prefix_projection,
             prefix_hidden_size,
-            prefix_layers
+            prefix_layers,
+            prompt_init
         );
         set!(
             lr,

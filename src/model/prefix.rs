@@ -19,6 +19,7 @@ use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cpu::gemm::{linear_backward_input, linear_backward_params, linear_forward};
 use crate::error::{Error, Result};
 use crate::model::param::Param;
+use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
 
 /// Standard deviation of the initial prefix parameters. The official code builds
@@ -85,6 +86,84 @@ impl FromStr for PromptMethod {
                 Err("expected p-tuning-v2 (deep prompts) or prompt-tuning (the input only)".into())
             }
         }
+    }
+}
+
+/// Where prompt tuning's P embeddings start (PEFT's `PromptTuningInit`);
+/// `--prompt-init vocab|random|text:TEXT`. A deep prompt's keys and values
+/// start from N(0, INIT_STD²) (the official code's), whatever this says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PromptInit {
+    /// The word embeddings of P tokens drawn from the vocabulary (PEFT's
+    /// SAMPLE_VOCAB; Lester et al.'s better start than random vectors).
+    #[default]
+    Vocab,
+    /// N(0, 1), as torch.nn.Embedding starts (PEFT's RANDOM).
+    Random,
+    /// The word embeddings of a text's tokens, special tokens included,
+    /// repeated or cut to P (PEFT's TEXT): "Is the hypothesis entailed?".
+    Text(String),
+}
+
+impl PromptInit {
+    /// The token ids a text start reads, as PEFT takes them: the
+    /// tokenizer's, special tokens included, untruncated; none otherwise.
+    pub fn text_ids(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        match self {
+            PromptInit::Text(text) => Ok(tokenizer.encode(text, None, usize::MAX / 2)?.ids),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// PEFT's name for it, as adapter_config.json's `prompt_tuning_init`.
+    pub fn peft_name(&self) -> &'static str {
+        match self {
+            PromptInit::Vocab => "SAMPLE_VOCAB",
+            PromptInit::Random => "RANDOM",
+            PromptInit::Text(_) => "TEXT",
+        }
+    }
+}
+
+impl FromStr for PromptInit {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "vocab" => Ok(PromptInit::Vocab),
+            "random" => Ok(PromptInit::Random),
+            _ => match s.strip_prefix("text:") {
+                Some(text) if !text.trim().is_empty() => Ok(PromptInit::Text(text.to_string())),
+                Some(_) => {
+                    Err("text: needs the text to start from, e.g. text:Is it entailed?".into())
+                }
+                None => Err("expected vocab, random or text:TEXT".into()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for PromptInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PromptInit::Vocab => f.write_str("vocab"),
+            PromptInit::Random => f.write_str("random"),
+            PromptInit::Text(text) => write!(f, "text:{text}"),
+        }
+    }
+}
+
+// As the flag writes it, in run.toml and ptuning.json too.
+impl Serialize for PromptInit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PromptInit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -334,20 +413,31 @@ impl PrefixEncoder {
         })
     }
 
-    /// Prompt tuning's plain table set to the word embeddings of P tokens
-    /// drawn uniformly from the vocabulary `word` [V, H]: Lester et al.'s
-    /// "sampled vocabulary" start (PEFT's SAMPLE_VOCAB), which trained
-    /// better than random vectors there. A deep or reparameterized prompt
-    /// keeps its N(0, INIT_STD²) start.
-    pub fn init_from_vocabulary(&mut self, word: &[f32], seed: u64) {
+    /// Sets prompt tuning's plain table [P, H] as `init` says, from the
+    /// word embeddings `word` [V, H]; `text_ids` are the tokens of a text
+    /// start (the tokenizer's, special tokens included). A deep or
+    /// reparameterized prompt keeps its N(0, INIT_STD²) start.
+    pub fn init_prompt(&mut self, init: &PromptInit, word: &[f32], text_ids: &[u32], seed: u64) {
         if self.config.method != PromptMethod::PromptTuning || self.trans.is_some() {
             return;
         }
         let h = self.hidden;
-        let vocab = word.len() / h;
         let mut rng = Rng::new(seed);
-        for row in self.embedding.value.chunks_mut(h) {
-            row.copy_from_slice(&word[rng.below(vocab) * h..][..h]);
+        let rows = self.embedding.value.chunks_mut(h);
+        match init {
+            PromptInit::Vocab => {
+                let vocab = word.len() / h;
+                for row in rows {
+                    row.copy_from_slice(&word[rng.below(vocab) * h..][..h]);
+                }
+            }
+            PromptInit::Random => rng.fill_normal(&mut self.embedding.value, 1.0),
+            // PEFT: ids cut to P, or repeated whole until they cover P, then cut.
+            PromptInit::Text(_) => {
+                for (row, &id) in rows.zip(text_ids.iter().cycle()) {
+                    row.copy_from_slice(&word[id as usize * h..][..h]);
+                }
+            }
         }
     }
 
@@ -549,6 +639,58 @@ impl PrefixEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_init_reads_as_it_writes() {
+        for text in ["vocab", "random", "text:Is it entailed? yes: no"] {
+            let init: PromptInit = text.parse().unwrap();
+            assert_eq!(init.to_string(), text);
+            let json = serde_json::to_value(&init).unwrap();
+            assert_eq!(json, serde_json::json!(text));
+            assert_eq!(serde_json::from_value::<PromptInit>(json).unwrap(), init);
+        }
+        assert_eq!(
+            "text:a b".parse::<PromptInit>().unwrap(),
+            PromptInit::Text("a b".into())
+        );
+        assert!("text: "
+            .parse::<PromptInit>()
+            .unwrap_err()
+            .contains("needs the text"));
+        assert!("zeros"
+            .parse::<PromptInit>()
+            .unwrap_err()
+            .contains("vocab, random or text:TEXT"));
+    }
+
+    #[test]
+    fn a_text_start_repeats_or_cuts_its_tokens() {
+        let config = PrefixConfig {
+            method: PromptMethod::PromptTuning,
+            len: 5,
+            projection: false,
+            hidden_size: 8,
+            layers: Vec::new(),
+        };
+        // Word i's embedding is [i, i].
+        let word: Vec<f32> = (0..10).flat_map(|i| [i as f32; 2]).collect();
+        let mut prefix = PrefixEncoder::new(config, 2, 1, 1).unwrap();
+        let text = PromptInit::Text("x".into());
+        prefix.init_prompt(&text, &word, &[3, 7], 1);
+        assert_eq!(
+            prefix.embedding.value,
+            [3., 3., 7., 7., 3., 3., 7., 7., 3., 3.]
+        );
+        prefix.init_prompt(&text, &word, &[1, 2, 3, 4, 5, 6, 7], 1);
+        assert_eq!(
+            prefix.embedding.value,
+            [1., 1., 2., 2., 3., 3., 4., 4., 5., 5.]
+        );
+        // N(0, 1), not the deep prompt's N(0, 0.02²).
+        prefix.init_prompt(&PromptInit::Random, &word, &[], 1);
+        let var = prefix.embedding.value.iter().map(|x| x * x).sum::<f32>() / 10.0;
+        assert!(var > 0.1, "{var}");
+    }
 
     #[test]
     fn layer_selections() {

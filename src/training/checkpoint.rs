@@ -39,7 +39,7 @@ use crate::atomic_file::{sync_dir, write_atomic};
 use crate::error::{Error, Result};
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::param::Param;
-use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear, PromptMethod};
+use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear, PromptInit, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::training::adamw::{AdamW, AdamWConfig, Moments};
 use crate::training::sweep::{SWEEP_FILE, TABLE_FILE};
@@ -592,14 +592,29 @@ pub fn adapter_config(info: &RunInfo) -> serde_json::Value {
             "peft_type": "PREFIX_TUNING",
             "prefix_projection": false,
         }),
-        // The table is stored as trained: PEFT's init never runs on load.
-        PromptMethod::PromptTuning => serde_json::json!({
-            "peft_type": "PROMPT_TUNING",
-            "prompt_tuning_init": "RANDOM",
-            "prompt_tuning_init_text": null,
-            "tokenizer_kwargs": null,
-            "tokenizer_name_or_path": null,
-        }),
+        // How the prompt started, for the record: the table is stored as
+        // trained, and PEFT's init never runs on load (inference mode). TEXT
+        // needs its text and a tokenizer named, or PEFT's config refuses it.
+        PromptMethod::PromptTuning => {
+            let init: PromptInit =
+                serde_json::from_value(info.hyperparameters["prompt_init"].clone())
+                    .ok()
+                    .unwrap_or_default();
+            let (text, tokenizer) = match &init {
+                PromptInit::Text(text) => (
+                    serde_json::json!(text),
+                    serde_json::json!(info.backbone.name_or_path),
+                ),
+                _ => (serde_json::Value::Null, serde_json::Value::Null),
+            };
+            serde_json::json!({
+                "peft_type": "PROMPT_TUNING",
+                "prompt_tuning_init": init.peft_name(),
+                "prompt_tuning_init_text": text,
+                "tokenizer_kwargs": null,
+                "tokenizer_name_or_path": tokenizer,
+            })
+        }
     };
     if let (Some(all), serde_json::Value::Object(own)) = (config.as_object_mut(), own) {
         all.extend(own);

@@ -22,7 +22,7 @@ use crate::model::config::BertConfig;
 use crate::model::encoder::{Activations, DropoutConfig};
 use crate::model::heads::ClassificationHead;
 use crate::model::hub::resolve_model;
-use crate::model::prefix::{method_layers, PrefixConfig, PrefixEncoder, PromptMethod};
+use crate::model::prefix::{method_layers, PrefixConfig, PrefixEncoder, PromptInit, PromptMethod};
 use crate::model::prompt_model::PromptModel;
 use crate::model::tokenizer::Tokenizer;
 use crate::training::adamw::{AdamW, AdamWConfig};
@@ -65,6 +65,8 @@ pub struct TrainConfig {
     pub prefix_projection: bool,
     pub prefix_hidden_size: usize,
     pub prefix_layers: String,
+    /// Prompt tuning's start: vocab (the default), random or text:TEXT.
+    pub prompt_init: Option<PromptInit>,
     pub lr: f32,
     pub batch_size: usize,
     pub eval_batch_size: usize,
@@ -115,6 +117,7 @@ impl Default for TrainConfig {
             prefix_projection: false,
             prefix_hidden_size: 512,
             prefix_layers: "all".into(),
+            prompt_init: None,
             lr: 1e-2,
             batch_size: 16,
             eval_batch_size: 32,
@@ -276,6 +279,20 @@ impl TrainConfig {
         if self.method == PromptMethod::PromptTuning {
             // Checked before any data is read.
             method_layers(self.method, &self.prefix_layers, 0)?;
+        }
+        if let Some(init) = &self.prompt_init {
+            if self.method != PromptMethod::PromptTuning || self.prefix_projection {
+                return bad(format!(
+                    "--prompt-init {init} sets where prompt tuning's plain table starts; \
+                     P-Tuning v2's keys and values and a reparameterized prompt start \
+                     from N(0, 0.02²) (pass --method prompt-tuning without --prefix-projection)"
+                ));
+            }
+            if self.init_from.is_some() {
+                return bad(format!(
+                    "--prompt-init {init} and --init-from both set where the prompt starts: give one"
+                ));
+            }
         }
         if self.max_seq_len() < 8 {
             return bad(format!("--max-seq-len {} is too short", self.max_seq_len()));
@@ -983,7 +1000,10 @@ fn fresh_start(
                 bert.num_hidden_layers,
                 seed,
             )?;
-            prefix.init_from_vocabulary(&backbone.model.embeddings.word_embeddings, seed);
+            let init = config.prompt_init.clone().unwrap_or_default();
+            let text_ids = init.text_ids(&backbone.tokenizer)?;
+            let word = &backbone.model.embeddings.word_embeddings;
+            prefix.init_prompt(&init, word, &text_ids, seed);
             (prefix, vec![None; tasks.len()])
         }
     };
