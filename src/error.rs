@@ -60,6 +60,9 @@ pub enum Error {
     ModelNotFound { id: String, cache: PathBuf },
     #[error("training stopped: {0}")]
     Training(String),
+    /// A stop asked for by a signal (Ctrl-C): not a failure of the run.
+    #[error("interrupted {0}")]
+    Interrupted(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The CUDA device or its libraries failed, or cannot run what was asked.

@@ -1314,3 +1314,38 @@ fn prompt_tuning_starts_from_a_text_and_exports_it_for_peft() {
         assert!(!ok && err.contains(needle), "{err}");
     }
 }
+
+/// Ctrl-C stops a run at its next step and says how to go on (exit 130).
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_says_how_to_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
+        .args(tiny_cli_args("train", &config))
+        .args(["--epochs", "100000", "--out"])
+        .arg(&config.out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once an epoch is checkpointed, interrupt.
+    let started = std::time::Instant::now();
+    while !config.out.join("last").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no epoch ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("stopping after this step")
+            && err.contains("interrupted at epoch")
+            && err.contains("continue with --resume"),
+        "{err}"
+    );
+}

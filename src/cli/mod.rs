@@ -7,6 +7,7 @@ mod export;
 mod import;
 mod predict;
 mod serve;
+mod signals;
 mod sweep;
 mod train;
 
@@ -118,6 +119,11 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // As a shell reports Ctrl-C.
+        Err(e @ crate::Error::Interrupted(_)) => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -184,7 +184,7 @@ fn adapter_error(name: &str, dir: &Path, e: Error) -> Error {
 /// stops the server gracefully, the second at once.
 fn stop_signals(grace: Duration) -> Result<mpsc::UnboundedReceiver<()>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut signals = Signals::listen()?;
+    let mut signals = super::signals::Signals::listen()?;
     tokio::spawn(async move {
         let mut first = true;
         while signals.next().await {
@@ -201,53 +201,6 @@ fn stop_signals(grace: Duration) -> Result<mpsc::UnboundedReceiver<()>> {
         }
     });
     Ok(rx)
-}
-
-/// SIGINT and SIGTERM, listened to from the start so that none is missed.
-#[cfg(unix)]
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-#[cfg(unix)]
-impl Signals {
-    fn listen() -> Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let listen = |kind| {
-            signal(kind)
-                .map_err(|e| Error::InvalidArgument(format!("cannot listen for signals: {e}")))
-        };
-        Ok(Signals {
-            interrupt: listen(SignalKind::interrupt())?,
-            terminate: listen(SignalKind::terminate())?,
-        })
-    }
-
-    /// Waits for the next signal; false when none can come any more.
-    async fn next(&mut self) -> bool {
-        tokio::select! {
-            Some(()) = self.interrupt.recv() => true,
-            Some(()) = self.terminate.recv() => true,
-            else => false,
-        }
-    }
-}
-
-/// Ctrl-C, where there are no Unix signals.
-#[cfg(not(unix))]
-struct Signals;
-
-#[cfg(not(unix))]
-impl Signals {
-    fn listen() -> Result<Self> {
-        Ok(Signals)
-    }
-
-    /// Waits for the next Ctrl-C; false when none can come any more.
-    async fn next(&mut self) -> bool {
-        tokio::signal::ctrl_c().await.is_ok()
-    }
 }
 
 #[cfg(test)]

@@ -35,12 +35,14 @@ pub fn run(args: SweepArgs, compute: Compute) -> Result<()> {
         grid: args.grid,
         seeds: args.seeds,
     };
+    super::signals::stop_training_on_signals()?;
     let report = sweep(
         &plan,
         SweepOptions {
             quiet_runs: args.quiet,
             train: TrainOptions {
                 compute,
+                stop: Some(&super::signals::STOP_TRAINING),
                 ..TrainOptions::default()
             },
         },

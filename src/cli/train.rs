@@ -243,6 +243,7 @@ pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
             );
         }
     }
+    super::signals::stop_training_on_signals()?;
     train(
         &config,
         TrainOptions {
@@ -250,6 +251,7 @@ pub fn run(args: TrainArgs, compute: Compute) -> Result<()> {
             quiet: args.quiet,
             stop_after_epoch: args.stop_after_epoch,
             compute,
+            stop: Some(&super::signals::STOP_TRAINING),
         },
     )?;
     Ok(())

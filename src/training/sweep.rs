@@ -568,6 +568,10 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
             let outcome = match result {
                 Ok(summary) => RunOutcome::from_summary(run, &summary),
                 Err(Error::Training(why)) => RunOutcome::diverged(run, why),
+                Err(e @ Error::Interrupted(_)) => {
+                    println!("{what}: interrupted; the same command continues the sweep");
+                    return Err(e);
+                }
                 Err(e) => {
                     println!("{what}: failed (the runs before it are recorded)");
                     return Err(e);

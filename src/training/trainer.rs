@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -323,6 +324,8 @@ pub struct TrainOptions {
     pub stop_after_epoch: Option<usize>,
     /// Where the encoder runs (not a hyperparameter: a run resumes anywhere).
     pub compute: Compute,
+    /// Set (by a signal) to stop at the next step with `Error::Interrupted`.
+    pub stop: Option<&'static AtomicBool>,
 }
 
 /// The backbone, its tokenizer and identity.
@@ -589,6 +592,24 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         let mut lr = config.lr;
         let mut seen = 0usize;
         for (k, chunk) in &batches {
+            if options
+                .stop
+                .is_some_and(|stop| stop.load(Ordering::Relaxed))
+            {
+                reporter.end_epoch();
+                let kept = match state.epoch_completed {
+                    0 => "no epoch had ended, so the run starts over".to_string(),
+                    done => format!(
+                        "{} holds epoch {done}: continue with --resume",
+                        last_dir.display()
+                    ),
+                };
+                return Err(Error::Interrupted(format!(
+                    "at epoch {}, step {}; {kept}",
+                    epoch + 1,
+                    state.global_step
+                )));
+            }
             heads.activate(*k, &mut model, &mut opt);
             let (batch, targets) = tasks[*k].data.train_batch(chunk)?;
             let dropout = DropoutConfig {
