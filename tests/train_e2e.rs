@@ -1349,3 +1349,43 @@ fn an_interrupted_run_says_how_to_go_on() {
         "{err}"
     );
 }
+
+#[test]
+fn a_multitask_sweep_records_each_task_s_metric() {
+    use ptuning::training::sweep::{sweep, SweepOptions, SweepPlan};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = TrainConfig {
+        out: tmp.path().join("sweep"),
+        epochs: 1,
+        ..tiny_multitask(tmp.path())
+    };
+    let plan = SweepPlan {
+        base,
+        grid: vec!["lr=1e-2".parse().unwrap()],
+        seeds: vec![1],
+    };
+    let options = SweepOptions {
+        quiet_runs: true,
+        ..SweepOptions::default()
+    };
+    let report = sweep(&plan, options).unwrap();
+    assert!(
+        report
+            .table
+            .starts_with("| lr | tasks' mean dev metric, mean |"),
+        "{}",
+        report.table
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("sweep/sweep.json")).unwrap())
+            .unwrap();
+    let run = &record["runs"][0];
+    let tasks = run["task_metrics"].as_object().unwrap();
+    assert_eq!(tasks.len(), 2, "{run}");
+    // One epoch: each task's best epoch is the run's.
+    let mean = tasks.values().map(|v| v.as_f64().unwrap()).sum::<f64>() / 2.0;
+    assert!(
+        (run["best_metric"].as_f64().unwrap() - mean).abs() < 1e-12,
+        "{run}"
+    );
+}

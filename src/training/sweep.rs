@@ -300,6 +300,10 @@ pub struct RunOutcome {
     /// Why a diverged run stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A multi-task run's best main metric per task, each at its own best
+    /// epoch (`best_metric` is the tasks' mean at the run's best epoch).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_metrics: BTreeMap<String, f64>,
 }
 
 impl RunOutcome {
@@ -310,6 +314,12 @@ impl RunOutcome {
             best_metric: summary["best_metric"].as_f64(),
             best_epoch: summary["best_epoch"].as_u64(),
             error: None,
+            task_metrics: summary["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| Some((t["task"].as_str()?.to_string(), t["best_metric"].as_f64()?)))
+                .collect(),
             ..RunOutcome::new(run)
         }
     }
@@ -333,6 +343,7 @@ impl RunOutcome {
             best_metric: None,
             best_epoch: None,
             error: None,
+            task_metrics: BTreeMap::new(),
         }
     }
 }
@@ -864,6 +875,7 @@ mod tests {
             best_metric: metric,
             best_epoch: metric.map(|_| 3),
             error: None,
+            task_metrics: BTreeMap::new(),
         }
     }
 
