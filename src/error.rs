@@ -73,6 +73,15 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The message without the kind's prefix where the kind is only a
+    /// prefix ("invalid argument: "), to put behind more context.
+    pub fn message(&self) -> String {
+        match self {
+            Error::InvalidArgument(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -169,7 +169,7 @@ fn prompt_tuning_text_start_is_peft_s() {
         Tokenizer::from_dir(&dir).unwrap(),
     );
     let init = PromptInit::Text(fixture["text"].as_str().unwrap().to_string());
-    let ids = init.text_ids(&tokenizer).unwrap();
+    let ids = init.text_ids(&tokenizer, bert.config.vocab_size).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let p = case["num_virtual_tokens"].as_u64().unwrap() as usize;
         let config = PrefixConfig {

@@ -1260,16 +1260,45 @@ fn a_sweep_keeps_to_a_folder_of_its_own_and_needs_a_dev_split() {
         "{err}"
     );
 
-    // Without a dev split there is nothing to compare: the sweep stops
-    // after its first run instead of training the grid for nothing.
+    // Without a dev split there is nothing to compare: refused before any
+    // run trains, and before the sweep's folder is made, so that the same
+    // --out takes the sweep with --dev-from-train.
     let bare = tempfile::tempdir().unwrap();
     let no_dev = tiny_task(bare.path(), false);
     let (ok, out, err) = sweep(&no_dev, &bare.path().join("sweep"));
     assert!(
-        !ok && err.contains("no labelled dev split") && err.contains("--dev-from-train"),
+        !ok && err.contains("has no dev split") && err.contains("--dev-from-train"),
         "{err}"
     );
-    assert_eq!(out.matches(": training ").count(), 1, "{out}");
+    assert!(!out.contains(": training "), "{out}");
+    assert!(!bare.path().join("sweep").exists());
+}
+
+/// Ctrl-C in a sweep's run: exit 130, and the same command continues.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_sweep_continues_with_the_same_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let out = tmp.path().join("sweep");
+    let command = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"));
+        c.args(tiny_cli_args("sweep", &config))
+            .args(["--epochs", "300", "--grid", "lr=1e-2", "--out"])
+            .arg(&out);
+        c
+    };
+    let err = interrupt_after_an_epoch(command(), &out.join("lr=1e-2/seed=42"));
+    assert!(err.contains("the same sweep command continues it"), "{err}");
+    assert!(!err.contains("--resume"), "sweep has no --resume: {err}");
+    let again = command().output().unwrap();
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(text.contains(": resuming "), "{text}");
 }
 
 #[test]
@@ -1290,6 +1319,19 @@ fn prompt_tuning_starts_from_a_text_and_exports_it_for_peft() {
     assert_eq!(adapter["prompt_tuning_init"], "TEXT");
     assert_eq!(adapter["prompt_tuning_init_text"], "a b c");
     assert_eq!(adapter["tokenizer_name_or_path"], config.model.as_str());
+    // Imported and exported again, the adapter still says how it started.
+    let imported = tmp.path().join("imported");
+    let options = ptuning::training::peft::ImportOptions {
+        labels: Some(vec!["neg".into(), "pos".into()]),
+        ..Default::default()
+    };
+    ptuning::training::peft::import_peft(&peft, &imported, &options).unwrap();
+    let again = tmp.path().join("again");
+    ptuning::training::peft::export_peft(&imported, &again).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(second["prompt_tuning_init"], "TEXT");
+    assert_eq!(second["prompt_tuning_init_text"], "a b c");
 
     // A deep prompt's keys and values do not start from text; nor does a
     // prompt that --init-from already starts.
@@ -1315,22 +1357,17 @@ fn prompt_tuning_starts_from_a_text_and_exports_it_for_peft() {
     }
 }
 
-/// Ctrl-C stops a run at its next step and says how to go on (exit 130).
+/// Starts `command`, sends it SIGINT once `run_dir` holds a checkpoint,
+/// and checks that it exits with status 130: its standard error.
 #[cfg(unix)]
-#[test]
-fn an_interrupted_run_says_how_to_go_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tiny_task(tmp.path(), true);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"))
-        .args(tiny_cli_args("train", &config))
-        .args(["--epochs", "100000", "--out"])
-        .arg(&config.out)
+fn interrupt_after_an_epoch(mut command: std::process::Command, run_dir: &Path) -> String {
+    let child = command
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Once an epoch is checkpointed, interrupt.
     let started = std::time::Instant::now();
-    while !config.out.join("last").exists() {
+    while !run_dir.join("last").exists() {
         assert!(started.elapsed().as_secs() < 120, "no epoch ended");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -1339,9 +1376,24 @@ fn an_interrupted_run_says_how_to_go_on() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let stopped = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert_eq!(stopped.status.code(), Some(130), "{err}");
+    err
+}
+
+/// Ctrl-C stops a run at its next step and says how to go on (exit 130).
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_says_how_to_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_task(tmp.path(), true);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ptuning"));
+    command
+        .args(tiny_cli_args("train", &config))
+        .args(["--epochs", "100000", "--out"])
+        .arg(&config.out);
+    let err = interrupt_after_an_epoch(command, &config.out);
     assert!(
         err.contains("stopping after this step")
             && err.contains("interrupted at epoch")
@@ -1354,11 +1406,20 @@ fn an_interrupted_run_says_how_to_go_on() {
 fn a_multitask_sweep_records_each_task_s_metric() {
     use ptuning::training::sweep::{sweep, SweepOptions, SweepPlan};
     let tmp = tempfile::tempdir().unwrap();
-    let base = TrainConfig {
+    // One task on two datasets: a metric each, by folder name.
+    let other = tmp.path().join("classes2");
+    std::fs::create_dir_all(&other).unwrap();
+    tiny_task(&other, true);
+    let mut base = TrainConfig {
         out: tmp.path().join("sweep"),
         epochs: 1,
         ..tiny_multitask(tmp.path())
     };
+    base.tasks.push(
+        format!("custom/classification={}", other.display())
+            .parse()
+            .unwrap(),
+    );
     let plan = SweepPlan {
         base,
         grid: vec!["lr=1e-2".parse().unwrap()],
@@ -1381,9 +1442,9 @@ fn a_multitask_sweep_records_each_task_s_metric() {
             .unwrap();
     let run = &record["runs"][0];
     let tasks = run["task_metrics"].as_object().unwrap();
-    assert_eq!(tasks.len(), 2, "{run}");
+    assert_eq!(tasks.len(), 3, "{run}");
     // One epoch: each task's best epoch is the run's.
-    let mean = tasks.values().map(|v| v.as_f64().unwrap()).sum::<f64>() / 2.0;
+    let mean = tasks.values().map(|v| v.as_f64().unwrap()).sum::<f64>() / 3.0;
     assert!(
         (run["best_metric"].as_f64().unwrap() - mean).abs() < 1e-12,
         "{run}"

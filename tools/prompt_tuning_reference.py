@@ -346,10 +346,14 @@ def main():
     transformers.logging.disable_progress_bar()
     out = Path(args.out)
     mdir = Path(args.model_dir)
-    if not (mdir / "model.safetensors").exists():
-        sys.exit(f"MiniLM model not found at {mdir} (set --model-dir or PTUNING_MODEL_DIR)")
-    text_init_cases(mdir, out)
+
+    def need_minilm():
+        if not (mdir / "model.safetensors").exists():
+            sys.exit(f"MiniLM model not found at {mdir} (set --model-dir or PTUNING_MODEL_DIR)")
+
     if args.only_text_init:
+        need_minilm()
+        text_init_cases(mdir, out)
         return
     # The tiny models are read from the checked-in fixtures (written by reference.py).
     bert_dir, rob_dir = fixtures / "tiny-bert", fixtures / "tiny-roberta"
@@ -362,6 +366,8 @@ def main():
              ref.random_batch("bert", [6, 4, 5], seed=23, num_labels=4), P=3, num_labels=4, seed=204, out_dir=out,
              head="tokens")
 
+    need_minilm()
+    text_init_cases(mdir, out)
     run_case("prompt_tuning_minilm", "all-MiniLM-L6-v2", mdir,
              ref.tokenized_batch(mdir, ref.MINILM_PAIRS_PLAIN, [2, 0]), P=5, num_labels=3, seed=203, out_dir=out)
 

@@ -43,11 +43,12 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request, from its first byte (408
     /// after, or the connection closed if the head is not in), and that a
     /// connection may sit idle.
-    #[arg(long, default_value_t = 30)]
+    /// At most a day: deadlines are times from now, which must not overflow.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_timeout_secs: u64,
     /// Seconds SIGINT/SIGTERM waits for the accepted requests before closing
-    /// their connections; a second signal stops at once.
-    #[arg(long, default_value_t = 30)]
+    /// their connections; a second signal stops at once (at most a day).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     shutdown_grace_secs: u64,
     /// Bearer token for POST/DELETE /v1/adapters (default: $PTUNING_ADMIN_TOKEN;
     /// neither: admin endpoints are disabled).
@@ -56,14 +57,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, compute: Compute) -> Result<()> {
-    if args.max_batch == 0
-        || args.queue == 0
-        || args.max_inputs == 0
-        || args.max_body_bytes == 0
-        || args.request_timeout_secs == 0
-    {
+    if args.max_batch == 0 || args.queue == 0 || args.max_inputs == 0 || args.max_body_bytes == 0 {
         return Err(Error::InvalidArgument(
-            "--max-batch, --queue, --max-inputs, --max-body-bytes and --request-timeout-secs must be at least 1".into(),
+            "--max-batch, --queue, --max-inputs and --max-body-bytes must be at least 1".into(),
         ));
     }
     let adapters = args
@@ -173,11 +169,11 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 /// A load error, prefixed with the `--adapter` flag it came from.
 fn adapter_error(name: &str, dir: &Path, e: Error) -> Error {
     // The message alone: `{e}` would say "invalid argument" twice.
-    let why = match e {
-        Error::InvalidArgument(message) => message,
-        other => other.to_string(),
-    };
-    Error::InvalidArgument(format!("--adapter {name}={}: {why}", dir.display()))
+    Error::InvalidArgument(format!(
+        "--adapter {name}={}: {}",
+        dir.display(),
+        e.message()
+    ))
 }
 
 /// A message for every SIGINT (Ctrl-C) and SIGTERM from now on: the first

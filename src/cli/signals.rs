@@ -37,7 +37,8 @@ impl Signals {
     }
 }
 
-/// Ctrl-C, where there are no Unix signals.
+/// Ctrl-C, where there are no Unix signals (listened to from the first
+/// wait on, not from the start).
 #[cfg(not(unix))]
 pub(super) struct Signals;
 

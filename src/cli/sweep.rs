@@ -5,7 +5,8 @@ use clap::Args;
 
 use crate::engine::device::Compute;
 use crate::error::Result;
-use crate::training::sweep::{sweep, GridAxis, SweepOptions, SweepPlan, TABLE_FILE};
+use crate::training::run_files::TABLE_FILE;
+use crate::training::sweep::{sweep, GridAxis, SweepOptions, SweepPlan};
 use crate::training::trainer::TrainOptions;
 
 use super::train::SettingsArgs;

@@ -108,11 +108,23 @@ pub enum PromptInit {
 impl PromptInit {
     /// The token ids a text start reads, as PEFT takes them: the
     /// tokenizer's, special tokens included, untruncated; none otherwise.
-    pub fn text_ids(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
-        match self {
-            PromptInit::Text(text) => Ok(tokenizer.encode(text, None, usize::MAX / 2)?.ids),
-            _ => Ok(Vec::new()),
+    /// Every id must have a row in the model's `vocab_size` embeddings.
+    pub fn text_ids(&self, tokenizer: &Tokenizer, vocab_size: usize) -> Result<Vec<u32>> {
+        let PromptInit::Text(text) = self else {
+            return Ok(Vec::new());
+        };
+        let ids = tokenizer.encode(text, None, usize::MAX / 2)?.ids;
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "--prompt-init text:{text}: the tokenizer gives no tokens for it"
+            )));
         }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "--prompt-init text:{text}: token {id} has no embedding in the model's {vocab_size}"
+            )));
+        }
+        Ok(ids)
     }
 
     /// PEFT's name for it, as adapter_config.json's `prompt_tuning_init`.

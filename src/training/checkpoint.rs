@@ -42,7 +42,7 @@ use crate::model::param::Param;
 use crate::model::prefix::{PrefixConfig, PrefixEncoder, PrefixLinear, PromptInit, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::training::adamw::{AdamW, AdamWConfig, Moments};
-use crate::training::sweep::{SWEEP_FILE, TABLE_FILE};
+use crate::training::run_files::{self, SWEEP_FILE, TABLE_FILE};
 
 /// The adapter weights, PEFT's file name.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -794,14 +794,11 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 
 /// Reads a JSON file; a missing file is named as part of the checkpoint, a
 /// corrupt one reported with its line and column.
+/// [`run_files::read_json`], a missing file named as a checkpoint's.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => missing(path),
-        _ => Error::io(path, e),
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: format!("line {} column {}: {e}", e.line(), e.column()),
+    run_files::read_json(path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => missing(path),
+        e => e,
     })
 }
 

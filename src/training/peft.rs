@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::heads::{ClassificationHead, HeadKind};
 use crate::model::param::Param;
-use crate::model::prefix::{PrefixConfig, PrefixEncoder, PromptMethod};
+use crate::model::prefix::{PrefixConfig, PrefixEncoder, PromptInit, PromptMethod};
 use crate::model::weights::{save_tensors, WeightFile};
 use crate::tasks::{task_by_name, TaskKind, TaskOptions};
 use crate::training::checkpoint::{
@@ -66,6 +66,9 @@ pub struct PeftPrefixConfig {
     pub encoder_hidden_size: Option<usize>,
     pub prefix_projection: bool,
     pub base_model_name_or_path: Option<String>,
+    /// How a PROMPT_TUNING prompt started (`prompt_tuning_init` and its
+    /// text), for the record; `None` when the config does not say.
+    pub prompt_init: Option<PromptInit>,
 }
 
 impl PeftPrefixConfig {
@@ -136,6 +139,15 @@ impl PeftPrefixConfig {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(String::from),
+            prompt_init: match v.get("prompt_tuning_init").and_then(Value::as_str) {
+                Some("SAMPLE_VOCAB") => Some(PromptInit::Vocab),
+                Some("RANDOM") => Some(PromptInit::Random),
+                Some("TEXT") => v
+                    .get("prompt_tuning_init_text")
+                    .and_then(Value::as_str)
+                    .map(|text| PromptInit::Text(text.to_string())),
+                _ => None,
+            },
         };
         if config.num_transformer_submodules != 1 {
             return Err(bad(format!(
@@ -429,6 +441,7 @@ pub fn read_peft(
         model: model_name.to_string(),
         method: config.method,
         prefix_len: p,
+        prompt_init: config.prompt_init.clone(),
         max_seq_len: Some(max_seq_len),
         ..TrainConfig::default()
     };

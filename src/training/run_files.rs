@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// File name of the final summary inside a run folder.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// A sweep's record in its folder (see training::sweep).
+pub const SWEEP_FILE: &str = "sweep.json";
+/// A sweep's table, in Markdown.
+pub const TABLE_FILE: &str = "sweep.md";
 
 /// What a line of `metrics.jsonl` records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,10 @@ impl MetricsLog {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let path = run_dir.join(METRICS_FILE);
         match std::fs::read_to_string(&path) {
+            // A fresh start in a folder a failed start left: a log of its own.
+            Ok(text) if epochs_completed == 0 && !text.is_empty() => {
+                write_atomic(&path, b"")?;
+            }
             Ok(text) => {
                 // Line by line, so that a torn line is kept as it was, not a
                 // reason to refuse the resume.
@@ -179,6 +187,15 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<serde_json::Value>> {
         }
     }
     Ok(out)
+}
+
+/// Reads a JSON file into `T`; errors give the line and column.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: format!("line {} column {}: {e}", e.line(), e.column()),
+    })
 }
 
 /// Whether `path` holds something a new folder there would replace or mix

@@ -15,19 +15,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomic;
 use crate::error::{Error, Result};
-use crate::training::run_files::{is_occupied, SUMMARY_FILE};
+use crate::model::hub::resolve_model;
+use crate::tasks::Split;
+use crate::training::checkpoint::checkpoint_dir;
+use crate::training::data::split_file;
+use crate::training::run_files::{is_occupied, read_json, SUMMARY_FILE, SWEEP_FILE, TABLE_FILE};
 use crate::training::trainer::{train, TrainConfig, TrainOptions, MEAN_METRIC};
-
-/// The sweep's record in its folder.
-pub const SWEEP_FILE: &str = "sweep.json";
-/// The sweep's table, in Markdown.
-pub const TABLE_FILE: &str = "sweep.md";
 
 /// Settings a grid cannot vary: each run's folder is the sweep's to name,
 /// seeds come from --seeds, and list-valued settings do not fit `a,b,c`.
@@ -65,18 +65,13 @@ impl FromStr for GridAxis {
         if key.is_empty() {
             return Err(format!("{s:?}: no setting before '='; {expected}"));
         }
-        let mut unique: Vec<String> = Vec::new();
-        for value in values.split(',').map(str::trim) {
-            if value.is_empty() {
-                return Err(format!("{s:?}: an empty value; {expected}"));
-            }
-            if !unique.iter().any(|v| v == value) {
-                unique.push(value.to_string());
-            }
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        if values.iter().any(|v| v.is_empty()) {
+            return Err(format!("{s:?}: an empty value; {expected}"));
         }
         Ok(GridAxis {
             key,
-            values: unique,
+            values: unique(values.into_iter().map(str::to_string)),
         })
     }
 }
@@ -108,7 +103,7 @@ impl SweepPlan {
     /// each point's seeds together; every run's settings checked before
     /// anything trains, so a typo costs no training time.
     pub fn runs(&self) -> Result<Vec<SweepRun>> {
-        let base = self.base.to_json();
+        let (base, default) = (self.base.to_json(), TrainConfig::default().to_json());
         let known: Vec<&String> = base.as_object().expect("a struct").keys().collect();
         for (i, axis) in self.grid.iter().enumerate() {
             if let Some((_, why)) = FIXED.iter().find(|(k, _)| *k == axis.key) {
@@ -128,7 +123,6 @@ impl SweepPlan {
             if self.grid[..i].iter().any(|a| a.key == axis.key) {
                 return Err(bad_grid(&axis.key, "given twice; list its values once"));
             }
-            let default = TrainConfig::default().to_json();
             if base[&axis.key] != default[&axis.key] {
                 tracing::warn!(
                     "--grid {} replaces the shared setting {} = {} (from a flag or --config)",
@@ -138,16 +132,9 @@ impl SweepPlan {
                 );
             }
         }
-        let seeds = if self.seeds.is_empty() {
-            vec![self.base.seed]
-        } else {
-            let mut unique = Vec::new();
-            for &seed in &self.seeds {
-                if !unique.contains(&seed) {
-                    unique.push(seed);
-                }
-            }
-            unique
+        let seeds = match self.seeds.is_empty() {
+            true => vec![self.base.seed],
+            false => unique(self.seeds.iter().copied()),
         };
 
         let mut runs = Vec::new();
@@ -175,16 +162,21 @@ impl SweepPlan {
                      give their values differently"
                 )));
             }
-            for &seed in &seeds {
+            for (i, &seed) in seeds.iter().enumerate() {
                 let mut config = config.clone();
                 config.seed = seed;
                 config.out = self.base.out.join(&folder).join(format!("seed={seed}"));
-                config.validate().map_err(|e| {
-                    let why = match e {
-                        Error::InvalidArgument(why) => why,
-                        other => other.to_string(),
-                    };
-                    Error::InvalidArgument(format!("{}: {why}", describe(&settings, seed)))
+                let checked = match i {
+                    // What files the point needs is the same for each seed.
+                    0 => config.validate().and_then(|()| check_files(&config)),
+                    _ => config.validate(),
+                };
+                checked.map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "{}: {}",
+                        describe(&settings, seed),
+                        e.message()
+                    ))
                 })?;
                 runs.push(SweepRun {
                     point: point.clone(),
@@ -196,6 +188,39 @@ impl SweepPlan {
         }
         Ok(runs)
     }
+}
+
+/// The items once each, in their first order.
+fn unique<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// What a run reads before it trains, checked for every point before any
+/// trains: the backbone, the prompt it starts from, and a labelled dev
+/// split to compare on (a sweep of runs without one has nothing to rank).
+fn check_files(config: &TrainConfig) -> Result<()> {
+    resolve_model(&config.model)?;
+    if let Some(from) = &config.init_from {
+        checkpoint_dir(from)?;
+    }
+    for (_, task) in config.task_configs() {
+        let dev = split_file(&task, &task.data, Split::Dev)?;
+        if task.dev_from_train.is_none() && !dev.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} has no dev split ({} does not exist), so the runs would have no dev \
+                 metric to compare: give --dev-from-train F (a share of train held out)",
+                task.task,
+                dev.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn bad_grid(key: &str, why: &str) -> Error {
@@ -300,8 +325,9 @@ pub struct RunOutcome {
     /// Why a diverged run stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// A multi-task run's best main metric per task, each at its own best
-    /// epoch (`best_metric` is the tasks' mean at the run's best epoch).
+    /// A multi-task run's best main metric per task, by its folder under
+    /// best/ (e.g. `ner-wnut17`), each at its own best epoch (`best_metric`
+    /// is the tasks' mean at the run's best epoch).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_metrics: BTreeMap<String, f64>,
 }
@@ -318,7 +344,8 @@ impl RunOutcome {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|t| Some((t["task"].as_str()?.to_string(), t["best_metric"].as_f64()?)))
+                // By folder name: one task may come twice, on two datasets.
+                .filter_map(|t| Some((t["slug"].as_str()?.to_string(), t["best_metric"].as_f64()?)))
                 .collect(),
             ..RunOutcome::new(run)
         }
@@ -518,7 +545,21 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
     let record_path = plan.base.out.join(SWEEP_FILE);
     let previous = read_record(&record_path)?;
     match &previous {
-        Some(previous) => check_same_base(&record_path, &previous.base, &plan.base)?,
+        Some(previous) => {
+            check_same_base(&record_path, &previous.base, &plan.base, &plan.grid)?;
+            let outside = previous
+                .runs
+                .iter()
+                .filter(|o| !runs.iter().any(|r| r.point == o.point && r.seed == o.seed))
+                .count();
+            if outside > 0 {
+                tracing::warn!(
+                    "{outside} run(s) recorded in {} are outside this command's grid and \
+                     seeds: they stay in their folders, out of this table",
+                    record_path.display()
+                );
+            }
+        }
         None => check_free(&plan.base.out)?,
     }
     // What is known of each run: diverged runs stay diverged (not retried).
@@ -539,21 +580,35 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
         .collect();
     // Written before the first run: the shared settings are fixed from the
     // start, so an interrupted first run cannot be continued with others.
-    write_record(&record_path, &plan, &runs, &outcomes)?;
+    let mut results = write_record(&record_path, &plan, &runs, &outcomes)?;
 
     let total = runs.len();
-    let points = aggregate(&runs, &[]).len();
+    let points = results.len();
     println!(
         "sweep: {points} point(s) × {} seed(s) = {total} run(s) in {}",
         total / points,
         plan.base.out.display()
     );
+    let stopped = || {
+        options
+            .train
+            .stop
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
+    let interrupted = |what: &str| {
+        Error::Interrupted(format!(
+            "before {what}: the same sweep command continues it"
+        ))
+    };
     let mut trained = 0;
     for (i, run) in runs.iter().enumerate() {
         let what = format!("[{}/{total}] {}", i + 1, describe(&run.settings, run.seed));
-        let summary_path = run.config.out.join(SUMMARY_FILE);
-        let outcome = if summary_path.exists() {
-            let outcome = RunOutcome::from_summary(run, &read_json(&summary_path)?);
+        if stopped() {
+            return Err(interrupted(&what));
+        }
+        let summary = finished_summary(&run.config.out)?;
+        let outcome = if let Some(summary) = summary {
+            let outcome = RunOutcome::from_summary(run, &summary);
             println!("{what}: {} (recorded)", outcome_line(&outcome));
             outcome
         } else if let Some(diverged) = outcomes[i].clone() {
@@ -579,9 +634,11 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
             let outcome = match result {
                 Ok(summary) => RunOutcome::from_summary(run, &summary),
                 Err(Error::Training(why)) => RunOutcome::diverged(run, why),
-                Err(e @ Error::Interrupted(_)) => {
-                    println!("{what}: interrupted; the same command continues the sweep");
-                    return Err(e);
+                // The run's own message says --resume, which is train's.
+                Err(Error::Interrupted(_)) => {
+                    return Err(Error::Interrupted(format!(
+                        "in {what}: the same sweep command continues it from its last epoch"
+                    )))
                 }
                 Err(e) => {
                     println!("{what}: failed (the runs before it are recorded)");
@@ -595,18 +652,16 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
             );
             outcome
         };
-        if outcome.status == RunStatus::Done && outcome.best_metric.is_none() {
-            // Known only once a run has read the data; every other run
-            // would train for nothing.
+        if outcome.status == RunStatus::Done && outcome.best_epoch.is_none() {
+            // A dev file without labels: known only once a run has read it.
             return Err(Error::InvalidArgument(format!(
-                "{what}: the task has no labelled dev split, so the runs have no dev metric \
-                 to compare: give --dev-from-train F (a share of train held out), or a dev file"
+                "{what}: the run had no labelled dev split, so the runs have no dev metric \
+                 to compare: start a sweep in a new --out with --dev-from-train F"
             )));
         }
         outcomes[i] = Some(outcome);
-        write_record(&record_path, &plan, &runs, &outcomes)?;
+        results = write_record(&record_path, &plan, &runs, &outcomes)?;
     }
-    let results = write_record(&record_path, &plan, &runs, &outcomes)?;
     let table = render_table(&plan.grid, &results);
     write_atomic(&plan.base.out.join(TABLE_FILE), table.as_bytes())?;
     Ok(SweepReport {
@@ -614,6 +669,17 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
         table,
         trained,
     })
+}
+
+/// The summary of a run that has ended (trained its epochs or stopped
+/// early); `None` for one not started, interrupted or paused.
+fn finished_summary(run_dir: &Path) -> Result<Option<serde_json::Value>> {
+    let path = run_dir.join(SUMMARY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let summary: serde_json::Value = read_json(&path)?;
+    Ok((summary["paused"] != true).then_some(summary))
 }
 
 /// A new sweep's folder: absent or empty. A run's or a checkpoint's folder
@@ -659,10 +725,17 @@ fn shared_settings(base: &TrainConfig) -> serde_json::Map<String, serde_json::Va
 
 /// A sweep folder continues only with the settings it started with: runs
 /// of other settings would sit in one table as if comparable.
-fn check_same_base(path: &Path, stored: &TrainConfig, now: &TrainConfig) -> Result<()> {
+fn check_same_base(
+    path: &Path,
+    stored: &TrainConfig,
+    now: &TrainConfig,
+    grid: &[GridAxis],
+) -> Result<()> {
     let stored = shared_settings(stored);
+    // The grid's settings are each run's own, whatever the base says.
     let changed: Vec<String> = shared_settings(now)
         .iter()
+        .filter(|(key, _)| !grid.iter().any(|axis| axis.key == **key))
         .filter(|(key, value)| stored.get(key.as_str()) != Some(value))
         .map(|(key, value)| {
             let before = stored.get(key.as_str()).unwrap_or(&serde_json::Value::Null);
@@ -682,24 +755,11 @@ fn check_same_base(path: &Path, stored: &TrainConfig, now: &TrainConfig) -> Resu
     })
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
 fn read_record(path: &Path) -> Result<Option<SweepRecord>> {
-    if !path.exists() {
-        return Ok(None);
+    match path.exists() {
+        true => read_json(path).map(Some),
+        false => Ok(None),
     }
-    serde_json::from_value(read_json(path)?)
-        .map(Some)
-        .map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
 }
 
 /// Writes sweep.json (atomically) with the outcomes so far; returns the table's rows.
@@ -714,15 +774,7 @@ fn write_record(
     let record = SweepRecord {
         base: plan.base.clone(),
         grid: plan.grid.clone(),
-        seeds: runs
-            .iter()
-            .map(|r| r.seed)
-            .fold(Vec::new(), |mut seeds, s| {
-                if !seeds.contains(&s) {
-                    seeds.push(s);
-                }
-                seeds
-            }),
+        seeds: unique(runs.iter().map(|r| r.seed)),
         runs: outcomes,
         results: results.clone(),
     };
@@ -743,6 +795,8 @@ mod tests {
                 task: "superglue/cb".into(),
                 data: env!("CARGO_MANIFEST_DIR").into(),
                 out: "sweeps/cb".into(),
+                model: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-bert").into(),
+                dev_from_train: Some(0.1),
                 ..TrainConfig::default()
             },
             grid: grid.iter().map(|g| g.parse().unwrap()).collect(),
@@ -796,7 +850,7 @@ mod tests {
                 "prefix_layers=top:3,0-5",
                 "patience=3",
                 "method=prompt-tuning",
-                "init_from=runs/rte/best",
+                "data=tests/fixtures",
             ],
             &[],
         )
@@ -811,7 +865,7 @@ mod tests {
             &[
                 "prefix_layers=top:3,0-5",
                 "patience=3",
-                "init_from=runs/rte/best",
+                "data=tests/fixtures",
             ],
             &[],
         )
@@ -824,7 +878,7 @@ mod tests {
         // A path value makes one folder, not nested ones.
         assert_eq!(
             runs[1].config.out,
-            Path::new("sweeps/cb/prefix_layers=0-5+patience=3+init_from=runs_rte_best/seed=42")
+            Path::new("sweeps/cb/prefix_layers=0-5+patience=3+data=tests_fixtures/seed=42")
         );
     }
 
@@ -842,6 +896,15 @@ mod tests {
                 "scheduler=cosine seed=42: --scheduler \"cosine\"",
             ),
             (vec!["prefix_len=0"], "--prefix-len must be at least 1"),
+            // What a run reads is found before the first trains.
+            (
+                vec!["init_from=runs/nope"],
+                "init_from=runs/nope seed=42: runs/nope is not a checkpoint folder",
+            ),
+            (
+                vec!["model=/no/model"],
+                "model=/no/model seed=42: /no/model: model folder does not exist",
+            ),
             (vec!["task=superglue/cbb"], "unknown task \"superglue/cbb\""),
             (
                 vec!["data=/nonexistent"],
@@ -862,6 +925,14 @@ mod tests {
             let err = plan(&grid, &[]).runs().unwrap_err().to_string();
             assert!(err.contains(expected), "{grid:?}: {err}");
         }
+        // No dev split to rank the runs on (CB's folder here is the crate's).
+        let mut no_dev = plan(&["lr=1e-2"], &[]);
+        no_dev.base.dev_from_train = None;
+        let err = no_dev.runs().unwrap_err().to_string();
+        assert!(
+            err.contains("superglue/cb has no dev split") && err.contains("--dev-from-train"),
+            "{err}"
+        );
     }
 
     fn outcome(point: &str, seed: u64, metric: Option<f64>, status: RunStatus) -> RunOutcome {
@@ -936,13 +1007,19 @@ mod tests {
             seed: 7,
             ..base.clone()
         };
-        check_same_base(path, &base, &reseeded).expect("the seed is a run's");
+        check_same_base(path, &base, &reseeded, &[]).expect("the seed is a run's");
         let other = TrainConfig {
             epochs: 3,
             dropout: 0.2,
             ..base.clone()
         };
-        let err = check_same_base(path, &base, &other)
+        // A setting the grid gives each run is not a shared one.
+        let lr = TrainConfig {
+            lr: 0.5,
+            ..base.clone()
+        };
+        check_same_base(path, &base, &lr, &["lr=1e-2".parse().unwrap()]).unwrap();
+        let err = check_same_base(path, &base, &other, &[])
             .unwrap_err()
             .to_string();
         assert!(

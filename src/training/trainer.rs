@@ -38,9 +38,8 @@ use crate::training::data::{
     DROPOUT, INIT_HEAD, INIT_PREFIX, SHUFFLE, TASK_MIX,
 };
 use crate::training::multitask::{task_slugs, validate_sources, TaskHead, TaskHeads, TaskSource};
-use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog};
+use crate::training::run_files::{write_summary, EventKind, MetricsEvent, MetricsLog, SWEEP_FILE};
 use crate::training::schedule::Schedule;
-use crate::training::sweep::SWEEP_FILE;
 use crate::training::warm_start::warm_start;
 
 /// The metric of a multi-task run that picks its best epoch and drives
@@ -584,6 +583,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             state.epoch_completed, config.epochs
         ));
     }
+    // Paused by --stop-after-epoch before its last epoch: not finished.
+    let mut paused = false;
     for epoch in state.epoch_completed..config.epochs {
         let epoch_start = Instant::now();
         let batches = epoch_batches(&tasks, batch_size, config.seed, epoch);
@@ -742,6 +743,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
                 "paused after epoch {}: continue with --resume",
                 epoch + 1
             ));
+            paused = epoch + 1 < config.epochs;
             break;
         }
         if let Some(patience) = config.patience {
@@ -780,6 +782,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
         "method": model.prefix.config.method,
         "trainable_parameters": trainable,
         "backbone_parameters": frozen,
+        "paused": paused,
         "history": state.history,
     });
     if multi {
@@ -788,6 +791,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions) -> Result<serde_json::
             .map(|t| {
                 serde_json::json!({
                     "task": t.data.task_name(),
+                    "slug": t.slug,
                     "adapter": best_dir.join(&t.slug),
                     "main_metric": t.data.main_metric(),
                     "best_metric": t.best,
@@ -1022,7 +1026,7 @@ fn fresh_start(
                 seed,
             )?;
             let init = config.prompt_init.clone().unwrap_or_default();
-            let text_ids = init.text_ids(&backbone.tokenizer)?;
+            let text_ids = init.text_ids(&backbone.tokenizer, bert.vocab_size)?;
             let word = &backbone.model.embeddings.word_embeddings;
             prefix.init_prompt(&init, word, &text_ids, seed);
             (prefix, vec![None; tasks.len()])

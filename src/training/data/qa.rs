@@ -34,9 +34,10 @@ pub struct QaData {
 /// Whether the QA task `name` is SQuAD v2.0 (unanswerable questions); an
 /// error for a name that is no QA task.
 pub(super) fn is_squad_v2(name: &str) -> Result<bool> {
+    let [v1, v2] = QA_TASKS;
     match name.trim().to_ascii_lowercase().as_str() {
-        "qa/squad" => Ok(false),
-        "qa/squad_v2" => Ok(true),
+        name if name == v1 => Ok(false),
+        name if name == v2 => Ok(true),
         other => Err(Error::InvalidArgument(format!(
             "unknown QA task {other:?}; known: {}",
             QA_TASKS.join(", ")
