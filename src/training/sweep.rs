@@ -482,7 +482,8 @@ pub fn render_table(grid: &[GridAxis], results: &[PointResult]) -> String {
                 r.settings
                     .iter()
                     .find(|(k, _)| *k == axis.key)
-                    .map_or("-".to_string(), |(_, v)| v.clone())
+                    // A `|` in a value would end its Markdown cell.
+                    .map_or("-".to_string(), |(_, v)| v.replace('|', "\\|"))
             })
             .collect();
         if !one_metric {
@@ -977,6 +978,14 @@ mod tests {
 
         let table = render_table(&p.grid, &results);
         let lines: Vec<&str> = table.lines().collect();
+        let piped = render_table(
+            &["prompt_init=text:a|b".parse().unwrap()],
+            &[PointResult {
+                settings: vec![("prompt_init".into(), "text:a|b".into())],
+                ..results[0].clone()
+            }],
+        );
+        assert!(piped.contains("| text:a\\|b |"), "{piped}");
         assert_eq!(
             lines[0],
             "| lr | dev accuracy, mean | std | min | max | runs |"
