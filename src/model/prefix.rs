@@ -135,6 +135,17 @@ impl PromptInit {
             PromptInit::Text(_) => "TEXT",
         }
     }
+
+    /// The start a PEFT config names (`prompt_tuning_init` and, for TEXT,
+    /// `prompt_tuning_init_text`); `None` for a name it does not know.
+    pub fn from_peft(name: &str, text: Option<&str>) -> Option<Self> {
+        match name {
+            "SAMPLE_VOCAB" => Some(PromptInit::Vocab),
+            "RANDOM" => Some(PromptInit::Random),
+            "TEXT" => text.map(|t| PromptInit::Text(t.to_string())),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for PromptInit {
@@ -660,7 +671,16 @@ mod tests {
             let json = serde_json::to_value(&init).unwrap();
             assert_eq!(json, serde_json::json!(text));
             assert_eq!(serde_json::from_value::<PromptInit>(json).unwrap(), init);
+            let text = match &init {
+                PromptInit::Text(t) => Some(t.as_str()),
+                _ => None,
+            };
+            assert_eq!(
+                PromptInit::from_peft(init.peft_name(), text),
+                Some(init.clone())
+            );
         }
+        assert_eq!(PromptInit::from_peft("TEXT", None), None);
         assert_eq!(
             "text:a b".parse::<PromptInit>().unwrap(),
             PromptInit::Text("a b".into())

@@ -166,7 +166,7 @@ impl SuperGlueTask {
                 Some(at.str(obj, "passage")?.to_string()),
             ),
             // AX-b, RTE's broad-coverage diagnostic, names them sentence1 and sentence2.
-            SuperGlue::Rte if !obj.contains_key("premise") && obj.contains_key("sentence1") => one(
+            SuperGlue::Rte if diagnostic(obj) == Some("AX-b") => one(
                 at.str(obj, "sentence1")?.to_string(),
                 Some(at.str(obj, "sentence2")?.to_string()),
             ),
@@ -226,7 +226,7 @@ impl SuperGlueTask {
         let (mut group, mut categories) = (None, Vec::new());
         if self.which == SuperGlue::Rte {
             // AX-g: a minimal pair is two consecutive lines (checked in `read`).
-            if obj.contains_key("pair_id") {
+            if diagnostic(obj) == Some("AX-g") {
                 group = Some(format!("pair-{}", n / 2));
             }
             categories = AXB_CATEGORIES

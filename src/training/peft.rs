@@ -139,15 +139,13 @@ impl PeftPrefixConfig {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(String::from),
-            prompt_init: match v.get("prompt_tuning_init").and_then(Value::as_str) {
-                Some("SAMPLE_VOCAB") => Some(PromptInit::Vocab),
-                Some("RANDOM") => Some(PromptInit::Random),
-                Some("TEXT") => v
-                    .get("prompt_tuning_init_text")
-                    .and_then(Value::as_str)
-                    .map(|text| PromptInit::Text(text.to_string())),
-                _ => None,
-            },
+            prompt_init: v
+                .get("prompt_tuning_init")
+                .and_then(Value::as_str)
+                .and_then(|name| {
+                    let text = v.get("prompt_tuning_init_text").and_then(Value::as_str);
+                    PromptInit::from_peft(name, text)
+                }),
         };
         if config.num_transformer_submodules != 1 {
             return Err(bad(format!(

@@ -590,22 +590,18 @@ pub fn sweep(plan: &SweepPlan, options: SweepOptions) -> Result<SweepReport> {
         total / points,
         plan.base.out.display()
     );
-    let stopped = || {
-        options
-            .train
-            .stop
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-    };
-    let interrupted = |what: &str| {
-        Error::Interrupted(format!(
-            "before {what}: the same sweep command continues it"
-        ))
-    };
     let mut trained = 0;
     for (i, run) in runs.iter().enumerate() {
         let what = format!("[{}/{total}] {}", i + 1, describe(&run.settings, run.seed));
-        if stopped() {
-            return Err(interrupted(&what));
+        // Ctrl-C between runs (a run's own steps check it too).
+        if options
+            .train
+            .stop
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(Error::Interrupted(format!(
+                "before {what}: the same sweep command continues it"
+            )));
         }
         let summary = finished_summary(&run.config.out)?;
         let outcome = if let Some(summary) = summary {
