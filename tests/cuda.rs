@@ -268,7 +268,7 @@ fn cuda_engine_matches_the_reference_fixtures() {
                     assert!(err <= tol_out, "{name} {math}: {what} error {err}");
                 };
                 // Every row of the last hidden state.
-                let past = model.prefix.forward().past;
+                let past = model.prefix.table();
                 let hidden = gpu
                     .lock()
                     .unwrap()
@@ -487,9 +487,9 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
         let case = Case::load("tiny_bert_mlp_subset");
         let mut model = case.model();
         let batch = case.batch();
-        let past = model.prefix.forward().past;
+        let past = model.prefix.table();
         // A second adapter's table.
-        let other: Vec<f32> = past
+        let other: Arc<[f32]> = past
             .iter()
             .enumerate()
             .map(|(i, v)| v * 0.5 + (i % 7) as f32 * 0.01)
@@ -499,7 +499,7 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
         let mut enc = gpu.lock().unwrap();
         let layers = &model.prefix.config.layers;
         let len = model.prefix.config.len;
-        let mut run = |source| {
+        let run = |enc: &mut CudaEncoder, source| {
             enc.forward(
                 &batch,
                 Some(Prompt {
@@ -511,23 +511,31 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
             )
             .unwrap()
         };
-        let shared = run(PromptSource::Shared(&past));
+        let shared = run(&mut enc, PromptSource::Shared(&past));
         let all_first = vec![0u32; batch.batch];
-        let tables: [&[f32]; 2] = [&past, &other];
-        let per_row = run(PromptSource::PerRow {
-            tables: &tables,
-            row_table: &all_first,
-        });
+        let tables = [Arc::clone(&past), Arc::clone(&other)];
+        let per_row = run(
+            &mut enc,
+            PromptSource::PerRow {
+                tables: &tables,
+                row_table: &all_first,
+            },
+        );
         assert_eq!(shared, per_row);
         // Rows alternate between the tables: on the CPU, each row's own
         // keys and values, gathered from its table.
         let row_table: Vec<u32> = (0..batch.batch as u32).map(|b| b % 2).collect();
-        let mixed = run(PromptSource::PerRow {
-            tables: &tables,
-            row_table: &row_table,
-        });
+        let mixed = run(
+            &mut enc,
+            PromptSource::PerRow {
+                tables: &tables,
+                row_table: &row_table,
+            },
+        );
         // Each row's keys and values from its own table's expansion.
-        let expanded = tables.map(|t| model.prefix.expand(t, batch.batch, None));
+        let expanded = tables
+            .each_ref()
+            .map(|t| model.prefix.expand(t, batch.batch, None));
         let row_len = len * 2 * model.backbone.config.hidden_size;
         let kv = (0..layers.len())
             .map(|k| {
@@ -550,6 +558,33 @@ fn cuda_engine_per_row_prompts_match_the_shared_table() {
         assert!(
             max_abs_diff(&mixed, &shared) > 1e-3,
             "the second table changes the rows that name it"
+        );
+        // The device keeps the tables it was sent, known by their Arc: the
+        // same tables again are not sent again (nothing more is held, the
+        // same output), and a new table, here other values in place of the
+        // second, is sent and read.
+        let held = enc.dev.memory().now;
+        let again = run(
+            &mut enc,
+            PromptSource::PerRow {
+                tables: &tables,
+                row_table: &row_table,
+            },
+        );
+        assert_eq!(again, mixed);
+        assert_eq!(enc.dev.memory().now, held, "a table was sent again");
+        let third: Arc<[f32]> = other.iter().map(|v| v * -1.0).collect();
+        let changed = run(
+            &mut enc,
+            PromptSource::PerRow {
+                tables: &[Arc::clone(&past), Arc::clone(&third)],
+                row_table: &row_table,
+            },
+        );
+        assert!(enc.dev.memory().now > held, "the new table was not sent");
+        assert!(
+            max_abs_diff(&changed, &mixed) > 1e-3,
+            "the new table was not read"
         );
         // A row naming a table that is not there is an error, not a read
         // past the tables.
@@ -667,7 +702,7 @@ fn profile_counts_every_launch() {
         let case = Case::load("tiny_bert_plain");
         let mut model = case.model();
         let batch = case.batch();
-        let past = model.prefix.forward().past;
+        let past = model.prefix.table();
         attach(&mut model, target, Precision::Fp32);
         let gpu = Arc::clone(model.gpu.as_ref().unwrap());
         let mut enc = gpu.lock().unwrap();

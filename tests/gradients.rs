@@ -385,7 +385,7 @@ fn prompt_tuning_reaches_every_token_and_has_no_layers() {
     let h = 32;
     let seq = batch.seq + 3;
     let states = |model: &PromptModel| {
-        let table = model.prefix.table().into_owned();
+        let table = model.prefix.table();
         let prompt = model.prefix.expand(&table, batch.batch, None);
         model.backbone.forward(&batch, Some(&prompt)).unwrap()
     };

@@ -473,7 +473,7 @@ fn prompt_and_head(dir: &Path) -> (Vec<f32>, Vec<f32>) {
     let head = &adapter.model.head;
     let mut h = head.weight.value.clone();
     h.extend(&head.bias.value);
-    (adapter.model.prefix.table().into_owned(), h)
+    (adapter.model.prefix.table().to_vec(), h)
 }
 
 #[test]

@@ -10,8 +10,8 @@
 //! reparameterized as Embedding(P, H) → Linear(H, h) → tanh → Linear(h, width),
 //! which folds back into a plain table for export.
 
-use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -485,12 +485,14 @@ impl PrefixEncoder {
         out
     }
 
-    /// The table [P, Ls*2*H] for inference: a plain table itself, without
-    /// a copy, or the MLP's output.
-    pub fn table(&self) -> Cow<'_, [f32]> {
+    /// The table [P, Ls*2*H] for inference: a copy of a plain table, or the
+    /// MLP's output. Shared and immutable, so that a GPU that holds a copy
+    /// knows the table again by its `Arc` alone (an evaluation sends its
+    /// table once, not once a batch, and never compares its values).
+    pub fn table(&self) -> Arc<[f32]> {
         match self.trans {
-            None => Cow::Borrowed(&self.embedding.value),
-            Some(_) => Cow::Owned(self.forward().past),
+            None => Arc::from(self.embedding.value.as_slice()),
+            Some(_) => Arc::from(self.forward().past),
         }
     }
 

@@ -269,8 +269,9 @@ impl PromptModel {
     /// [`PromptModel::predict`] with the prefix table `past` [P, Ls·2H]
     /// already folded (`self.prefix.table()`): a loop over batches folds a
     /// reparameterized prefix once, not once a batch (its MLP is about
-    /// P·h·Ls·2H multiply-adds on the host: 10 ms a batch on bert-large).
-    pub fn predict_with_table(&self, batch: &Batch, past: &[f32]) -> Result<Vec<f32>> {
+    /// P·h·Ls·2H multiply-adds on the host: 10 ms a batch on bert-large),
+    /// and a GPU receives the table once.
+    pub fn predict_with_table(&self, batch: &Batch, past: &Arc<[f32]>) -> Result<Vec<f32>> {
         if let Some(gpu) = &self.gpu {
             return self.predict_cuda(&mut lock(gpu), batch, past);
         }
@@ -583,7 +584,7 @@ impl PromptModel {
         &self,
         encoder: &mut CudaEncoder,
         batch: &Batch,
-        past: &[f32],
+        past: &Arc<[f32]>,
     ) -> Result<Vec<f32>> {
         encoder.encode(
             batch,

@@ -171,15 +171,16 @@ pub fn forward_group(
             rows,
         ));
     };
-    // On a GPU only each adapter's table goes up, with the table of each
-    // row (the device expands them), and the hidden state stays there: each
+    // On a GPU each adapter's table goes up once (the device keeps it while
+    // the adapter lives), and each pass sends which table each row reads
+    // (the device expands them); the hidden state stays there: each
     // adapter's head runs over every row of the pass (the pooler on B [CLS]
     // rows or a C-wide classifier on B·T rows, small next to the encoder)
     // and only its logits come down, of which its own rows' are kept.
     let adapters = by_adapter(rows);
-    let tables: Vec<&[f32]> = adapters
+    let tables: Vec<Arc<[f32]>> = adapters
         .iter()
-        .map(|members| rows[members[0]].adapter.past.as_slice())
+        .map(|members| Arc::clone(&rows[members[0]].adapter.past))
         .collect();
     let mut row_table = vec![0u32; rows.len()];
     for (t, members) in adapters.iter().enumerate() {

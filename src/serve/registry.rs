@@ -25,8 +25,9 @@ pub struct ServedAdapter {
     /// The checkpoint folder it was read from (empty when built in memory).
     pub path: PathBuf,
     pub info: RunInfo,
-    /// [P, Ls·2·H], or [P, H] for prompt tuning.
-    pub past: Vec<f32>,
+    /// [P, Ls·2·H], or [P, H] for prompt tuning; a GPU keeps its copy of
+    /// it while this `Arc` lives (engine/cuda/table_cache.rs).
+    pub past: Arc<[f32]>,
     pub method: PromptMethod,
     pub prefix_len: usize,
     /// Prefixed layers, ascending.
@@ -124,7 +125,7 @@ impl ServedAdapter {
             prefix_len: p,
             layers: prefix.config.layers.clone(),
             info,
-            past,
+            past: Arc::from(past),
             head,
             max_len,
         })

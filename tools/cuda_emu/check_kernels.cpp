@@ -621,8 +621,8 @@ static void check_prefix() {
     const int layers = 3, batch = 2, p = 4, two_h = 6, w = layers * two_h;
     auto past = rand_vec(p * w);
     std::vector<float> kv(layers * batch * p * two_h);
-    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(past), (u64)0, ptr(kv), layers, batch, p, two_h, KEY, THRESHOLD,
-           DSCALE, 1);
+    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(past), (u64)0, (u64)0, ptr(kv), layers, batch, p, two_h, KEY,
+           THRESHOLD, DSCALE, 1);
     double err = 0;
     for (int k = 0; k < layers; k++)
         for (int b = 0; b < batch; b++)
@@ -633,18 +633,20 @@ static void check_prefix() {
                     err = std::max(err, std::fabs(kv[((k * batch + b) * p + i) * two_h + c] - want));
                 }
     check("expand_prefix (PrefixEncoder::expand with dropout)", err, 0.0);
-    // Rows of several adapters: row b reads table row_table[b] of three.
+    // Rows of several adapters: row b reads the table at address
+    // addresses[row_table[b]], of three apart in memory (past unused).
     auto tables = rand_vec(3 * p * w);
+    std::vector<u64> addresses = {ptr(tables) + 8 * p * w, ptr(tables) + 4 * p * w, ptr(tables)};
     std::vector<u32> row_table = {2, 0};
     std::vector<float> rows_kv(kv.size());
-    launch(expand_prefix, Dim3{4, 1, 1}, 32, ptr(tables), (u64)row_table.data(), ptr(rows_kv), layers, batch, p,
-           two_h, KEY, THRESHOLD, DSCALE, 0);
+    launch(expand_prefix, Dim3{4, 1, 1}, 32, (u64)0, (u64)addresses.data(), (u64)row_table.data(), ptr(rows_kv),
+           layers, batch, p, two_h, KEY, THRESHOLD, DSCALE, 0);
     err = 0;
     for (int k = 0; k < layers; k++)
         for (int b = 0; b < batch; b++)
             for (int i = 0; i < p; i++)
                 for (int c = 0; c < two_h; c++) {
-                    float want = tables[(row_table[b] * p + i) * w + k * two_h + c];
+                    float want = tables[((2 - row_table[b]) * p + i) * w + k * two_h + c];
                     err = std::max(err, (double)std::fabs(rows_kv[((k * batch + b) * p + i) * two_h + c] - want));
                 }
     check("expand_prefix, a table per row", err, 0.0);

@@ -50,6 +50,8 @@
 //! classifier's gradients cross. [`CudaEncoder::forward`] brings the hidden
 //! state down instead (the tests read it against the fixtures).
 
+use std::sync::Arc;
+
 use crate::engine::cpu::dropout::Dropout;
 use crate::engine::cuda::device::{
     dropout_site, CudaDevice, GemmOut, KernelArg, Operand, Precision,
@@ -58,6 +60,7 @@ use crate::engine::cuda::head::CudaHead;
 use crate::engine::cuda::kernels::{operands_per_thread, Kernel, MmaFormat, ROW_BLOCK};
 use crate::engine::cuda::memory::DevBuf;
 use crate::engine::cuda::optim::ResidentPrefix;
+use crate::engine::cuda::table_cache::TableCache;
 use crate::engine::cuda::tf32x3::{Fp32Gemm, SplitWeight};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
@@ -254,13 +257,14 @@ fn lowest_trained(method: PromptMethod, layers: &[usize], num_layers: usize) -> 
 #[derive(Clone, Copy, Debug)]
 pub enum PromptSource<'a> {
     /// The prefix encoder's output [P, Ls·2H] (prompt tuning: [P, H]),
-    /// shared by every row (inference; sent only when it changed).
-    Shared(&'a [f32]),
+    /// shared by every row (inference). Sent when it is not the table
+    /// (this very `Arc`) that the last call sent.
+    Shared(&'a Arc<[f32]>),
     /// Rows of different adapters (serving): their prefix tables, each
-    /// [P, Ls·2H], and the table of each of the B rows. Only the tables go
-    /// up, and the device expands them per row.
+    /// [P, Ls·2H], and the table of each of the B rows. The device keeps
+    /// the tables it was sent ([`TableCache`]) and expands them per row.
     PerRow {
-        tables: &'a [&'a [f32]],
+        tables: &'a [Arc<[f32]>],
         row_table: &'a [u32],
     },
     /// The training run's prompt on the device ([`CudaEncoder::resident`]),
@@ -303,12 +307,14 @@ struct Workspace {
     saved: Vec<Saved>,
     /// [P, Ls·2H] and [Ls, B, P, 2H] (prompt tuning: [P, H] and [B, P, H])
     past: DevBuf<f32>,
-    /// What `past` holds, on the host: a table already there is not sent
-    /// again (inference and evaluation reuse one prompt batch after batch).
-    past_host: Vec<f32>,
-    /// Serving: the prefix tables of a pass's adapters [U, P, Ls·2H], and
-    /// each row's [B].
-    tables: DevBuf<f32>,
+    /// The table `past` holds: the same `Arc` again is not sent again (an
+    /// evaluation reuses one table batch after batch). Holding it keeps its
+    /// allocation, so no other table can come at its address.
+    past_sent: Option<Arc<[f32]>>,
+    /// Serving: the adapters' tables on the device, the device address of
+    /// each table of a pass [U], and each row's table [B].
+    tables: TableCache,
+    table_ptrs: DevBuf<u64>,
     row_table: DevBuf<u32>,
     kv: DevBuf<f32>,
     d_kv: DevBuf<f32>,
@@ -656,26 +662,20 @@ impl CudaEncoder {
                     ls * block
                 ))
             };
-            let (past, row_table) = match pr.source {
+            let (past, table_ptrs, row_table) = match pr.source {
                 PromptSource::Shared(past) => {
                     if past.len() != table_len {
                         return Err(wrong_table(past.len()));
                     }
-                    let same = ws.past_host.len() == past.len()
-                        && ws
-                            .past_host
-                            .iter()
-                            .zip(past)
-                            .all(|(a, b)| a.to_bits() == b.to_bits());
-                    if !same {
-                        ws.past_host.clear();
+                    if !ws.past_sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, past)) {
+                        ws.past_sent = None;
                         ws.past.upload(dev, past)?;
-                        ws.past_host.extend_from_slice(past);
+                        ws.past_sent = Some(Arc::clone(past));
                     }
-                    (ws.past.ptr, 0u64)
+                    (ws.past.ptr, 0u64, 0u64)
                 }
                 PromptSource::Resident => match self.resident.as_mut() {
-                    Some(r) if r.len == table_len => (r.table(dev)?, 0u64),
+                    Some(r) if r.len == table_len => (r.table(dev)?, 0u64, 0u64),
                     _ => {
                         return Err(Error::InvalidArgument(format!(
                             "no prompt table of {table_len} values on the device"
@@ -694,14 +694,15 @@ impl CudaEncoder {
                             tables.len()
                         )));
                     }
-                    ws.tables.upload(dev, &tables.concat())?;
+                    let ptrs = ws.tables.addresses(dev, tables)?;
+                    ws.table_ptrs.upload(dev, &ptrs)?;
                     ws.row_table.upload(dev, row_table)?;
-                    (ws.tables.ptr, ws.row_table.ptr)
+                    (0u64, ws.table_ptrs.ptr, ws.row_table.ptr)
                 }
             };
             ws.kv.ensure(dev, ls * b * p * block)?;
             let site = PrefixSite::new((ls, b, p, block), prefix_dropout);
-            let buffers: [&dyn KernelArg; 3] = [&past, &row_table, &ws.kv.ptr];
+            let buffers: [&dyn KernelArg; 4] = [&past, &table_ptrs, &row_table, &ws.kv.ptr];
             // A block per row of kv [Ls, B, P, 2H] (grid-stride).
             dev.launch(
                 Kernel::ExpandPrefix,

@@ -22,6 +22,8 @@
 //!   output where it lies; only logits and their gradient cross the bus.
 //! - [`optim`]: a training run's prefix table, its gradient and AdamW
 //!   moments kept on the device.
+//! - [`table_cache`]: serving's prefix tables on the device, known by
+//!   identity, sent once.
 //! - [`tf32x3`]: fp32 GEMMs as three tf32 tensor-core GEMMs of split
 //!   operands, at f32 accuracy.
 
@@ -34,6 +36,7 @@ pub mod kernels;
 pub mod memory;
 pub mod nvrtc;
 pub mod optim;
+pub mod table_cache;
 pub mod tf32x3;
 
 pub use device::{

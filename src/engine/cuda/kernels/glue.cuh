@@ -2,21 +2,23 @@
 // Glue.
 
 // The deep prompt of every row from the prefix encoder's output, with the
-// prefix dropout of src/model/prefix.rs (PrefixEncoder::expand): past
-// [U, P, W] (U tables) with W = Ls*2H, kv [Ls, B, P, 2H], element
-// (k, b, i, c) = past[t_b, i, k*2H + c] * factor((b*P + i)*W + k*2H + c),
-// where row b reads table t_b = row_table[b] (the adapter of the row, when
-// the server batches several), or table 0 when row_table is null.
+// prefix dropout of src/model/prefix.rs (PrefixEncoder::expand): a table
+// [P, W] with W = Ls*2H, kv [Ls, B, P, 2H], element
+// (k, b, i, c) = table_b[i, k*2H + c] * factor((b*P + i)*W + k*2H + c),
+// where row b reads `past`, or, when `tables` is not null, the table at
+// address tables[row_table[b]] (the adapter of the row, when the server
+// batches several; engine/cuda/table_cache.rs keeps them).
 // A block per row (k, b, i) of kv, grid-stride, its threads along the 2H
 // values: the index arithmetic once per row (per element, four 64-bit
 // divisions made it 0.24 ms for bert-large's 16 M values).
-extern "C" __global__ void expand_prefix(const float* past, const u32* row_table, float* kv, int layers, int batch,
-                                         int p, int two_h, u64 key, u64 threshold, float scale, int dropout) {
+extern "C" __global__ void expand_prefix(const float* past, const u64* tables, const u32* row_table, float* kv,
+                                         int layers, int batch, int p, int two_h, u64 key, u64 threshold,
+                                         float scale, int dropout) {
     u64 w = (u64)layers * two_h;
     for (u64 row = blockIdx.x; row < (u64)layers * batch * p; row += gridDim.x) {
         u64 i = row % p, b = row / p % batch, k = row / ((u64)p * batch);
-        u64 table = row_table != 0 ? row_table[b] : 0;
-        const float* src = past + (table * p + i) * w + k * two_h;
+        const float* table = tables != 0 ? (const float*)tables[row_table[b]] : past;
+        const float* src = table + i * w + k * two_h;
         u64 counter = (b * p + i) * w + k * two_h;
         for (int c = threadIdx.x; c < two_h; c += blockDim.x) {
             float v = src[c];
