@@ -739,6 +739,18 @@ fn profile_counts_every_launch() {
         let ffn = format!("gemm {math} {inter}x{rows}x{h} TN");
         assert_eq!(launches(&times, &ffn), per * layers_n, "{ffn} in {times:?}");
         assert_eq!(launches(&times, "split_tf32"), splits, "{times:?}");
+        // Inference's residual LayerNorms: the kernel without the training
+        // paths, two a layer.
+        assert_eq!(
+            launches(&times, "residual_layernorm"),
+            2 * layers_n,
+            "{times:?}"
+        );
+        assert_eq!(
+            launches(&times, "bias_dropout_residual_layernorm"),
+            0,
+            "{times:?}"
+        );
         assert!(times.iter().all(|t| t.ms >= 0.0) && times.iter().any(|t| t.ms > 0.0));
         // Profiling stopped: the next forward adds nothing.
         enc.forward(&batch, None).unwrap();
@@ -760,6 +772,12 @@ fn profile_counts_every_launch() {
         ] {
             assert_eq!(launches(&times, name), 1, "{name} in {times:?}");
         }
+        // Training saves the LayerNorms' inputs: the kernel with them.
+        assert_eq!(
+            launches(&times, "bias_dropout_residual_layernorm"),
+            2 * layers_n,
+            "{times:?}"
+        );
         let classes = model.head.num_labels();
         let d_weight = format!("gemm fp32 {h}x{classes}x{} NT", batch.batch);
         assert_eq!(launches(&times, &d_weight), 1, "{d_weight} in {times:?}");
@@ -831,7 +849,7 @@ fn kernels_pass_the_cpu_emulation() {
             // Every check ran: head size 8 has the tf32 and tf32x3
             // tensor-core checks, 32 and 64 the bf16 ones too (19 more).
             let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-            let want = if head_dim % 16 == 0 { 121 } else { 102 };
+            let want = if head_dim % 16 == 0 { 123 } else { 104 };
             assert!(
                 passed == want && out.contains("0 failed"),
                 "{passed} of {want}:\n{out}"

@@ -460,6 +460,26 @@ static void check_layernorm(const int rows, const int h) {
     if (!wide) launch(bias_dropout_residual_layernorm, Dim3{(unsigned)rows, 1, 1}, 32, ptr(y2), (u64)0, ptr(bias), ptr(res), ptr(gamma),
            ptr(beta), eps, ptr(x2), (u64)0, h, KEY, THRESHOLD, DSCALE, 1, (u64)0, (u64)rows);
     if (!wide) check(name("LayerNorm forward, nothing saved, 32 threads"), rel(dbl(x2), want_x) + (y2 != y), 1e-5);
+    // Inference's kernel (no dropout, nothing saved; a warp a row, 4 rows a
+    // block; 4-wide accesses) gives the bits of the kernel above without
+    // dropout, from y in f32 and in bf16, and leaves y as it was.
+    if (!wide && h % 4 == 0) {
+        const unsigned blocks = (unsigned)((rows + 3) / 4);
+        auto y16i = bf16_of(y);
+        for (int from16 = 0; from16 < 2; from16++) {
+            u64 y16p = from16 ? ptr16(y16i) : (u64)0;
+            std::vector<float> yi = y, want(rows * h), got(rows * h);
+            std::vector<u16> want16(rows * h), got16(rows * h);
+            launch(bias_dropout_residual_layernorm, Dim3{blocks, 1, 1}, 128, ptr(yi), y16p, ptr(bias), ptr(res),
+                   ptr(gamma), ptr(beta), eps, ptr(want), (u64)0, h, KEY, THRESHOLD, DSCALE, 0, ptr16(want16),
+                   (u64)rows);
+            launch(residual_layernorm, Dim3{blocks, 1, 1}, 128, ptr(yi), y16p, ptr(bias), ptr(res), ptr(gamma),
+                   ptr(beta), eps, ptr(got), h, ptr16(got16), (u64)rows);
+            check(name(from16 ? "inference LayerNorm (y in bf16) = the training kernel without dropout"
+                              : "inference LayerNorm = the training kernel without dropout"),
+                  (got != want) + (got16 != want16) + (yi != y), 0.0);
+        }
+    }
     // y from its bf16 copy (the bf16 GEMM's output) = its values read as
     // f32, bit for bit; the saved LayerNorm input still goes to y.
     auto y16 = bf16_of(y);

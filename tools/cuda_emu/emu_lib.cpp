@@ -53,6 +53,7 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(dropout_copy)
     KERNEL(embed_layernorm)
     KERNEL(bias_dropout_residual_layernorm)
+    KERNEL(residual_layernorm)
     KERNEL(layernorm_backward)
     KERNEL(bias_gelu)
     KERNEL(gelu_backward)

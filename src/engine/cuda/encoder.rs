@@ -1184,30 +1184,47 @@ fn output_sublayer(
     x16: u64,
 ) -> Result<()> {
     dense.forward(dev, x, rows, gemm_out((y, y16)))?;
-    let (key, thr, scale, on) = dropout_site(dropout);
     let (grid, block) = layernorm_launch(rows, dense.out);
+    let arrays = [
+        y,
+        y16,
+        dense.bias.ptr,
+        residual,
+        ln.weight.ptr,
+        ln.bias.ptr,
+        x_out,
+        x16,
+    ];
+    let vec4 = dense.out.is_multiple_of(4) && arrays.iter().all(|p| p % 16 == 0);
+    let (h, rows) = (dense.out as i32, rows as u64);
+    let inputs: [&dyn KernelArg; 8] = [
+        &y,
+        &y16,
+        &dense.bias.ptr,
+        &residual,
+        &ln.weight.ptr,
+        &ln.bias.ptr,
+        &ln.eps,
+        &x_out,
+    ];
+    if dropout.is_none() && stats == 0 && dense.out <= 32 * LN_PER_THREAD && vec4 {
+        // Inference: the kernel without the training and scalar paths,
+        // which leaves room for more rows at once (kernels/layernorm.cuh).
+        let rest: [&dyn KernelArg; 3] = [&h, &x16, &rows];
+        return dev.launch(
+            Kernel::ResidualLayernorm,
+            grid,
+            block,
+            &[&inputs[..], &rest].concat(),
+        );
+    }
+    let (key, thr, scale, on) = dropout_site(dropout);
+    let rest: [&dyn KernelArg; 8] = [&stats, &h, &key, &thr, &scale, &on, &x16, &rows];
     dev.launch(
         Kernel::BiasDropoutResidualLayernorm,
         grid,
         block,
-        &[
-            &y,
-            &y16,
-            &dense.bias.ptr,
-            &residual,
-            &ln.weight.ptr,
-            &ln.bias.ptr,
-            &ln.eps,
-            &x_out,
-            &stats,
-            &(dense.out as i32),
-            &key,
-            &thr,
-            &scale,
-            &on,
-            &x16,
-            &(rows as u64),
-        ],
+        &[&inputs[..], &rest].concat(),
     )
 }
 

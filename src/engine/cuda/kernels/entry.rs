@@ -29,6 +29,7 @@ pub enum Kernel {
     DropoutCopy,
     EmbedLayernorm,
     BiasDropoutResidualLayernorm,
+    ResidualLayernorm,
     LayernormBackward,
     BiasGelu,
     GeluBackward,
@@ -111,11 +112,12 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 38] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
         Kernel::BiasDropoutResidualLayernorm,
+        Kernel::ResidualLayernorm,
         Kernel::LayernormBackward,
         Kernel::BiasGelu,
         Kernel::GeluBackward,
@@ -158,6 +160,7 @@ impl Kernel {
             Kernel::DropoutCopy => "dropout_copy",
             Kernel::EmbedLayernorm => "embed_layernorm",
             Kernel::BiasDropoutResidualLayernorm => "bias_dropout_residual_layernorm",
+            Kernel::ResidualLayernorm => "residual_layernorm",
             Kernel::LayernormBackward => "layernorm_backward",
             Kernel::BiasGelu => "bias_gelu",
             Kernel::GeluBackward => "gelu_backward",
