@@ -781,6 +781,22 @@ fn profile_counts_every_launch() {
         let classes = model.head.num_labels();
         let d_weight = format!("gemm fp32 {h}x{classes}x{} NT", batch.batch);
         assert_eq!(launches(&times, &d_weight), 1, "{d_weight} in {times:?}");
+
+        // bf16: bias + GELU 8 at a time, from and into bf16 (rows of 64).
+        let mut bf16 = case.model();
+        attach(&mut bf16, target, Precision::Bf16);
+        let mut enc = bf16.gpu.as_ref().unwrap().lock().unwrap();
+        enc.dev.start_profile();
+        let prompt = Prompt {
+            method: PromptMethod::PTuningV2,
+            len: bf16.prefix.config.len,
+            layers: &bf16.prefix.config.layers,
+            source: PromptSource::Shared(&past),
+        };
+        enc.forward(&batch, Some(prompt)).unwrap();
+        let times = enc.dev.take_profile().unwrap();
+        assert_eq!(launches(&times, "bias_gelu_bf16"), layers_n, "{times:?}");
+        assert_eq!(launches(&times, "bias_gelu"), 0, "{times:?}");
     }
 }
 
@@ -849,7 +865,7 @@ fn kernels_pass_the_cpu_emulation() {
             // Every check ran: head size 8 has the tf32 and tf32x3
             // tensor-core checks, 32 and 64 the bf16 ones too (19 more).
             let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
-            let want = if head_dim % 16 == 0 { 123 } else { 104 };
+            let want = if head_dim % 16 == 0 { 129 } else { 110 };
             assert!(
                 passed == want && out.contains("0 failed"),
                 "{passed} of {want}:\n{out}"

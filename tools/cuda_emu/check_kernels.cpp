@@ -559,6 +559,15 @@ static void check_gelu(const int w) {
            (u64)0);
     launch(gelu_backward, Dim3{1, 1, 1}, 256, ptr(nan), ptr16(pre16), ptr(bias), ptr(d_16), ptr16(dy16),
            (u64)(rows * w), w, ptr16(out16));
+    // bf16 in and out, 8 at a time (rows a multiple of 8 wide): bias_gelu's
+    // bits; 4 threads, so that each walks the rows and its column wraps.
+    if (w % 8 == 0) {
+        std::vector<u16> want16(rows * w), got16(rows * w);
+        launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(nan), ptr16(pre16), ptr(bias), (u64)0, ptr(nan), (u64)(rows * w), w,
+               ptr16(want16));
+        launch(bias_gelu_bf16, Dim3{1, 1, 1}, 4, ptr16(pre16), ptr(bias), ptr16(got16), (u64)(rows * w), w);
+        check("bias + GELU, bf16 8 at a time = bias_gelu's", got16 != want16, 0.0);
+    }
     check(name("bias + GELU and its backward from bf16 = from its values"),
           (act_16 != act_r) + bf16_mismatches(dr, out16) +
               std::count_if(d_16.begin(), d_16.end(), [](float v) { return !std::isnan(v); }),
@@ -848,6 +857,7 @@ int main() {
     check_layernorm(3, 1100);
     check_gelu(50);
     check_gelu(52);
+    check_gelu(56);
     check_tanh();
     check_losses();
     check_prefix();

@@ -260,6 +260,9 @@ struct alignas(8) float2 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 
 inline void __syncthreads() { emu::wait(emu::AT_BLOCK); }
 

@@ -56,6 +56,7 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(residual_layernorm)
     KERNEL(layernorm_backward)
     KERNEL(bias_gelu)
+    KERNEL(bias_gelu_bf16)
     KERNEL(gelu_backward)
     KERNEL(bias_tanh)
     KERNEL(tanh_backward)

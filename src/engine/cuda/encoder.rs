@@ -858,20 +858,43 @@ impl CudaEncoder {
             // The backward reads the f32 sum where saved; in bf16 it reads
             // inter16 and adds the bias again.
             let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
-            dev.launch_1d(
-                Kernel::BiasGelu,
-                (rows * inter).div_ceil(4), // threads: 4 elements each where rows allow
-                &[
-                    &pre.0,
-                    &pre.1,
-                    &layer.intermediate.bias.ptr,
-                    &saved_sum,
-                    &ws.act.ptr,
-                    &((rows * inter) as u64),
-                    &(inter as i32),
-                    &b16,
-                ],
-            )?;
+            let n = rows * inter;
+            let lean = bf16
+                && inter.is_multiple_of(8)
+                && u32::try_from(n / 8).is_ok()
+                && [pre.1, layer.intermediate.bias.ptr, b16]
+                    .iter()
+                    .all(|p| p % 16 == 0);
+            if lean {
+                // bf16 in and out, nothing saved: 8 elements a thread
+                // (kernels/activations.cuh).
+                dev.launch_1d(
+                    Kernel::BiasGeluBf16,
+                    n / 8,
+                    &[
+                        &pre.1,
+                        &layer.intermediate.bias.ptr,
+                        &b16,
+                        &(n as u64),
+                        &(inter as i32),
+                    ],
+                )?;
+            } else {
+                dev.launch_1d(
+                    Kernel::BiasGelu,
+                    n.div_ceil(4), // threads: 4 elements each where rows allow
+                    &[
+                        &pre.0,
+                        &pre.1,
+                        &layer.intermediate.bias.ptr,
+                        &saved_sum,
+                        &ws.act.ptr,
+                        &(n as u64),
+                        &(inter as i32),
+                        &b16,
+                    ],
+                )?;
+            }
 
             // ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)
             output_sublayer(

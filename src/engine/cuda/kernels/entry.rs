@@ -32,6 +32,7 @@ pub enum Kernel {
     ResidualLayernorm,
     LayernormBackward,
     BiasGelu,
+    BiasGeluBf16,
     GeluBackward,
     BiasTanh,
     TanhBackward,
@@ -112,7 +113,7 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 38] = [
+    pub const ALL: [Kernel; 39] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -120,6 +121,7 @@ impl Kernel {
         Kernel::ResidualLayernorm,
         Kernel::LayernormBackward,
         Kernel::BiasGelu,
+        Kernel::BiasGeluBf16,
         Kernel::GeluBackward,
         Kernel::BiasTanh,
         Kernel::TanhBackward,
@@ -163,6 +165,7 @@ impl Kernel {
             Kernel::ResidualLayernorm => "residual_layernorm",
             Kernel::LayernormBackward => "layernorm_backward",
             Kernel::BiasGelu => "bias_gelu",
+            Kernel::BiasGeluBf16 => "bias_gelu_bf16",
             Kernel::GeluBackward => "gelu_backward",
             Kernel::BiasTanh => "bias_tanh",
             Kernel::TanhBackward => "tanh_backward",
