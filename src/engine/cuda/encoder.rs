@@ -861,7 +861,7 @@ impl CudaEncoder {
             let n = rows * inter;
             let lean = bf16
                 && inter.is_multiple_of(8)
-                && u32::try_from(n / 8).is_ok()
+                && u32::try_from(n).is_ok()
                 && [pre.1, layer.intermediate.bias.ptr, b16]
                     .iter()
                     .all(|p| p % 16 == 0);

@@ -59,7 +59,7 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
 // its backward reads pre16 and adds the bias again), 8 elements a thread:
 // a 16-byte access of pre16 and act16 each, two of the bias. The loader
 // runs it where rows are a multiple of 8 wide, every array is on 16 bytes
-// and n / 8 fits in 32 bits, else bias_gelu. The column advances by the
+// and n fits in 32 bits (so do the element indices q * 8), else bias_gelu. The column advances by the
 // grid's stride instead of being a remainder of each index, and no null
 // pointer is tested per element: about 31 instructions an element of the
 // loop in SASS (sm_90) against bias_gelu's 44, whose erf is most of it.
