@@ -15,7 +15,7 @@ use crate::error::Result;
 /// The tables kept on the device; past it, the least recently used table
 /// that the pass at hand does not need is dropped (an adapter removed from
 /// the server leaves at the latest then).
-pub const MAX_TABLES: usize = 64;
+const MAX_TABLES: usize = 64;
 
 #[derive(Default)]
 pub struct TableCache {

@@ -25,9 +25,9 @@ pub(super) fn detect_isa() -> Isa {
 }
 
 impl Isa {
-    /// Every kernel set this CPU runs, slowest first: the plain loops, the
-    /// AVX2 set where it has AVX2 and FMA (AMD's Zen 1-3, many of Intel's
-    /// parts), AVX-512 where it has AVX-512F.
+    /// Every kernel set this CPU runs, slowest first (the tests check each):
+    /// the plain loops, the AVX2 set where it has AVX2 and FMA (AMD's Zen
+    /// 1-3, many of Intel's parts), AVX-512 where it has AVX-512F.
     pub(super) fn supported() -> Vec<Isa> {
         #[allow(unused_mut)]
         let mut v = vec![Isa::Scalar];
@@ -43,12 +43,6 @@ impl Isa {
             }
         }
         v
-    }
-
-    /// Every kernel set this CPU runs (the tests check each).
-    #[cfg(test)]
-    pub(super) fn all_here() -> Vec<Isa> {
-        Isa::supported()
     }
 }
 
@@ -712,7 +706,7 @@ mod tests {
         ] {
             let ldn = ne.next_multiple_of(16);
             let src: Vec<f32> = (0..ne * hd).map(|i| (i as f32 * 0.37).sin()).collect();
-            for isa in Isa::all_here() {
+            for isa in Isa::supported() {
                 let mut dst = vec![f32::NAN; hd * ldn];
                 // SAFETY: rows of src are hd long; dst is [hd, ldn].
                 unsafe {

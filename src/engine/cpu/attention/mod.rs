@@ -920,7 +920,7 @@ mod tests {
     fn forward_matches_reference() {
         for c in cases() {
             let r = reference(&c, None);
-            for isa in Isa::all_here() {
+            for isa in Isa::supported() {
                 let what = format!("{:?} {isa:?}", c.shape);
                 let (probs, ctx) = c.forward(isa, None);
                 assert_close(&format!("probs {what}"), &probs, &r.probs, 1e-6, 1e-5);
@@ -946,7 +946,7 @@ mod tests {
     fn backward_matches_reference() {
         for c in cases() {
             let r = reference(&c, None);
-            for isa in Isa::all_here() {
+            for isa in Isa::supported() {
                 let what = format!("{:?} {isa:?}", c.shape);
                 let (probs, _) = c.forward(isa, None);
                 let (dqkv, dprefix) = c.backward(isa, None, &probs, true);
@@ -974,7 +974,7 @@ mod tests {
         for c in [&c, &cp] {
             let (t, p, n, nh) = (c.shape.seq, c.shape.prefix, c.n(), c.shape.heads);
             let r = reference(c, None);
-            for isa in Isa::all_here() {
+            for isa in Isa::supported() {
                 let (probs, ctx) = c.forward(isa, None);
                 assert_close("probs", &probs, &r.probs, 1e-6, 1e-5);
                 assert_close("ctx", &ctx, &r.ctx, 1e-5, 1e-4);
@@ -1083,7 +1083,7 @@ mod tests {
             Case::new(shape(2, 37, 11, 3, 32), &[37, 20], 22),
         ] {
             let r = reference(&c, Some(&drop));
-            for isa in Isa::all_here() {
+            for isa in Isa::supported() {
                 let what = format!("{:?} {isa:?}", c.shape);
                 let (probs, ctx) = c.forward(isa, Some(&drop));
                 // probs are saved before dropout: identical to a run without it.

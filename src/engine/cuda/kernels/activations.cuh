@@ -59,9 +59,9 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
 // its backward reads pre16 and adds the bias again), 8 elements a thread:
 // a 16-byte access of pre16 and act16 each, two of the bias. The loader
 // runs it where rows are a multiple of 8 wide, every array is on 16 bytes
-// and n fits in 32 bits (so do the element indices q * 8), else bias_gelu. The column advances by the
-// grid's stride instead of being a remainder of each index, and no null
-// pointer is tested per element: about 31 instructions an element of the
+// and n fits in 32 bits (so do the element indices q * 8), else bias_gelu.
+// The column advances by the grid's stride instead of being a remainder of
+// each index, and no null pointer is tested per element: about 31 instructions an element of the
 // loop in SASS (sm_90) against bias_gelu's 44, whose erf is most of it.
 extern "C" __global__ void bias_gelu_bf16(const u16* pre16, const float* bias, u16* act16, u64 n, int width) {
     u32 vectors = (u32)(n / 8), stride = gridDim.x * blockDim.x;
@@ -73,8 +73,8 @@ extern "C" __global__ void bias_gelu_bf16(const u16* pre16, const float* bias, u
         u32 pairs[4] = {in.x, in.y, in.z, in.w};
         float v[8], b[8];
         for (int k = 0; k < 4; k++) {
-            v[2 * k] = __uint_as_float(pairs[k] << 16);
-            v[2 * k + 1] = __uint_as_float(pairs[k] & 0xffff0000u);
+            v[2 * k] = bf16_float((u16)pairs[k]);
+            v[2 * k + 1] = bf16_float((u16)(pairs[k] >> 16));
         }
         ld4(bias + col, b);
         ld4(bias + col + 4, b + 4);
