@@ -119,20 +119,34 @@ pub(super) unsafe fn softmax_rows(
     scale: f32,
 ) {
     assert!(bias.len() >= n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::softmax_rows(x, rs, rows, n, bias.as_ptr(), scale),
-        _ => {
-            for i in 0..rows {
-                let row = std::slice::from_raw_parts_mut(x.add(i * rs), n);
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => avx2::softmax_row(row, bias, scale),
-                    _ => scalar::softmax_row::<false>(row, bias, scale),
-                }
+    let b = bias.as_ptr();
+    for (i, four) in row_blocks(isa, rows) {
+        let x = x.add(i * rs);
+        match (isa, four) {
+            (Isa::Scalar, _) => {
+                scalar::softmax_row(std::slice::from_raw_parts_mut(x, n), bias, scale)
             }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, true) => avx2::softmax_block::<4>(x, rs, n, b, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => avx2::softmax_block::<1>(x, rs, n, b, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, true) => avx512::softmax_block::<4>(x, rs, n, b, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, false) => avx512::softmax_block::<1>(x, rs, n, b, scale),
         }
     }
+}
+
+/// The row blocks of the softmax kernels, (first row, whether 4 rows):
+/// the vector sets take 4 rows at a time so that the rows' reductions and
+/// exps overlap instead of serialising on latency, then single rows; the
+/// plain loops take single rows.
+fn row_blocks(isa: Isa, rows: usize) -> impl Iterator<Item = (usize, bool)> {
+    let fours = if isa == Isa::Scalar { 0 } else { rows / 4 };
+    (0..fours)
+        .map(|b| (4 * b, true))
+        .chain((4 * fours..rows).map(|i| (i, false)))
 }
 
 /// Softmax's backward with the score scale folded in, per row of n:
@@ -150,19 +164,23 @@ pub(super) unsafe fn softmax_backward_rows(
     n: usize,
     scale: f32,
 ) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::softmax_backward_rows(d, drs, p, prs, rows, n, scale),
-        // A dot product and a scaled difference a row: the plain loop.
-        _ => {
-            for i in 0..rows {
-                let dr = std::slice::from_raw_parts_mut(d.add(i * drs), n);
-                scalar::softmax_backward_row(
-                    dr,
-                    std::slice::from_raw_parts(p.add(i * prs), n),
-                    scale,
-                );
-            }
+    for (i, four) in row_blocks(isa, rows) {
+        let (d, p) = (d.add(i * drs), p.add(i * prs));
+        match (isa, four) {
+            // A dot product and a scaled difference a row: the plain loop.
+            (Isa::Scalar, _) => scalar::softmax_backward_row(
+                std::slice::from_raw_parts_mut(d, n),
+                std::slice::from_raw_parts(p, n),
+                scale,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, true) => avx2::softmax_backward_block::<4>(d, drs, p, prs, n, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => avx2::softmax_backward_block::<1>(d, drs, p, prs, n, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, true) => avx512::softmax_backward_block::<4>(d, drs, p, prs, n, scale),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, false) => avx512::softmax_backward_block::<1>(d, drs, p, prs, n, scale),
         }
     }
 }
@@ -195,37 +213,10 @@ pub(super) unsafe fn transpose(
     }
 }
 
-/// The plain loops (the C row loop vectorises with the target's SIMD).
-/// `FMA`: multiply-adds fused, and the softmax's exp the crate's
-/// branch-free one, which vectorises; for the AVX2 copies below. Without
-/// it, separate multiplies and adds and std's exp, which the baseline
-/// target computes without a libm call per multiply-add.
+/// The plain loops (the C row loop vectorises with the target's SIMD; the
+/// softmax is scalar, std's exp and in-order sums).
 mod scalar {
     use super::{View, ViewMut};
-    use crate::engine::cpu::gelu::exp;
-
-    #[inline(always)]
-    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-        if FMA {
-            a.mul_add(b, c)
-        } else {
-            c + a * b
-        }
-    }
-
-    /// e^d for d = score − row max ≤ 0: exactly 0 below −87 (e^d < 2⁻¹²⁵:
-    /// masked keys, −∞, get probability exactly 0, as with std's exp), a
-    /// NaN kept.
-    #[inline(always)]
-    fn softmax_exp<const FMA: bool>(d: f32) -> f32 {
-        if !FMA {
-            d.exp()
-        } else if d < -87.0 {
-            0.0
-        } else {
-            exp(d)
-        }
-    }
 
     pub unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: ViewMut) {
         for i in 0..m {
@@ -241,16 +232,15 @@ mod scalar {
         }
     }
 
-    #[inline(always)]
-    pub fn softmax_row<const FMA: bool>(x: &mut [f32], bias: &[f32], scale: f32) {
+    pub fn softmax_row(x: &mut [f32], bias: &[f32], scale: f32) {
         let mut max = f32::NEG_INFINITY;
         for (v, &bv) in x.iter_mut().zip(bias) {
-            *v = madd::<FMA>(*v, scale, bv);
+            *v = bv + *v * scale;
             max = max.max(*v);
         }
         let mut sum = 0.0f32;
         for v in x.iter_mut() {
-            *v = softmax_exp::<FMA>(*v - max);
+            *v = (*v - max).exp();
             sum += *v;
         }
         let inv = 1.0 / sum;
@@ -269,13 +259,16 @@ mod scalar {
 
 /// For CPUs with AVX2 and FMA but not AVX-512: the products by `gemm`'s
 /// AVX2 micro-kernels, one thread (the tasks are the parallel loop), on the
-/// same strided views; the softmax loop compiled for AVX2 and FMA. The
-/// plain product loop (a multiply and an add per element, 4 wide) ran at
-/// 16-19 GFLOP/s per MiniLM layer on a Zen 3 core pair. Every function
-/// requires a CPU with both features.
+/// same strided views; the softmax and its backward in 8-lane vectors, 4
+/// rows at a time, as the AVX-512 set does in 16. The plain product loop (a
+/// multiply and an add per element, 4 wide) ran at 16-19 GFLOP/s per MiniLM
+/// layer on a Zen 3 core pair; the plain softmax loop, whose in-order sum
+/// does not vectorise, took 10.5 % of a MiniLM inference there. Every
+/// function requires a CPU with both features.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{scalar, View, ViewMut};
+    use super::{View, ViewMut};
+    use std::arch::x86_64::*;
 
     pub unsafe fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: ViewMut) {
         if k == 0 {
@@ -308,13 +301,209 @@ mod avx2 {
         );
     }
 
+    /// The 8-lane vectors of a row of n: `full` whole ones, then lanes
+    /// [0, n % 8) of one more when `tail` (a maskload/maskstore mask: lane i
+    /// all ones when i < n % 8).
+    struct Row {
+        full: usize,
+        tail: Option<__m256i>,
+    }
+
     #[target_feature(enable = "avx2,fma")]
-    pub fn softmax_row(x: &mut [f32], bias: &[f32], scale: f32) {
-        scalar::softmax_row::<true>(x, bias, scale)
+    #[inline]
+    fn row(n: usize) -> Row {
+        let rest = (n % 8) as i32;
+        Row {
+            full: n / 8,
+            tail: (rest > 0).then(|| {
+                _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(rest),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                )
+            }),
+        }
+    }
+
+    /// Lanes of `v` where `mask` is clear replaced by `fill`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn keep(mask: __m256i, v: __m256, fill: f32) -> __m256 {
+        _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(mask))
+    }
+
+    /// The sum of v's 8 lanes, or with MAX their max.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce<const MAX: bool>(v: __m256) -> f32 {
+        let op = |a, b| {
+            if MAX {
+                _mm_max_ps(a, b)
+            } else {
+                _mm_add_ps(a, b)
+            }
+        };
+        let s = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = op(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(op(s, _mm_movehdup_ps(s)))
+    }
+
+    /// e^d for d = score − row max ≤ 0, lane by lane as the crate's scalar
+    /// `gelu::exp` (the same reduction, polynomial and order, so the same
+    /// bits), and exactly 0 below −87 (masked keys get probability exactly
+    /// 0); a NaN stays NaN.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub fn exp(d: __m256) -> __m256 {
+        const ROUND: f32 = 12_582_912.0; // as gelu::exp
+        let kf = _mm256_fmadd_ps(
+            d,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(ROUND),
+        );
+        let n = _mm256_sub_epi32(
+            _mm256_castps_si256(kf),
+            _mm256_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let k = _mm256_sub_ps(kf, _mm256_set1_ps(ROUND));
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_145_75), d);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
+        let e = _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+        // d < −87 → 0 (false for NaN, which stays).
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(d, _mm256_set1_ps(-87.0));
+        _mm256_andnot_ps(under, e)
+    }
+
+    /// Row softmax, R rows at a time so that their reductions and exps
+    /// overlap: max of y = x·scale + bias (recomputed, not stored), e =
+    /// exp(y − max) stored and summed, then e · (1/sum). A tail's missing
+    /// lanes are −∞ for the max and 0 for the sum, and never stored.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn softmax_block<const R: usize>(
+        x: *mut f32,
+        rs: usize,
+        n: usize,
+        bias: *const f32,
+        scale: f32,
+    ) {
+        let Row { full, tail } = row(n);
+        let vscale = _mm256_set1_ps(scale);
+        let y = |r: usize, v: usize, bv: __m256| {
+            _mm256_fmadd_ps(_mm256_loadu_ps(x.add(r * rs + 8 * v)), vscale, bv)
+        };
+        let y_tail = |r: usize, m: __m256i, bv: __m256| {
+            _mm256_fmadd_ps(_mm256_maskload_ps(x.add(r * rs + 8 * full), m), vscale, bv)
+        };
+        let mut vmax = [_mm256_set1_ps(f32::NEG_INFINITY); R];
+        for v in 0..full {
+            let bv = _mm256_loadu_ps(bias.add(8 * v));
+            for r in 0..R {
+                vmax[r] = _mm256_max_ps(vmax[r], y(r, v, bv));
+            }
+        }
+        if let Some(m) = tail {
+            let bv = _mm256_maskload_ps(bias.add(8 * full), m);
+            for r in 0..R {
+                vmax[r] = _mm256_max_ps(vmax[r], keep(m, y_tail(r, m, bv), f32::NEG_INFINITY));
+            }
+        }
+        for r in 0..R {
+            vmax[r] = _mm256_set1_ps(reduce::<true>(vmax[r]));
+        }
+        let mut vsum = [_mm256_setzero_ps(); R];
+        for v in 0..full {
+            let bv = _mm256_loadu_ps(bias.add(8 * v));
+            for r in 0..R {
+                let e = exp(_mm256_sub_ps(y(r, v, bv), vmax[r]));
+                _mm256_storeu_ps(x.add(r * rs + 8 * v), e);
+                vsum[r] = _mm256_add_ps(vsum[r], e);
+            }
+        }
+        if let Some(m) = tail {
+            let bv = _mm256_maskload_ps(bias.add(8 * full), m);
+            for r in 0..R {
+                let e = keep(m, exp(_mm256_sub_ps(y_tail(r, m, bv), vmax[r])), 0.0);
+                _mm256_maskstore_ps(x.add(r * rs + 8 * full), m, e);
+                vsum[r] = _mm256_add_ps(vsum[r], e);
+            }
+        }
+        for r in 0..R {
+            let inv = _mm256_set1_ps(1.0 / reduce::<false>(vsum[r]));
+            for v in 0..full {
+                let p = x.add(r * rs + 8 * v);
+                _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), inv));
+            }
+            if let Some(m) = tail {
+                let p = x.add(r * rs + 8 * full);
+                _mm256_maskstore_ps(p, m, _mm256_mul_ps(_mm256_maskload_ps(p, m), inv));
+            }
+        }
+    }
+
+    /// d ← p ⊙ (d − Σ d⊙p) · scale, R rows at a time (as softmax_block);
+    /// a tail's missing lanes load as 0 and are not stored.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)]
+    pub unsafe fn softmax_backward_block<const R: usize>(
+        d: *mut f32,
+        drs: usize,
+        p: *const f32,
+        prs: usize,
+        n: usize,
+        scale: f32,
+    ) {
+        let Row { full, tail } = row(n);
+        let mut dot = [_mm256_setzero_ps(); R];
+        for v in 0..full {
+            for r in 0..R {
+                let dv = _mm256_loadu_ps(d.add(r * drs + 8 * v));
+                dot[r] = _mm256_fmadd_ps(dv, _mm256_loadu_ps(p.add(r * prs + 8 * v)), dot[r]);
+            }
+        }
+        if let Some(m) = tail {
+            for r in 0..R {
+                let dv = _mm256_maskload_ps(d.add(r * drs + 8 * full), m);
+                let pv = _mm256_maskload_ps(p.add(r * prs + 8 * full), m);
+                dot[r] = _mm256_fmadd_ps(dv, pv, dot[r]);
+            }
+        }
+        for r in 0..R {
+            dot[r] = _mm256_set1_ps(reduce::<false>(dot[r]));
+        }
+        let vscale = _mm256_set1_ps(scale);
+        for r in 0..R {
+            let y = |dv: __m256, pv: __m256| {
+                _mm256_mul_ps(_mm256_sub_ps(dv, dot[r]), _mm256_mul_ps(pv, vscale))
+            };
+            for v in 0..full {
+                let dp = d.add(r * drs + 8 * v);
+                let pv = _mm256_loadu_ps(p.add(r * prs + 8 * v));
+                _mm256_storeu_ps(dp, y(_mm256_loadu_ps(dp), pv));
+            }
+            if let Some(m) = tail {
+                let dp = d.add(r * drs + 8 * full);
+                let pv = _mm256_maskload_ps(p.add(r * prs + 8 * full), m);
+                _mm256_maskstore_ps(dp, m, y(_mm256_maskload_ps(dp, m), pv));
+            }
+        }
     }
 }
 
-/// AVX-512F kernels. Every function requires a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{View, ViewMut};
@@ -465,7 +654,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::needless_range_loop)]
-    unsafe fn softmax_block<const R: usize>(
+    pub unsafe fn softmax_block<const R: usize>(
         x: *mut f32,
         rs: usize,
         n: usize,
@@ -541,31 +730,11 @@ mod avx512 {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_rows(
-        x: *mut f32,
-        rs: usize,
-        rows: usize,
-        n: usize,
-        bias: *const f32,
-        scale: f32,
-    ) {
-        let mut i = 0;
-        while i + 4 <= rows {
-            softmax_block::<4>(x.add(i * rs), rs, n, bias, scale);
-            i += 4;
-        }
-        while i < rows {
-            softmax_block::<1>(x.add(i * rs), rs, n, bias, scale);
-            i += 1;
-        }
-    }
-
     /// d ← p ⊙ (d − Σ d⊙p) · scale, R rows at a time (as softmax_block).
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::needless_range_loop)]
-    unsafe fn softmax_backward_block<const R: usize>(
+    pub unsafe fn softmax_backward_block<const R: usize>(
         d: *mut f32,
         drs: usize,
         p: *const f32,
@@ -598,27 +767,6 @@ mod avx512 {
                 let y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, dp), dot[r]), pv);
                 _mm512_mask_storeu_ps(dp, m, y);
             }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn softmax_backward_rows(
-        d: *mut f32,
-        drs: usize,
-        p: *const f32,
-        prs: usize,
-        rows: usize,
-        n: usize,
-        scale: f32,
-    ) {
-        let mut i = 0;
-        while i + 4 <= rows {
-            softmax_backward_block::<4>(d.add(i * drs), drs, p.add(i * prs), prs, n, scale);
-            i += 4;
-        }
-        while i < rows {
-            softmax_backward_block::<1>(d.add(i * drs), drs, p.add(i * prs), prs, n, scale);
-            i += 1;
         }
     }
 
@@ -770,6 +918,45 @@ mod tests {
                         (y as f64 - want).abs() < f32::MIN_POSITIVE as f64 * 1e-3,
                         "exp({x}) = {y}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The AVX2 softmax's exp is the scalar `gelu::exp` lane by lane, bit
+    /// for bit, from −87 to 0; exactly 0 below −87 (−∞ and f32::MIN
+    /// included); NaN in, NaN out.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_exp_is_the_scalar_exp() {
+        if !Isa::supported().contains(&Isa::Avx2) {
+            eprintln!("skipped: this CPU lacks AVX2 or FMA");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut xs: Vec<f32> = (0..=200_000).map(|i| -100.0 + i as f32 * 5e-4).collect();
+        xs.extend([
+            -0.0,
+            -87.0,
+            -87.000_01,
+            f32::MIN,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        for chunk in xs.chunks(8) {
+            let mut buf = [0.0f32; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            let mut out = [0.0f32; 8];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp(_mm256_loadu_ps(buf.as_ptr()))) };
+            for (&x, &y) in chunk.iter().zip(&out) {
+                if x.is_nan() {
+                    assert!(y.is_nan(), "exp(NaN) = {y}");
+                } else if x < -87.0 {
+                    assert_eq!(y.to_bits(), 0, "exp({x}) = {y}, want exactly 0");
+                } else {
+                    let want = crate::engine::cpu::gelu::exp(x);
+                    assert_eq!(y.to_bits(), want.to_bits(), "exp({x}) = {y}, want {want}");
                 }
             }
         }
