@@ -405,6 +405,45 @@ static void check_qkv_bias() {
           bf16_inputs_mismatch(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0), 0.0);
 }
 
+#if HEAD_DIM % 16 == 0
+// attention_forward_qkv_bf16 against the f32 kernels on the same values
+// (qkv in bf16, its bias added in f32), with and without a prefix and
+// dropout; against attention_forward_bf16 on attention_operands' bf16
+// operands; its ctx16, ctx rounded.
+static void check_attention_qkv_bf16() {
+    char what[96];
+    const int t = 70;
+    float scale = 1.0f / std::sqrt((float)HD);
+    for (int p : {5, 0})
+        for (int on : {0, 1}) {
+            auto qkv16 = bf16_of(rand_vec(B * t * 3 * H));
+            auto qkv = f32_of(qkv16), bias = rand_vec(3 * H), prefix = rand_vec(B * std::max(p, 1) * 2 * H),
+                 g = rand_vec(B * t * H);
+            std::vector<float> mask(B * t, 1.0f), ctx(B * t * H), lse(B * NH * t);
+            std::vector<u16> ctx16(B * t * H);
+            for (int i = p > 0 ? t - 9 : 0; i < t; i++) mask[1 * t + i] = 0.0f;
+            mask[0 * t + 40] = 0.0f;
+            auto biased = with_bias(qkv, bias, B * t);
+            auto want = run_chain(attention_forward, attention_backward_dq, attention_backward_dkv, 32, 64, 0, biased, 0,
+                                  0, prefix, mask, g, t, p, on);
+            // The prefix rows alone, as the engine has attention_operands write them.
+            AttnOps pre = operands(0, 0, 0, p > 0 ? ptr(prefix) : 0, 0, p, 2);
+            launch(attention_forward_qkv_bf16, Dim3{2, NH, B}, 128, ptr16(qkv16), ptr(bias), pre.ops16(), ptr(mask),
+                   ptr(ctx), ptr(lse), t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
+            std::snprintf(what, sizeof what, "attention from qkv (bf16), %s%s: ctx",
+                          p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
+            check(what, rel(dbl(ctx), dbl(want.ctx)), 2e-2);
+            check("  lse; ctx16 is ctx rounded", rel(dbl(lse), dbl(want.lse)) + bf16_mismatches(ctx, ctx16), 2e-2);
+            if (p == 0 || !on) continue;
+            // The two bf16 kernels differ in k + b_k and v + b_v, rounded to
+            // bf16 by attention_operands, exact in the products here.
+            auto unfused = run_chain(attention_forward_bf16, attention_backward_dq_bf16, attention_backward_dkv_bf16, 64,
+                                     128, 2, qkv, 0, ptr(bias), prefix, mask, g, t, p, on);
+            check("  ctx against attention_forward_bf16's", rel(dbl(ctx), dbl(unfused.ctx)), 1e-2);
+        }
+}
+#endif
+
 // tf32 and tf32x3 where the head size is a multiple of 8, bf16 where it is
 // one of 16.
 static void check_attention_mma() {
@@ -418,6 +457,7 @@ static void check_attention_mma() {
 #if HEAD_DIM % 16 == 0
     check_attention_tc("bf16", 16, 2, mma_self_test_bf16, attention_forward_bf16, attention_backward_dq_bf16,
                        attention_backward_dkv_bf16, 2e-2, 3e-2);
+    check_attention_qkv_bf16();
 #endif
     if (HEAD_DIM % 16 != 0)
         std::printf("attention on tensor cores (%s): skipped (HEAD_DIM %d is not a multiple of %d)\n",

@@ -82,6 +82,7 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(attention_forward_bf16)
     KERNEL(attention_backward_dq_bf16)
     KERNEL(attention_backward_dkv_bf16)
+    KERNEL(attention_forward_qkv_bf16)
 #endif
     KERNEL(expand_prefix)
     KERNEL(reduce_prefix)

@@ -152,6 +152,7 @@ struct Bf16Format {
     // and attention_delta write them in bf16.
     __device__ static const T* rows(const HeadRows& o) { return o.f16 + o.base; }
     __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
+    __device__ static float value(T v) { return bf16_float(v); }
     __device__ static u32 pack(float lo, float hi) { return bf16x2_bits(lo, hi); }
     __device__ static void split(u32 r, u32& hi, u32& lo) { hi = r, lo = 0; }
     __device__ static void mma(float d[4], const Operand<4>& a, const Operand<2>& b, const float c[4]) {
@@ -192,6 +193,7 @@ struct Tf32Formats {
     // and attention_delta write them in f32 (rounded to tf32 unless SPLIT).
     __device__ static const T* rows(const HeadRows& o) { return o.f + o.base; }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
+    __device__ static float value(T v) { return v; }
     __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
     __device__ static void split(u32 r, u32& hi, u32& lo) {
         if (SPLIT) {
@@ -287,19 +289,26 @@ __device__ __forceinline__ typename F::T* carve_tiles(float* smem, typename F::T
     return at;
 }
 
-// Rows r0 .. r0 + 64 of `rows` (contiguous [*, HD] rows in format F, as
-// attention_operands wrote them) into `tile` [64, STRIDE], zeros from row
-// `count` on, 16 bytes a copy16; copy_wait, then a __syncthreads, before
-// they are read. Every thread calls it.
-template <typename F>
-__device__ __forceinline__ void copy_mma_tile(typename F::T* tile, const typename F::T* rows, int r0, int count) {
+// Rows r0 .. r0 + 64 into `tile` [64, STRIDE], row r of them read from
+// row(r) (16-byte aligned, HD values of format F), zeros from row `count`
+// on, 16 bytes a copy16; copy_wait, then a __syncthreads, before they are
+// read. Every thread calls it.
+template <typename F, typename Row>
+__device__ __forceinline__ void copy_tile_rows(typename F::T* tile, int r0, int count, Row row) {
     constexpr int PER_COPY = 16 / sizeof(typename F::T), PER_ROW = HEAD_DIM / PER_COPY;
 #pragma unroll 1
     for (int e = threadIdx.x; e < MMA_ROWS * PER_ROW; e += MMA_THREADS) {
         int r = e / PER_ROW, d = e % PER_ROW * PER_COPY;
         bool valid = r0 + r < count;
-        copy16(tile + r * F::STRIDE + d, rows + (valid ? (u64)(r0 + r) * HEAD_DIM + d : 0), valid);
+        copy16(tile + r * F::STRIDE + d, row(valid ? r0 + r : 0) + d, valid);
     }
+}
+
+// The same from `rows`: contiguous [*, HD] rows, as attention_operands
+// wrote them.
+template <typename F>
+__device__ __forceinline__ void copy_mma_tile(typename F::T* tile, const typename F::T* rows, int r0, int count) {
+    copy_tile_rows<F>(tile, r0, count, [rows](int r) { return rows + (u64)r * HEAD_DIM; });
 }
 
 // f(nt, e, col, r) for every element e of the KT C tiles nt of a thread:
@@ -395,23 +404,44 @@ __device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, fl
     }
 }
 
-// Arguments and outputs as attention_forward's.
+// Where the forward reads its operands: the rows attention_operands wrote
+// (q with its bias and times the scale; k and v with their biases, the
+// prefix's first), copied as they are.
 template <typename F>
-__device__ __forceinline__ void attention_forward_tc(const float* ops, const u16* ops16, const float* mask, float* ctx,
-                                                     float* lse, int t, int p, int nh, u64 key, u64 threshold,
-                                                     float dscale, int dropout, u16* ctx16) {
+struct OpsSource {
+    static constexpr bool TOKEN_BIAS = false;
+    const typename F::T* rows;
+    int t, n;
+    __device__ void load_q(typename F::T* qs, int i0) const { copy_mma_tile<F>(qs, rows, i0, t); }
+    __device__ void load_kv(typename F::T* ks, typename F::T* vs, int j0) const {
+        copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, n);
+        copy_mma_tile<F>(vs, rows + (u64)(t + n) * HEAD_DIM, j0, n);
+    }
+    __device__ const float* k_bias() const { return 0; }
+    __device__ const float* v_bias() const { return 0; }
+};
+
+// Arguments and outputs as attention_forward's; `src` gives the tiles.
+// With Src::TOKEN_BIAS the token keys and values come without their
+// biases, which are applied to the products instead: q·(k + b_k) = q·k +
+// q·b_k on the token keys' scores (the prefix keys have no bias), and
+// Σ_j p_j (v_j + b_v) = Σ_j p_j v_j + (Σ over token keys of p_j) b_v.
+template <typename F, typename Src>
+__device__ __forceinline__ void attention_forward_tc(const Src& src, const float* mask, float* ctx, float* lse, int t,
+                                                     int p, int nh, u64 key, u64 threshold, float dscale, int dropout,
+                                                     u16* ctx16) {
     typedef typename F::T T;
     ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias
     T* tiles[3];
     float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
     T *qs = tiles[0], *ks = tiles[1], *vs = tiles[2];
     const MmaBlock blk(mask, t, p, nh);
-    const T* rows = F::rows(Operands(ops, ops16, blk.b, blk.hh, nh, t, blk.n));
     int i0 = blockIdx.x * MMA_ROWS;
-    copy_mma_tile<F>(qs, rows, i0, t);
-    // Rows g and g + 8 of this warp's 16 queries: running max and sum, and
-    // the dropout z of their column 2tq of key 0.
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    src.load_q(qs, i0);
+    // Rows g and g + 8 of this warp's 16 queries: running max and sum (and
+    // with TOKEN_BIAS the token keys' share of it, and q·b_k), and the
+    // dropout z of their column 2tq of key 0.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, lt[2] = {0.0f, 0.0f}, qb[2] = {0.0f, 0.0f};
     float o[DT][4] = {};
     int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     u64 z[2];
@@ -420,10 +450,21 @@ __device__ __forceinline__ void attention_forward_tc(const float* ops, const u16
         z[r] = drop_z(key, (((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1)) * blk.n + 2 * blk.tq);
     float drop_scale = dropout ? dscale : 1.0f;
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
+    if (Src::TOKEN_BIAS) {
+        // q·b_k of rows g and g + 8, from the q tile as the products read it.
+        copy_wait();
+        __syncthreads();
+        const float* bk = src.k_bias();
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const T* q = qw + (blk.g + 8 * r) * F::STRIDE;
+#pragma unroll 4
+            for (int d = 0; d < HEAD_DIM; d++) qb[r] = fmaf(F::value(q[d]), bk[d], qb[r]);
+        }
+    }
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, blk.n);
-        copy_mma_tile<F>(vs, rows + (u64)(t + blk.n) * HEAD_DIM, j0, blk.n);
+        src.load_kv(ks, vs, j0);
         key_bias(kb, mask, blk, j0, t, p);
         copy_wait();
         __syncthreads();
@@ -439,11 +480,12 @@ __device__ __forceinline__ void attention_forward_tc(const float* ops, const u16
             float2 bias = column_pair(kb, nt, blk.tq);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                s[nt][e] = (blk.any ? s[nt][e] : 0.0f) + (e & 1 ? bias.y : bias.x);
+                float q_bk = Src::TOKEN_BIAS && j0 + nt * 8 + 2 * blk.tq + (e & 1) >= p ? qb[e >> 1] : 0.0f;
+                s[nt][e] = (blk.any ? s[nt][e] + q_bk : 0.0f) + (e & 1 ? bias.y : bias.x);
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             }
         }
-        float base[2], corr[2], sum[2] = {0.0f, 0.0f};
+        float base[2], corr[2], sum[2] = {0.0f, 0.0f}, sum_t[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
@@ -452,16 +494,22 @@ __device__ __forceinline__ void attention_forward_tc(const float* ops, const u16
             corr[r] = exp2_approx(fmaf(m[r], LOG2E, -base[r]));
             m[r] = m_new;
         }
-        // The softmax denominator sums the probabilities before dropout.
-        each_element(blk.tq, [&](int nt, int e, int, int r) {
+        // The softmax denominator sums the probabilities before dropout;
+        // the token keys' share, after (it weighs b_v as p weighs v).
+        each_element(blk.tq, [&](int nt, int e, int col, int r) {
             float ex = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
             sum[r] += ex;
             s[nt][e] = ex * keep_factor(keep, nt * 4 + e, drop_scale);
+            if (Src::TOKEN_BIAS && j0 + col >= p) sum_t[r] += s[nt][e];
         });
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
             l[r] = l[r] * corr[r] + sum[r];
+            if (Src::TOKEN_BIAS) {
+                for (int o2 = 1; o2 < 4; o2 <<= 1) sum_t[r] += __shfl_xor_sync(0xffffffffu, sum_t[r], o2);
+                lt[r] = lt[r] * corr[r] + sum_t[r];
+            }
         }
 #pragma unroll
         for (int dn = 0; dn < DT; dn++)
@@ -479,9 +527,12 @@ __device__ __forceinline__ void attention_forward_tc(const float* ops, const u16
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                float v = o[dn][2 * r + e] * inv;
-                if (ctx != 0) ctx[at + dn * 8 + 2 * blk.tq + e] = v;
-                if (ctx16 != 0) ctx16[at + dn * 8 + 2 * blk.tq + e] = bf16_bits(v);
+                int col = dn * 8 + 2 * blk.tq + e;
+                float acc = o[dn][2 * r + e];
+                if (Src::TOKEN_BIAS) acc = fmaf(lt[r], src.v_bias()[col], acc);
+                float v = acc * inv;
+                if (ctx != 0) ctx[at + col] = v;
+                if (ctx16 != 0) ctx16[at + col] = bf16_bits(v);
             }
         if (lse != 0 && blk.tq == 0) lse[((u64)blk.b * nh + blk.hh) * t + i] = m[r] + logf(l[r]);
     }
@@ -654,7 +705,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, cons
     extern "C" __global__ void attention_forward_##fmt(const float* ops, const u16* ops16, const float* mask,    \
                                                        float* ctx, float* lse, int t, int p, int nh, u64 key,   \
                                                        u64 threshold, float dscale, int dropout, u16* ctx16) {  \
-        attention_forward_tc<F>(ops, ops16, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);  \
+        const OpsSource<F> src{F::rows(Operands(ops, ops16, blockIdx.z, blockIdx.y, nh, t, p + t)), t, p + t};     \
+        attention_forward_tc<F>(src, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);           \
     }                                                                                                            \
     extern "C" __global__ void attention_backward_dq_##fmt(                                                     \
         const float* ops, const u16* ops16, const float* mask, const float* dout, const u16* dout16,            \
@@ -675,5 +727,58 @@ TENSOR_CORE_ATTENTION(tf32, Tf32Format, 3)
 TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format, 2)
 #if HEAD_DIM % 16 == 0
 TENSOR_CORE_ATTENTION(bf16, Bf16Format, 3)
+
+// The bf16 forward's operands without attention_operands' pass over them:
+// q, k and v straight from the QKV GEMM's bf16 output qkv16 [B·T, 3H],
+// without their bias qkv_bias [3H]; the prefix's keys and values from
+// prefix16 [B, NH, 2P, HD] (attention_operands' format with T = 0: that
+// kernel rounds the P prefix rows alone). q gets its bias and the scale as
+// its tile is loaded, rounded as attention_operands rounds it (the same
+// bits); k and v are copied as they are, their biases applied to the
+// products (attention_forward_tc's TOKEN_BIAS).
+struct QkvSource {
+    static constexpr bool TOKEN_BIAS = true;
+    const u16 *qkv16, *prefix16;
+    const float* bias;
+    float scale;
+    int b, hh, t, p, n, h;
+    // Token row i of qkv16 from column col on.
+    __device__ const u16* token(int i, int col) const { return qkv16 + ((u64)b * t + i) * 3 * h + col; }
+    // Row r of this (batch row, head)'s prefix keys (r < P) and values.
+    __device__ const u16* prefix(int r) const {
+        return prefix16 + (((u64)b * (h / HEAD_DIM) + hh) * 2 * p + r) * HEAD_DIM;
+    }
+    __device__ void load_q(u16* qs, int i0) const {
+        constexpr int PER_ROW = HEAD_DIM / 8;
+#pragma unroll 1
+        for (int e = threadIdx.x; e < MMA_ROWS * PER_ROW; e += MMA_THREADS) {
+            int r = e / PER_ROW, d = e % PER_ROW * 8;
+            float v[8] = {};
+            if (i0 + r < t) row_values8({0, token(i0 + r, hh * HEAD_DIM), bias + hh * HEAD_DIM}, d, scale, v);
+            store8_either(0, qs, (u64)r * Bf16Format::STRIDE + d, v);
+        }
+    }
+    __device__ void load_kv(u16* ks, u16* vs, int j0) const {
+        copy_tile_rows<Bf16Format>(ks, j0, n, [this](int j) {
+            return j < p ? prefix(j) : token(j - p, h + hh * HEAD_DIM);
+        });
+        copy_tile_rows<Bf16Format>(vs, j0, n, [this](int j) {
+            return j < p ? prefix(p + j) : token(j - p, 2 * h + hh * HEAD_DIM);
+        });
+    }
+    __device__ const float* k_bias() const { return bias + h + hh * HEAD_DIM; }
+    __device__ const float* v_bias() const { return bias + 2 * h + hh * HEAD_DIM; }
+};
+
+// Inference's bf16 attention (and any forward whose operands no backward
+// reads): attention_forward_bf16's outputs and grid from qkv16, qkv_bias,
+// prefix16 (QkvSource; 0 without a prefix) and `scale`, 1/√HD.
+extern "C" __global__ void attention_forward_qkv_bf16(const u16* qkv16, const float* qkv_bias, const u16* prefix16,
+                                                      const float* mask, float* ctx, float* lse, int t, int p, int nh,
+                                                      float scale, u64 key, u64 threshold, float dscale, int dropout,
+                                                      u16* ctx16) {
+    const QkvSource src{qkv16, prefix16, qkv_bias, scale, (int)blockIdx.z, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM};
+    attention_forward_tc<Bf16Format>(src, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);
+}
 #endif
 #endif  // HEAD_DIM % 8 == 0

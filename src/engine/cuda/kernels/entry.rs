@@ -55,6 +55,7 @@ pub enum Kernel {
     AttentionForwardBf16,
     AttentionBackwardDqBf16,
     AttentionBackwardDkvBf16,
+    AttentionForwardQkvBf16,
     ExpandPrefix,
     ReducePrefix,
     GatherRows,
@@ -85,7 +86,9 @@ impl Kernel {
             (bytes * tiles * 64 * (head_dim + pad) + 4 * stats * 64) as u32
         };
         match self {
-            Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
+            Kernel::AttentionForwardBf16 | Kernel::AttentionForwardQkvBf16 => {
+                tensor_cores(MmaFormat::Bf16, 3, 1)
+            }
             Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
             Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
@@ -109,11 +112,11 @@ impl Kernel {
     pub fn built_for(self, head_dim: usize) -> bool {
         MmaFormat::ALL
             .iter()
-            .find(|f| f.kernels().contains(&self))
+            .find(|f| f.kernels().contains(&self) || f.forward_from_qkv() == Some(self))
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 39] = [
+    pub const ALL: [Kernel; 40] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
@@ -144,6 +147,7 @@ impl Kernel {
         Kernel::AttentionForwardBf16,
         Kernel::AttentionBackwardDqBf16,
         Kernel::AttentionBackwardDkvBf16,
+        Kernel::AttentionForwardQkvBf16,
         Kernel::ExpandPrefix,
         Kernel::ReducePrefix,
         Kernel::GatherRows,
@@ -188,6 +192,7 @@ impl Kernel {
             Kernel::AttentionForwardBf16 => "attention_forward_bf16",
             Kernel::AttentionBackwardDqBf16 => "attention_backward_dq_bf16",
             Kernel::AttentionBackwardDkvBf16 => "attention_backward_dkv_bf16",
+            Kernel::AttentionForwardQkvBf16 => "attention_forward_qkv_bf16",
             Kernel::ExpandPrefix => "expand_prefix",
             Kernel::ReducePrefix => "reduce_prefix",
             Kernel::GatherRows => "gather_rows",
@@ -244,6 +249,16 @@ impl MmaFormat {
         match self {
             MmaFormat::Bf16 => 16,
             MmaFormat::Tf32 | MmaFormat::Tf32x3 => 8,
+        }
+    }
+
+    /// The forward that reads q, k and v from the QKV GEMM's output, for
+    /// layers whose operands no backward reads (attention_mma.cuh's
+    /// QkvSource): bf16's.
+    pub fn forward_from_qkv(self) -> Option<Kernel> {
+        match self {
+            MmaFormat::Bf16 => Some(Kernel::AttentionForwardQkvBf16),
+            MmaFormat::Tf32 | MmaFormat::Tf32x3 => None,
         }
     }
 
