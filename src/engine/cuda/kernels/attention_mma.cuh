@@ -421,6 +421,10 @@ struct OpsSource {
     __device__ const float* v_bias() const { return 0; }
 };
 
+// With TOKEN_BIAS, the forward's second f32 [64] after the key bias `kb`:
+// 1 where a key of the tile is a token's, 0 where it is the prefix's.
+__device__ __forceinline__ float* token_keys(float* kb) { return kb + MMA_ROWS; }
+
 // Arguments and outputs as attention_forward's; `src` gives the tiles.
 // With Src::TOKEN_BIAS the token keys and values come without their
 // biases, which are applied to the products instead: q·(k + b_k) = q·k +
@@ -431,7 +435,7 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
                                                      int p, int nh, u64 key, u64 threshold, float dscale, int dropout,
                                                      u16* ctx16) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias
+    ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias (TOKEN_BIAS: and token_keys)
     T* tiles[3];
     float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
     T *qs = tiles[0], *ks = tiles[1], *vs = tiles[2];
@@ -450,7 +454,7 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
         z[r] = drop_z(key, (((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1)) * blk.n + 2 * blk.tq);
     float drop_scale = dropout ? dscale : 1.0f;
     const T* qw = qs + blk.warp * 16 * F::STRIDE;
-    if (Src::TOKEN_BIAS) {
+    if constexpr (Src::TOKEN_BIAS) {
         // q·b_k of rows g and g + 8, from the q tile as the products read it.
         copy_wait();
         __syncthreads();
@@ -466,6 +470,8 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
         __syncthreads();
         src.load_kv(ks, vs, j0);
         key_bias(kb, mask, blk, j0, t, p);
+        if constexpr (Src::TOKEN_BIAS)
+            for (int c = threadIdx.x; c < MMA_ROWS; c += MMA_THREADS) token_keys(kb)[c] = j0 + c >= p ? 1.0f : 0.0f;
         copy_wait();
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
@@ -477,10 +483,11 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
         for (int nt = 0; nt < KT; nt++) {
-            float2 bias = column_pair(kb, nt, blk.tq);
+            float2 bias = column_pair(kb, nt, blk.tq), token = {0.0f, 0.0f};
+            if constexpr (Src::TOKEN_BIAS) token = column_pair(token_keys(kb), nt, blk.tq);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float q_bk = Src::TOKEN_BIAS && j0 + nt * 8 + 2 * blk.tq + (e & 1) >= p ? qb[e >> 1] : 0.0f;
+                float q_bk = Src::TOKEN_BIAS ? qb[e >> 1] * (e & 1 ? token.y : token.x) : 0.0f;
                 s[nt][e] = (blk.any ? s[nt][e] + q_bk : 0.0f) + (e & 1 ? bias.y : bias.x);
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             }
@@ -500,13 +507,13 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
             float ex = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
             sum[r] += ex;
             s[nt][e] = ex * keep_factor(keep, nt * 4 + e, drop_scale);
-            if (Src::TOKEN_BIAS && j0 + col >= p) sum_t[r] += s[nt][e];
+            if constexpr (Src::TOKEN_BIAS) sum_t[r] = fmaf(s[nt][e], token_keys(kb)[col], sum_t[r]);
         });
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
             l[r] = l[r] * corr[r] + sum[r];
-            if (Src::TOKEN_BIAS) {
+            if constexpr (Src::TOKEN_BIAS) {
                 for (int o2 = 1; o2 < 4; o2 <<= 1) sum_t[r] += __shfl_xor_sync(0xffffffffu, sum_t[r], o2);
                 lt[r] = lt[r] * corr[r] + sum_t[r];
             }
@@ -529,7 +536,7 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
             for (int e = 0; e < 2; e++) {
                 int col = dn * 8 + 2 * blk.tq + e;
                 float acc = o[dn][2 * r + e];
-                if (Src::TOKEN_BIAS) acc = fmaf(lt[r], src.v_bias()[col], acc);
+                if constexpr (Src::TOKEN_BIAS) acc = fmaf(lt[r], src.v_bias()[col], acc);
                 float v = acc * inv;
                 if (ctx != 0) ctx[at + col] = v;
                 if (ctx16 != 0) ctx16[at + col] = bf16_bits(v);
