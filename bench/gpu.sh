@@ -72,6 +72,12 @@ for size in $sizes; do
             ours=$(PTUNING_FP32_GEMM=sgemm timeout 120 .gpu/ptuning bench --device cuda --precision fp32 "${args[@]}" 2>> "$out/gpu-errors.log")
             echo "{\"size\": \"$size\", \"precision\": \"fp32\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
         fi
+        if [ "$precision" = bf16 ]; then
+            # Inference's attention through attention_operands' copy, as before
+            # attention_forward_qkv_bf16, against the same peer run.
+            ours=$(PTUNING_BF16_ATTENTION=operands timeout 120 .gpu/ptuning bench --device cuda --precision bf16 "${args[@]}" 2>> "$out/gpu-errors.log")
+            echo "{\"size\": \"$size\", \"precision\": \"bf16 (attention_operands)\", \"ours\": ${ours:-null}, \"peer\": ${peer:-null}}" >> "$results"
+        fi
     done
     if [ "${PROMPT_TUNING:-0}" = 1 ]; then
         args=(--model "$dir" --batch 32 --seq 128 --prefix-len 20 --warmup 3 --iters "$iters" --json --method prompt-tuning)
@@ -108,10 +114,12 @@ for r in rows:
         return f"{o[k] / p[k]:.2f}x" if k in o and k in p else "-"
     # The same matrix FLOPs on both sides: ptuning's count over each one's time.
     share = "-"
-    if "infer_tflops" in o and r["precision"] in peak:
+    # (A row's precision may name a variant after it: "bf16 (attention_operands)".)
+    base = r["precision"].split()[0]
+    if "infer_tflops" in o and base in peak:
         flop_ms = o["infer_tflops"] * o["infer_ms"]
-        ours = 100 * o["infer_tflops"] / peak[r["precision"]]
-        theirs = f"{100 * flop_ms / p['infer_ms'] / peak[r['precision']]:.0f}" if "infer_ms" in p else "-"
+        ours = 100 * o["infer_tflops"] / peak[base]
+        theirs = f"{100 * flop_ms / p['infer_ms'] / peak[base]:.0f}" if "infer_ms" in p else "-"
         share = f"{ours:.0f} / {theirs}"
     def mib(d):
         return f"{d['device_peak_mib']:.0f}" if d.get("device_peak_mib") is not None else "-"

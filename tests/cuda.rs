@@ -1188,6 +1188,21 @@ fn attention_on_the_tensor_cores() {
             let e = output_error(precision, &got, &want_logits);
             eprintln!("{target:?}: {suffix} tensor-core inference, logits error {e:e}");
             assert!(e <= tol_out, "{suffix}: logits relative error {e}");
+            if format.forward_from_qkv().is_some() {
+                // PTUNING_BF16_ATTENTION=operands: attention_operands' copy, as
+                // before; within bf16's error of the CPU and of the other way.
+                enc.lock().unwrap().dev.attention_from_qkv = false;
+                enc.lock().unwrap().dev.start_profile();
+                let via_operands = gpu.predict(&batch).unwrap();
+                let times = enc.lock().unwrap().dev.take_profile().unwrap();
+                enc.lock().unwrap().dev.attention_from_qkv = true;
+                assert_eq!(launches(&times, &forward), layers, "{times:?}");
+                assert_eq!(launches(&times, &inference), 0, "{times:?}");
+                let e = output_error(precision, &via_operands, &want_logits);
+                let between = output_error(precision, &got, &via_operands);
+                eprintln!("{target:?}: {suffix} through attention_operands, logits error {e:e}, {between:e} from {inference}'s");
+                assert!(e <= tol_out && between <= tol_out, "{e} {between}");
+            }
 
             enc.lock().unwrap().dev.start_profile();
             case.step(&mut gpu);

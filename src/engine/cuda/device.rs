@@ -61,6 +61,23 @@ impl Precision {
     }
 }
 
+/// Chooses where bf16 inference's attention reads its operands: `qkv` (the
+/// default: the QKV GEMM's output) or `operands` (attention_operands' copy,
+/// as training does), to time one against the other on a card.
+pub const BF16_ATTENTION_ENV: &str = "PTUNING_BF16_ATTENTION";
+
+/// [`CudaDevice::attention_from_qkv`] from the value of
+/// [`BF16_ATTENTION_ENV`] (None: unset); an unknown value is an error.
+pub fn bf16_attention_from_qkv(value: Option<&str>) -> Result<bool> {
+    match value.unwrap_or("") {
+        "" | "qkv" => Ok(true),
+        "operands" => Ok(false),
+        other => Err(Error::InvalidArgument(format!(
+            "{BF16_ATTENTION_ENV}={other:?}: expected qkv or operands"
+        ))),
+    }
+}
+
 /// Which CUDA libraries cannot be loaded here (empty: all can). Never panics,
 /// unlike a first call into a missing library.
 pub fn missing_libraries() -> Vec<&'static str> {
@@ -138,6 +155,10 @@ pub struct CudaDevice {
     /// How fp32 GEMMs and attention run here: SGEMM and the f32 attention
     /// kernels, or 3xTF32 on the tensor cores.
     pub fp32_gemm: Fp32Gemm,
+    /// Whether bf16 attention reads q, k and v from the QKV GEMM's output
+    /// where no backward reads its operands (attention_forward_qkv_bf16),
+    /// or always attention_operands' copy ([`bf16_attention_from_qkv`]).
+    pub attention_from_qkv: bool,
     /// Spans of the launches since `start_profile`, when profiling.
     profile: Mutex<Option<Vec<Span>>>,
     /// [`CudaDevice::scratch`]: 3xTF32's split activations.
@@ -278,6 +299,9 @@ impl CudaDevice {
             head_dim,
             tensor_cores: Vec::new(),
             fp32_gemm: Fp32Gemm::choose(cc >= (8, 0))?,
+            attention_from_qkv: bf16_attention_from_qkv(
+                std::env::var(BF16_ATTENTION_ENV).ok().as_deref(),
+            )?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
             footprint: Arc::default(),
@@ -297,6 +321,9 @@ impl CudaDevice {
             head_dim,
             tensor_cores: Vec::new(),
             fp32_gemm: Fp32Gemm::choose(true)?,
+            attention_from_qkv: bf16_attention_from_qkv(
+                std::env::var(BF16_ATTENTION_ENV).ok().as_deref(),
+            )?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
             footprint: Arc::default(),
@@ -767,3 +794,23 @@ macro_rules! kernel_arg {
     )*};
 }
 kernel_arg!(u64 => |x| *x, i32 => |x| *x as u32 as u64, u32 => |x| *x as u64, f32 => |x| x.to_bits() as u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bf16_attention_variable_chooses_or_is_refused() {
+        assert!(bf16_attention_from_qkv(None).unwrap());
+        assert!(bf16_attention_from_qkv(Some("")).unwrap());
+        assert!(bf16_attention_from_qkv(Some("qkv")).unwrap());
+        assert!(!bf16_attention_from_qkv(Some("operands")).unwrap());
+        let e = bf16_attention_from_qkv(Some("fused"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(BF16_ATTENTION_ENV) && e.contains("expected qkv or operands"),
+            "{e}"
+        );
+    }
+}
