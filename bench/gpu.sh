@@ -6,7 +6,9 @@
 #   2. ptuning against PyTorch eager (bench/torch_peer.py) on the same random
 #      bert-base and bert-large weights, batch 32 x seq 128, prefix 20,
 #      training step and inference, in fp32 (3xTF32 GEMMs and attention, and
-#      SGEMM with the f32 attention kernels), tf32 and bf16;
+#      SGEMM with the f32 attention kernels), tf32 and bf16 (and bf16 with
+#      PTUNING_BF16_ATTENTION=operands: inference's attention as before
+#      attention_forward_qkv_bf16);
 #   3. the table, printed and written to ${OUT:-.}/gpu-results.md, with each
 #      inference's matrix TFLOP/s against the card's GEMM peak in that
 #      precision as torch measures it (bench/gemm_peak.py), and the peak
