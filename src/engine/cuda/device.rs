@@ -66,6 +66,11 @@ impl Precision {
 /// as training does), to time one against the other on a card.
 pub const BF16_ATTENTION_ENV: &str = "PTUNING_BF16_ATTENTION";
 
+/// [`CudaDevice::attention_from_qkv`] as [`BF16_ATTENTION_ENV`] sets it.
+fn bf16_attention_from_env() -> Result<bool> {
+    bf16_attention_from_qkv(std::env::var(BF16_ATTENTION_ENV).ok().as_deref())
+}
+
 /// [`CudaDevice::attention_from_qkv`] from the value of
 /// [`BF16_ATTENTION_ENV`] (None: unset); an unknown value is an error.
 pub fn bf16_attention_from_qkv(value: Option<&str>) -> Result<bool> {
@@ -299,9 +304,7 @@ impl CudaDevice {
             head_dim,
             tensor_cores: Vec::new(),
             fp32_gemm: Fp32Gemm::choose(cc >= (8, 0))?,
-            attention_from_qkv: bf16_attention_from_qkv(
-                std::env::var(BF16_ATTENTION_ENV).ok().as_deref(),
-            )?,
+            attention_from_qkv: bf16_attention_from_env()?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
             footprint: Arc::default(),
@@ -321,9 +324,7 @@ impl CudaDevice {
             head_dim,
             tensor_cores: Vec::new(),
             fp32_gemm: Fp32Gemm::choose(true)?,
-            attention_from_qkv: bf16_attention_from_qkv(
-                std::env::var(BF16_ATTENTION_ENV).ok().as_deref(),
-            )?,
+            attention_from_qkv: bf16_attention_from_env()?,
             profile: Mutex::new(None),
             scratch: Mutex::new(DevBuf::default()),
             footprint: Arc::default(),

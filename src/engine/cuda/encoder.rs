@@ -813,7 +813,7 @@ impl CudaEncoder {
             // A layer whose operands no backward reads, in bf16 on the
             // tensor cores: the attention reads q, k and v from qkv16 itself,
             // and attention_operands writes the prefix's rows alone (T = 0).
-            let from_qkv = bf16 && !keep && ops_bf16 && dev.attention_from_qkv;
+            let from_qkv = ops_bf16 && !keep && dev.attention_from_qkv;
             let operand_rows = if from_qkv { 2 * pl } else { t + 2 * (pl + t) };
             if operand_rows > 0 {
                 let pieces = operand_rows * hd / operands_per_thread(hd);

@@ -348,36 +348,28 @@ mod avx2 {
     }
 
     /// e^d for d = score − row max ≤ 0, lane by lane as the crate's scalar
-    /// `gelu::exp` (the same reduction, polynomial and order, so the same
-    /// bits), and exactly 0 below −87 (masked keys get probability exactly
+    /// `gelu::exp` (its constants, reduction, polynomial and order, so the
+    /// same bits), and exactly 0 below −87 (masked keys get probability exactly
     /// 0); a NaN stays NaN.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub fn exp(d: __m256) -> __m256 {
-        const ROUND: f32 = 12_582_912.0; // as gelu::exp
+        use crate::engine::cpu::gelu::{EXP_LN2_HI, EXP_LN2_LO, EXP_ROUND, EXP_TAYLOR};
         let kf = _mm256_fmadd_ps(
             d,
             _mm256_set1_ps(std::f32::consts::LOG2_E),
-            _mm256_set1_ps(ROUND),
+            _mm256_set1_ps(EXP_ROUND),
         );
         let n = _mm256_sub_epi32(
             _mm256_castps_si256(kf),
-            _mm256_set1_epi32(ROUND.to_bits() as i32),
+            _mm256_set1_epi32(EXP_ROUND.to_bits() as i32),
         );
-        let k = _mm256_sub_ps(kf, _mm256_set1_ps(ROUND));
-        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_145_75), d);
-        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm256_set1_ps(1.0 / 5040.0);
-        for c in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let k = _mm256_sub_ps(kf, _mm256_set1_ps(EXP_ROUND));
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(EXP_LN2_HI), d);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(EXP_LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_TAYLOR[0]);
+        for c in &EXP_TAYLOR[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
         let e = _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));

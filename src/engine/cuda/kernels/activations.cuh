@@ -61,8 +61,9 @@ extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const f
 // runs it where rows are a multiple of 8 wide, every array is on 16 bytes
 // and n fits in 32 bits (so do the element indices q * 8), else bias_gelu.
 // The column advances by the grid's stride instead of being a remainder of
-// each index, and no null pointer is tested per element: about 31 instructions an element of the
-// loop in SASS (sm_90) against bias_gelu's 44, whose erf is most of it.
+// each index, and no null pointer is tested per element: about 31
+// instructions an element of the loop in SASS (sm_90) against bias_gelu's
+// 44, whose erf is most of it.
 extern "C" __global__ void bias_gelu_bf16(const u16* pre16, const float* bias, u16* act16, u64 n, int width) {
     u32 vectors = (u32)(n / 8), stride = gridDim.x * blockDim.x;
     u32 q = blockIdx.x * blockDim.x + threadIdx.x;

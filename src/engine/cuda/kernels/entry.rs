@@ -75,9 +75,10 @@ impl Kernel {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         // Tensor-core kernels: (tiles [64, HD + pad], f32 [64] rows of
         // statistics: the key bias of the forward and dQ, lse and delta of
-        // dK/dV, the key bias and the token keys of the forward from qkv), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
-        // tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as
-        // it reads them).
+        // dK/dV, the key bias and the token keys of the forward from qkv),
+        // as attention_mma.cuh carves them; bf16 (2 bytes, pad 8), tf32 and
+        // tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as it reads
+        // them).
         let tensor_cores = |format: MmaFormat, tiles: usize, stats: usize| {
             let (bytes, pad) = match format {
                 MmaFormat::Bf16 => (2, 8),
@@ -87,7 +88,6 @@ impl Kernel {
         };
         match self {
             Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
-            // The key bias and which keys are tokens' (QkvSource's biases).
             Kernel::AttentionForwardQkvBf16 => tensor_cores(MmaFormat::Bf16, 3, 2),
             Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
