@@ -317,16 +317,26 @@ template <typename SelfTest, typename Fwd, typename Dq, typename Dkv>
 static void check_attention_tc(const char* fmt, int k, int ops_fmt, SelfTest self_test, Fwd fwd, Dq dq, Dkv dkv,
                                double tol_out, double tol_grad) {
     char what[96];
-    std::vector<float> d(16 * 8, -1.0f);
+    // S = A·Bᵀ [16, 16] then O = W·B [16, HD] (attention_mma.cuh's mma_self_test).
+    std::vector<float> d(16 * 16 + 16 * HEAD_DIM, -1.0f);
     launch(self_test, Dim3{1, 1, 1}, 32, ptr(d));
+    auto a = [](int r, int k) { return (r + 2 * k) % 7 - 3; };
+    auto b = [](int j, int k) { return (3 * k + j) % 5 - 2; };
+    auto w = [](int r, int j) { return (r + 3 * j) % 5 - 2; };
     double bad = 0;
-    for (int r = 0; r < 16; r++)
-        for (int n = 0; n < 8; n++) {
+    for (int r = 0; r < 16; r++) {
+        for (int j = 0; j < 16; j++) {
             int want = 0;
-            for (int kk = 0; kk < k; kk++) want += ((r + 2 * kk) % 7 - 3) * ((3 * kk + n) % 5 - 2);
-            bad += d[r * 8 + n] != (float)want;
+            for (int kk = 0; kk < HEAD_DIM; kk++) want += a(r, kk) * b(j, kk);
+            bad += d[r * 16 + j] != (float)want;
         }
-    std::snprintf(what, sizeof what, "mma_self_test_%s (m16n8k%d fragment layout)", fmt, k);
+        for (int c = 0; c < HEAD_DIM; c++) {
+            int want = 0;
+            for (int j = 0; j < 16; j++) want += w(r, j) * b(j, c);
+            bad += d[16 * 16 + r * HEAD_DIM + c] != (float)want;
+        }
+    }
+    std::snprintf(what, sizeof what, "mma_self_test_%s (m16n8k%d fragments and tile loads)", fmt, k);
     check(what, bad, 0.0);
     for (int p : {5, 0})
         for (int on : {0, 1}) {

@@ -322,6 +322,32 @@ inline void mma_tf32_1688(float d[4], const unsigned a[4], const unsigned b[2], 
     mma_emulated<8>(d, a, b, c, [](unsigned w, int) { return bits_value(w & 0xffffe000u); });
 }
 
+// ldmatrix.x4 (attention_mma.cuh's ldmatrix_x4): the lanes publish their
+// row addresses, meet, and each gathers its four registers: from matrix j
+// (rows given by lanes 8j .. 8j + 7) row lane / 4, values 2(lane % 4) and
+// the next; with TRANS, column lane / 4 of rows 2(lane % 4) and the next.
+inline const unsigned short* ldmatrix_rows[1024];
+
+template <bool TRANS>
+inline void ldmatrix_x4(unsigned r[4], const unsigned short* row) {
+    unsigned t = threadIdx.x, base = t / 32 * 32, lane = t % 32;
+    ldmatrix_rows[t] = row;
+    warp_meet();
+    for (unsigned j = 0; j < 4; j++) {
+        const unsigned short* const* m = ldmatrix_rows + base + 8 * j;
+        unsigned lo, hi;
+        if (TRANS) {
+            lo = m[2 * (lane % 4)][lane / 4];
+            hi = m[2 * (lane % 4) + 1][lane / 4];
+        } else {
+            lo = m[lane / 4][2 * (lane % 4)];
+            hi = m[lane / 4][2 * (lane % 4) + 1];
+        }
+        r[j] = lo | hi << 16;
+    }
+    warp_meet();
+}
+
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);

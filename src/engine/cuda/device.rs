@@ -390,22 +390,31 @@ impl CudaDevice {
         MmaFormat::of(precision, self.fp32_gemm).filter(|f| self.tensor_cores.contains(f))
     }
 
-    /// One warp's mma of small integers in `format` (attention_mma.cuh,
-    /// mma_self_test) against the same product here: whether the fragment
-    /// layout that format's kernels assume is this device's.
+    /// One warp's products of small integers in `format` (attention_mma.cuh,
+    /// mma_self_test: S = A·Bᵀ [16, 16] and O = W·B [16, HD], by the tile
+    /// loads and mma loops the kernels use) against the same products here:
+    /// whether the fragment layouts those kernels assume are this device's.
     pub fn mma_self_test(&self, format: MmaFormat) -> Result<bool> {
+        let hd = self.head_dim as i32;
         let a = |r: i32, k: i32| (r + 2 * k) % 7 - 3;
-        let b = |k: i32, n: i32| (3 * k + n) % 5 - 2;
-        let k_step = format.head_dim_multiple() as i32;
+        let b = |j: i32, k: i32| (3 * k + j) % 5 - 2;
+        let w = |r: i32, j: i32| (r + 3 * j) % 5 - 2;
+        let s_len = 16 * 16;
         let mut out = DevBuf::<f32>::default();
-        out.ensure(self, 16 * 8)?;
+        out.ensure(self, s_len + 16 * self.head_dim)?;
         self.launch(format.kernels()[0], (1, 1, 1), 32, &[&out.ptr])?;
-        let got = out.download(self, 16 * 8)?;
+        let got = out.download(self, s_len + 16 * self.head_dim)?;
+        let (s, o) = got.split_at(s_len);
         Ok((0..16).all(|r| {
-            (0..8).all(|n| {
-                let want: i32 = (0..k_step).map(|k| a(r, k) * b(k, n)).sum();
-                got[(r * 8 + n) as usize] == want as f32
-            })
+            let s_row = (0..16).all(|j| {
+                let want: i32 = (0..hd).map(|k| a(r, k) * b(j, k)).sum();
+                s[(r * 16 + j) as usize] == want as f32
+            });
+            let o_row = (0..hd).all(|c| {
+                let want: i32 = (0..16).map(|j| w(r, j) * b(j, c)).sum();
+                o[(r * hd + c) as usize] == want as f32
+            });
+            s_row && o_row
         }))
     }
 

@@ -87,6 +87,34 @@ __device__ __forceinline__ void copy_wait() {
 #endif
 }
 
+// Four 8 x 8 matrices of 16-bit values from shared memory into a warp's
+// registers (ldmatrix.x4, sm_75 and later): lane l gives the address of row
+// l % 8 of matrix l / 8 (8 values, 16-byte aligned). Register j receives
+// from matrix j its row l / 4, values 2(l % 4) and 2(l % 4) + 1, the lower
+// in the lower half; with TRANS, its column l / 4 at rows 2(l % 4) and
+// 2(l % 4) + 1. These are the mma fragments' layouts: one instruction a
+// fragment pair where 32-bit loads took four and 16-bit loads eight, with
+// four packs.
+#ifndef MMA_EMULATED
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
+#if __CUDA_ARCH__ >= 800
+    u32 at = (u32)__cvta_generic_to_shared(row);
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(at));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(at));
+    }
+#else
+    for (int j = 0; j < 4; j++) r[j] = 0x7fc07fc0u;  // NaN, as MMA_SYNC before sm_80
+#endif
+}
+#endif
+
 // 2^x by the special function unit (ex2.approx, flushing subnormal results
 // to 0): the softmax's e^s as 2^(s log2 e - max log2 e), one FFMA and one
 // MUFU where expf took eight instructions. Forward and backward take it
@@ -141,22 +169,35 @@ __device__ __forceinline__ Operand<N> operand(const u32 (&r)[N]) {
     return o;
 }
 
-// bf16: two k in a register. The B operand of a product with C tiles needs
-// two neighbouring rows of M in one register: two 16-bit reads of the
-// row-major tile, packed. With a stride of HD + 8 (36 words at HD 64) the
-// rows 2t, 2t + 1, 2t + 8 and 2t + 9 a warp reads sit on distinct banks.
+// bf16: two k in a register. Fragments come from the row-major [64,
+// STRIDE] tiles by ldmatrix_x4, two n tiles (B) a load. With a stride of HD
+// + 8 (a row 16 bytes past a multiple of 128), the 8 rows each quarter of
+// the warp reads sit on distinct banks.
 struct Bf16Format {
     typedef u16 T;
     static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
+    static constexpr int B_TILES = 2;                                 // n tiles of B per load
     // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
     // and attention_delta write them in bf16.
     __device__ static const T* rows(const HeadRows& o) { return o.f16 + o.base; }
-    __device__ static u32 reg(const T* p) { return *reinterpret_cast<const u32*>(p); }
     __device__ static float value(T v) { return bf16_float(v); }
+    __device__ static T of(float v) { return bf16_bits(v); }
     __device__ static u32 pack(float lo, float hi) { return bf16x2_bits(lo, hi); }
     __device__ static void split(u32 r, u32& hi, u32& lo) { hi = r, lo = 0; }
     __device__ static void mma(float d[4], const Operand<4>& a, const Operand<2>& b, const float c[4]) {
         mma_bf16_16816(d, a.hi, b.hi, c);
+    }
+    // A: rows 0..15 of `a`, its columns 0..15 (matrices: rows 0-7 and 8-15
+    // of columns 0-7, then of 8-15).
+    __device__ static void a_rows(const T* a, int g, int tq, u32 x[4]) {
+        int lane = g * 4 + tq;
+        ldmatrix_x4<false>(x, a + (lane % 16) * STRIDE + lane / 16 * 8);
+    }
+    // B of n tiles 0 and 1 from rows 0..15 of `b` (the n), its columns 0..15
+    // (the k): matrices rows 0-7 of columns 0-7 and 8-15, then rows 8-15.
+    __device__ static void b_rows(const T* b, int g, int tq, u32 y[B_TILES][2]) {
+        int lane = g * 4 + tq;
+        ldmatrix_x4<false>(&y[0][0], b + (lane % 8 + lane / 16 * 8) * STRIDE + lane / 8 % 2 * 8);
     }
     // A from C tiles nt and nt + 1 (16 rows, 16 columns).
     __device__ static void a_from_tiles(const float w[KT][4], int nt, u32 x[4]) {
@@ -165,12 +206,12 @@ struct Bf16Format {
         x[2] = pack(w[nt + 1][0], w[nt + 1][1]);
         x[3] = pack(w[nt + 1][2], w[nt + 1][3]);
     }
-    // B: rows nt*8 + 2t, + 1 and nt*8 + 2t + 8, + 9 of M, column col, from
-    // the row-major tile `m` [64, STRIDE].
-    __device__ static void b_from_cols(const T* m, int nt, int col, int tq, u32 y[2]) {
-        const T* p = m + (nt * 8 + 2 * tq) * STRIDE + col;
-        y[0] = (u32)p[0] | ((u32)p[STRIDE] << 16);
-        y[1] = (u32)p[8 * STRIDE] | ((u32)p[9 * STRIDE] << 16);
+    // B of n tiles 0 and 1 from columns 0..15 of M (the n) at its rows
+    // 0..15 (the k), transposed: matrices rows 0-7 and 8-15 of columns 0-7,
+    // then of 8-15.
+    __device__ static void b_cols(const T* m, int g, int tq, u32 y[B_TILES][2]) {
+        int lane = g * 4 + tq;
+        ldmatrix_x4<true>(&y[0][0], m + (lane % 16) * STRIDE + lane / 16 * 8);
     }
 };
 
@@ -188,12 +229,14 @@ template <bool SPLIT>
 struct Tf32Formats {
     typedef float T;
     static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
+    static constexpr int B_TILES = 1;
     __device__ static T round(float v) { return SPLIT ? v : tf32_round(v); }
     // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
     // and attention_delta write them in f32 (rounded to tf32 unless SPLIT).
     __device__ static const T* rows(const HeadRows& o) { return o.f + o.base; }
     __device__ static u32 reg(const T* p) { return __float_as_uint(*p); }
     __device__ static float value(T v) { return v; }
+    __device__ static T of(float v) { return round(v); }
     __device__ static u32 pack(float lo, float) { return __float_as_uint(round(lo)); }
     __device__ static void split(u32 r, u32& hi, u32& lo) {
         if (SPLIT) {
@@ -219,12 +262,21 @@ struct Tf32Formats {
         x[2] = pack(w[nt][1], 0.0f);
         x[3] = pack(w[nt][3], 0.0f);
     }
-    // B: rows nt*8 + 2t and nt*8 + 2t + 1 of M (in A's column order), column
-    // col, from the row-major tile `m` [64, STRIDE].
-    __device__ static void b_from_cols(const T* m, int nt, int col, int tq, u32 y[2]) {
-        const T* p = m + (nt * 8 + 2 * tq) * STRIDE + col;
-        y[0] = reg(p);
-        y[1] = reg(p + STRIDE);
+    // A: rows 0..15 of `a`, its columns 0..7.
+    __device__ static void a_rows(const T* a, int g, int tq, u32 x[4]) {
+        const T* ar = a + g * STRIDE + tq;
+        x[0] = reg(ar), x[1] = reg(ar + 8 * STRIDE), x[2] = reg(ar + K / 2), x[3] = reg(ar + 8 * STRIDE + K / 2);
+    }
+    // B of n tile 0 from rows 0..7 of `b` (the n), its columns 0..7 (the k).
+    __device__ static void b_rows(const T* b, int g, int tq, u32 y[B_TILES][2]) {
+        const T* br = b + g * STRIDE + tq;
+        y[0][0] = reg(br), y[0][1] = reg(br + K / 2);
+    }
+    // B of n tile 0 from column g of M at its rows 2t and 2t + 1 (the k, in
+    // A's column order).
+    __device__ static void b_cols(const T* m, int g, int tq, u32 y[B_TILES][2]) {
+        const T* p = m + 2 * tq * STRIDE + g;
+        y[0][0] = reg(p), y[0][1] = reg(p + STRIDE);
     }
 };
 typedef Tf32Formats<false> Tf32Format;
@@ -241,16 +293,17 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
                                                  float c[KT][4], int g, int tq) {
 #pragma unroll
     for (int kk = 0; kk < HEAD_DIM; kk += F::K) {
-        const typename F::T* ar = a + g * F::STRIDE + kk + F::PER_REG * tq;
-        u32 x[4] = {F::reg(ar), F::reg(ar + 8 * F::STRIDE), F::reg(ar + F::K / 2),
-                    F::reg(ar + 8 * F::STRIDE + F::K / 2)};
+        u32 x[4];
+        F::a_rows(a + kk, g, tq, x);
         const Operand<4> xa = operand<F>(x);
 #pragma unroll
-        for (int nt = 0; nt < KT; nt++) {
+        for (int nt = 0; nt < KT; nt += F::B_TILES) {
             if (nt * 8 >= valid) break;
-            const typename F::T* br = b + (nt * 8 + g) * F::STRIDE + kk + F::PER_REG * tq;
-            u32 y[2] = {F::reg(br), F::reg(br + F::K / 2)};
-            F::mma(c[nt], xa, operand<F>(y), c[nt]);
+            u32 y[F::B_TILES][2];
+            F::b_rows(b + nt * 8 * F::STRIDE + kk, g, tq, y);
+#pragma unroll
+            for (int i = 0; i < F::B_TILES; i++)
+                if ((nt + i) * 8 < valid) F::mma(c[nt + i], xa, operand<F>(y[i]), c[nt + i]);
         }
     }
 }
@@ -269,10 +322,11 @@ __device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const ty
         F::a_from_tiles(w, nt, x);
         const Operand<4> xa = operand<F>(x);
 #pragma unroll
-        for (int dn = 0; dn < DT; dn++) {
-            u32 y[2];
-            F::b_from_cols(m, nt, dn * 8 + g, tq, y);
-            F::mma(o[dn], xa, operand<F>(y), o[dn]);
+        for (int dn = 0; dn < DT; dn += F::B_TILES) {
+            u32 y[F::B_TILES][2];
+            F::b_cols(m + nt * 8 * F::STRIDE + dn * 8, g, tq, y);
+#pragma unroll
+            for (int i = 0; i < F::B_TILES; i++) F::mma(o[dn + i], xa, operand<F>(y[i]), o[dn + i]);
         }
     }
 }
@@ -368,31 +422,39 @@ __device__ __forceinline__ float keep_factor(u32 bits, int k, float scale) {
     return (bits >> k) & 1u ? scale : 0.0f;
 }
 
-// Checks format F's fragment layout above on this device: one warp
-// multiplies A[r][k] = (r + 2k) % 7 - 3 by B[k][n] = (3k + n) % 5 - 2 (small
-// integers, exact in bf16, tf32 and the sums) and writes D [16, 8]
-// row-major to `out`; the loader compares it with the product (over K) it
-// computes itself.
+// Checks format F's fragment layouts and tile loads on this device, as the
+// kernels use them: one warp computes S = A·Bᵀ (mma_rows_by_rows) and O =
+// W·B (mma_tiles_by_cols) of small integers, exact in bf16, tf32 and the
+// sums: A[r][k] = (r + 2k) % 7 - 3 and B[j][k] = (3k + j) % 5 - 2, 16 rows
+// of HD, and W[r][j] = (r + 3j) % 5 - 2, 16 x 16. It writes S [16, 16], then
+// O [16, HD], row-major to `out`; the loader compares them with the
+// products it computes itself.
 template <typename F>
 __device__ __forceinline__ void mma_self_test(float* out) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    auto av = [](int r, int k) { return (float)((r + 2 * k) % 7 - 3); };
-    auto bv = [](int k, int n) { return (float)((3 * k + n) % 5 - 2); };
-    u32 a[4], b[2];
-    for (int i = 0; i < 4; i++) {
-        int r = g + 8 * (i & 1), k = F::PER_REG * t + F::K / 2 * (i >> 1);
-        a[i] = F::pack(av(r, k), av(r, k + 1));
+    typedef typename F::T T;
+    ATTENTION_SHARED;  // a, b [16, STRIDE]
+    T* a = reinterpret_cast<T*>(smem);
+    T* b = a + 16 * F::STRIDE;
+    int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    for (int e = lane; e < 16 * HEAD_DIM; e += 32) {
+        int r = e / HEAD_DIM, k = e % HEAD_DIM;
+        a[r * F::STRIDE + k] = F::of((float)((r + 2 * k) % 7 - 3));
+        b[r * F::STRIDE + k] = F::of((float)((3 * k + r) % 5 - 2));
     }
-    for (int i = 0; i < 2; i++) {
-        int k = F::PER_REG * t + F::K / 2 * i;
-        b[i] = F::pack(bv(k, g), bv(k + 1, g));
-    }
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
-    F::mma(d, operand<F>(a), operand<F>(b), c);
-    out[g * 8 + 2 * t] = d[0];
-    out[g * 8 + 2 * t + 1] = d[1];
-    out[(g + 8) * 8 + 2 * t] = d[2];
-    out[(g + 8) * 8 + 2 * t + 1] = d[3];
+    __syncthreads();
+    float s[KT][4] = {}, w[KT][4] = {}, o[DT][4] = {};
+    mma_rows_by_rows<F>(a, b, 16, s, g, tq);
+    each_element(tq, [&](int nt, int e, int col, int r) {
+        if (col < 16) w[nt][e] = (float)((g + 8 * r + 3 * col) % 5 - 2);
+    });
+    mma_tiles_by_cols<F>(w, b, 16, o, g, tq);
+    each_element(tq, [&](int nt, int e, int col, int r) {
+        if (col < 16) out[(g + 8 * r) * 16 + col] = s[nt][e];
+    });
+#pragma unroll
+    for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) out[16 * 16 + (g + 8 * (e >> 1)) * HEAD_DIM + dn * 8 + 2 * tq + (e & 1)] = o[dn][e];
 }
 
 // A gradient into d(qkv) [rows, 3H] at `at`: f32, or bf16 when dqkv16 is set.

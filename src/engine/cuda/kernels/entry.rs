@@ -75,18 +75,21 @@ impl Kernel {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         // Tensor-core kernels: (tiles [64, HD + pad], f32 [64] rows of
         // statistics: the key bias of the forward and dQ, lse and delta of
-        // dK/dV, the key bias and the token keys of the forward from qkv),
-        // as attention_mma.cuh carves them; bf16 (2 bytes, pad 8), tf32 and
-        // tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as it reads
-        // them).
+        // dK/dV, the key bias and the token keys of the forward from qkv), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
+        // tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as
+        // it reads them). The self-test takes two tiles of 16 rows.
+        let row_bytes = |format: MmaFormat| match format {
+            MmaFormat::Bf16 => 2 * (head_dim + 8),
+            MmaFormat::Tf32 | MmaFormat::Tf32x3 => 4 * (head_dim + 4),
+        };
         let tensor_cores = |format: MmaFormat, tiles: usize, stats: usize| {
-            let (bytes, pad) = match format {
-                MmaFormat::Bf16 => (2, 8),
-                MmaFormat::Tf32 | MmaFormat::Tf32x3 => (4, 4),
-            };
-            (bytes * tiles * 64 * (head_dim + pad) + 4 * stats * 64) as u32
+            (tiles * 64 * row_bytes(format) + 4 * stats * 64) as u32
         };
         match self {
+            Kernel::MmaSelfTestBf16 => (2 * 16 * row_bytes(MmaFormat::Bf16)) as u32,
+            Kernel::MmaSelfTestTf32 | Kernel::MmaSelfTestTf32x3 => {
+                (2 * 16 * row_bytes(MmaFormat::Tf32)) as u32
+            }
             Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
             Kernel::AttentionForwardQkvBf16 => tensor_cores(MmaFormat::Bf16, 3, 2),
             Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
