@@ -812,7 +812,8 @@ impl CudaEncoder {
             let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
             // A layer whose operands no backward reads, in bf16 on the
             // tensor cores: the attention reads q, k and v from qkv16 itself,
-            // and attention_operands writes the prefix's rows alone (T = 0).
+            // and attention_operands writes the prefix's rows alone (T = 0),
+            // less the key and value biases (attention_forward_rows' SHIFTED).
             let from_qkv = ops_bf16 && !keep && dev.attention_from_qkv;
             let operand_rows = if from_qkv { 2 * pl } else { t + 2 * (pl + t) };
             if operand_rows > 0 {
@@ -838,12 +839,12 @@ impl CudaEncoder {
                         &(nh as i32),
                         &scale_qk,
                         &(round_tf32 as i32),
+                        &(from_qkv as i32),
                     ],
                 )?;
             }
 
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
-            let lse = if keep { s.lse.ptr } else { 0u64 };
             if from_qkv {
                 let prefix16 = if pl > 0 { ops.1 } else { 0 };
                 dev.launch(
@@ -856,7 +857,6 @@ impl CudaEncoder {
                         &prefix16,
                         &ws.mask.ptr,
                         &saved_f32(s.ctx.ptr),
-                        &lse,
                         &(t as i32),
                         &(pl as i32),
                         &(nh as i32),
@@ -869,6 +869,7 @@ impl CudaEncoder {
                     ],
                 )?;
             } else {
+                let lse = if keep { s.lse.ptr } else { 0u64 };
                 let call = AttentionCall::new(ops, ws.mask.ptr, (b, t, pl, nh));
                 call.launch(
                     dev,

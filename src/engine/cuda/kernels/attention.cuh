@@ -363,10 +363,12 @@ __device__ __forceinline__ void store8_either(float* ops, u16* ops16, u64 at, co
 // instructions when every kernel applied them as it read). Grid (x, NH, B),
 // grid-stride over the (T + 2N) * HD / OPS_PER_THREAD pieces of a (row,
 // head); the launch sizes x for one piece a thread
-// (kernels::operands_per_thread).
+// (kernels::operands_per_thread). `minus_bias` (with T = 0: the prefix's
+// rows alone, for attention_forward_qkv_bf16): the prefix keys and values
+// less the key and value biases, which that kernel's token rows lack.
 extern "C" __global__ void attention_operands(const float* qkv, const u16* qkv16, const float* qkv_bias,
                                               const float* prefix, u64 prefix_row_stride, float* ops, u16* ops16,
-                                              int t, int p, int nh, float scale, int round_tf32) {
+                                              int t, int p, int nh, float scale, int round_tf32, int minus_bias) {
     constexpr int V = OPS_PER_THREAD, PER_ROW = HEAD_DIM / V;
     int b = blockIdx.z, hh = blockIdx.y, n = p + t, pieces = (t + 2 * n) * PER_ROW;
     const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, nh * HEAD_DIM};
@@ -379,6 +381,11 @@ extern "C" __global__ void attention_operands(const float* qkv, const u16* qkv16
             row_values8(row, d, r < t ? scale : 1.0f, v);
         } else {
             chunk_values(load_chunk(row, d), row, d, r < t ? scale : 1.0f, v);
+        }
+        if (minus_bias && r >= t) {
+            const float* bias = qkv_bias + (r < t + n ? 1 : 2) * nh * HEAD_DIM + hh * HEAD_DIM + d;
+#pragma unroll
+            for (int k = 0; k < V; k++) v[k] -= bias[k];
         }
         if (round_tf32) {
 #pragma unroll

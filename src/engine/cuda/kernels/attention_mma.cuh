@@ -471,139 +471,145 @@ __device__ __forceinline__ void store_grad1(float* dqkv, u16* dqkv16, u64 at, fl
 // prefix's first), copied as they are.
 template <typename F>
 struct OpsSource {
-    static constexpr bool TOKEN_BIAS = false;
+    static constexpr bool SHIFTED = false;
     const typename F::T* rows;
     int t, n;
-    __device__ void load_q(typename F::T* qs, int i0) const { copy_mma_tile<F>(qs, rows, i0, t); }
+    // Query rows i0 .. i0 + 63, zeros from row `count` on.
+    __device__ void load_q(typename F::T* qs, int i0, int count) const { copy_mma_tile<F>(qs, rows, i0, count); }
     __device__ void load_kv(typename F::T* ks, typename F::T* vs, int j0) const {
         copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, n);
         copy_mma_tile<F>(vs, rows + (u64)(t + n) * HEAD_DIM, j0, n);
     }
-    __device__ const float* k_bias() const { return 0; }
     __device__ const float* v_bias() const { return 0; }
 };
 
-// With TOKEN_BIAS, the forward's second f32 [64] after the key bias `kb`:
-// 1 where a key of the tile is a token's, 0 where it is the prefix's.
-__device__ __forceinline__ float* token_keys(float* kb) { return kb + MMA_ROWS; }
-
-// Arguments and outputs as attention_forward's; `src` gives the tiles.
-// With Src::TOKEN_BIAS the token keys and values come without their
-// biases, which are applied to the products instead: q·(k + b_k) = q·k +
-// q·b_k on the token keys' scores (the prefix keys have no bias), and
-// Σ_j p_j (v_j + b_v) = Σ_j p_j v_j + (Σ over token keys of p_j) b_v.
-template <typename F, typename Src>
-__device__ __forceinline__ void attention_forward_tc(const Src& src, const float* mask, float* ctx, float* lse, int t,
-                                                     int p, int nh, u64 key, u64 threshold, float dscale, int dropout,
-                                                     u16* ctx16) {
-    typedef typename F::T T;
-    ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias (TOKEN_BIAS: and token_keys)
-    T* tiles[3];
-    float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
-    T *qs = tiles[0], *ks = tiles[1], *vs = tiles[2];
-    const MmaBlock blk(mask, t, p, nh);
-    int i0 = blockIdx.x * MMA_ROWS;
-    src.load_q(qs, i0);
-    // Rows g and g + 8 of this warp's 16 queries: running max and sum (and
-    // with TOKEN_BIAS the token keys' share of it, and q·b_k), and the
-    // dropout z of their column 2tq of key 0.
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, lt[2] = {0.0f, 0.0f}, qb[2] = {0.0f, 0.0f};
+// The forward's running state of rows g and g + 8 of a warp's 16 queries:
+// max and sum (and with dropout and SHIFTED, the sum of the kept
+// probabilities), and their share of the output.
+struct ForwardRows {
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, lk[2] = {0.0f, 0.0f};
     float o[DT][4] = {};
-    int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
-    u64 z[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-        z[r] = drop_z(key, (((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1)) * blk.n + 2 * blk.tq);
-    float drop_scale = dropout ? dscale : 1.0f;
-    const T* qw = qs + blk.warp * 16 * F::STRIDE;
-    if constexpr (Src::TOKEN_BIAS) {
-        // q·b_k of rows g and g + 8, from the q tile as the products read it.
-        copy_wait();
-        __syncthreads();
-        const float* bk = src.k_bias();
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const T* q = qw + (blk.g + 8 * r) * F::STRIDE;
-#pragma unroll 4
-            for (int d = 0; d < HEAD_DIM; d++) qb[r] = fmaf(F::value(q[d]), bk[d], qb[r]);
-        }
-    }
+};
+
+// The forward's loop over the key tiles. z: the dropout z of the rows'
+// column 2tq of key 0. Dropout's arithmetic is in branches of its own (the
+// flag is the block's), so that inference's loop does none of it: two
+// copies of the loop, one for each, took more than twice the registers.
+template <typename F, typename Src>
+__device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock& blk, ForwardRows& st,
+                                                  typename F::T* const tiles[3], float* kb, const float* mask, int i0,
+                                                  int t, int p, int dropout, const u64 z[2], u64 threshold,
+                                                  float dscale) {
+    const typename F::T* qw = tiles[0] + blk.warp * 16 * F::STRIDE;
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         __syncthreads();
-        src.load_kv(ks, vs, j0);
+        src.load_kv(tiles[1], tiles[2], j0);
         key_bias(kb, mask, blk, j0, t, p);
-        if constexpr (Src::TOKEN_BIAS)
-            for (int c = threadIdx.x; c < MMA_ROWS; c += MMA_THREADS) token_keys(kb)[c] = j0 + c >= p ? 1.0f : 0.0f;
         copy_wait();
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
         const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
         u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {};
-        mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(qw, tiles[1], blk.n - j0, s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
         for (int nt = 0; nt < KT; nt++) {
-            float2 bias = column_pair(kb, nt, blk.tq), token = {0.0f, 0.0f};
-            if constexpr (Src::TOKEN_BIAS) token = column_pair(token_keys(kb), nt, blk.tq);
+            float2 bias = column_pair(kb, nt, blk.tq);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float q_bk = Src::TOKEN_BIAS ? qb[e >> 1] * (e & 1 ? token.y : token.x) : 0.0f;
-                s[nt][e] = (blk.any ? s[nt][e] + q_bk : 0.0f) + (e & 1 ? bias.y : bias.x);
+                s[nt][e] += e & 1 ? bias.y : bias.x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             }
         }
-        float base[2], corr[2], sum[2] = {0.0f, 0.0f}, sum_t[2] = {0.0f, 0.0f};
+        float base[2], corr[2], sum[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
-            float m_new = fmaxf(m[r], mx[r]);
+            float m_new = fmaxf(st.m[r], mx[r]);
             base[r] = (m_new == NEG_INF ? 0.0f : m_new) * LOG2E;  // in log2 units
-            corr[r] = exp2_approx(fmaf(m[r], LOG2E, -base[r]));
-            m[r] = m_new;
+            corr[r] = exp2_approx(fmaf(st.m[r], LOG2E, -base[r]));
+            st.m[r] = m_new;
         }
-        // The softmax denominator sums the probabilities before dropout;
-        // the token keys' share, after (it weighs b_v as p weighs v).
-        each_element(blk.tq, [&](int nt, int e, int col, int r) {
-            float ex = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
-            sum[r] += ex;
-            s[nt][e] = ex * keep_factor(keep, nt * 4 + e, drop_scale);
-            if constexpr (Src::TOKEN_BIAS) sum_t[r] = fmaf(s[nt][e], token_keys(kb)[col], sum_t[r]);
+        // The softmax denominator sums the probabilities before dropout.
+        each_element(blk.tq, [&](int nt, int e, int, int r) {
+            s[nt][e] = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
+            sum[r] += s[nt][e];
         });
+        if (dropout) {
+            each_element(blk.tq, [&](int nt, int e, int, int r) {
+                s[nt][e] *= keep_factor(keep, nt * 4 + e, dscale);
+                if (Src::SHIFTED) kept[r] += s[nt][e];
+            });
+        }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
-            l[r] = l[r] * corr[r] + sum[r];
-            if constexpr (Src::TOKEN_BIAS) {
-                for (int o2 = 1; o2 < 4; o2 <<= 1) sum_t[r] += __shfl_xor_sync(0xffffffffu, sum_t[r], o2);
-                lt[r] = lt[r] * corr[r] + sum_t[r];
+            st.l[r] = st.l[r] * corr[r] + sum[r];
+            if (Src::SHIFTED && dropout) {
+                for (int o2 = 1; o2 < 4; o2 <<= 1) kept[r] += __shfl_xor_sync(0xffffffffu, kept[r], o2);
+                st.lk[r] = st.lk[r] * corr[r] + kept[r];
             }
         }
 #pragma unroll
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) o[dn][e] *= corr[e >> 1];
-        mma_tiles_by_cols<F>(s, vs, blk.n - j0, o, blk.g, blk.tq);
+            for (int e = 0; e < 4; e++) st.o[dn][e] *= corr[e >> 1];
+        mma_tiles_by_cols<F>(s, tiles[2], blk.n - j0, st.o, blk.g, blk.tq);
     }
+}
+
+// Arguments and outputs as attention_forward's; `src` gives the tiles.
+//
+// With Src::SHIFTED the token keys and values come without their biases
+// b_k and b_v, and the prefix's with minus them (attention_operands'
+// minus_bias). Every score of a row is then its true value less q·b_k: the
+// same for all its keys, which the softmax does not see. And the output
+// Σ_j p_j v_j (true values) is the products' sum plus b_v Σ_j p_j: b_v
+// where nothing is dropped, b_v times the kept probabilities' sum where it
+// is. So no bias term costs an instruction per score. lse, which would be
+// of the shifted scores, is not written (none is asked for: no backward
+// reads such a layer).
+template <typename F, typename Src>
+__device__ __forceinline__ void attention_forward_tc(const Src& src, const float* mask, float* ctx, float* lse, int t,
+                                                     int p, int nh, u64 key, u64 threshold, float dscale, int dropout,
+                                                     u16* ctx16) {
+    ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias
+    typename F::T* tiles[3];
+    float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
+    const MmaBlock blk(mask, t, p, nh);
+    int i0 = blockIdx.x * MMA_ROWS;
+    // A row with no visible key is uniform (P = 0 and only padding): zero
+    // queries give it scores of 0.
+    src.load_q(tiles[0], i0, blk.any ? t : 0);
+    int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
+    u64 z[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        z[r] = drop_z(key, (((u64)blk.b * nh + blk.hh) * t + min(qrows[r], t - 1)) * blk.n + 2 * blk.tq);
+    ForwardRows st;
+    forward_key_tiles<F>(src, blk, st, tiles, kb, mask, i0, t, p, dropout, z, threshold, dscale);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         int i = qrows[r];
         if (i >= t) continue;
-        float inv = 1.0f / l[r];
+        float inv = 1.0f / st.l[r];
+        // b_v's weight: the probabilities' sum, 1 where nothing is dropped.
+        float bv_weight = dropout ? st.lk[r] * inv : 1.0f;
         u64 at = ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM;
 #pragma unroll
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int col = dn * 8 + 2 * blk.tq + e;
-                float acc = o[dn][2 * r + e];
-                if constexpr (Src::TOKEN_BIAS) acc = fmaf(lt[r], src.v_bias()[col], acc);
-                float v = acc * inv;
+                float v = st.o[dn][2 * r + e] * inv;
+                if (Src::SHIFTED) v = fmaf(src.v_bias()[col], bv_weight, v);
                 if (ctx != 0) ctx[at + col] = v;
                 if (ctx16 != 0) ctx16[at + col] = bf16_bits(v);
             }
-        if (lse != 0 && blk.tq == 0) lse[((u64)blk.b * nh + blk.hh) * t + i] = m[r] + logf(l[r]);
+        if (!Src::SHIFTED && lse != 0 && blk.tq == 0)
+            lse[((u64)blk.b * nh + blk.hh) * t + i] = st.m[r] + logf(st.l[r]);
     }
 }
 
@@ -800,13 +806,13 @@ TENSOR_CORE_ATTENTION(bf16, Bf16Format, 3)
 // The bf16 forward's operands without attention_operands' pass over them:
 // q, k and v straight from the QKV GEMM's bf16 output qkv16 [B·T, 3H],
 // without their bias qkv_bias [3H]; the prefix's keys and values from
-// prefix16 [B, NH, 2P, HD] (attention_operands' format with T = 0: that
-// kernel rounds the P prefix rows alone). q gets its bias and the scale as
-// its tile is loaded, rounded as attention_operands rounds it (the same
-// bits); k and v are copied as they are, their biases applied to the
-// products (attention_forward_tc's TOKEN_BIAS).
+// prefix16 [B, NH, 2P, HD], less the key and value biases
+// (attention_operands' format with T = 0 and minus_bias). q gets its bias
+// and the scale as its tile is loaded, rounded as attention_operands
+// rounds it (the same bits); k and v are copied as they are
+// (attention_forward_rows' SHIFTED).
 struct QkvSource {
-    static constexpr bool TOKEN_BIAS = true;
+    static constexpr bool SHIFTED = true;
     const u16 *qkv16, *prefix16;
     const float* bias;
     float scale;
@@ -817,13 +823,13 @@ struct QkvSource {
     __device__ const u16* prefix(int r) const {
         return prefix16 + (((u64)b * (h / HEAD_DIM) + hh) * 2 * p + r) * HEAD_DIM;
     }
-    __device__ void load_q(u16* qs, int i0) const {
+    __device__ void load_q(u16* qs, int i0, int count) const {
         constexpr int PER_ROW = HEAD_DIM / 8;
 #pragma unroll 1
         for (int e = threadIdx.x; e < MMA_ROWS * PER_ROW; e += MMA_THREADS) {
             int r = e / PER_ROW, d = e % PER_ROW * 8;
             float v[8] = {};
-            if (i0 + r < t) row_values8({0, token(i0 + r, hh * HEAD_DIM), bias + hh * HEAD_DIM}, d, scale, v);
+            if (i0 + r < count) row_values8({0, token(i0 + r, hh * HEAD_DIM), bias + hh * HEAD_DIM}, d, scale, v);
             store8_either(0, qs, (u64)r * Bf16Format::STRIDE + d, v);
         }
     }
@@ -835,19 +841,18 @@ struct QkvSource {
             return j < p ? prefix(p + j) : token(j - p, 2 * h + hh * HEAD_DIM);
         });
     }
-    __device__ const float* k_bias() const { return bias + h + hh * HEAD_DIM; }
     __device__ const float* v_bias() const { return bias + 2 * h + hh * HEAD_DIM; }
 };
 
 // Inference's bf16 attention (and any forward whose operands no backward
-// reads): attention_forward_bf16's outputs and grid from qkv16, qkv_bias,
-// prefix16 (QkvSource; 0 without a prefix) and `scale`, 1/√HD.
+// reads): attention_forward_bf16's ctx and ctx16 (no lse) on its grid, from
+// qkv16, qkv_bias, prefix16 (QkvSource; 0 without a prefix) and `scale`,
+// 1/√HD.
 extern "C" __global__ void attention_forward_qkv_bf16(const u16* qkv16, const float* qkv_bias, const u16* prefix16,
-                                                      const float* mask, float* ctx, float* lse, int t, int p, int nh,
-                                                      float scale, u64 key, u64 threshold, float dscale, int dropout,
-                                                      u16* ctx16) {
+                                                      const float* mask, float* ctx, int t, int p, int nh, float scale,
+                                                      u64 key, u64 threshold, float dscale, int dropout, u16* ctx16) {
     const QkvSource src{qkv16, prefix16, qkv_bias, scale, (int)blockIdx.z, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM};
-    attention_forward_tc<Bf16Format>(src, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);
+    attention_forward_tc<Bf16Format>(src, mask, ctx, 0, t, p, nh, key, threshold, dscale, dropout, ctx16);
 }
 #endif
 #endif  // HEAD_DIM % 8 == 0

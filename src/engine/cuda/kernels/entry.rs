@@ -74,8 +74,8 @@ impl Kernel {
     pub fn shared_bytes(self, head_dim: usize) -> u32 {
         let (row, score) = (32 * (head_dim + 4), 32 * 36);
         // Tensor-core kernels: (tiles [64, HD + pad], f32 [64] rows of
-        // statistics: the key bias of the forward and dQ, lse and delta of
-        // dK/dV, the key bias and the token keys of the forward from qkv), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
+        // statistics: the key bias of the forwards and dQ, lse and delta of
+        // dK/dV), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
         // tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as
         // it reads them). The self-test takes two tiles of 16 rows.
         let row_bytes = |format: MmaFormat| match format {
@@ -91,7 +91,7 @@ impl Kernel {
                 (2 * 16 * row_bytes(MmaFormat::Tf32)) as u32
             }
             Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
-            Kernel::AttentionForwardQkvBf16 => tensor_cores(MmaFormat::Bf16, 3, 2),
+            Kernel::AttentionForwardQkvBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
             Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
             Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
