@@ -284,13 +284,15 @@ typedef Tf32Formats<true> Tf32x3Format;
 
 // c[nt] += A (16 rows of `a`) · B[nt]ᵀ over the head, for the KT tiles of 8
 // rows of `b` (both [*, STRIDE] tiles of format F): scores (or dP) of 16
-// rows against 64 columns. Only the first `valid` rows of b hold keys (or
-// queries): tiles past them are left as they are, for the caller masks
-// their columns (at T 128 and a prefix of 20, the last of three key tiles
-// holds 20 keys: 5 of its 8 products are skipped).
+// rows against 64 columns. Every tile is multiplied, those past the last
+// key (or query) too: their rows are zeros (copy_tile_rows), and the
+// callers mask their columns. Skipping them took a branch around each
+// product, and the branches and warp syncs cost more instructions than
+// the products they saved (at T 128 and a prefix of 20, 5 of the 24 tiles
+// a query row meets are past the last key).
 template <typename F>
-__device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const typename F::T* b, int valid,
-                                                 float c[KT][4], int g, int tq) {
+__device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const typename F::T* b, float c[KT][4], int g,
+                                                 int tq) {
 #pragma unroll
     for (int kk = 0; kk < HEAD_DIM; kk += F::K) {
         u32 x[4];
@@ -298,26 +300,22 @@ __device__ __forceinline__ void mma_rows_by_rows(const typename F::T* a, const t
         const Operand<4> xa = operand<F>(x);
 #pragma unroll
         for (int nt = 0; nt < KT; nt += F::B_TILES) {
-            if (nt * 8 >= valid) break;
             u32 y[F::B_TILES][2];
             F::b_rows(b + nt * 8 * F::STRIDE + kk, g, tq, y);
 #pragma unroll
-            for (int i = 0; i < F::B_TILES; i++)
-                if ((nt + i) * 8 < valid) F::mma(c[nt + i], xa, operand<F>(y[i]), c[nt + i]);
+            for (int i = 0; i < F::B_TILES; i++) F::mma(c[nt + i], xa, operand<F>(y[i]), c[nt + i]);
         }
     }
 }
 
 // o[dn] += W (16 x 64, the C tiles w) · M (64 x HD, a row-major tile):
-// probabilities times values, dS times keys or queries. Rows of M from
-// `valid` on are zeros, and so are W's columns there: the products of whole
-// k steps past it are skipped (they would add exact zeros).
+// probabilities times values, dS times keys or queries. Past the last key
+// (or query) M's rows and W's columns are zeros: they add exact zeros.
 template <typename F>
-__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const typename F::T* m, int valid,
-                                                  float o[DT][4], int g, int tq) {
+__device__ __forceinline__ void mma_tiles_by_cols(const float w[KT][4], const typename F::T* m, float o[DT][4], int g,
+                                                  int tq) {
 #pragma unroll
     for (int nt = 0; nt < KT; nt += F::K / 8) {
-        if (nt * 8 >= valid) break;
         u32 x[4];
         F::a_from_tiles(w, nt, x);
         const Operand<4> xa = operand<F>(x);
@@ -426,28 +424,29 @@ __device__ __forceinline__ float keep_factor(u32 bits, int k, float scale) {
 // kernels use them: one warp computes S = A·Bᵀ (mma_rows_by_rows) and O =
 // W·B (mma_tiles_by_cols) of small integers, exact in bf16, tf32 and the
 // sums: A[r][k] = (r + 2k) % 7 - 3 and B[j][k] = (3k + j) % 5 - 2, 16 rows
-// of HD, and W[r][j] = (r + 3j) % 5 - 2, 16 x 16. It writes S [16, 16], then
-// O [16, HD], row-major to `out`; the loader compares them with the
-// products it computes itself.
+// of HD (B's tile zero from row 16 on, as a tile past the last key), and
+// W[r][j] = (r + 3j) % 5 - 2, 16 x 16. It writes S [16, 16], then O [16,
+// HD], row-major to `out`; the loader compares them with the products it
+// computes itself.
 template <typename F>
 __device__ __forceinline__ void mma_self_test(float* out) {
     typedef typename F::T T;
-    ATTENTION_SHARED;  // a, b [16, STRIDE]
+    ATTENTION_SHARED;  // a [16, STRIDE], b [64, STRIDE]
     T* a = reinterpret_cast<T*>(smem);
     T* b = a + 16 * F::STRIDE;
     int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    for (int e = lane; e < 16 * HEAD_DIM; e += 32) {
+    for (int e = lane; e < MMA_ROWS * HEAD_DIM; e += 32) {
         int r = e / HEAD_DIM, k = e % HEAD_DIM;
-        a[r * F::STRIDE + k] = F::of((float)((r + 2 * k) % 7 - 3));
-        b[r * F::STRIDE + k] = F::of((float)((3 * k + r) % 5 - 2));
+        if (r < 16) a[r * F::STRIDE + k] = F::of((float)((r + 2 * k) % 7 - 3));
+        b[r * F::STRIDE + k] = F::of(r < 16 ? (float)((3 * k + r) % 5 - 2) : 0.0f);
     }
     __syncthreads();
     float s[KT][4] = {}, w[KT][4] = {}, o[DT][4] = {};
-    mma_rows_by_rows<F>(a, b, 16, s, g, tq);
+    mma_rows_by_rows<F>(a, b, s, g, tq);
     each_element(tq, [&](int nt, int e, int col, int r) {
         if (col < 16) w[nt][e] = (float)((g + 8 * r + 3 * col) % 5 - 2);
     });
-    mma_tiles_by_cols<F>(w, b, 16, o, g, tq);
+    mma_tiles_by_cols<F>(w, b, o, g, tq);
     each_element(tq, [&](int nt, int e, int col, int r) {
         if (col < 16) out[(g + 8 * r) * 16 + col] = s[nt][e];
     });
@@ -511,7 +510,7 @@ __device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock
         const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
         u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {};
-        mma_rows_by_rows<F>(qw, tiles[1], blk.n - j0, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(qw, tiles[1], s, blk.g, blk.tq);
         // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
@@ -556,7 +555,7 @@ __device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock
         for (int dn = 0; dn < DT; dn++)
 #pragma unroll
             for (int e = 0; e < 4; e++) st.o[dn][e] *= corr[e >> 1];
-        mma_tiles_by_cols<F>(s, tiles[2], blk.n - j0, st.o, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, tiles[2], st.o, blk.g, blk.tq);
     }
 }
 
@@ -657,8 +656,8 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* ops, const
         const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
         u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {}, dp[KT][4] = {};
-        mma_rows_by_rows<F>(qw, ks, blk.n - j0, s, blk.g, blk.tq);
-        mma_rows_by_rows<F>(dw, vs, blk.n - j0, dp, blk.g, blk.tq);
+        mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
+        mma_rows_by_rows<F>(dw, vs, dp, blk.g, blk.tq);
 #pragma unroll
         for (int nt = 0; nt < KT; nt++) {
             float2 bias = column_pair(kb, nt, blk.tq);
@@ -670,7 +669,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* ops, const
                 s[nt][e] = pr * (dpv - di[r]) * scale;  // dS
             }
         }
-        mma_tiles_by_cols<F>(s, ks, blk.n - j0, dq, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(s, ks, dq, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -729,8 +728,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, cons
         u32 keep = keep_bits(dropout, z, (u64)blk.n * DROP_STEP, threshold);
         // Sᵀ and dPᵀ: 16 keys of this warp against 64 queries.
         float st[KT][4] = {}, dpt[KT][4] = {};
-        mma_rows_by_rows<F>(kw, qs, t - i0, st, blk.g, blk.tq);
-        mma_rows_by_rows<F>(vw, dos, t - i0, dpt, blk.g, blk.tq);
+        mma_rows_by_rows<F>(kw, qs, st, blk.g, blk.tq);
+        mma_rows_by_rows<F>(vw, dos, dpt, blk.g, blk.tq);
         // P (a uniform row averages the values: dV but no dK), then dSᵀ
         // and (P · dropout)ᵀ.
 #pragma unroll
@@ -745,8 +744,8 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, cons
                 st[nt][e] = pr * f;
             }
         }
-        mma_tiles_by_cols<F>(st, dos, t - i0, dv, blk.g, blk.tq);
-        mma_tiles_by_cols<F>(dpt, qs, t - i0, dk, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(st, dos, dv, blk.g, blk.tq);
+        mma_tiles_by_cols<F>(dpt, qs, dk, blk.g, blk.tq);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -772,18 +771,22 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, cons
 
 // The kernels of one format: mma_self_test_<fmt> and
 // attention_{forward,backward_dq,backward_dkv}_<fmt>, whose arguments are
-// those of the f32 kernels. dK/dV holds the most registers: DKV_BLOCKS
-// blocks of it on a multiprocessor at least (ptxas, sm_90, head size 64:
-// 168 registers in bf16 and tf32, without spills; tf32x3 needs 193, so 2).
-#define TENSOR_CORE_ATTENTION(fmt, F, DKV_BLOCKS)                                                           \
+// those of the f32 kernels. BLOCKS blocks of the forward and of dQ on a
+// multiprocessor at least, DKV_BLOCKS of dK/dV, which holds the most
+// registers (ptxas, sm_90, head size 64: bf16 fits 4 blocks of the forward
+// and dQ without spills, 3 at head size 128; tf32's dQ spills 136 bytes in
+// 4 and none in 3; dK/dV takes 168 registers in bf16 and tf32, tf32x3 253,
+// so 2).
+#define TENSOR_CORE_ATTENTION(fmt, F, BLOCKS, DKV_BLOCKS)                                                   \
     extern "C" __global__ void mma_self_test_##fmt(float* out) { mma_self_test<F>(out); }                       \
-    extern "C" __global__ void attention_forward_##fmt(const float* ops, const u16* ops16, const float* mask,    \
-                                                       float* ctx, float* lse, int t, int p, int nh, u64 key,   \
-                                                       u64 threshold, float dscale, int dropout, u16* ctx16) {  \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, BLOCKS)                                           \
+        attention_forward_##fmt(const float* ops, const u16* ops16, const float* mask, float* ctx, float* lse,  \
+                                int t, int p, int nh, u64 key, u64 threshold, float dscale, int dropout,        \
+                                u16* ctx16) {                                                                    \
         const OpsSource<F> src{F::rows(Operands(ops, ops16, blockIdx.z, blockIdx.y, nh, t, p + t)), t, p + t};     \
         attention_forward_tc<F>(src, mask, ctx, lse, t, p, nh, key, threshold, dscale, dropout, ctx16);           \
     }                                                                                                            \
-    extern "C" __global__ void attention_backward_dq_##fmt(                                                     \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, BLOCKS) attention_backward_dq_##fmt(              \
         const float* ops, const u16* ops16, const float* mask, const float* dout, const u16* dout16,            \
         const float* lse, const float* delta, float* dqkv, int t, int p, int nh, float scale, u64 key,          \
         u64 threshold, float dscale, int dropout, u16* dqkv16) {                                                 \
@@ -798,10 +801,10 @@ __device__ __forceinline__ void attention_backward_dkv_tc(const float* ops, cons
                                      n_keys, key, threshold, dscale, dropout, dqkv16);                           \
     }
 
-TENSOR_CORE_ATTENTION(tf32, Tf32Format, 3)
-TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format, 2)
+TENSOR_CORE_ATTENTION(tf32, Tf32Format, 3, 3)
+TENSOR_CORE_ATTENTION(tf32x3, Tf32x3Format, 3, 2)
 #if HEAD_DIM % 16 == 0
-TENSOR_CORE_ATTENTION(bf16, Bf16Format, 3)
+TENSOR_CORE_ATTENTION(bf16, Bf16Format, HEAD_DIM > 64 ? 3 : 4, 3)
 
 // The bf16 forward's operands without attention_operands' pass over them:
 // q, k and v straight from the QKV GEMM's bf16 output qkv16 [B·T, 3H],
