@@ -117,7 +117,7 @@ static AttnOps operands(u64 qkv, u64 qkv16, u64 bias, u64 prefix, int t, int p, 
         o.f.assign(len, 0.0f);
     }
     // Two blocks of 64: the grid-stride loop too.
-    launch(attention_operands, Dim3{2, NH, B}, 64, qkv, qkv16, bias, prefix, (u64)(p * 2 * H), o.ops(), o.ops16(), t, p,
+    launch(attention_operands, Dim3{2, NH, B}, 64, qkv, qkv16, bias, prefix, (u64)(p * 2 * H), (u64)(2 * H), o.ops(), o.ops16(), t, p,
            NH, 1.0f / std::sqrt((float)HD), fmt == 1 ? 1 : 0, minus_bias);
     return o;
 }
@@ -440,12 +440,32 @@ static void check_attention_qkv_bf16() {
             // The prefix rows alone, less the biases, as the engine has
             // attention_operands write them.
             AttnOps pre = operands(0, 0, ptr(bias), p > 0 ? ptr(prefix) : 0, 0, p, 2, 1);
-            launch(attention_forward_qkv_bf16, Dim3{2, NH, B}, 128, ptr16(qkv16), ptr(bias), pre.ops16(), ptr(mask),
+            launch(attention_forward_qkv_bf16, Dim3{2, NH, B}, 128, ptr16(qkv16), ptr(bias), pre.ops16(), 0, ptr(mask),
                    ptr(ctx), t, p, NH, scale, KEY, THRESHOLD, DSCALE, on, ptr16(ctx16));
             std::snprintf(what, sizeof what, "attention from qkv (bf16), %s%s: ctx",
                           p > 0 ? "prefix 5, T 70" : "no prefix, padding row", on ? ", dropout" : "");
             check(what, rel(dbl(ctx), dbl(want.ctx)), 2e-2);
             check("  ctx16 is ctx rounded", bf16_mismatches(ctx, ctx16), 0.0);
+            if (p > 0 && !on) {
+                // One prefix for every row: batch row 0's operands, written
+                // alone from the table read with a batch stride of 0 (as
+                // inference reads the prefix table), give the rows the same
+                // as each its own copy.
+                std::vector<float> shared_prefix = prefix;
+                for (int b = 1; b < B; b++)
+                    std::copy(prefix.begin(), prefix.begin() + p * 2 * H, shared_prefix.begin() + b * p * 2 * H);
+                AttnOps own = operands(0, 0, ptr(bias), ptr(shared_prefix), 0, p, 2, 1);
+                AttnOps one;
+                one.h.assign(own.h.size(), 0);
+                launch(attention_operands, Dim3{1, NH, 1}, 64, (u64)0, (u64)0, ptr(bias), ptr(shared_prefix), (u64)0,
+                       (u64)(2 * H), (u64)0, one.ops16(), 0, p, NH, 1.0f, 0, 1);
+                std::vector<float> ctx_own(B * t * H), ctx_one(B * t * H);
+                launch(attention_forward_qkv_bf16, Dim3{2, NH, B}, 128, ptr16(qkv16), ptr(bias), own.ops16(), 0,
+                       ptr(mask), ptr(ctx_own), t, p, NH, scale, KEY, THRESHOLD, DSCALE, 0, (u64)0);
+                launch(attention_forward_qkv_bf16, Dim3{2, NH, B}, 128, ptr16(qkv16), ptr(bias), one.ops16(), 1,
+                       ptr(mask), ptr(ctx_one), t, p, NH, scale, KEY, THRESHOLD, DSCALE, 0, (u64)0);
+                check("  one prefix for all rows = a copy in each", rel(dbl(ctx_one), dbl(ctx_own)), 0.0);
+            }
             if (p == 0 || !on) continue;
             // The two bf16 kernels round different sums to bf16: the tokens'
             // k + b_k and v + b_v there (attention_operands), the prefix's

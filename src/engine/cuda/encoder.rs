@@ -659,8 +659,9 @@ impl CudaEncoder {
 
         // The prompt: [Ls, B, P, 2H] on the device, expanded there from the
         // prefix tables ([U, P, Ls·2H]; U = 1 but in serving); prompt
-        // tuning's [B, P, H] from [U, P, H].
-        let two_h = 2 * h;
+        // tuning's [B, P, H] from [U, P, H]. One table for every row with
+        // nothing dropped from it (inference) is read as it is.
+        let mut prefix_rows = PrefixRows::default();
         if let Some(pr) = prompt {
             let (ls, block) = table_blocks(pr.method, pr.layers, h);
             let table_len = p * ls * block;
@@ -708,16 +709,24 @@ impl CudaEncoder {
                     (0u64, ws.table_ptrs.ptr, ws.row_table.ptr)
                 }
             };
-            ws.kv.ensure(dev, ls * b * p * block)?;
-            let site = PrefixSite::new((ls, b, p, block), prefix_dropout);
-            let buffers: [&dyn KernelArg; 4] = [&past, &table_ptrs, &row_table, &ws.kv.ptr];
-            // A block per row of kv [Ls, B, P, 2H] (grid-stride).
-            dev.launch(
-                Kernel::ExpandPrefix,
-                ((ls * b * p).clamp(1, 65535) as u32, 1, 1),
-                ROW_BLOCK,
-                &[&buffers[..], &site.args()].concat(),
-            )?;
+            let shared = matches!(pr.source, PromptSource::Shared(_))
+                && prefix_dropout.is_none()
+                && pr.method == PromptMethod::PTuningV2;
+            if shared {
+                prefix_rows = PrefixRows::table(past, (ls, p, block));
+            } else {
+                ws.kv.ensure(dev, ls * b * p * block)?;
+                let site = PrefixSite::new((ls, b, p, block), prefix_dropout);
+                let buffers: [&dyn KernelArg; 4] = [&past, &table_ptrs, &row_table, &ws.kv.ptr];
+                // A block per row of kv [Ls, B, P, 2H] (grid-stride).
+                dev.launch(
+                    Kernel::ExpandPrefix,
+                    ((ls * b * p).clamp(1, 65535) as u32, 1, 1),
+                    ROW_BLOCK,
+                    &[&buffers[..], &site.args()].concat(),
+                )?;
+                prefix_rows = PrefixRows::expanded(ws.kv.ptr, (b, p, block));
+            }
         }
 
         // Embeddings.
@@ -808,13 +817,15 @@ impl CudaEncoder {
                 f32_or_bf16(bf16, ws.qkv.ptr, ws.qkv16.ptr),
             );
             layer.qkv.forward(dev, x, rows, gemm_out(qkv))?;
-            let (pl, prefix_ptr) = layer_prefix(&layers, l, ws.kv.ptr, (b, p, two_h));
+            let (pl, prefix_ptr) = prefix_rows.of_layer(&layers, l);
             let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
             // A layer whose operands no backward reads, in bf16 on the
             // tensor cores: the attention reads q, k and v from qkv16 itself,
             // and attention_operands writes the prefix's rows alone (T = 0),
-            // less the key and value biases (attention_forward_rows' SHIFTED).
+            // less the key and value biases (attention_forward_rows' SHIFTED),
+            // once for every batch row when they all read one table.
             let from_qkv = ops_bf16 && !keep && dev.attention_from_qkv;
+            let shared_prefix = from_qkv && prefix_rows.batch == 0;
             let operand_rows = if from_qkv { 2 * pl } else { t + 2 * (pl + t) };
             if operand_rows > 0 {
                 let pieces = operand_rows * hd / operands_per_thread(hd);
@@ -823,7 +834,7 @@ impl CudaEncoder {
                     (
                         pieces.div_ceil(ROW_BLOCK as usize) as u32,
                         nh as u32,
-                        b as u32,
+                        if shared_prefix { 1 } else { b as u32 },
                     ),
                     ROW_BLOCK,
                     &[
@@ -831,7 +842,8 @@ impl CudaEncoder {
                         &qkv.1,
                         &layer.qkv.bias.ptr,
                         &prefix_ptr,
-                        &((pl * two_h) as u64),
+                        &(prefix_rows.batch as u64),
+                        &(prefix_rows.row as u64),
                         &ops.0,
                         &ops.1,
                         &(if from_qkv { 0 } else { t as i32 }),
@@ -855,6 +867,7 @@ impl CudaEncoder {
                         &qkv.1,
                         &layer.qkv.bias.ptr,
                         &prefix16,
+                        &(shared_prefix as i32),
                         &ws.mask.ptr,
                         &saved_f32(s.ctx.ptr),
                         &(t as i32),
@@ -1063,7 +1076,8 @@ impl CudaEncoder {
 
             // attention
             // (The prefix keys and values are in the saved operands.)
-            let (pl, dprefix_ptr) = layer_prefix(&step.layers, l, ws.d_kv.ptr, (b, p, two_h));
+            let (pl, dprefix_ptr) =
+                PrefixRows::expanded(ws.d_kv.ptr, (b, p, two_h)).of_layer(&step.layers, l);
             let (key, thr, dscale, on) = dropout_site(dropout.attention_probs(l));
             let need_below = l > lowest || input;
             dev.launch(
@@ -1372,18 +1386,51 @@ impl PrefixSite {
     }
 }
 
-fn layer_prefix(
-    layers: &[usize],
-    l: usize,
+/// Where the layers read their prefix keys and values, [P, 2H] in f32 each
+/// (gradients alike): the first prefixed layer's at `base`, each next one
+/// `layer` values further, batch rows `batch` apart (0: one for all) and
+/// prefix rows `row` apart.
+#[derive(Clone, Copy, Default)]
+struct PrefixRows {
     base: u64,
-    (b, p, two_h): (usize, usize, usize),
-) -> (usize, u64) {
-    match layers.iter().position(|&x| x == l) {
-        Some(k) => (
+    p: usize,
+    layer: usize,
+    batch: usize,
+    row: usize,
+}
+
+impl PrefixRows {
+    /// kv [Ls, B, P, 2H], as expand_prefix writes it (and d_kv).
+    fn expanded(kv: u64, (b, p, two_h): (usize, usize, usize)) -> Self {
+        PrefixRows {
+            base: kv,
             p,
-            base + (k * b * p * two_h * std::mem::size_of::<f32>()) as u64,
-        ),
-        None => (0, 0),
+            layer: b * p * two_h,
+            batch: p * two_h,
+            row: two_h,
+        }
+    }
+
+    /// The table itself, [P, Ls·2H], the same for every batch row.
+    fn table(table: u64, (ls, p, two_h): (usize, usize, usize)) -> Self {
+        PrefixRows {
+            base: table,
+            p,
+            layer: two_h,
+            batch: 0,
+            row: ls * two_h,
+        }
+    }
+
+    /// (P, the address of layer l's) where `layers` holds l, else (0, 0).
+    fn of_layer(&self, layers: &[usize], l: usize) -> (usize, u64) {
+        match layers.iter().position(|&x| x == l) {
+            Some(k) => (
+                self.p,
+                self.base + (k * self.layer * std::mem::size_of::<f32>()) as u64,
+            ),
+            None => (0, 0),
+        }
     }
 }
 

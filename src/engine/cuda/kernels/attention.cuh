@@ -117,13 +117,14 @@ struct RowRef {
 // b, head hh: qkv [rows, 3H] as the GEMM wrote it (f32, or bf16 in qkv16
 // when that is not null: the bf16 GEMMs' output), without its bias
 // (qkv_bias [3H], added as the rows are read; null: none), and this layer's
-// prefix keys and values [B, P, 2H] (keys | values, batch rows
-// `prefix_row_stride` apart; expand_prefix's output), which have none.
+// prefix keys and values (keys | values, 2H; expand_prefix's output, or the
+// prefix table itself), which have none: batch rows `prefix_row_stride`
+// apart (0: one prefix for every row), prefix rows `prefix_key_stride`.
 struct QkvRows {
     const float* qkv;
     const u16* qkv16;
     const float *bias, *prefix;
-    u64 prefix_row_stride;
+    u64 prefix_row_stride, prefix_key_stride;
     int b, hh, t, p, h;
     // Token row i of qkv from column `col` on, with the bias from `col`.
     __device__ RowRef token(int i, int col) const {
@@ -132,7 +133,7 @@ struct QkvRows {
     }
     __device__ RowRef q(int i) const { return token(i, hh * HEAD_DIM); }
     __device__ RowRef k(int j) const {
-        if (j < p) return {prefix + b * prefix_row_stride + (u64)j * 2 * h + hh * HEAD_DIM, 0, 0};
+        if (j < p) return {prefix + b * prefix_row_stride + j * prefix_key_stride + hh * HEAD_DIM, 0, 0};
         return token(j - p, h + hh * HEAD_DIM);
     }
     // H columns past the key, in qkv and in the prefix alike.
@@ -365,13 +366,15 @@ __device__ __forceinline__ void store8_either(float* ops, u16* ops16, u64 at, co
 // head); the launch sizes x for one piece a thread
 // (kernels::operands_per_thread). `minus_bias` (with T = 0: the prefix's
 // rows alone, for attention_forward_qkv_bf16): the prefix keys and values
-// less the key and value biases, which that kernel's token rows lack.
+// less the key and value biases, which that kernel's token rows lack (a
+// grid of one batch row writes row 0's, for all when they share a table).
 extern "C" __global__ void attention_operands(const float* qkv, const u16* qkv16, const float* qkv_bias,
-                                              const float* prefix, u64 prefix_row_stride, float* ops, u16* ops16,
-                                              int t, int p, int nh, float scale, int round_tf32, int minus_bias) {
+                                              const float* prefix, u64 prefix_row_stride, u64 prefix_key_stride,
+                                              float* ops, u16* ops16, int t, int p, int nh, float scale,
+                                              int round_tf32, int minus_bias) {
     constexpr int V = OPS_PER_THREAD, PER_ROW = HEAD_DIM / V;
     int b = blockIdx.z, hh = blockIdx.y, n = p + t, pieces = (t + 2 * n) * PER_ROW;
-    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, b, hh, t, p, nh * HEAD_DIM};
+    const QkvRows src{qkv, qkv16, qkv_bias, prefix, prefix_row_stride, prefix_key_stride, b, hh, t, p, nh * HEAD_DIM};
     u64 base = ((u64)b * nh + hh) * (t + 2 * n) * HEAD_DIM;
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < pieces; e += gridDim.x * blockDim.x) {
         int r = e / PER_ROW, d = e % PER_ROW * V;

@@ -819,12 +819,13 @@ struct QkvSource {
     const u16 *qkv16, *prefix16;
     const float* bias;
     float scale;
-    int b, hh, t, p, n, h;
+    int b, hh, t, p, n, h, pb;
     // Token row i of qkv16 from column col on.
     __device__ const u16* token(int i, int col) const { return qkv16 + ((u64)b * t + i) * 3 * h + col; }
-    // Row r of this (batch row, head)'s prefix keys (r < P) and values.
+    // Row r of this (batch row, head)'s prefix keys (r < P) and values:
+    // batch row 0's for all when `pb` (the prefix's batch row) is 0.
     __device__ const u16* prefix(int r) const {
-        return prefix16 + (((u64)b * (h / HEAD_DIM) + hh) * 2 * p + r) * HEAD_DIM;
+        return prefix16 + (((u64)pb * (h / HEAD_DIM) + hh) * 2 * p + r) * HEAD_DIM;
     }
     __device__ void load_q(u16* qs, int i0, int count) const {
         constexpr int PER_ROW = HEAD_DIM / 8;
@@ -849,12 +850,15 @@ struct QkvSource {
 
 // Inference's bf16 attention (and any forward whose operands no backward
 // reads): attention_forward_bf16's ctx and ctx16 (no lse) on its grid, from
-// qkv16, qkv_bias, prefix16 (QkvSource; 0 without a prefix) and `scale`,
-// 1/√HD.
+// qkv16, qkv_bias, prefix16 (QkvSource; 0 without a prefix; with
+// `prefix_shared`, batch row 0's alone, for every row) and `scale`, 1/√HD.
 extern "C" __global__ void attention_forward_qkv_bf16(const u16* qkv16, const float* qkv_bias, const u16* prefix16,
-                                                      const float* mask, float* ctx, int t, int p, int nh, float scale,
-                                                      u64 key, u64 threshold, float dscale, int dropout, u16* ctx16) {
-    const QkvSource src{qkv16, prefix16, qkv_bias, scale, (int)blockIdx.z, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM};
+                                                      int prefix_shared, const float* mask, float* ctx, int t, int p,
+                                                      int nh, float scale, u64 key, u64 threshold, float dscale,
+                                                      int dropout, u16* ctx16) {
+    int b = blockIdx.z;
+    const QkvSource src{qkv16,         prefix16, qkv_bias, scale, b, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM,
+                        prefix_shared ? 0 : b};
     attention_forward_tc<Bf16Format>(src, mask, ctx, 0, t, p, nh, key, threshold, dscale, dropout, ctx16);
 }
 #endif
