@@ -11,7 +11,11 @@ docs/results.md come from here; what they are worth against a card's
 timings is what the card says.
 
     python3 tools/kernel_stats.py --nvrtc "$(bash scripts/fetch-nvrtc.sh)" \\
-        [--nvdisasm PATH] [--head-dim 64] [--arch sm_90] [KERNEL ...]
+        [--nvdisasm PATH] [--head-dim 64] [--arch sm_90] [--without-dropout] [KERNEL ...]
+
+--without-dropout builds the forward attention with its dropout flag fixed
+at 0 (KERNEL_STATS_WITHOUT_DROPOUT): the loop inference executes, where the
+plain build counts dropout's branches too.
 
 nvdisasm: PyPI's nvidia-cuda-nvdisasm wheel has it (nvidia/cu13/bin); without
 it only registers and spills are printed. Python's standard library only.
@@ -29,8 +33,9 @@ import tempfile
 KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "engine", "cuda", "kernels")
 
 
-def compile_cubin(nvrtc_dir, head_dim, arch):
-    """(cubin bytes, ptxas log) of kernels.cu for head_dim and arch."""
+def compile_cubin(nvrtc_dir, head_dim, arch, defines=()):
+    """(cubin bytes, ptxas log) of kernels.cu for head_dim and arch, with
+    -D`defines`."""
     # libnvrtc loads its builtins library from the same folder by name.
     ctypes.CDLL(os.path.join(nvrtc_dir, "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
     nvrtc = ctypes.CDLL(os.path.join(nvrtc_dir, "libnvrtc.so.13"))
@@ -39,6 +44,7 @@ def compile_cubin(nvrtc_dir, head_dim, arch):
     if nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"kernels.cu", 0, None, None) != 0:
         sys.exit("nvrtcCreateProgram failed")
     options = [f"-DHEAD_DIM={head_dim}", f"--gpu-architecture={arch}", f"-I{KERNELS}", "--ptxas-options=-v"]
+    options += [f"-D{d}" for d in defines]
     argv = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
     status = nvrtc.nvrtcCompileProgram(prog, len(options), argv)
     size = ctypes.c_size_t()
@@ -114,9 +120,11 @@ def main():
     parser.add_argument("--nvdisasm", default=shutil.which("nvdisasm"), help="nvdisasm for SASS counts")
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--without-dropout", action="store_true", help="the forward attention without dropout")
     parser.add_argument("kernels", nargs="*", help="only these kernels")
     args = parser.parse_args()
-    cubin, log = compile_cubin(args.nvrtc, args.head_dim, args.arch)
+    defines = ["KERNEL_STATS_WITHOUT_DROPOUT"] if args.without_dropout else []
+    cubin, log = compile_cubin(args.nvrtc, args.head_dim, args.arch, defines)
     regs = registers(log)
     code = sass(cubin, args.nvdisasm) if args.nvdisasm else {}
     print(f"kernels.cu, HEAD_DIM {args.head_dim}, {args.arch}")

@@ -574,6 +574,9 @@ template <typename F, typename Src>
 __device__ __forceinline__ void attention_forward_tc(const Src& src, const float* mask, float* ctx, float* lse, int t,
                                                      int p, int nh, u64 key, u64 threshold, float dscale, int dropout,
                                                      u16* ctx16) {
+#ifdef KERNEL_STATS_WITHOUT_DROPOUT
+    dropout = 0;  // tools/kernel_stats.py --without-dropout: inference's loop alone
+#endif
     ATTENTION_SHARED;  // q, k, v [64, STRIDE]; f32 [64] key bias
     typename F::T* tiles[3];
     float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
