@@ -27,9 +27,9 @@
 //     A (16 x 8): a0 = (row g, k t), a1 = (g + 8, t), a2 = (g, t + 4),
 //       a3 = (g + 8, t + 4);
 //     B (8 x 8): b0 = (k t, col g), b1 = (k t + 4, col g).
-// In all, a product over the head takes, at k offset kk, the registers at
-// kk + PER_REG*t and kk + PER_REG*t + K/2 of rows g and g + 8 of A and of
-// row g of B: one loop serves all (mma_rows_by_rows).
+// Each format loads these from the row-major tiles in shared memory
+// (a_rows, b_rows, b_cols; bf16 by ldmatrix), and one pair of loops serves
+// all (mma_rows_by_rows, mma_tiles_by_cols).
 // Scores turn into probabilities (and dS) in registers and feed the next
 // product as its A operand (mma_tiles_by_cols). In bf16 two neighbouring C
 // tiles are exactly an A fragment. In tf32 a C tile holds columns 2t and
@@ -175,8 +175,8 @@ __device__ __forceinline__ Operand<N> operand(const u32 (&r)[N]) {
 // the warp reads sit on distinct banks.
 struct Bf16Format {
     typedef u16 T;
-    static constexpr int K = 16, PER_REG = 2, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
-    static constexpr int B_TILES = 2;                                 // n tiles of B per load
+    static constexpr int K = 16, STRIDE = HEAD_DIM + 8;  // STRIDE: of [64, HD] tiles
+    static constexpr int B_TILES = 2;                    // n tiles of B per load
     // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
     // and attention_delta write them in bf16.
     __device__ static const T* rows(const HeadRows& o) { return o.f16 + o.base; }
@@ -228,7 +228,7 @@ struct Bf16Format {
 template <bool SPLIT>
 struct Tf32Formats {
     typedef float T;
-    static constexpr int K = 8, PER_REG = 1, STRIDE = HEAD_DIM + 4;
+    static constexpr int K = 8, STRIDE = HEAD_DIM + 4;
     static constexpr int B_TILES = 1;
     __device__ static T round(float v) { return SPLIT ? v : tf32_round(v); }
     // Row 0 of a (batch row, head)'s operands or dO, as attention_operands
@@ -860,7 +860,7 @@ extern "C" __global__ void attention_forward_qkv_bf16(const u16* qkv16, const fl
                                                       int nh, float scale, u64 key, u64 threshold, float dscale,
                                                       int dropout, u16* ctx16) {
     int b = blockIdx.z;
-    const QkvSource src{qkv16,         prefix16, qkv_bias, scale, b, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM,
+    const QkvSource src{qkv16, prefix16, qkv_bias, scale, b, (int)blockIdx.y, t, p, p + t, nh * HEAD_DIM,
                         prefix_shared ? 0 : b};
     attention_forward_tc<Bf16Format>(src, mask, ctx, 0, t, p, nh, key, threshold, dscale, dropout, ctx16);
 }
