@@ -816,7 +816,7 @@ TENSOR_CORE_ATTENTION(bf16, Bf16Format, HEAD_DIM > 64 ? 3 : 4, 3)
 // (attention_operands' format with T = 0 and minus_bias). q gets its bias
 // and the scale as its tile is loaded, rounded as attention_operands
 // rounds it (the same bits); k and v are copied as they are
-// (attention_forward_rows' SHIFTED).
+// (attention_forward_tc's SHIFTED).
 struct QkvSource {
     static constexpr bool SHIFTED = true;
     const u16 *qkv16, *prefix16;

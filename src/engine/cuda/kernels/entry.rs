@@ -77,7 +77,8 @@ impl Kernel {
         // statistics: the key bias of the forwards and dQ, lse and delta of
         // dK/dV), as attention_mma.cuh carves them; bf16 (2 bytes, pad 8),
         // tf32 and tf32x3 (4 bytes, pad 4; tf32x3 splits the f32 values as
-        // it reads them). The self-test takes tiles of 16 and 64 rows.
+        // it reads them). The self-test takes tiles of 16 and 64 rows
+        // (mma_self_test's a and b).
         let row_bytes = |format: MmaFormat| match format {
             MmaFormat::Bf16 => 2 * (head_dim + 8),
             MmaFormat::Tf32 | MmaFormat::Tf32x3 => 4 * (head_dim + 4),
@@ -86,12 +87,13 @@ impl Kernel {
             (tiles * 64 * row_bytes(format) + 4 * stats * 64) as u32
         };
         match self {
-            Kernel::MmaSelfTestBf16 => (80 * row_bytes(MmaFormat::Bf16)) as u32,
+            Kernel::MmaSelfTestBf16 => ((16 + 64) * row_bytes(MmaFormat::Bf16)) as u32,
             Kernel::MmaSelfTestTf32 | Kernel::MmaSelfTestTf32x3 => {
-                (80 * row_bytes(MmaFormat::Tf32)) as u32
+                ((16 + 64) * row_bytes(MmaFormat::Tf32)) as u32
             }
-            Kernel::AttentionForwardBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
-            Kernel::AttentionForwardQkvBf16 => tensor_cores(MmaFormat::Bf16, 3, 1),
+            Kernel::AttentionForwardBf16 | Kernel::AttentionForwardQkvBf16 => {
+                tensor_cores(MmaFormat::Bf16, 3, 1)
+            }
             Kernel::AttentionBackwardDqBf16 => tensor_cores(MmaFormat::Bf16, 4, 1),
             Kernel::AttentionBackwardDkvBf16 => tensor_cores(MmaFormat::Bf16, 4, 2),
             Kernel::AttentionForwardTf32 | Kernel::AttentionForwardTf32x3 => {
