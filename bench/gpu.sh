@@ -161,7 +161,7 @@ echo "== 6. Nsight Compute"
 : > "$out/gpu-ncu.txt"
 [ -f /tmp/bert-large/model.safetensors ] || "$python" bench/random_bert.py --size large --out /tmp/bert-large > /dev/null 2>&1
 for kernel in attention_forward_bf16 attention_forward_qkv_bf16 attention_backward_dq_bf16 \
-    attention_backward_dkv_bf16 bias_dropout_residual_layernorm residual_layernorm bias_gelu_bf16; do
+    attention_backward_dkv_bf16 bias_dropout_residual_layernorm residual16_layernorm bias_gelu_bf16; do
     echo "### $kernel" >> "$out/gpu-ncu.txt"
     # The third launch: past the first layers' cold caches.
     timeout 120 ncu --clock-control none --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \

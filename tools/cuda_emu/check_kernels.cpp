@@ -552,6 +552,20 @@ static void check_layernorm(const int rows, const int h) {
                               : "inference LayerNorm = the training kernel without dropout"),
                   (got != want) + (got16 != want16) + (yi != y), 0.0);
         }
+        // bf16 inference's residual stream: the residual read in bf16 gives
+        // the bits of the f32 kernel reading its values; x16 alone, or (the
+        // last layer's) x_out alone.
+        auto res16 = bf16_of(res);
+        std::vector<float> res_r = f32_of(res16), want(rows * h), got(rows * h, -7.0f);
+        std::vector<u16> want16(rows * h), got16(rows * h);
+        launch(residual_layernorm, Dim3{blocks, 1, 1}, 128, (u64)0, ptr16(y16i), ptr(bias), ptr(res_r), ptr(gamma),
+               ptr(beta), eps, ptr(want), h, ptr16(want16), (u64)rows);
+        launch(residual16_layernorm, Dim3{blocks, 1, 1}, 128, ptr16(y16i), ptr(bias), ptr16(res16), ptr(gamma),
+               ptr(beta), eps, ptr16(got16), h, (u64)rows);
+        launch(residual16_layernorm_f32, Dim3{blocks, 1, 1}, 128, ptr16(y16i), ptr(bias), ptr16(res16), ptr(gamma),
+               ptr(beta), eps, ptr(got), h, (u64)rows);
+        check(name("inference LayerNorm of a bf16 residual = of its values in f32 (x16, x_out)"),
+              (got16 != want16) + (got != want), 0.0);
     }
     // y from its bf16 copy (the bf16 GEMM's output) = its values read as
     // f32, bit for bit; the saved LayerNorm input still goes to y.

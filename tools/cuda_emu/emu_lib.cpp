@@ -54,6 +54,8 @@ extern "C" int ptuning_emu_launch(const char* kernel, unsigned gx, unsigned gy, 
     KERNEL(embed_layernorm)
     KERNEL(bias_dropout_residual_layernorm)
     KERNEL(residual_layernorm)
+    KERNEL(residual16_layernorm)
+    KERNEL(residual16_layernorm_f32)
     KERNEL(layernorm_backward)
     KERNEL(bias_gelu)
     KERNEL(bias_gelu_bf16)

@@ -35,7 +35,9 @@
 //! In bf16 the GEMMs read bf16 and write bf16 ([`GemmOut`]): each GEMM's
 //! output is read once, by the kernel after it, which adds the bias in f32;
 //! inter_pre is saved as the GEMM wrote it (half the bytes),
-//! and the f32 residual stream and LayerNorm inputs stay f32. In fp32 on a
+//! and training's residual stream and LayerNorm inputs stay f32; inference
+//! keeps the stream in bf16 alone, as PyTorch keeps a bf16 model's
+//! ([`Stream`]: half the bytes of each residual LayerNorm). In fp32 on a
 //! card with tensor cores, the weights are uploaded as tf32 pairs and each
 //! GEMM runs as three tf32 GEMMs (engine/cuda/tf32x3.rs); attention splits
 //! its operands in the same way as it reads them.
@@ -302,6 +304,9 @@ struct Workspace {
     /// [rows, H]: the backward's scratch.
     tmp: DevBuf<f32>,
     x1: DevBuf<f32>,
+    /// [rows, H] ×2: bf16 inference's residual stream (x and x1; Stream).
+    x16: DevBuf<u16>,
+    x1_16: DevBuf<u16>,
     /// [rows, I]
     act: DevBuf<f32>,
     /// [rows, 3H]: the QKV GEMM's output (f32, or bf16 in qkv16), which
@@ -744,6 +749,18 @@ impl CudaEncoder {
         if !bf16 {
             ws.act.ensure(dev, rows * inter)?;
         }
+        // bf16 inference keeps the residual stream in bf16 alone (Stream):
+        // x in x16, x1 in x1_16, which the GEMMs after them read.
+        let stream16 = bf16 && !train && Stream::bf16_alone(h);
+        if stream16 {
+            ws.x16.ensure(dev, rows * h)?;
+            ws.x1_16.ensure(dev, rows * h)?;
+        }
+        let (x_in, x1_in) = if stream16 {
+            (ws.x16.ptr, ws.x1_16.ptr)
+        } else {
+            (gemm_in(ws.x.ptr), gemm_in(ws.x1.ptr))
+        };
         let (key, thr, scale, on) = dropout_site(dropout.embeddings());
         let e = &self.embed_ln;
         let (grid, block) = layernorm_launch(rows, h);
@@ -777,7 +794,7 @@ impl CudaEncoder {
                 &thr,
                 &scale,
                 &on,
-                &b16,
+                &(if stream16 { ws.x16.ptr } else { b16 }),
                 &(rows as u64),
                 &prompt_rows,
                 &(skip as i32),
@@ -813,11 +830,8 @@ impl CudaEncoder {
             let saved_f32 = |ptr: u64| if bf16 && !keep { 0 } else { ptr };
 
             // qkv = x·Wᵀ, then the attention's operands from it and the prompt.
-            let (x, qkv) = (
-                gemm_in(ws.x.ptr),
-                f32_or_bf16(bf16, ws.qkv.ptr, ws.qkv16.ptr),
-            );
-            layer.qkv.forward(dev, x, rows, gemm_out(qkv))?;
+            let qkv = f32_or_bf16(bf16, ws.qkv.ptr, ws.qkv16.ptr);
+            layer.qkv.forward(dev, x_in, rows, gemm_out(qkv))?;
             let (pl, prefix_ptr) = prefix_rows.of_layer(&layers, l);
             let ops = f32_or_bf16(ops_bf16, s.ops.ptr, s.ops16.ptr);
             // A layer whose operands no backward reads, in bf16 on the
@@ -895,22 +909,33 @@ impl CudaEncoder {
             }
 
             // ln1_in = dropout(ctx·Woᵀ + bo) + x ; x1 = LN1(ln1_in)
+            let stream = if stream16 {
+                Stream::Bf16 {
+                    residual16: ws.x16.ptr,
+                    x16: ws.x1_16.ptr,
+                }
+            } else {
+                Stream::F32 {
+                    residual: ws.x.ptr,
+                    x_out: ws.x1.ptr,
+                    x16: b16,
+                }
+            };
             output_sublayer(
                 dev,
                 (&layer.attn_out, &layer.ln1),
                 (gemm_in(s.ctx.ptr), rows),
                 (saved_f32(s.ln1_in.ptr), out16),
-                ws.x.ptr,
-                ws.x1.ptr,
+                stream,
                 if keep { s.ln1_stats.ptr } else { 0 },
                 dropout.attention_output(l),
-                b16,
             )?;
 
             // inter = gelu(x1·W1ᵀ + b1)
             let pre = f32_or_bf16(bf16, s.inter_pre.ptr, s.inter16.ptr);
-            let x1 = gemm_in(ws.x1.ptr);
-            layer.intermediate.forward(dev, x1, rows, gemm_out(pre))?;
+            layer
+                .intermediate
+                .forward(dev, x1_in, rows, gemm_out(pre))?;
             // The backward reads the f32 sum where saved; in bf16 it reads
             // inter16 and adds the bias again.
             let saved_sum = if keep && !bf16 { s.inter_pre.ptr } else { 0 };
@@ -953,16 +978,29 @@ impl CudaEncoder {
             }
 
             // ln2_in = dropout(inter·W2ᵀ + b2) + x1 ; x = LN2(ln2_in)
+            let stream = match (stream16, l + 1 == self.layers.len()) {
+                (true, false) => Stream::Bf16 {
+                    residual16: ws.x1_16.ptr,
+                    x16: ws.x16.ptr,
+                },
+                (true, true) => Stream::Bf16ToF32 {
+                    residual16: ws.x1_16.ptr,
+                    x_out: ws.x.ptr,
+                },
+                (false, _) => Stream::F32 {
+                    residual: ws.x1.ptr,
+                    x_out: ws.x.ptr,
+                    x16: b16,
+                },
+            };
             output_sublayer(
                 dev,
                 (&layer.output, &layer.ln2),
                 (gemm_in(ws.act.ptr), rows),
                 (saved_f32(s.ln2_in.ptr), out16),
-                ws.x1.ptr,
-                ws.x.ptr,
+                stream,
                 if keep { s.ln2_stats.ptr } else { 0 },
                 dropout.ffn_output(l),
-                b16,
             )?;
         }
         self.last = Some((b, t, skip));
@@ -1246,25 +1284,91 @@ impl AttentionCall {
     }
 }
 
+/// The residual stream a sublayer's LayerNorm reads and writes ([rows, H]).
+#[derive(Clone, Copy, Debug)]
+enum Stream {
+    /// The residual read and x_out written in f32, and x_out in bf16 into
+    /// `x16` too unless that is 0 (the next GEMM's input in bf16).
+    F32 { residual: u64, x_out: u64, x16: u64 },
+    /// bf16 inference: the residual read from and x_out written into bf16
+    /// alone, as PyTorch keeps a bf16 model's (`residual16_layernorm`,
+    /// half the bytes a row); the next GEMM reads `x16` itself.
+    Bf16 { residual16: u64, x16: u64 },
+    /// The last layer's in bf16 inference: x_out in f32 alone, for the head.
+    Bf16ToF32 { residual16: u64, x_out: u64 },
+}
+
+impl Stream {
+    /// Whether bf16 inference's stream may be bf16 alone: the kernels that
+    /// read it hold a row in a warp (h <= 32 × LN_PER_THREAD) and access
+    /// 4 values at once.
+    fn bf16_alone(h: usize) -> bool {
+        h <= 32 * LN_PER_THREAD && h.is_multiple_of(4)
+    }
+}
+
 /// HF's BertSelfOutput and BertOutput: y = x·Wᵀ (the GEMM; into `y`, or
 /// in bf16 into `y16` unless that is 0), then ln_in = dropout(y + bias) +
 /// residual and x_out = LN(ln_in) (one fused kernel, a block per row of
-/// [rows, H]); ln_in goes into `y` (the saved LayerNorm input) and (mean,
-/// rstd) into `stats`, and x_out in bf16 into `x16`, unless they are 0.
-#[allow(clippy::too_many_arguments)]
+/// [rows, H]), the residual and x_out as `stream` says; ln_in goes into `y`
+/// (the saved LayerNorm input) and (mean, rstd) into `stats`, unless they
+/// are 0.
 fn output_sublayer(
     dev: &CudaDevice,
     (dense, ln): (&DevLinear, &DevLayerNorm),
     (x, rows): (u64, usize),
     (y, y16): (u64, u64),
-    residual: u64,
-    x_out: u64,
+    stream: Stream,
     stats: u64,
     dropout: Option<Dropout>,
-    x16: u64,
 ) -> Result<()> {
     dense.forward(dev, x, rows, gemm_out((y, y16)))?;
     let (grid, block) = layernorm_launch(rows, dense.out);
+    let (residual, x_out, x16) = match stream {
+        Stream::F32 {
+            residual,
+            x_out,
+            x16,
+        } => (residual, x_out, x16),
+        Stream::Bf16 {
+            residual16,
+            x16: out,
+        }
+        | Stream::Bf16ToF32 {
+            residual16,
+            x_out: out,
+        } => {
+            // Inference from the bf16 GEMM, rows a warp holds (the caller
+            // checked Stream::bf16_alone; every DevBuf starts on 256 bytes).
+            if dropout.is_some() || stats != 0 || y16 == 0 || !Stream::bf16_alone(dense.out) {
+                return Err(Error::Cuda(format!(
+                    "a bf16 residual stream is inference's, from a bf16 GEMM, {} wide at most",
+                    32 * LN_PER_THREAD
+                )));
+            }
+            let kernel = match stream {
+                Stream::Bf16 { .. } => Kernel::Residual16Layernorm,
+                _ => Kernel::Residual16LayernormF32,
+            };
+            let (h, rows) = (dense.out as i32, rows as u64);
+            return dev.launch(
+                kernel,
+                grid,
+                block,
+                &[
+                    &y16,
+                    &dense.bias.ptr,
+                    &residual16,
+                    &ln.weight.ptr,
+                    &ln.bias.ptr,
+                    &ln.eps,
+                    &out,
+                    &h,
+                    &rows,
+                ],
+            );
+        }
+    };
     let arrays = [
         y,
         y16,

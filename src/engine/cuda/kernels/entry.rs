@@ -30,6 +30,8 @@ pub enum Kernel {
     EmbedLayernorm,
     BiasDropoutResidualLayernorm,
     ResidualLayernorm,
+    Residual16Layernorm,
+    Residual16LayernormF32,
     LayernormBackward,
     BiasGelu,
     BiasGeluBf16,
@@ -121,12 +123,14 @@ impl Kernel {
             .is_none_or(|f| head_dim.is_multiple_of(f.head_dim_multiple()))
     }
 
-    pub const ALL: [Kernel; 40] = [
+    pub const ALL: [Kernel; 42] = [
         Kernel::DropoutApply,
         Kernel::DropoutCopy,
         Kernel::EmbedLayernorm,
         Kernel::BiasDropoutResidualLayernorm,
         Kernel::ResidualLayernorm,
+        Kernel::Residual16Layernorm,
+        Kernel::Residual16LayernormF32,
         Kernel::LayernormBackward,
         Kernel::BiasGelu,
         Kernel::BiasGeluBf16,
@@ -172,6 +176,8 @@ impl Kernel {
             Kernel::EmbedLayernorm => "embed_layernorm",
             Kernel::BiasDropoutResidualLayernorm => "bias_dropout_residual_layernorm",
             Kernel::ResidualLayernorm => "residual_layernorm",
+            Kernel::Residual16Layernorm => "residual16_layernorm",
+            Kernel::Residual16LayernormF32 => "residual16_layernorm_f32",
             Kernel::LayernormBackward => "layernorm_backward",
             Kernel::BiasGelu => "bias_gelu",
             Kernel::BiasGeluBf16 => "bias_gelu_bf16",

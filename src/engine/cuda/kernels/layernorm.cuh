@@ -164,22 +164,29 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
 // (the saved LayerNorm input) and (mean, rstd) into stats. The dropout
 // counter of (r, j) is r*H + j. Rows as ln_row maps them. x_out may alias
 // residual (each thread reads its elements before it writes them). x_out
-// in bf16 into x16 too when not null.
-template <int V>
+// in bf16 into x16 too when not null. RES16: the residual is read from
+// residual16 in bf16 (inference's bf16 residual stream), and x_out is
+// written only if X32. Template arguments, not tests of the pointers:
+// those took the training kernel from 96 registers to 112, and spilled 80
+// bytes of the inference kernel.
+template <int V, bool RES16, bool X32 = true>
 __device__ void bias_dropout_residual_layernorm_rows(const LnRow& row, float* y, const u16* y16, const float* bias,
-                                                     const float* residual, const float* gamma, const float* beta,
-                                                     float eps, float* x_out, float* stats, int h, u64 key,
-                                                     u64 threshold, float scale, int dropout, u16* x16,
-                                                     float* shared) {
+                                                     const float* residual, const u16* residual16,
+                                                     const float* gamma, const float* beta, float eps, float* x_out,
+                                                     float* stats, int h, u64 key, u64 threshold, float scale,
+                                                     int dropout, u16* x16, float* shared) {
     u64 r = row.r;
-    const float* res = residual + r * h;
     float v[LN_PER_THREAD];
     FOR_ROW_VECTORS(k, j, row, h, V) {
         u64 at = r * h + j;
         float a[V], b[V], c[V];
         load_either<V>(y, y16, at, a);
         load_v<V>(bias + j, b);
-        load_v<V>(res + j, c);
+        if constexpr (RES16) {
+            load_v16<V>(residual16 + at, c);
+        } else {
+            load_v<V>(residual + at, c);
+        }
 #pragma unroll
         for (int e = 0; e < V; e++) a[e] += b[e];
         dropout_v<V>(a, at, key, threshold, scale, dropout);
@@ -189,7 +196,7 @@ __device__ void bias_dropout_residual_layernorm_rows(const LnRow& row, float* y,
     }
     layernorm_regs<V>(row, v, gamma, beta, eps, stats == 0 ? 0 : stats + 2 * r, h, shared);
     FOR_ROW_VECTORS(k, j, row, h, V) {
-        store_v<V>(x_out + r * h + j, v + k);
+        if (X32) store_v<V>(x_out + r * h + j, v + k);
         if (x16 != 0) store_v16<V>(x16 + r * h + j, v + k);
     }
 }
@@ -201,27 +208,59 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* 
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
-    LN_ROWS(ln_vec4(h, y, y16, bias, residual, gamma, beta, x_out, x16), bias_dropout_residual_layernorm_rows, row, y,
-            y16, bias, residual, gamma, beta, eps, x_out, stats, h, key, threshold, scale, dropout, x16, shared)
+    if (ln_vec4(h, y, y16, bias, residual, gamma, beta, x_out, x16)) {
+        bias_dropout_residual_layernorm_rows<4, false>(row, y, y16, bias, residual, (const u16*)0, gamma, beta, eps,
+                                                       x_out, stats, h, key, threshold, scale, dropout, x16, shared);
+    } else {
+        bias_dropout_residual_layernorm_rows<1, false>(row, y, y16, bias, residual, (const u16*)0, gamma, beta, eps,
+                                                       x_out, stats, h, key, threshold, scale, dropout, x16, shared);
+    }
 }
 
-// The same in inference (no dropout, nothing saved), a kernel of its own for
-// rows a warp holds, 4-wide accesses only (h <= 32 × LN_PER_THREAD, h a
+// The same in inference (no dropout, nothing saved), kernels of their own
+// for rows a warp holds, 4-wide accesses only (h <= 32 × LN_PER_THREAD, h a
 // multiple of 4, every array on 16 bytes: the loader checks, and runs the
-// kernel above otherwise). Without the training and scalar paths it fits
-// in 64 registers (ptxas sm_90, 8 bytes spilled; the kernel above takes
-// 96), so 8 blocks of 4 warps share a multiprocessor instead of 5:
-// bert-large's 4096 rows of a batch of 32 × 128 are in flight at once on
-// 132 multiprocessors, one wave where the kernel above needs 1.55.
-extern "C" __global__ void __launch_bounds__(128, 8)
-    residual_layernorm(const float* y, const u16* y16, const float* bias, const float* residual, const float* gamma,
-                       const float* beta, float eps, float* x_out, int h, u16* x16, u64 rows) {
+// kernel above otherwise). Without the training and scalar paths they fit
+// in 64 registers (ptxas sm_90; the kernel above takes 96), so 8 blocks of
+// 4 warps share a multiprocessor instead of 5: bert-large's 4096 rows of a
+// batch of 32 × 128 are in flight at once on 132 multiprocessors, one wave
+// where the kernel above needs 1.55. One path a kernel: two in one spilled
+// 80 to 104 bytes.
+template <bool RES16, bool X32>
+__device__ __forceinline__ void residual_layernorm_rows(const float* y, const u16* y16, const float* bias,
+                                                        const float* residual, const u16* residual16,
+                                                        const float* gamma, const float* beta, float eps, float* x_out,
+                                                        int h, u16* x16, u64 rows) {
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
     // y is only read: nothing is saved (stats null).
-    bias_dropout_residual_layernorm_rows<4>(row, const_cast<float*>(y), y16, bias, residual, gamma, beta, eps, x_out,
-                                            (float*)0, h, 0ull, 0ull, 1.0f, 0, x16, shared);
+    bias_dropout_residual_layernorm_rows<4, RES16, X32>(row, const_cast<float*>(y), y16, bias, residual, residual16,
+                                                        gamma, beta, eps, x_out, (float*)0, h, 0ull, 0ull, 1.0f, 0,
+                                                        x16, shared);
+}
+// f32 residual and x_out (fp32 and tf32; x16 too in bf16 training's layers
+// that save nothing).
+extern "C" __global__ void __launch_bounds__(128, 8)
+    residual_layernorm(const float* y, const u16* y16, const float* bias, const float* residual, const float* gamma,
+                       const float* beta, float eps, float* x_out, int h, u16* x16, u64 rows) {
+    residual_layernorm_rows<false, true>(y, y16, bias, residual, (const u16*)0, gamma, beta, eps, x_out, h, x16, rows);
+}
+// bf16 inference's residual stream, bf16 alone (as PyTorch keeps a bf16
+// model's): y16 and residual16 in, x16 out, 6 bytes an element where the
+// kernel above moves 12 (y16, residual and x_out in f32, x16).
+extern "C" __global__ void __launch_bounds__(128, 8)
+    residual16_layernorm(const u16* y16, const float* bias, const u16* residual16, const float* gamma,
+                         const float* beta, float eps, u16* x16, int h, u64 rows) {
+    residual_layernorm_rows<true, false>((const float*)0, y16, bias, (const float*)0, residual16, gamma, beta, eps,
+                                         (float*)0, h, x16, rows);
+}
+// The last layer's: x_out in f32 alone, for the head.
+extern "C" __global__ void __launch_bounds__(128, 8)
+    residual16_layernorm_f32(const u16* y16, const float* bias, const u16* residual16, const float* gamma,
+                             const float* beta, float eps, float* x_out, int h, u64 rows) {
+    residual_layernorm_rows<true, true>((const float*)0, y16, bias, (const float*)0, residual16, gamma, beta, eps,
+                                        x_out, h, (u16*)0, rows);
 }
 
 // dx = dLN/dx · dy from the saved input and (mean, rstd); no dgamma/dbeta
