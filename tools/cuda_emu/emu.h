@@ -331,6 +331,9 @@ inline const unsigned short* ldmatrix_rows[1024];
 template <bool TRANS>
 inline void ldmatrix_x4(unsigned r[4], const unsigned short* row) {
     unsigned t = threadIdx.x, base = t / 32 * 32, lane = t % 32;
+    // Each row's 16 bytes start on 16 (PTX ISA): a card faults on another
+    // address ("misaligned address") where this machine would not.
+    if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) emu::stuck("ldmatrix row address not on 16 bytes", t);
     ldmatrix_rows[t] = row;
     warp_meet();
     for (unsigned j = 0; j < 4; j++) {
