@@ -115,21 +115,6 @@ __device__ __forceinline__ void ldmatrix_x4(u32 r[4], const u16* row) {
 }
 #endif
 
-// 2^x by the special function unit (ex2.approx, flushing subnormal results
-// to 0): the softmax's e^s as 2^(s log2 e - max log2 e), one FFMA and one
-// MUFU where expf took eight instructions. Forward and backward take it
-// alike, so the backward recomputes the forward's probabilities.
-#define LOG2E 1.4426950408889634f
-__device__ __forceinline__ float exp2_approx(float x) {
-#if !defined(MMA_EMULATED)
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return exp2f(x);
-#endif
-}
-
 // v rounded to tf32 as tf32_round, in one cvt.rna on sm_80 and later (the
 // mask makes the low bits zero, which the split's v - hi needs); a NaN
 // stays NaN, though not always with its payload.

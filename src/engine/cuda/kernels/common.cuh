@@ -123,6 +123,22 @@ __device__ __forceinline__ void store_either(float* p, u16* p16, u64 i, const fl
     }
 }
 
+// 2^x by the special function unit (ex2.approx, flushing subnormal results
+// to 0, relative error about 2^-22): the attention's softmax takes e^s as
+// 2^(s log2 e - max log2 e), one FFMA and one MUFU where expf took eight
+// instructions (forward and backward alike, so the backward recomputes the
+// forward's probabilities); the bf16 GELU its Φ. The emulator takes exp2f.
+#define LOG2E 1.4426950408889634f
+__device__ __forceinline__ float exp2_approx(float x) {
+#if !defined(MMA_EMULATED)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
 // Whether every pointer is 16-byte aligned (null is).
 template <typename... P>
 __device__ __forceinline__ bool aligned16(const P*... p) {
