@@ -25,14 +25,15 @@ __device__ __forceinline__ void for_each_vec(u64 n, int width, bool aligned, con
 
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
-// The same GELU for an output rounded to bf16: x·Φ(x) with Φ(-u) = 2^q(u),
-// u = |x| clamped to 6 (Φ(-6) = 1e-9), q of degree 7 fitted to log2 Φ(-u)
-// on [0, 6] (tools/gelu_fit.py). Φ(-u) within 9.1e-6 of its value, relative
-// (f32 evaluation included; ex2.approx adds about 2^-22), so GELU too: 400
-// times under bf16's rounding (2^-8). About 13 instructions where erff's
-// two polynomials, selected per element, took 25; the f32 kernels keep
-// erff.
-__device__ __forceinline__ float gelu_bf16(float x) {
+// Φ(x), the standard normal CDF, for the GELU of an output rounded to
+// bf16: Φ(-u) = 2^q(u), u = |x| clamped to 6 (Φ(-6) = 1e-9), q of degree 7
+// fitted to log2 Φ(-u) on [0, 6] (tools/gelu_fit.py). Φ(-u) is within
+// 9.1e-6 of its value, relative (f32 evaluation included; ex2.approx adds
+// about 2^-22): 400 times under bf16's rounding (2^-8). About 12
+// instructions where erff's two polynomials, selected per element, took
+// 25; the tail itself, where 1 + erf(x/√2) cancels in f32. The f32 kernels
+// keep erff.
+__device__ __forceinline__ float normal_cdf_bf16(float x) {
     float u = fminf(fabsf(x), 6.0f);
     float q = -1.944835731e-06f;
     q = fmaf(q, u, 6.385870802e-05f);
@@ -43,7 +44,15 @@ __device__ __forceinline__ float gelu_bf16(float x) {
     q = fmaf(q, u, -1.151324511e+00f);
     q = fmaf(q, u, -9.999869466e-01f);
     float tail = exp2_approx(q);  // Φ(-|x|)
-    return x * (x >= 0.0f ? 1.0f - tail : tail);
+    return x >= 0.0f ? 1.0f - tail : tail;
+}
+
+// GELU and its derivative Φ(x) + x·φ(x) by it, for bf16 outputs.
+__device__ __forceinline__ float gelu_bf16(float x) { return x * normal_cdf_bf16(x); }
+__device__ __forceinline__ float gelu_grad_bf16(float x) {
+    // φ(x) = e^(-x²/2) / √(2π) = 2^(-x² log2(e) / 2) / √(2π)
+    float pdf = 0.39894228040143268f * exp2_approx(-0.72134752044448170f * x * x);
+    return normal_cdf_bf16(x) + x * pdf;
 }
 
 // The GEMM's output z [rows, I]: f32 in pre, or bf16 in pre16 when that is
@@ -122,7 +131,8 @@ extern "C" __global__ void bias_gelu_bf16(const u16* pre16, const float* bias, u
 // or, when pre16 is not null, at x = pre16 + bias (the bf16 GEMM's output).
 // The incoming d is read from d, or from dy16 in bf16 (a bf16 GEMM's
 // output) when that is not null; the result goes into d16 in bf16 instead
-// of d when d16 is not null.
+// of d when d16 is not null (D16; by gelu_grad_bf16 then).
+template <bool D16>
 struct GeluBackward {
     const float* pre;
     const u16* pre16;
@@ -141,16 +151,25 @@ struct GeluBackward {
         }
         load_either<V>(d, dy16, i, g);
         for (int k = 0; k < V; k++) {
-            float cdf = 0.5f * (1.0f + erff(x[k] * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * expf(-0.5f * x[k] * x[k]);
-            g[k] *= cdf + x[k] * pdf;
+            if (D16) {
+                g[k] *= gelu_grad_bf16(x[k]);
+            } else {
+                float cdf = 0.5f * (1.0f + erff(x[k] * 0.70710678118654752f));
+                float pdf = 0.39894228040143268f * expf(-0.5f * x[k] * x[k]);
+                g[k] *= cdf + x[k] * pdf;
+            }
         }
         store_either<V>(d, d16, i, g);
     }
 };
 extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
                                          const u16* dy16, u64 n, int width, u16* d16) {
-    for_each_vec(n, width, aligned16(pre, pre16, bias, d, dy16, d16), GeluBackward{pre, pre16, bias, d, dy16, d16});
+    bool aligned = aligned16(pre, pre16, bias, d, dy16, d16);
+    if (d16 != 0) {
+        for_each_vec(n, width, aligned, GeluBackward<true>{pre, pre16, bias, d, dy16, d16});
+    } else {
+        for_each_vec(n, width, aligned, GeluBackward<false>{pre, pre16, bias, d, dy16, d16});
+    }
 }
 
 // The pooler's tanh, fused with its bias: y = tanh(y + bias) [rows, width]
