@@ -49,10 +49,14 @@ static std::vector<float> rand_vec(size_t n, float scale = 1.0f) {
 static u64 ptr(std::vector<float>& v) { return (u64)v.data(); }
 
 // max |a - b| / max(1, max |b|)
+// The larger of two errors, NaN if either is: std::max(e, NaN) is e, and
+// a kernel's NaN output would pass every check that measures it so.
+static double worst(double e, double x) { return std::isnan(e) || std::isnan(x) ? NAN : std::max(e, x); }
+
 static double rel(const std::vector<double>& a, const std::vector<double>& b) {
     double m = 1.0, e = 0.0;
     for (size_t i = 0; i < b.size(); i++) m = std::max(m, std::fabs(b[i]));
-    for (size_t i = 0; i < b.size(); i++) e = std::max(e, std::fabs(a[i] - b[i]));
+    for (size_t i = 0; i < b.size(); i++) e = worst(e, std::fabs(a[i] - b[i]));
     return e / m;
 }
 template <typename T>
@@ -272,7 +276,7 @@ static void check_attention_no_prefix() {
         for (int c = 0; c < HD; c++) {
             double mean = 0;
             for (int j = 0; j < T; j++) mean += qkv[(1 * T + j) * 3 * H + 2 * H + h * HD + c] / (double)T;
-            for (int i = 0; i < T; i++) err = std::max(err, std::fabs(ctx[(1 * T + i) * H + h * HD + c] - mean));
+            for (int i = 0; i < T; i++) err = worst(err, std::fabs(ctx[(1 * T + i) * H + h * HD + c] - mean));
         }
     check("attention of an all-padding row without prefix is uniform", err, 1e-5);
 }
@@ -372,7 +376,7 @@ static void check_attention_tc(const char* fmt, int k, int ops_fmt, SelfTest sel
             check("  lse", rel(dbl(got.lse), dbl(want.lse)), tol_out);
             check("  d(qkv)", rel(dbl(got.dqkv), dbl(want.dqkv)), tol_grad);
             check("  d(prefix), and of the prefix keys alone",
-                  std::max(rel(dbl(got.dprefix), dbl(want.dprefix)), rel(dbl(got.dprefix_only), dbl(want.dprefix))),
+                  worst(rel(dbl(got.dprefix), dbl(want.dprefix)), rel(dbl(got.dprefix_only), dbl(want.dprefix))),
                   tol_grad);
         }
     // bf16 outputs: ctx16 and dqkv16 are the f32 results rounded.
@@ -637,12 +641,12 @@ static void check_gelu_bf16() {
         double x = i / 4096.0, cdf = 0.5 * (1 + std::erf(x / std::sqrt(2.0))), g = x * cdf;
         double got = gelu_bf16((float)x);
         if (std::fabs(x) <= 6) {
-            if (g != 0) near = std::max(near, std::fabs(got - g) / std::fabs(g));
+            if (g != 0) near = worst(near, std::fabs(got - g) / std::fabs(g));
         } else {
-            far = std::max(far, std::fabs(got - g) / std::fabs(x));
+            far = worst(far, std::fabs(got - g) / std::fabs(x));
         }
         double dg = cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
-        grad = std::max(grad, std::fabs(gelu_grad_bf16((float)x) - dg));
+        grad = worst(grad, std::fabs(gelu_grad_bf16((float)x) - dg));
     }
     check("bf16 GELU's Φ by its fitted log2, relative error for |x| <= 6", near, 1e-5);
     check("bf16 GELU past |x| = 6, error / |x|", far, 1e-9);
@@ -708,7 +712,7 @@ static void check_gelu(const int w) {
     double err = 0;
     for (int i = 0; i < rows * w; i++) {
         double v = (double)pre0[i] + bias[i % w];
-        err = std::max(err, std::fabs(act[i] - 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))));
+        err = worst(err, std::fabs(act[i] - 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))));
     }
     check(name("bias + GELU (erf)"), err, 1e-6);
     std::vector<float> d(rows * w, 1.0f), d_b(rows * w, 1.0f);
@@ -722,7 +726,7 @@ static void check_gelu(const int w) {
     for (int i = 0; i < rows * w; i++) {
         auto g = [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); };
         double x = pre[i];
-        err = std::max(err, std::fabs(d[i] - (g(x + 1e-5) - g(x - 1e-5)) / 2e-5));
+        err = worst(err, std::fabs(d[i] - (g(x + 1e-5) - g(x - 1e-5)) / 2e-5));
     }
     check(name("GELU backward vs differences"), err, 1e-5);
 }
@@ -737,9 +741,9 @@ static void check_tanh() {
     double err = 0, err_d = 0;
     for (int i = 0; i < rows * w; i++) {
         double x = (double)y0[i] + bias[i % w];
-        err = std::max(err, std::fabs(y[i] - std::tanh(x)));
+        err = worst(err, std::fabs(y[i] - std::tanh(x)));
         double slope = (std::tanh(x + 1e-5) - std::tanh(x - 1e-5)) / 2e-5;
-        err_d = std::max(err_d, std::fabs(d[i] - d0[i] * slope));
+        err_d = worst(err_d, std::fabs(d[i] - d0[i] * slope));
     }
     check("bias + tanh (pooler)", err, 1e-6);
     check("tanh backward vs differences", err_d, 1e-5);
@@ -764,10 +768,10 @@ static void check_losses() {
         int y = labels[r];
         for (int c = 0; c < classes; c++) {
             double want = y < 0 ? 0.0 : (std::exp(zv(c) - m) / s - (c == y)) * weight;
-            err = std::max(err, std::fabs(dz[r * stride + 1 + 2 * c] - want));
-            err = std::max(err, std::fabs(dz[r * stride + 2 * c] - 9.0));  // the other column untouched
+            err = worst(err, std::fabs(dz[r * stride + 1 + 2 * c] - want));
+            err = worst(err, std::fabs(dz[r * stride + 2 * c] - 9.0));  // the other column untouched
         }
-        err = std::max(err, std::fabs(row_loss[r] - (y < 0 ? 0.0 : m + std::log(s) - zv(y))));
+        err = worst(err, std::fabs(row_loss[r] - (y < 0 ? 0.0 : m + std::log(s) - zv(y))));
     }
     check("cross-entropy (strided, an ignored row)", err, 1e-6);
     auto x = rand_vec(rows), t = rand_vec(rows);
@@ -775,7 +779,7 @@ static void check_losses() {
     launch(squared_error, Dim3{1, 1, 1}, 32, ptr(x), ptr(t), ptr(dx), ptr(diff), rows, 0.2f);
     err = 0;
     for (int i = 0; i < rows; i++)
-        err = std::max({err, std::fabs(diff[i] - ((double)x[i] - t[i])), std::fabs(dx[i] - 0.4 * ((double)x[i] - t[i]))});
+        err = worst(worst(err, std::fabs(diff[i] - ((double)x[i] - t[i]))), std::fabs(dx[i] - 0.4 * ((double)x[i] - t[i])));
     check("squared error", err, 1e-6);
 }
 
@@ -792,7 +796,7 @@ static void check_prefix() {
                 for (int c = 0; c < two_h; c++) {
                     u64 col = k * two_h + c;
                     double want = past[i * w + col] * drop_factor(KEY, THRESHOLD, DSCALE, ((u64)b * p + i) * w + col);
-                    err = std::max(err, std::fabs(kv[((k * batch + b) * p + i) * two_h + c] - want));
+                    err = worst(err, std::fabs(kv[((k * batch + b) * p + i) * two_h + c] - want));
                 }
     check("expand_prefix (PrefixEncoder::expand with dropout)", err, 0.0);
     // Rows of several adapters: row b reads the table at address
@@ -809,7 +813,7 @@ static void check_prefix() {
             for (int i = 0; i < p; i++)
                 for (int c = 0; c < two_h; c++) {
                     float want = tables[((2 - row_table[b]) * p + i) * w + k * two_h + c];
-                    err = std::max(err, (double)std::fabs(rows_kv[((k * batch + b) * p + i) * two_h + c] - want));
+                    err = worst(err, (double)std::fabs(rows_kv[((k * batch + b) * p + i) * two_h + c] - want));
                 }
     check("expand_prefix, a table per row", err, 0.0);
     // reduce is expand's adjoint: <expand(x), r> = <x, reduce(r)>.
@@ -958,7 +962,7 @@ static void check_embedding_and_glue() {
     launch(dropout_copy, Dim3{3, 1, 1}, 64, ptr(c), ptr(d), (u64)c.size(), KEY, THRESHOLD, DSCALE, 1, (u64)0);
     double err = 0;
     for (size_t i = 0; i < a.size(); i++)
-        err = std::max(err, (double)std::fabs(b[i] - a[i] * drop_factor(KEY, THRESHOLD, DSCALE, i)) + std::fabs(d[i] - b[i]));
+        err = worst(err, (double)std::fabs(b[i] - a[i] * drop_factor(KEY, THRESHOLD, DSCALE, i)) + std::fabs(d[i] - b[i]));
     check("dropout_apply and dropout_copy", err, 0.0);
 
     const int nb = 3, t = 4, w = 5;

@@ -322,6 +322,56 @@ inline void mma_tf32_1688(float d[4], const unsigned a[4], const unsigned b[2], 
     mma_emulated<8>(d, a, b, c, [](unsigned w, int) { return bits_value(w & 0xffffe000u); });
 }
 
+// cp.async (attention_mma.cuh's copy16, copy_commit, copy_wait_groups), as
+// the PTX ISA orders it: each thread's copies land only when it waits for
+// their group (a commit closes the open group; waiting for all but the
+// newest n groups lands the older ones), and until then the destination
+// holds NaN (all bits set: NaN in f32 and in bf16), where a card's holds
+// whatever was there: a read that no wait and barrier order after the copy
+// spoils what it touches, as a missing barrier before the copy spoils what
+// another warp still reads. The source is read at the copy: the kernels'
+// inputs do not change during a launch.
+struct PendingCopy {
+    void* dst;
+    unsigned char bytes[16];
+    long group;  // -1 while its group is open
+};
+inline std::vector<PendingCopy> pending_copies[1024];
+inline long committed_groups[1024];
+
+inline void cp_async_emulated(void* dst, const void* src, bool valid) {
+    PendingCopy c{dst, {}, -1};
+    if (valid) std::memcpy(c.bytes, src, 16);
+    std::memset(dst, 0xff, 16);
+    pending_copies[threadIdx.x].push_back(c);
+}
+inline void cp_async_commit_emulated() {
+    unsigned t = threadIdx.x;
+    for (auto& c : pending_copies[t])
+        if (c.group < 0) c.group = committed_groups[t];
+    committed_groups[t]++;
+}
+// Lands every committed group but the newest `newer` (wait_group newer);
+// the open group's copies stay (wait_all commits first).
+inline void cp_async_wait_emulated(int newer) {
+    unsigned t = threadIdx.x;
+    auto& q = pending_copies[t];
+    long last = committed_groups[t] - newer;  // groups below it land
+    std::erase_if(q, [&](const PendingCopy& c) {
+        if (c.group < 0 || c.group >= last) return false;
+        std::memcpy(c.dst, c.bytes, 16);
+        return true;
+    });
+}
+// After a block: every copy waited for (a card's block may end with copies
+// in flight to shared memory that nothing reads; none of our kernels does).
+inline void check_copies(unsigned block) {
+    for (unsigned t = 0; t < block; t++) {
+        if (!pending_copies[t].empty()) emu::stuck("cp.async copies never waited for", t);
+        committed_groups[t] = 0;
+    }
+}
+
 // ldmatrix.x4 (attention_mma.cuh's ldmatrix_x4): the lanes publish their
 // row addresses, meet, and each gathers its four registers: from matrix j
 // (rows given by lanes 8j .. 8j + 7) row lane / 4, values 2(lane % 4) and
@@ -409,6 +459,7 @@ void launch(void (*kernel)(P...), Dim3 grid, unsigned block, A... args) {
         blockIdx = Dim3{unsigned(at % grid.x), unsigned(at / grid.x % grid.y), unsigned(at / grid.x / grid.y)};
         prepare_shared();
         emu::run_block(block, reverse);
+        check_copies(block);
         check_shared();
     }
 }

@@ -67,9 +67,12 @@ __device__ __forceinline__ void mma_tf32_1688(float d[4], const u32 a[4], const 
 
 // 16 bytes from global `src` to shared `dst` (both 16-byte aligned), zeros
 // when not `valid`: by cp.async on sm_80 and later (no registers, no wait
-// until copy_wait), else a load and a store.
+// until copy_wait), else a load and a store. The emulator lands it only at
+// the wait (tools/cuda_emu/emu.h).
 __device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
-#if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
+#if defined(MMA_EMULATED)
+    cp_async_emulated(dst, src, valid);
+#elif __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((u32)__cvta_generic_to_shared(dst)), "l"(src),
                  "r"(valid ? 16 : 0));
 #else
@@ -79,12 +82,31 @@ __device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
 #endif
 }
 
-// This thread's copy16 calls have landed (a __syncthreads after it makes
-// every thread's visible).
-__device__ __forceinline__ void copy_wait() {
-#if !defined(MMA_EMULATED) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;\n" ::);
+// Closes this thread's group of copy16 calls (cp.async.commit_group).
+__device__ __forceinline__ void copy_commit() {
+#if defined(MMA_EMULATED)
+    cp_async_commit_emulated();
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
 #endif
+}
+
+// This thread's copy16 calls have landed but those of its newest NEWER
+// committed groups (cp.async.wait_group); a __syncthreads after it makes
+// every thread's visible.
+template <int NEWER>
+__device__ __forceinline__ void copy_wait_groups() {
+#if defined(MMA_EMULATED)
+    cp_async_wait_emulated(NEWER);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(NEWER));
+#endif
+}
+
+// All of this thread's copy16 calls have landed.
+__device__ __forceinline__ void copy_wait() {
+    copy_commit();
+    copy_wait_groups<0>();
 }
 
 // Four 8 x 8 matrices of 16-bit values from shared memory into a warp's
