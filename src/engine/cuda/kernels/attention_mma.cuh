@@ -482,8 +482,9 @@ struct OpsSource {
     int t, n;
     // Query rows i0 .. i0 + 63, zeros from row `count` on.
     __device__ void load_q(typename F::T* qs, int i0, int count) const { copy_mma_tile<F>(qs, rows, i0, count); }
-    __device__ void load_kv(typename F::T* ks, typename F::T* vs, int j0) const {
-        copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, n);
+    // Key (value) rows j0 .. j0 + 63, zeros past the last.
+    __device__ void load_k(typename F::T* ks, int j0) const { copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, n); }
+    __device__ void load_v(typename F::T* vs, int j0) const {
         copy_mma_tile<F>(vs, rows + (u64)(t + n) * HEAD_DIM, j0, n);
     }
     __device__ const float* v_bias() const { return 0; }
@@ -497,72 +498,101 @@ struct ForwardRows {
     float o[DT][4] = {};
 };
 
-// The forward's loop over the key tiles. z: the dropout z of the rows'
-// column 2tq of key 0. Dropout's arithmetic is in branches of its own (the
-// flag is the block's), so that inference's loop does none of it: two
-// copies of the loop, one for each, took more than twice the registers.
+// One key tile's scores of a warp's 16 queries (qw) against the keys ks
+// with their key bias kb, into s (zeros on entry): masked, then the online
+// softmax's probabilities of rows g (e = 0, 1) and g + 8 (e = 2, 3), times
+// the dropout factors, with st's max and sums brought up to this tile and
+// its output rescaled to the new max, ready for s·V. z: the dropout z of
+// the rows' column 2tq of key 0. Dropout's arithmetic is in branches of its
+// own (the flag is the block's), so that inference's loop does none of it:
+// two copies of the loop, one for each, took more than twice the registers.
+template <typename F, typename Src>
+__device__ __forceinline__ void tile_scores(const typename F::T* qw, const typename F::T* ks, const float* kb,
+                                            const MmaBlock& blk, ForwardRows& st, float s[KT][4], int j0,
+                                            int dropout, const u64 z[2], u64 threshold, float dscale) {
+    const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
+    u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
+    mma_rows_by_rows<F>(qw, ks, s, blk.g, blk.tq);
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int nt = 0; nt < KT; nt++) {
+        float2 bias = column_pair(kb, nt, blk.tq);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[nt][e] += e & 1 ? bias.y : bias.x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+        }
+    }
+    float base[2], corr[2], sum[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
+        float m_new = fmaxf(st.m[r], mx[r]);
+        base[r] = (m_new == NEG_INF ? 0.0f : m_new) * LOG2E;  // in log2 units
+        corr[r] = exp2_approx(fmaf(st.m[r], LOG2E, -base[r]));
+        st.m[r] = m_new;
+    }
+    // The softmax denominator sums the probabilities before dropout.
+    each_element(blk.tq, [&](int nt, int e, int, int r) {
+        s[nt][e] = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
+        sum[r] += s[nt][e];
+    });
+    if (dropout) {
+        each_element(blk.tq, [&](int nt, int e, int, int r) {
+            s[nt][e] *= keep_factor(keep, nt * 4 + e, dscale);
+            if (Src::SHIFTED) kept[r] += s[nt][e];
+        });
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
+        st.l[r] = st.l[r] * corr[r] + sum[r];
+        if (Src::SHIFTED && dropout) {
+            for (int o2 = 1; o2 < 4; o2 <<= 1) kept[r] += __shfl_xor_sync(0xffffffffu, kept[r], o2);
+            st.lk[r] = st.lk[r] * corr[r] + kept[r];
+        }
+    }
+#pragma unroll
+    for (int dn = 0; dn < DT; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st.o[dn][e] *= corr[e >> 1];
+}
+
+// The forward's loop over the key tiles, in one buffer each of K and V:
+// the copy of the next tile's keys overlaps this tile's s·V, that of its
+// values the next tile's scores (cp.async groups, oldest first: before a
+// tile's scores its keys and q have landed, its values may be in flight;
+// before its s·V its values have, the next keys may be). So a block waits
+// on global memory for the first keys alone, where it waited for the keys
+// and values of every tile. q (the caller's copy, in flight or done) lands
+// with the first keys.
 template <typename F, typename Src>
 __device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock& blk, ForwardRows& st,
                                                   typename F::T* const tiles[3], float* kb, const float* mask, int i0,
                                                   int t, int p, int dropout, const u64 z[2], u64 threshold,
                                                   float dscale) {
     const typename F::T* qw = tiles[0] + blk.warp * 16 * F::STRIDE;
+    const bool active = i0 + blk.warp * 16 < t;  // else the warp only copies
+    src.load_k(tiles[1], 0);
+    copy_commit();
+    src.load_v(tiles[2], 0);
+    copy_commit();
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
+        const bool next = j0 + MMA_ROWS < blk.n;
+        key_bias(kb, mask, blk, j0, t, p);  // its readers of the last tile are past the barrier after their scores
+        copy_wait_groups<1>();              // the keys
         __syncthreads();
-        src.load_kv(tiles[1], tiles[2], j0);
-        key_bias(kb, mask, blk, j0, t, p);
-        copy_wait();
-        __syncthreads();
-        if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
-        const u64 zt[2] = {z[0] + (u64)j0 * DROP_STEP, z[1] + (u64)j0 * DROP_STEP};
-        u32 keep = keep_bits(dropout, zt, DROP_STEP, threshold);
         float s[KT][4] = {};
-        mma_rows_by_rows<F>(qw, tiles[1], s, blk.g, blk.tq);
-        // Mask, then the online softmax of rows g (e = 0, 1) and g + 8 (e = 2, 3).
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < KT; nt++) {
-            float2 bias = column_pair(kb, nt, blk.tq);
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[nt][e] += e & 1 ? bias.y : bias.x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            }
-        }
-        float base[2], corr[2], sum[2] = {0.0f, 0.0f}, kept[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            for (int o2 = 1; o2 < 4; o2 <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o2));
-            float m_new = fmaxf(st.m[r], mx[r]);
-            base[r] = (m_new == NEG_INF ? 0.0f : m_new) * LOG2E;  // in log2 units
-            corr[r] = exp2_approx(fmaf(st.m[r], LOG2E, -base[r]));
-            st.m[r] = m_new;
-        }
-        // The softmax denominator sums the probabilities before dropout.
-        each_element(blk.tq, [&](int nt, int e, int, int r) {
-            s[nt][e] = exp2_approx(fmaf(s[nt][e], LOG2E, -base[r]));
-            sum[r] += s[nt][e];
-        });
-        if (dropout) {
-            each_element(blk.tq, [&](int nt, int e, int, int r) {
-                s[nt][e] *= keep_factor(keep, nt * 4 + e, dscale);
-                if (Src::SHIFTED) kept[r] += s[nt][e];
-            });
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            for (int o2 = 1; o2 < 4; o2 <<= 1) sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], o2);
-            st.l[r] = st.l[r] * corr[r] + sum[r];
-            if (Src::SHIFTED && dropout) {
-                for (int o2 = 1; o2 < 4; o2 <<= 1) kept[r] += __shfl_xor_sync(0xffffffffu, kept[r], o2);
-                st.lk[r] = st.lk[r] * corr[r] + kept[r];
-            }
-        }
-#pragma unroll
-        for (int dn = 0; dn < DT; dn++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) st.o[dn][e] *= corr[e >> 1];
-        mma_tiles_by_cols<F>(s, tiles[2], st.o, blk.g, blk.tq);
+        if (active) tile_scores<F, Src>(qw, tiles[1], kb, blk, st, s, j0, dropout, z, threshold, dscale);
+        __syncthreads();  // every warp is done with the keys and the key bias
+        if (next) src.load_k(tiles[1], j0 + MMA_ROWS);
+        copy_commit();
+        copy_wait_groups<1>();  // the values
+        __syncthreads();
+        if (active) mma_tiles_by_cols<F>(s, tiles[2], st.o, blk.g, blk.tq);
+        __syncthreads();  // every warp is done with the values
+        if (next) src.load_v(tiles[2], j0 + MMA_ROWS);
+        copy_commit();
     }
 }
 
@@ -847,10 +877,12 @@ struct QkvSource {
             store8_either(0, qs, (u64)r * Bf16Format::STRIDE + d, v);
         }
     }
-    __device__ void load_kv(u16* ks, u16* vs, int j0) const {
+    __device__ void load_k(u16* ks, int j0) const {
         copy_tile_rows<Bf16Format>(ks, j0, n, [this](int j) {
             return j < p ? prefix(j) : token(j - p, h + hh * HEAD_DIM);
         });
+    }
+    __device__ void load_v(u16* vs, int j0) const {
         copy_tile_rows<Bf16Format>(vs, j0, n, [this](int j) {
             return j < p ? prefix(p + j) : token(j - p, 2 * h + hh * HEAD_DIM);
         });
