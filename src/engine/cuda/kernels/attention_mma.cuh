@@ -15,7 +15,9 @@
 // memory fits in a block.
 //
 // A block of 4 warps takes 64 queries (dK/dV: 64 keys), 16 per warp; the
-// other side streams through shared memory 64 at a time. Fragments (PTX ISA,
+// other side streams through shared memory 64 at a time (in the forward,
+// the next tile's copies overlap this one's products: forward_key_tiles).
+// Fragments (PTX ISA,
 // mma.sync.aligned; g = lane / 4, t = lane % 4):
 //   C (16 x 8, f32, every format): c0, c1 = (row g, cols 2t, 2t + 1);
 //     c2, c3 = the same columns of row g + 8.
