@@ -23,6 +23,18 @@ __device__ __forceinline__ void for_each_vec(u64 n, int width, bool aligned, con
     }
 }
 
+// for_each_vec with the operation Op<true>{fields...} where `bf16_out`, else
+// Op<false>: an instance for each output format, so that neither tests its
+// pointer per element.
+template <template <bool> class Op, typename... F>
+__device__ __forceinline__ void for_each_vec_by_format(bool bf16_out, u64 n, int width, bool aligned, F... fields) {
+    if (bf16_out) {
+        for_each_vec(n, width, aligned, Op<true>{fields...});
+    } else {
+        for_each_vec(n, width, aligned, Op<false>{fields...});
+    }
+}
+
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
 // Φ(x), the standard normal CDF, for the GELU of an output rounded to
@@ -83,12 +95,8 @@ struct BiasGelu {
 };
 extern "C" __global__ void bias_gelu(const float* pre, const u16* pre16, const float* bias, float* saved,
                                      float* act, u64 n, int width, u16* act16) {
-    bool aligned = aligned16(pre, pre16, bias, saved, act, act16);
-    if (act16 != 0) {
-        for_each_vec(n, width, aligned, BiasGelu<true>{pre, pre16, bias, saved, act, act16});
-    } else {
-        for_each_vec(n, width, aligned, BiasGelu<false>{pre, pre16, bias, saved, act, act16});
-    }
+    for_each_vec_by_format<BiasGelu>(act16 != 0, n, width, aligned16(pre, pre16, bias, saved, act, act16), pre, pre16,
+                                     bias, saved, act, act16);
 }
 
 // bias_gelu in bf16 with nothing saved (the bf16 forward, training's too:
@@ -164,12 +172,8 @@ struct GeluBackward {
 };
 extern "C" __global__ void gelu_backward(const float* pre, const u16* pre16, const float* bias, float* d,
                                          const u16* dy16, u64 n, int width, u16* d16) {
-    bool aligned = aligned16(pre, pre16, bias, d, dy16, d16);
-    if (d16 != 0) {
-        for_each_vec(n, width, aligned, GeluBackward<true>{pre, pre16, bias, d, dy16, d16});
-    } else {
-        for_each_vec(n, width, aligned, GeluBackward<false>{pre, pre16, bias, d, dy16, d16});
-    }
+    for_each_vec_by_format<GeluBackward>(d16 != 0, n, width, aligned16(pre, pre16, bias, d, dy16, d16), pre, pre16,
+                                         bias, d, dy16, d16);
 }
 
 // The pooler's tanh, fused with its bias: y = tanh(y + bias) [rows, width]

@@ -169,7 +169,7 @@ extern "C" __global__ void embed_layernorm(const u32* ids, const u32* pos, const
 // written only if X32. Template arguments, not tests of the pointers:
 // those took the training kernel from 96 registers to 112, and spilled 80
 // bytes of the inference kernel.
-template <int V, bool RES16, bool X32 = true>
+template <int V, bool RES16 = false, bool X32 = true>
 __device__ void bias_dropout_residual_layernorm_rows(const LnRow& row, float* y, const u16* y16, const float* bias,
                                                      const float* residual, const u16* residual16,
                                                      const float* gamma, const float* beta, float eps, float* x_out,
@@ -208,13 +208,9 @@ extern "C" __global__ void bias_dropout_residual_layernorm(float* y, const u16* 
     __shared__ float shared[32];
     const LnRow row = ln_row(rows, h);
     if (!row.valid) return;
-    if (ln_vec4(h, y, y16, bias, residual, gamma, beta, x_out, x16)) {
-        bias_dropout_residual_layernorm_rows<4, false>(row, y, y16, bias, residual, (const u16*)0, gamma, beta, eps,
-                                                       x_out, stats, h, key, threshold, scale, dropout, x16, shared);
-    } else {
-        bias_dropout_residual_layernorm_rows<1, false>(row, y, y16, bias, residual, (const u16*)0, gamma, beta, eps,
-                                                       x_out, stats, h, key, threshold, scale, dropout, x16, shared);
-    }
+    LN_ROWS(ln_vec4(h, y, y16, bias, residual, gamma, beta, x_out, x16), bias_dropout_residual_layernorm_rows, row, y,
+            y16, bias, residual, (const u16*)0, gamma, beta, eps, x_out, stats, h, key, threshold, scale, dropout, x16,
+            shared)
 }
 
 // The same in inference (no dropout, nothing saved), kernels of their own
