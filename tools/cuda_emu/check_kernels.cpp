@@ -669,13 +669,13 @@ static void check_gelu(const int w) {
     launch(bias_gelu, Dim3{1, 1, 1}, 256, ptr(pre_b), (u64)0, ptr(bias), (u64)0, ptr(act_b), (u64)(rows * w), w,
            ptr16(act16));
     // (gelu_bf16 there: within bf16's rounding of the exact GELU, 2^-8
-    // relative, and its own 1e-5 where |x| <= 6; past it within 1e-9·|x|,
-    // as check_gelu_bf16 finds.)
+    // relative, plus its own error, as check_gelu_bf16 finds it: 1e-5
+    // relative where |x| <= 6, 1e-9·|x| past it.)
     int off = 0;
     for (int i = 0; i < rows * w; i++) {
         double v = (double)pre0[i] + bias[i % w], g = exact_gelu(v);
         double e = std::fabs(bf16_float(act16[i]) - g);
-        off += std::fabs(v) <= 6 ? e > (std::ldexp(1.0, -8) + 1e-5) * std::fabs(g) : e > 1e-9 * std::fabs(v);
+        off += e > std::ldexp(1.0, -8) * std::fabs(g) + (std::fabs(v) <= 6 ? 1e-5 * std::fabs(g) : 1e-9 * std::fabs(v));
     }
     check(name("bias + GELU into bf16 instead, input kept"),
           off + (pre_b != pre0) + (act_b != std::vector<float>(rows * w, -7.0f)), 0.0);
