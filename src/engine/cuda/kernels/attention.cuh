@@ -221,7 +221,8 @@ __device__ __forceinline__ void chunk_values(const Chunk& c, RowRef row, int d, 
 }
 
 // Rows r0 .. r0 + ROWS of a [*, HD] source (`src(r)`: row r's RowRef, in
-// f32 or bf16), as f32, zeros from row `count` on: store(r, d, v) writes
+// f32 or bf16), as f32 (with the row's bias, times `scale`), zeros from
+// row `count` on: store(r, d, v) writes
 // elements d .. d + 3 of tile row r. THREADS is the block's size
 // (every thread calls it); each takes chunks tid, tid + THREADS, ..., and
 // loads BATCH of them before it stores any (their bits live in registers
@@ -229,7 +230,7 @@ __device__ __forceinline__ void chunk_values(const Chunk& c, RowRef row, int d, 
 // compiler hoisted every batch's loads to the top (45 more registers in
 // dK/dV, where 168 keep 3 blocks on a multiprocessor).
 template <int ROWS, int THREADS, int BATCH = 8, typename Src, typename Store>
-__device__ __forceinline__ void load_rows(int r0, int count, Src src, Store store) {
+__device__ __forceinline__ void load_rows(int r0, int count, Src src, Store store, float scale = 1.0f) {
     constexpr int PER_ROW = HEAD_DIM / 4, CHUNKS_ALL = ROWS * PER_ROW;
 #pragma unroll 1
     for (int c0 = 0; c0 < CHUNKS_ALL; c0 += BATCH * THREADS) {
@@ -244,7 +245,7 @@ __device__ __forceinline__ void load_rows(int r0, int count, Src src, Store stor
             int e = c0 + k * THREADS + (int)threadIdx.x, r = e / PER_ROW, d = e % PER_ROW * 4;
             if (e >= CHUNKS_ALL) continue;
             float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (r0 + r < count) chunk_values(raw[k], src(r0 + r), d, 1.0f, v);
+            if (r0 + r < count) chunk_values(raw[k], src(r0 + r), d, scale, v);
             store(r, d, v);
         }
     }

@@ -392,12 +392,29 @@ struct MmaBlock {
           h(nh * HEAD_DIM), n(p + t), any(any_visible(mask, blockIdx.z, t, p)) {}
 };
 
+// Whether key j takes part, as a value to compare with 0 where it is used:
+// the mask's (a token key, when the row has a visible key), 1 (a prefix
+// key, or any key of a row with none visible: a uniform row), 0 (past the
+// last key). Returned unexamined, so that a caller can load it a tile ahead
+// and wait for global memory only where it compares (key_used's test).
+__device__ __forceinline__ float key_flag(const float* mask, const MmaBlock& blk, int j, int t, int p) {
+    if (j >= p + t) return 0.0f;
+    if (!blk.any || j < p) return 1.0f;
+    return mask[(u64)blk.b * t + (j - p)];
+}
+
 // kb[c] = 0 where key j0 + c takes part, -inf where it does not (masked,
-// or past the last key), for c < 64: added to the scores of a key tile, so
-// that the mask is read once per tile, not once per score.
-__device__ __forceinline__ void key_bias(float* kb, const float* mask, const MmaBlock& blk, int j0, int t, int p) {
-    for (int c = threadIdx.x; c < MMA_ROWS; c += MMA_THREADS)
-        kb[c] = key_used(mask, blk.b, j0 + c, t, p, blk.any) ? 0.0f : NEG_INF;
+// or past the last key), for c < 64, from the key's flag: added to the
+// scores of a key tile, so that the mask is read once per tile, not once
+// per score.
+__device__ __forceinline__ void store_key_bias(float* kb, float flag) {
+    if (threadIdx.x < MMA_ROWS) kb[threadIdx.x] = flag != 0.0f ? 0.0f : NEG_INF;
+}
+
+// The flag of this thread's key in the tile from j0 (threads 0 .. 63; the
+// others hold 0).
+__device__ __forceinline__ float tile_key_flag(const float* mask, const MmaBlock& blk, int j0, int t, int p) {
+    return threadIdx.x < MMA_ROWS ? key_flag(mask, blk, j0 + threadIdx.x, t, p) : 0.0f;
 }
 
 // Elements 2tq and 2tq + 1 of the 8 columns of C tile nt in a [64] row of
@@ -566,8 +583,9 @@ __device__ __forceinline__ void tile_scores(const typename F::T* qw, const typen
 // tile's scores its keys and q have landed, its values may be in flight;
 // before its s·V its values have, the next keys may be). So a block waits
 // on global memory for the first keys alone, where it waited for the keys
-// and values of every tile. q (the caller's copy, in flight or done) lands
-// with the first keys.
+// and values of every tile. q goes out after the first keys and lands with
+// them (a copy in their group; from qkv16, loads that wait while the keys
+// fly). The mask of the next tile's keys is read during this one.
 template <typename F, typename Src>
 __device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock& blk, ForwardRows& st,
                                                   typename F::T* const tiles[3], float* kb, const float* mask, int i0,
@@ -576,13 +594,18 @@ __device__ __forceinline__ void forward_key_tiles(const Src& src, const MmaBlock
     const typename F::T* qw = tiles[0] + blk.warp * 16 * F::STRIDE;
     const bool active = i0 + blk.warp * 16 < t;  // else the warp only copies
     src.load_k(tiles[1], 0);
+    // A row with no visible key is uniform (P = 0 and only padding): zero
+    // queries give it scores of 0.
+    src.load_q(tiles[0], i0, blk.any ? t : 0);
     copy_commit();
     src.load_v(tiles[2], 0);
     copy_commit();
+    float flag = tile_key_flag(mask, blk, 0, t, p);
     for (int j0 = 0; j0 < blk.n; j0 += MMA_ROWS) {
         const bool next = j0 + MMA_ROWS < blk.n;
-        key_bias(kb, mask, blk, j0, t, p);  // its readers of the last tile are past the barrier after their scores
-        copy_wait_groups<1>();              // the keys
+        store_key_bias(kb, flag);  // its readers of the last tile are past the barrier after their scores
+        if (next) flag = tile_key_flag(mask, blk, j0 + MMA_ROWS, t, p);
+        copy_wait_groups<1>();  // the keys
         __syncthreads();
         float s[KT][4] = {};
         if (active) tile_scores<F, Src>(qw, tiles[1], kb, blk, st, s, j0, dropout, z, threshold, dscale);
@@ -621,9 +644,6 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
     float* kb = reinterpret_cast<float*>(carve_tiles<F>(smem, tiles));
     const MmaBlock blk(mask, t, p, nh);
     int i0 = blockIdx.x * MMA_ROWS;
-    // A row with no visible key is uniform (P = 0 and only padding): zero
-    // queries give it scores of 0.
-    src.load_q(tiles[0], i0, blk.any ? t : 0);
     int qrows[2] = {i0 + blk.warp * 16 + blk.g, i0 + blk.warp * 16 + blk.g + 8};
     u64 z[2];
 #pragma unroll
@@ -639,16 +659,19 @@ __device__ __forceinline__ void attention_forward_tc(const Src& src, const float
         // b_v's weight: the probabilities' sum, 1 where nothing is dropped.
         float bv_weight = dropout ? st.lk[r] * inv : 1.0f;
         u64 at = ((u64)blk.b * t + i) * blk.h + blk.hh * HEAD_DIM;
+        // Columns 2tq and 2tq + 1 of each C tile: one store of the pair.
 #pragma unroll
-        for (int dn = 0; dn < DT; dn++)
+        for (int dn = 0; dn < DT; dn++) {
+            int col = dn * 8 + 2 * blk.tq;
+            float v[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                int col = dn * 8 + 2 * blk.tq + e;
-                float v = st.o[dn][2 * r + e] * inv;
-                if (Src::SHIFTED) v = fmaf(src.v_bias()[col], bv_weight, v);
-                if (ctx != 0) ctx[at + col] = v;
-                if (ctx16 != 0) ctx16[at + col] = bf16_bits(v);
+                v[e] = st.o[dn][2 * r + e] * inv;
+                if (Src::SHIFTED) v[e] = fmaf(src.v_bias()[col + e], bv_weight, v[e]);
             }
+            if (ctx != 0) store_v<2>(ctx + at + col, v);
+            if (ctx16 != 0) store_v16<2>(ctx16 + at + col, v);
+        }
         if (!Src::SHIFTED && lse != 0 && blk.tq == 0)
             lse[((u64)blk.b * nh + blk.hh) * t + i] = st.m[r] + logf(st.l[r]);
     }
@@ -691,7 +714,7 @@ __device__ __forceinline__ void attention_backward_dq_tc(const float* ops, const
         __syncthreads();
         copy_mma_tile<F>(ks, rows + (u64)t * HEAD_DIM, j0, blk.n);
         copy_mma_tile<F>(vs, rows + (u64)(t + blk.n) * HEAD_DIM, j0, blk.n);
-        key_bias(kb, mask, blk, j0, t, p);
+        store_key_bias(kb, tile_key_flag(mask, blk, j0, t, p));
         copy_wait();
         __syncthreads();
         if (i0 + blk.warp * 16 >= t) continue;  // no query of this warp: it only loads
@@ -869,15 +892,13 @@ struct QkvSource {
     __device__ const u16* prefix(int r) const {
         return prefix16 + (((u64)pb * (h / HEAD_DIM) + hh) * 2 * p + r) * HEAD_DIM;
     }
+    // Query rows i0 .. i0 + 63 with their bias, times the scale, zeros from
+    // row `count` on: every load of a thread issued before any is used, so
+    // that it waits on global memory once, not once a chunk.
     __device__ void load_q(u16* qs, int i0, int count) const {
-        constexpr int PER_ROW = HEAD_DIM / 8;
-#pragma unroll 1
-        for (int e = threadIdx.x; e < MMA_ROWS * PER_ROW; e += MMA_THREADS) {
-            int r = e / PER_ROW, d = e % PER_ROW * 8;
-            float v[8] = {};
-            if (i0 + r < count) row_values8({0, token(i0 + r, hh * HEAD_DIM), bias + hh * HEAD_DIM}, d, scale, v);
-            store8_either(0, qs, (u64)r * Bf16Format::STRIDE + d, v);
-        }
+        load_rows<MMA_ROWS, MMA_THREADS, HEAD_DIM / 8>(
+            i0, count, [this](int i) { return RowRef{0, token(i, hh * HEAD_DIM), bias + hh * HEAD_DIM}; },
+            [qs](int r, int d, const float* v) { store_either<4>(0, qs, (u64)r * Bf16Format::STRIDE + d, v); }, scale);
     }
     __device__ void load_k(u16* ks, int j0) const {
         copy_tile_rows<Bf16Format>(ks, j0, n, [this](int j) {

@@ -67,9 +67,9 @@ __device__ __forceinline__ void st4(float* p, const float* v) {
     *reinterpret_cast<float4*>(p) = x;
 }
 
-// V (1 or 4) consecutive elements at p in one access: 16 bytes of f32, 8
-// of bf16 (as f32, exactly) when V is 4 (p then 16-byte aligned for f32,
-// 8-byte for bf16).
+// V (1 or 4; stores 2 too) consecutive elements at p in one access: 16
+// bytes of f32, 8 of bf16 (as f32, exactly) when V is 4 (p then 16-byte
+// aligned for f32, 8-byte for bf16), 8 and 4 when V is 2 (p aligned so).
 template <int V>
 __device__ __forceinline__ void load_v(const float* p, float* v) {
     if constexpr (V == 4) {
@@ -91,6 +91,11 @@ template <int V>
 __device__ __forceinline__ void store_v(float* p, const float* v) {
     if constexpr (V == 4) {
         st4(p, v);
+    } else if constexpr (V == 2) {
+        float2 x;
+        x.x = v[0];
+        x.y = v[1];
+        *reinterpret_cast<float2*>(p) = x;
     } else {
         *p = v[0];
     }
@@ -99,6 +104,8 @@ template <int V>
 __device__ __forceinline__ void store_v16(u16* p, const float* v) {
     if constexpr (V == 4) {
         *reinterpret_cast<u64*>(p) = (u64)bf16x2_bits(v[0], v[1]) | ((u64)bf16x2_bits(v[2], v[3]) << 32);
+    } else if constexpr (V == 2) {
+        *reinterpret_cast<u32*>(p) = bf16x2_bits(v[0], v[1]);
     } else {
         *p = bf16_bits(v[0]);
     }
