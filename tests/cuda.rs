@@ -849,10 +849,11 @@ fn kernels_pass_the_cpu_emulation() {
             false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
         }
     };
-    // The tiny models' head size, MiniLM's (the default model), and
+    // The tiny models' head size, the smallest the bf16 tensor cores take
+    // (one k step of m16n8k16 a product), MiniLM's (the default model), and
     // BERT-base's and -large's (two column groups per thread in the
     // attention tiles).
-    for head_dim in [8, 32, 64] {
+    for head_dim in [8, 16, 32, 64] {
         let plain =
             build(head_dim, &[]).unwrap_or_else(|e| panic!("building the emulator failed:\n{e}"));
         // In thread order under AddressSanitizer and UBSan: a read or write
@@ -874,7 +875,7 @@ fn kernels_pass_the_cpu_emulation() {
             eprintln!("HEAD_DIM {head_dim}, threads in {order} order:\n{out}");
             assert!(run.status.success(), "kernel checks failed:\n{out}{err}");
             // Every check ran: head size 8 has the tf32 and tf32x3
-            // tensor-core checks, 32 and 64 the bf16 ones too (29 more).
+            // tensor-core checks, 16, 32 and 64 the bf16 ones too (29 more).
             let passed = out.lines().filter(|l| l.ends_with(" ok")).count();
             let want = if head_dim % 16 == 0 { 143 } else { 114 };
             assert!(
