@@ -16,9 +16,7 @@ cd "$(dirname "$0")/.."
 out="${OUT:-.}"
 python="${PTUNING_TORCH_PYTHON:-python3}"
 [ $# -ge 1 ] || { echo "usage: bash bench/gpu-ab.sh NAME=BINARY [NAME=BINARY ...]" >&2; exit 2; }
-for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
+. bench/cuda-libs.sh
 results="$out/gpu-ab.jsonl"; : > "$results"
 for size in ${SIZES:-large}; do
     dir="/tmp/bert-$size"

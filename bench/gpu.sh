@@ -38,10 +38,7 @@ mode="${1:-}"
 python="${PTUNING_TORCH_PYTHON:-python3}"
 sections=" ${SECTIONS:-tests speed profile serve} "
 want() { [[ "$sections" == *" $1 "* ]]; }
-# CUDA 13's libraries: the toolkit's, else PyTorch's wheels.
-for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 $("$python" -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
+. bench/cuda-libs.sh  # CUDA 13's libraries
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 tests_rc=0

@@ -87,6 +87,7 @@ def main():
         meta = json.loads((fixtures / "cases" / f"{name}.json").read_text())
         t = load_file(str(fixtures / "cases" / f"{name}.safetensors"))
         model_dir = Path(args.model_dir) if meta["model"] == "all-MiniLM-L6-v2" else fixtures / meta["model"]
+        batch = {k: t[k] for k in ["input_ids", "attention_mask", "token_type_ids", "labels"]}
         errors = []
         for precision in ["bf16", "tf32"]:
             model = reference.load_model(model_dir)
@@ -96,7 +97,6 @@ def main():
             with torch.no_grad():
                 classifier.weight.copy_(t["classifier.weight"])
                 classifier.bias.copy_(t["classifier.bias"])
-            batch = {k: t[k] for k in ["input_ids", "attention_mask", "token_type_ids", "labels"]}
             products = tf32_products() if precision == "tf32" else contextlib.nullcontext()
             with torch.no_grad(), products:
                 out = reference.reference_forward(model, FixedPrefix(t["prefix.past"].to(dtype)),

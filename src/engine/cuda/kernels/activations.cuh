@@ -35,7 +35,13 @@ __device__ __forceinline__ void for_each_vec_by_format(bool bf16_out, u64 n, int
     }
 }
 
+// GELU by erff, and its derivative Φ(x) + x·φ(x), for f32 outputs.
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_grad(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
 
 // Φ(x), the standard normal CDF, for the GELU of an output rounded to
 // bf16: Φ(-u) = 2^q(u), u = |x| clamped to 6 (Φ(-6) = 1e-9), q of degree 7
@@ -158,15 +164,7 @@ struct GeluBackward {
             for (int k = 0; k < V; k++) x[k] += b[k];
         }
         load_either<V>(d, dy16, i, g);
-        for (int k = 0; k < V; k++) {
-            if (D16) {
-                g[k] *= gelu_grad_bf16(x[k]);
-            } else {
-                float cdf = 0.5f * (1.0f + erff(x[k] * 0.70710678118654752f));
-                float pdf = 0.39894228040143268f * expf(-0.5f * x[k] * x[k]);
-                g[k] *= cdf + x[k] * pdf;
-            }
-        }
+        for (int k = 0; k < V; k++) g[k] *= D16 ? gelu_grad_bf16(x[k]) : gelu_grad(x[k]);
         store_either<V>(d, d16, i, g);
     }
 };

@@ -170,9 +170,20 @@ struct Operands : HeadRows {
 };
 
 
+// Whether key j takes part, as a value that is not 0 where it does: the
+// mask's (a token key, when the row has a visible key), 1 (a prefix key, or
+// any key of a row with none visible: a uniform row), 0 (past the last
+// key). Returned unexamined, so that a caller can load it a tile ahead and
+// wait for global memory only where it compares (the tensor-core forward).
+__device__ __forceinline__ float key_flag(const float* mask, int b, int j, int t, int p, int any) {
+    if (j >= p + t) return 0.0f;
+    if (!any || j < p) return 1.0f;
+    return mask[(u64)b * t + (j - p)];
+}
+
 // Whether key j takes part: j < n and (visible, or none is: a uniform row).
 __device__ __forceinline__ bool key_used(const float* mask, int b, int j, int t, int p, int any) {
-    return j < p + t && (!any || j < p || mask[(u64)b * t + (j - p)] != 0.0f);
+    return key_flag(mask, b, j, t, p, any) != 0.0f;
 }
 
 // Whether batch row b has any visible key (a prefix, or a real token).

@@ -392,17 +392,6 @@ struct MmaBlock {
           h(nh * HEAD_DIM), n(p + t), any(any_visible(mask, blockIdx.z, t, p)) {}
 };
 
-// Whether key j takes part, as a value to compare with 0 where it is used:
-// the mask's (a token key, when the row has a visible key), 1 (a prefix
-// key, or any key of a row with none visible: a uniform row), 0 (past the
-// last key). Returned unexamined, so that a caller can load it a tile ahead
-// and wait for global memory only where it compares (key_used's test).
-__device__ __forceinline__ float key_flag(const float* mask, const MmaBlock& blk, int j, int t, int p) {
-    if (j >= p + t) return 0.0f;
-    if (!blk.any || j < p) return 1.0f;
-    return mask[(u64)blk.b * t + (j - p)];
-}
-
 // kb[c] = 0 where key j0 + c takes part, -inf where it does not (masked,
 // or past the last key), for c < 64, from the key's flag: added to the
 // scores of a key tile, so that the mask is read once per tile, not once
@@ -414,7 +403,7 @@ __device__ __forceinline__ void store_key_bias(float* kb, float flag) {
 // The flag of this thread's key in the tile from j0 (threads 0 .. 63; the
 // others hold 0).
 __device__ __forceinline__ float tile_key_flag(const float* mask, const MmaBlock& blk, int j0, int t, int p) {
-    return threadIdx.x < MMA_ROWS ? key_flag(mask, blk, j0 + threadIdx.x, t, p) : 0.0f;
+    return threadIdx.x < MMA_ROWS ? key_flag(mask, blk.b, j0 + threadIdx.x, t, p, blk.any) : 0.0f;
 }
 
 // Elements 2tq and 2tq + 1 of the 8 columns of C tile nt in a [64] row of
